@@ -1,0 +1,189 @@
+"""Franka Panda kinematics in pure numpy: forward kinematics, geometric Jacobian, damped-least-squares IK.
+
+No mujoco import on purpose: the hardware layer reuses this module on the robot side.
+
+Frames follow the official Panda chain (Craig's modified DH, identical to the pybullet_data / franka_ros URDF):
+base = panda_link0, flange = panda_link8 (0.107 m past joint 7), hand = flange rotated -45 deg about z,
+TCP = hand + 0.1034 m along z (Franka's default TCP, centred between the fingertip pads).
+All positions are metres in the robot base frame; quaternions are (w, x, y, z).
+
+Glossary: Dq = 7 arm joints.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# --- model constants ---------------------------------------------------------------------------------
+# modified DH rows (a_{i-1}, d_i, alpha_{i-1}) for joints 1..7, then the fixed flange row
+DH = np.array(
+    [
+        [0.0, 0.333, 0.0],
+        [0.0, 0.0, -np.pi / 2],
+        [0.0, 0.316, np.pi / 2],
+        [0.0825, 0.0, np.pi / 2],
+        [-0.0825, 0.384, -np.pi / 2],
+        [0.0, 0.0, np.pi / 2],
+        [0.088, 0.0, np.pi / 2],
+    ]
+)
+FLANGE_D = 0.107
+HAND_YAW = -np.pi / 4  # panda_hand_joint rpy
+TCP_OFFSET = 0.1034  # hand origin -> TCP along hand z
+
+# URDF hard limits (rad). IK keeps a small margin inside them.
+JOINT_LOWER = np.array([-2.9671, -1.8326, -2.9671, -3.1416, -2.9671, -0.0873, -2.9671])
+JOINT_UPPER = np.array([2.9671, 1.8326, 2.9671, 0.0, 2.9671, 3.8223, 2.9671])
+JOINT_LIMIT_MARGIN = 0.05
+FINGER_MAX = 0.04  # per finger joint (m); opening = sum of both
+
+# gripper pointing down, fingers opening along world y: "yaw 0" in solve_ik
+HOME_Q = np.array([0.0, -0.3, 0.0, -2.2, 0.0, 1.9, np.pi / 4])
+
+
+def _rot_x(a: float) -> np.ndarray:
+    c, s = np.cos(a), np.sin(a)
+    return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+
+
+def _rot_z(a: float) -> np.ndarray:
+    c, s = np.cos(a), np.sin(a)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+_ALPHA_ROT = [_rot_x(alpha) for alpha in DH[:, 2]]
+_HAND_ROT = _rot_z(HAND_YAW)
+
+
+def forward_kinematics(q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """q (Dq,) -> (joint_pos (7, 3), joint_axis (7, 3), tcp_pos (3,), tcp_rot (3, 3)), all in the base frame.
+
+    joint_pos[i] / joint_axis[i] are the origin and z axis of link i+1 (the frame joint i+1 turns about).
+    """
+    q = np.asarray(q, dtype=np.float64)
+    R = np.eye(3)
+    p = np.zeros(3)
+    joint_pos = np.empty((7, 3))
+    joint_axis = np.empty((7, 3))
+    for i in range(7):
+        a, d, _ = DH[i]
+        Ra = R @ _ALPHA_ROT[i]  # rotate about previous x by alpha, then translate a along it, d along new z
+        p = p + R[:, 0] * a + Ra[:, 2] * d
+        R = Ra @ _rot_z(q[i])
+        joint_pos[i] = p
+        joint_axis[i] = R[:, 2]
+    p_flange = p + R[:, 2] * FLANGE_D
+    R_hand = R @ _HAND_ROT
+    tcp = p_flange + R_hand[:, 2] * TCP_OFFSET
+    return joint_pos, joint_axis, tcp, R_hand
+
+
+def link_poses(q: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Named frame poses (pos, rot) for tests against other engines: panda_link1..7, panda_hand, tcp."""
+    q = np.asarray(q, dtype=np.float64)
+    R = np.eye(3)
+    p = np.zeros(3)
+    out = {}
+    for i in range(7):
+        a, d, _ = DH[i]
+        Ra = R @ _ALPHA_ROT[i]
+        p = p + R[:, 0] * a + Ra[:, 2] * d
+        R = Ra @ _rot_z(q[i])
+        out[f"panda_link{i + 1}"] = (p.copy(), R.copy())
+    p_flange = p + R[:, 2] * FLANGE_D
+    R_hand = R @ _HAND_ROT
+    out["panda_hand"] = (p_flange, R_hand)
+    out["tcp"] = (p_flange + R_hand[:, 2] * TCP_OFFSET, R_hand)
+    return out
+
+
+def jacobian(q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Geometric TCP Jacobian: q -> (J (6, 7) rows [v; w], tcp_pos (3,), tcp_rot (3, 3))."""
+    joint_pos, joint_axis, tcp, R = forward_kinematics(q)
+    J = np.empty((6, 7))
+    J[:3] = np.cross(joint_axis, tcp - joint_pos).T
+    J[3:] = joint_axis.T
+    return J, tcp, R
+
+
+def rot_to_quat(R: np.ndarray) -> np.ndarray:
+    """3x3 rotation -> unit quaternion (w, x, y, z) with w >= 0."""
+    t = np.trace(R)
+    if t > 0:
+        s = np.sqrt(t + 1.0) * 2
+        q = np.array([0.25 * s, (R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s])
+    elif R[0, 0] > R[1, 1] and R[0, 0] > R[2, 2]:
+        s = np.sqrt(1.0 + R[0, 0] - R[1, 1] - R[2, 2]) * 2
+        q = np.array([(R[2, 1] - R[1, 2]) / s, 0.25 * s, (R[0, 1] + R[1, 0]) / s, (R[0, 2] + R[2, 0]) / s])
+    elif R[1, 1] > R[2, 2]:
+        s = np.sqrt(1.0 + R[1, 1] - R[0, 0] - R[2, 2]) * 2
+        q = np.array([(R[0, 2] - R[2, 0]) / s, (R[0, 1] + R[1, 0]) / s, 0.25 * s, (R[1, 2] + R[2, 1]) / s])
+    else:
+        s = np.sqrt(1.0 + R[2, 2] - R[0, 0] - R[1, 1]) * 2
+        q = np.array([(R[1, 0] - R[0, 1]) / s, (R[0, 2] + R[2, 0]) / s, (R[1, 2] + R[2, 1]) / s, 0.25 * s])
+    q /= np.linalg.norm(q)
+    return q if q[0] >= 0 else -q
+
+
+def down_rotation(yaw: float) -> np.ndarray:
+    """TCP orientation pointing straight down (z = -world z), rotated by yaw about world z.
+
+    yaw = 0 puts the finger axis (hand y) along world y, i.e. the fingers close along y.
+    """
+    base = np.array([[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, -1.0]])  # x fwd, y flipped, z down
+    return _rot_z(yaw) @ base
+
+
+def tcp_yaw(R: np.ndarray) -> float:
+    """Yaw of a (roughly down-pointing) TCP rotation, the inverse of down_rotation."""
+    return float(np.arctan2(R[1, 0], R[0, 0]))
+
+
+def _rot_error(R_cur: np.ndarray, R_des: np.ndarray) -> np.ndarray:
+    """Small-angle rotation error (world frame) taking R_cur to R_des."""
+    E = R_des @ R_cur.T
+    return 0.5 * np.array([E[2, 1] - E[1, 2], E[0, 2] - E[2, 0], E[1, 0] - E[0, 1]])
+
+
+def solve_ik(
+    q_current: np.ndarray,
+    target_pos: np.ndarray,
+    target_yaw: float | None = None,
+    *,
+    iters: int = 4,
+    damping: float = 0.05,
+    rot_weight: float = 0.5,
+    nullspace_gain: float = 0.1,
+    q_rest: np.ndarray | None = None,
+    tol: float = 1e-4,
+) -> np.ndarray:
+    """Damped-least-squares IK for the TCP, gripper pointing down.
+
+    q_current (Dq,) warm start; target_pos (3,) base frame; target_yaw rad about world z (None: keep the
+    current yaw, only the pointing-down constraint is enforced). A small null-space pull toward q_rest keeps the
+    elbow in a familiar posture. Returns q_target (Dq,) clipped inside the joint limits (minus a margin).
+    A few iterations suffice when warm-started from the previous solution (targets move <= a few cm/step).
+    """
+    q = np.array(q_current, dtype=np.float64)
+    lo = JOINT_LOWER + JOINT_LIMIT_MARGIN
+    hi = JOINT_UPPER - JOINT_LIMIT_MARGIN
+    q = np.clip(q, lo, hi)
+    rest = HOME_Q if q_rest is None else q_rest
+    target_pos = np.asarray(target_pos, dtype=np.float64)
+    W = np.array([1.0, 1.0, 1.0, rot_weight, rot_weight, rot_weight])
+    lam2 = damping**2
+    for _ in range(iters):
+        J, p, R = jacobian(q)
+        yaw = tcp_yaw(R) if target_yaw is None else target_yaw
+        err = np.concatenate([target_pos - p, _rot_error(R, down_rotation(yaw))])
+        if np.linalg.norm(err[:3]) < tol and np.linalg.norm(err[3:]) < 10 * tol:
+            break
+        Jw = J * W[:, None]
+        ew = err * W
+        JJt = Jw @ Jw.T + lam2 * np.eye(6)
+        dq = Jw.T @ np.linalg.solve(JJt, ew)
+        # null-space posture term: (I - J+ J) (rest - q), with the damped pseudo-inverse
+        J_pinv = Jw.T @ np.linalg.inv(JJt)
+        dq += nullspace_gain * (np.eye(7) - J_pinv @ Jw) @ (rest - q)
+        q = np.clip(q + dq, lo, hi)
+    return q
