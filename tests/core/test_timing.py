@@ -1,0 +1,31 @@
+import time
+
+import pytest
+
+from robotstack.core.timing import RateKeeper
+
+
+def test_rate_keeper_holds_the_rate():
+    rate = RateKeeper(200.0)
+    t0 = time.monotonic()
+    for _ in range(40):
+        rate.wait()
+    elapsed = time.monotonic() - t0
+    assert rate.ticks >= 40
+    assert elapsed == pytest.approx(40 / 200.0, abs=0.05)
+
+
+def test_late_tick_is_counted_and_skipped_not_caught_up():
+    rate = RateKeeper(100.0)
+    rate.wait()
+    time.sleep(0.055)  # miss ~5 slots
+    assert rate.wait() is False
+    assert rate.late_ticks == 1 and rate.skipped_ticks >= 4
+    t0 = time.monotonic()
+    rate.wait()  # the next tick is one period away, not an immediate burst
+    assert time.monotonic() - t0 > 0.002
+
+
+def test_bad_rate():
+    with pytest.raises(ValueError, match="rate_hz"):
+        RateKeeper(0)
