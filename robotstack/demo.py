@@ -1,0 +1,36 @@
+"""`make demo`: the main job on the embedded default — MuJoCo push task, local store.
+
+Stage by stage as the stack grows: record scripted demos -> data info (-> train -> distill -> export -> deploy).
+Each step is the same `robotstack` command a user would type, so the demo doubles as a usage example.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from robotstack.cli import main as cli
+
+OUT = Path("demo_out")
+
+
+def run(*argv: str) -> None:
+    print(f"\n$ robotstack {' '.join(argv)}", flush=True)
+    code = cli(list(argv))
+    if code:
+        sys.exit(code)
+
+
+def main() -> None:
+    if OUT.exists():
+        shutil.rmtree(OUT)
+    OUT.mkdir()
+    store = str(OUT / "push.zarr")
+    run("record", "--task", "push", "--device", "scripted", "--episodes", "20", "--noise", "0.2",
+        "--out", store)
+    run("data", "info", store)
+
+
+if __name__ == "__main__":
+    main()
