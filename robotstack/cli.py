@@ -69,6 +69,18 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    from hardware.protocol import keys_generate
+
+    names = tuple(n for n in args.names.split(",") if n)
+    written = keys_generate(args.out, names=names, overwrite=args.overwrite)
+    for name, (public, secret) in written.items():
+        print(f"{name}: {public} {secret}")
+    print(f"CURVE keypairs {', '.join(names)} written to {args.out} (secrets are 0600; copy client public keys "
+          f"into the server's {args.out}/clients/ allow-list)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="robotstack", description=__doc__)
     sub = parser.add_subparsers(dest="verb", required=True)
@@ -102,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     tasks = sub.add_parser("tasks", help="list the registered tasks")
     tasks.set_defaults(func=cmd_tasks)
+    keys = sub.add_parser("keys", help="ZMQ CURVE keys for arm servers and controllers")
+    keys_sub = keys.add_subparsers(dest="keys_verb", required=True)
+    gen = keys_sub.add_parser("generate", help="write server/client keypairs (z85 files)")
+    gen.add_argument("--out", required=True, help="key directory")
+    gen.add_argument("--names", default="server,client", help="comma-separated keypair names")
+    gen.add_argument("--overwrite", action="store_true")
+    gen.set_defaults(func=cmd_keys_generate)
     return parser
 
 
