@@ -1,0 +1,101 @@
+"""Checkpoint dir: `model.safetensors` + `config.json` (+ `ema.safetensors`). No pickle anywhere.
+
+config.json = {"format": "robotstack.policy", "version": 1, "policy": <registry name>,
+               "config": <resolved config dict>, "extra": {...}}.
+The normalizer stats are buffers of the model, so they are inside model.safetensors (and ema.safetensors).
+Loading rebuilds the model from the validated config and refuses missing, unexpected or mis-shaped tensors,
+naming them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from robotstack.core.errors import RobotstackError
+
+from policies.registry import build_policy, get_entry, name_of
+
+MODEL_FILE, EMA_FILE, CONFIG_FILE = "model.safetensors", "ema.safetensors", "config.json"
+FORMAT, VERSION = "robotstack.policy", 1
+
+
+class CheckpointError(RobotstackError):
+    """A checkpoint dir is missing files, has an unknown format, or its tensors do not match its config."""
+
+
+def _tensors(model: nn.Module) -> dict:
+    # contiguous clones: safetensors rejects views and aliased storage
+    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def _str(meta: dict[str, Any]) -> dict[str, str]:
+    return {k: str(v) for k, v in meta.items()}  # safetensors header metadata is str -> str
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, ema_model: nn.Module | None = None,
+                    extra: dict[str, Any] | None = None) -> Path:
+    """Write the checkpoint dir (created if needed; files are overwritten). Returns the dir."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    name = name_of(model)
+    meta = {"format": FORMAT, "version": VERSION, "policy": name}
+    save_file(_tensors(model), str(path / MODEL_FILE), metadata=_str(meta | {"kind": "model"}))
+    if ema_model is not None:
+        save_file(_tensors(ema_model), str(path / EMA_FILE), metadata=_str(meta | {"kind": "ema"}))
+    doc = meta | {"config": model.config.to_dict(), "extra": extra or {}}
+    (path / CONFIG_FILE).write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def read_config(path: str | Path) -> tuple[str, Any, dict[str, Any]]:
+    """-> (policy name, validated config object, extra)."""
+    path = Path(path)
+    cfg_file = path / CONFIG_FILE
+    if not cfg_file.is_file():
+        raise CheckpointError(f"{cfg_file}: missing; a checkpoint dir needs {CONFIG_FILE} and {MODEL_FILE}")
+    try:
+        doc = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{cfg_file}: not valid JSON ({err})") from err
+    if doc.get("format") != FORMAT or doc.get("version") != VERSION:
+        raise CheckpointError(f"{cfg_file}: format {doc.get('format')!r} v{doc.get('version')!r}, expected "
+                              f"{FORMAT!r} v{VERSION}")
+    for key in ("policy", "config"):
+        if key not in doc:
+            raise CheckpointError(f"{cfg_file}: missing key {key!r}")
+    entry = get_entry(doc["policy"])
+    return doc["policy"], entry.config_cls.from_dict(doc["config"]), doc.get("extra", {})
+
+
+def load_checkpoint(path: str | Path, weights: str = "model") -> nn.Module:
+    """Rebuild the policy from config.json and load `weights` ("model" or "ema"); returns it in eval mode."""
+    path = Path(path)
+    name, config, _ = read_config(path)
+    fname = {"model": MODEL_FILE, "ema": EMA_FILE}.get(weights)
+    if fname is None:
+        raise ValueError(f"weights must be 'model' or 'ema', got {weights!r}")
+    if not (path / fname).is_file():
+        raise CheckpointError(f"{path / fname}: missing (asked for {weights!r} weights)")
+    model = build_policy(name, config)
+    state = load_file(str(path / fname))
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [f"{k}: file {tuple(state[k].shape)} vs config {tuple(v.shape)}"
+                  for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing tensors {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+        if unexpected:
+            parts.append(f"unexpected tensors {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+        if mismatched:
+            parts.append(f"shape mismatches {mismatched[:8]}")
+        raise CheckpointError(f"{path / fname} does not match {path / CONFIG_FILE} ({name!r}): " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
+    return model.eval()
