@@ -1,0 +1,383 @@
+"""Scripted closed-loop experts for the Panda tasks, with a `noise` knob for mixed-quality data.
+
+Every expert reads only the observation dict (state keys) and the env's public action scaling, so it can drive
+a recorded or a remote env the same way. `make_panda_expert(env, noise, seed)` wraps the clean expert in
+`NoisyExpert`: noise in [0, 1] sets Gaussian action noise (std 0.5 * noise on the motion dims), random pauses
+and short random detours; noise = 0 gives the clean expert exactly.
+
+Pushing (push, push_t) uses one planar expert: it scores candidate contacts on the object's outline by how well
+the quasi-static motion they would cause (force along the push direction, torque about the centre of mass through
+the object's radius of gyration) matches the motion still needed (position error and, for the T, yaw error),
+lifts the closed fingers over to the best contact, pushes with the finger pair held flush to that edge, and
+re-plans when the contact is lost or stops helping. Near-ties between contacts are broken at random, so two
+demonstrations from the same state can go around different sides of the block (multimodal data).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from robotstack.core import keys
+from sim import panda_scene as ps
+from sim.base_env import YAW_LIMIT, PandaEnv
+from sim.tasks.common import CUBE_HALF, quat_yaw, wrap_angle
+
+Z_SAFE = 0.08  # TCP height for travel over objects (fingertips ~7 cm above the table)
+
+
+def _move(delta: np.ndarray, max_step: float, gain: float = 0.6) -> np.ndarray:
+    """P-control on a position error -> action units (the env integrates actions into its target)."""
+    return np.clip(gain * np.asarray(delta) / max_step, -1.0, 1.0)
+
+
+def _action(env: PandaEnv, xyz, gripper: float, dyaw: float = 0.0) -> np.ndarray:
+    a = np.zeros(len(env.action_names))
+    a[:3] = xyz
+    if env.task.use_yaw:
+        a[3] = dyaw
+    a[-1] = gripper
+    return a
+
+
+class ReachExpert:
+    def __init__(self, env: PandaEnv):
+        self.env = env
+
+    def reset(self) -> None:
+        pass
+
+    def act(self, obs) -> np.ndarray:
+        delta = obs[keys.GOAL] - obs[keys.EEF_POS]
+        return _action(self.env, _move(delta, self.env.max_step_pos), -1.0)
+
+
+class PickPlaceExpert:
+    """Grasp cube `obj` (index into object_state) and put it down where `place_target(obs)` says, then let go.
+
+    Phases: above -> descend -> close -> lift -> carry -> lower -> release -> retreat. Closed loop: re-grasp if the
+    cube is not between the fingers while carrying.
+    """
+
+    def __init__(self, env: PandaEnv, obj: int = 0, place_on_cube: int | None = None):
+        self.env = env
+        self.obj = obj
+        self.place_on_cube = place_on_cube  # stack: index of the cube to put ours on
+        self.reset()
+
+    def reset(self) -> None:
+        self.phase = "above"
+        self.count = 0
+
+    def _place_target(self, obs) -> np.ndarray:
+        if self.place_on_cube is None:
+            return np.asarray(obs[keys.GOAL], float)
+        b = obs[keys.OBJECT_STATE][7 * self.place_on_cube : 7 * self.place_on_cube + 3]
+        return np.array([b[0], b[1], b[2] + 2 * CUBE_HALF])
+
+    def act(self, obs) -> np.ndarray:
+        env, step = self.env, self.env.max_step_pos
+        tcp = np.asarray(obs[keys.EEF_POS], float)
+        cube = np.asarray(obs[keys.OBJECT_STATE][7 * self.obj : 7 * self.obj + 3], float)
+        goal = self._place_target(obs)
+        opening = float(obs[keys.GRIPPER][0])
+        grasp_z = cube[2] + 0.002
+        self.count += 1
+        held = np.linalg.norm(cube - tcp) < 0.025 and opening < 2 * CUBE_HALF + 0.004
+
+        if self.phase in ("lift", "carry", "lower") and not held:
+            self.phase, self.count = "above", 0  # dropped or missed: start over
+        if self.phase == "above":
+            dest = np.array([cube[0], cube[1], max(Z_SAFE, tcp[2]) if np.linalg.norm(tcp[:2] - cube[:2]) > 0.02
+                             else Z_SAFE])
+            if np.linalg.norm(tcp[:2] - cube[:2]) < 0.006:
+                self.phase = "descend"
+            return _action(env, _move(dest - tcp, step), -1.0)
+        if self.phase == "descend":
+            dest = np.array([cube[0], cube[1], grasp_z])
+            if abs(tcp[2] - grasp_z) < 0.005 and np.linalg.norm(tcp[:2] - cube[:2]) < 0.006:
+                self.phase, self.count = "close", 0
+            if np.linalg.norm(tcp[:2] - cube[:2]) > 0.015:  # cube moved away: back up
+                self.phase = "above"
+            return _action(env, _move(dest - tcp, step), -1.0)
+        if self.phase == "close":
+            if self.count >= 6:
+                self.phase = "lift"
+            return _action(env, np.zeros(3), 1.0)
+        if self.phase == "lift":
+            dest = np.array([tcp[0], tcp[1], max(Z_SAFE, goal[2] + 0.06)])
+            if tcp[2] > dest[2] - 0.01:
+                self.phase = "carry"
+            return _action(env, _move(dest - tcp, step), 1.0)
+        if self.phase == "carry":
+            dest = np.array([goal[0], goal[1], max(Z_SAFE, goal[2] + 0.06)])
+            # the cube hangs a little off the TCP: aim the cube, not the hand, at the goal
+            dest[:2] += tcp[:2] - cube[:2]
+            if np.linalg.norm(cube[:2] - goal[:2]) < 0.005:
+                self.phase = "lower"
+            return _action(env, _move(dest - tcp, step), 1.0)
+        if self.phase == "lower":
+            dest = np.array([goal[0], goal[1], goal[2] + 0.004]) + np.r_[tcp[:2] - cube[:2], 0.0]
+            if cube[2] < goal[2] + 0.006:
+                self.phase, self.count = "release", 0
+            return _action(env, _move(dest - tcp, step, gain=0.5), 1.0)
+        if self.phase == "release":
+            if self.count >= 4:
+                self.phase = "retreat"
+            return _action(env, np.zeros(3), -1.0)
+        # retreat: straight up, fingers open
+        return _action(env, _move(np.array([0, 0, Z_SAFE + 0.04 - tcp[2]]), step), -1.0)
+
+
+# --- planar pushing ------------------------------------------------------------------------------------
+PUSHER_HALF_T = 0.026  # closed finger pair: half length along the hand y axis
+PUSHER_HALF_N = 0.0105  # half thickness along the hand x axis
+Z_PUSH = 0.018  # TCP height while pushing (fingertips ~9 mm above the table)
+APPROACH_GAP = 0.02  # start a push this far from the edge
+
+
+def _rects_from_polys(polys) -> list[tuple[float, float, float, float]]:
+    return [(p[:, 0].min(), p[:, 1].min(), p[:, 0].max(), p[:, 1].max()) for p in polys]
+
+
+def _inside(pt, rects, margin: float = 0.0) -> bool:
+    return any(x0 - margin < pt[0] < x1 + margin and y0 - margin < pt[1] < y1 + margin
+               for x0, y0, x1, y1 in rects)
+
+
+def _candidates(rects, spacing: float = 0.01) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(point, outward normal, tangent) on the union outline, in the object frame, where the pusher fits."""
+    out = []
+    for x0, y0, x1, y1 in rects:
+        for a, b, n in (
+            ((x0, y0), (x1, y0), (0.0, -1.0)),
+            ((x1, y0), (x1, y1), (1.0, 0.0)),
+            ((x1, y1), (x0, y1), (0.0, 1.0)),
+            ((x0, y1), (x0, y0), (-1.0, 0.0)),
+        ):
+            a, b, n = np.array(a), np.array(b), np.array(n)
+            t = np.array([-n[1], n[0]])
+            length = np.linalg.norm(b - a)
+            k = max(1, int(round((length - 0.01) / spacing)))
+            for s in np.linspace(0.005, length - 0.005, k + 1):
+                p = a + (b - a) / length * s
+                if _inside(p + n * 0.002, rects):
+                    continue  # interior seam between the T's two boxes
+                ok = True
+                for off in (PUSHER_HALF_N + 0.003, PUSHER_HALF_N + APPROACH_GAP):
+                    c = p + n * off
+                    for u in np.linspace(-1, 1, 7):
+                        for v in (-1.0, 0.0, 1.0):
+                            q = c + t * u * (PUSHER_HALF_T + 0.003) + n * v * (PUSHER_HALF_N + 0.002)
+                            if _inside(q, rects, margin=0.001):
+                                ok = False
+                if ok:
+                    out.append((p, n, t))
+    return out
+
+
+class PlanarPushExpert:
+    """Push object `obj` to goal (x, y[, yaw]) with the closed finger pair (see module docstring)."""
+
+    PUSH_ANGLES = (-0.35, 0.0, 0.35)  # push direction relative to the inward normal (inside the friction cone)
+    TIE_MARGIN = 0.08  # contacts this close to the best score count as equally good (random choice among them)
+
+    def __init__(self, env: PandaEnv, polys, use_yaw_goal: bool, length_scale: float = 0.1, seed=None):
+        self.env = env
+        rects = _rects_from_polys(polys)
+        self.cands = _candidates(rects)
+        self.P, self.N, self.T = (np.array([c[k] for c in self.cands]) for k in range(3))
+        pts = np.concatenate([np.stack(np.meshgrid(np.linspace(x0, x1, 20), np.linspace(y0, y1, 20)), -1)
+                              .reshape(-1, 2) for x0, y0, x1, y1 in rects])
+        areas = np.repeat([(x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in rects], 400)
+        self.c2 = float(np.sum(areas * (pts**2).sum(1)) / areas.sum())  # radius of gyration^2
+        self.use_yaw_goal = use_yaw_goal
+        self.L = length_scale  # metres per radian when comparing rotation with translation
+        self.rng = np.random.default_rng(seed)
+        self.reset()
+
+    def reset(self) -> None:
+        self.phase = "plan"
+        self.contact = None
+        self.seg_steps = 0
+        self.psi_plan = None
+
+    # object-frame contact -> world
+    def _world(self, pose, p, n, t):
+        x, y, yaw = pose
+        c, s = np.cos(yaw), np.sin(yaw)
+        R = np.array([[c, -s], [s, c]])
+        return np.array([x, y]) + R @ p, R @ n, R @ t
+
+    def _desired(self, pose, goal) -> np.ndarray:
+        e_yaw = wrap_angle(goal[2] - pose[2]) if self.use_yaw_goal else 0.0
+        return np.array([goal[0] - pose[0], goal[1] - pose[1], self.L * e_yaw])
+
+    def _scores(self, pose, D, idx=None, angles=PUSH_ANGLES) -> np.ndarray:
+        """Cosine between the object twist each (candidate, angle) push would cause and the desired twist D.
+
+        Quasi-static model: force d at lever r gives twist ~ (d, (r x d) / c2); rotation scaled by L (m/rad).
+        Returns (n_candidates, n_angles).
+        """
+        c, s = np.cos(pose[2]), np.sin(pose[2])
+        R = np.array([[c, -s], [s, c]])
+        P, N, T = (self.P, self.N, self.T) if idx is None else (self.P[idx], self.N[idx], self.T[idx])
+        r, n, t = P @ R.T, N @ R.T, T @ R.T
+        ang = np.asarray(angles)[None, :, None]
+        d = -n[:, None, :] * np.cos(ang) + t[:, None, :] * np.sin(ang)  # (n, a, 2)
+        torque = r[:, None, 0] * d[..., 1] - r[:, None, 1] * d[..., 0]
+        V = np.concatenate([d, (self.L * torque / self.c2)[..., None]], axis=-1)
+        return (V @ D) / (np.linalg.norm(V, axis=-1) * np.linalg.norm(D) + 1e-9)
+
+    def _plan(self, pose, D) -> None:
+        scores = self._scores(pose, D)
+        c, s = np.cos(pose[2]), np.sin(pose[2])
+        R = np.array([[c, -s], [s, c]])
+        app = pose[:2] + (self.P + self.N * (PUSHER_HALF_T + APPROACH_GAP)) @ R.T
+        reachable = (app[:, 0] > 0.28) & (app[:, 0] < 0.78) & (np.abs(app[:, 1]) < 0.38)
+        scores[~reachable] = -np.inf  # approach point outside the workspace
+        # Multimodality: group the good contacts (score within TIE_MARGIN of the best) by edge direction and by
+        # which side of the centre of mass they sit on, pick a group at random, then its best contact. Two runs
+        # from the same state may push from different sides of the block.
+        good = np.argwhere(scores > scores.max() - self.TIE_MARGIN)
+        groups: dict = {}
+        for i, j in good:
+            side = int(np.sign(self.P[i] @ self.T[i] + 1e-9))
+            key = (tuple(np.round(self.N[i]).astype(int)), side)
+            if key not in groups or scores[i, j] > scores[groups[key]]:
+                groups[key] = (i, j)
+        keys_ = sorted(groups)
+        i, j = groups[keys_[self.rng.integers(len(keys_))]]
+        self.contact = (int(i), float(self.PUSH_ANGLES[j]))
+        self.seg_steps = 0
+        self.psi_plan = None
+
+    def act(self, obs) -> np.ndarray:
+        env, step = self.env, self.env.max_step_pos
+        tcp = np.asarray(obs[keys.EEF_POS], float)
+        o = obs[keys.OBJECT_STATE]
+        pose = np.array([o[0], o[1], quat_yaw(o[3:7])])
+        goal = np.asarray(obs[keys.GOAL], float)
+        goal = np.array([goal[0], goal[1], goal[2] if self.use_yaw_goal else 0.0])
+        D = self._desired(pose, goal)
+        tcp_yaw = quat_yaw(obs[keys.EEF_QUAT])  # equals the yaw of kinematics.down_rotation
+
+        if self.phase == "plan" or self.contact is None:
+            self._plan(pose, D)
+            self.phase = "lift"
+        i, ang = self.contact
+        pw, nw, tw = self._world(pose, *self.cands[i])
+        # finger pair flush with the edge: hand y (= (sin psi, -cos psi)) parallel to the edge tangent. The
+        # absolute hand yaw is chosen once per contact (nearest equivalent within the yaw limit) and then follows
+        # the object's rotation, so it never flips between the two equivalent solutions mid-push.
+        if self.psi_plan is None:
+            psi = np.arctan2(tw[0], -tw[1])
+            dpsi = (psi - tcp_yaw + np.pi / 2) % np.pi - np.pi / 2  # the closed finger pair is symmetric under pi
+            want = tcp_yaw + dpsi
+            if abs(want) > YAW_LIMIT - 0.1:
+                want -= np.sign(want) * np.pi
+            self.psi_plan, self.obj_yaw_plan = want, pose[2]
+        want = self.psi_plan + wrap_angle(pose[2] - self.obj_yaw_plan)
+        want = float(np.clip(want, -YAW_LIMIT, YAW_LIMIT))
+        dpsi = want - tcp_yaw
+        dyaw = np.clip(0.8 * dpsi / env.max_step_yaw, -1, 1)
+        if not env.task.use_yaw:
+            dyaw, dpsi = 0.0, 0.0  # no yaw action (push): the finger pair meets the edge at whatever angle
+        # pusher extent along the edge normal for the current hand yaw
+        hx = np.array([np.cos(tcp_yaw), np.sin(tcp_yaw)])
+        ext = abs(hx @ nw) * PUSHER_HALF_N + abs(np.array([-hx[1], hx[0]]) @ nw) * PUSHER_HALF_T
+        contact_tcp = pw + nw * ext
+        approach = pw + nw * (ext + APPROACH_GAP)
+
+        if self.phase == "lift":
+            if tcp[2] > Z_SAFE - 0.01 or np.linalg.norm(tcp[:2] - approach) < 0.01:
+                self.phase = "travel"
+            else:
+                return _action(env, _move(np.array([0, 0, Z_SAFE + 0.01 - tcp[2]]), step), 1.0, dyaw)
+        if self.phase == "travel":
+            dest = np.array([approach[0], approach[1], max(tcp[2], Z_SAFE) if np.linalg.norm(tcp[:2] - approach)
+                             > 0.03 else tcp[2]])
+            if np.linalg.norm(tcp[:2] - approach) < 0.008 and abs(dpsi) < 0.15:
+                self.phase = "descend"
+            return _action(env, _move(dest - tcp, step), 1.0, dyaw)
+        if self.phase == "descend":
+            dest = np.array([approach[0], approach[1], Z_PUSH])
+            if tcp[2] < Z_PUSH + 0.006:
+                self.phase, self.seg_steps = "push", 0
+            return _action(env, _move(dest - tcp, step), 1.0, dyaw)
+
+        # push phase: closed loop on the contact point, which moves with the object
+        self.seg_steps += 1
+        rel = tcp[:2] - contact_tcp
+        gap = float(rel @ nw)
+        lateral = float(rel @ tw)
+        score = float(self._scores(pose, D, idx=[i], angles=(ang,))[0, 0])
+        best = float(self._scores(pose, D, angles=(0.0,)).max())
+        lost = gap > APPROACH_GAP + 0.012 or gap < -0.012 or abs(lateral) > 0.02
+        if lost or score < 0.25 or (self.seg_steps > 4 and best - score > 0.3):
+            self.phase = "plan"
+            return _action(env, _move(np.array([0, 0, Z_SAFE - tcp[2]]), step), 1.0, 0.0)
+        d = -nw * np.cos(ang) + tw * np.sin(ang)
+        err = np.linalg.norm(D)
+        speed = step * float(np.clip(err / 0.06, 0.25, 0.6))
+        v = d * speed - tw * lateral * 0.5
+        xyz = np.array([v[0], v[1], 0.6 * (Z_PUSH - tcp[2])]) / step
+        return _action(env, np.clip(xyz, -1, 1), 1.0, dyaw)
+
+
+class NoisyExpert:
+    """Adds suboptimality to a clean expert: Gaussian noise, random pauses and short random detours."""
+
+    def __init__(self, expert, n_action: int, noise: float = 0.0, seed: int | None = None):
+        if not 0.0 <= noise <= 1.0:
+            raise ValueError(f"expert noise={noise!r}: expected a value in [0, 1]")
+        self.expert = expert
+        self.n_action = n_action
+        self.noise = float(noise)
+        self.rng = np.random.default_rng(seed)
+        self.reset()
+
+    def reset(self) -> None:
+        self.expert.reset()
+        self.pause = 0
+        self.detour = 0
+        self.detour_dir = np.zeros(self.n_action - 1)
+
+    def act(self, obs) -> np.ndarray:
+        a = np.asarray(self.expert.act(obs), dtype=np.float64).copy()
+        if self.noise > 0:
+            if self.pause == 0 and self.detour == 0:
+                u = self.rng.random()
+                if u < 0.03 * self.noise:
+                    self.pause = int(self.rng.integers(2, 8))
+                elif u < 0.05 * self.noise:
+                    self.detour = int(self.rng.integers(2, 6))
+                    self.detour_dir = self.rng.normal(size=self.n_action - 1)
+                    self.detour_dir[2] = abs(self.detour_dir[2])  # detours never dive into the table
+                    self.detour_dir /= np.linalg.norm(self.detour_dir)
+            if self.pause > 0:
+                self.pause -= 1
+                a[:-1] = 0.0
+            elif self.detour > 0:
+                self.detour -= 1
+                a[:-1] = 0.7 * self.detour_dir
+            a[:-1] += self.rng.normal(0.0, 0.5 * self.noise, self.n_action - 1)
+        return np.clip(a, -1.0, 1.0).astype(np.float32)
+
+
+def make_panda_expert(env: PandaEnv, noise: float = 0.0, seed: int | None = None) -> NoisyExpert:
+    name = env.task.name
+    if name == "reach":
+        clean = ReachExpert(env)
+    elif name == "pick_place":
+        clean = PickPlaceExpert(env, obj=0)
+    elif name == "stack":
+        clean = PickPlaceExpert(env, obj=0, place_on_cube=1)
+    elif name == "push":
+        half = CUBE_HALF
+        square = [np.array([[-half, -half], [half, -half], [half, half], [-half, half]])]
+        clean = PlanarPushExpert(env, square, use_yaw_goal=False, length_scale=0.05, seed=seed)
+    elif name == "push_t":
+        clean = PlanarPushExpert(env, ps.t_block_polygons(), use_yaw_goal=True, length_scale=0.1, seed=seed)
+    else:
+        raise KeyError(f"no scripted expert for task {name!r}")
+    return NoisyExpert(clean, len(env.action_names), noise=noise, seed=seed)

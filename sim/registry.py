@@ -1,0 +1,60 @@
+"""Task registry: `make(name, **kwargs)`, `task_names()`, `make_expert(env, noise, seed)`.
+
+Names prefixed `mw:` are Meta-World tasks handled by sim.metaworld_env (imported lazily: it needs metaworld).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import gymnasium as gym
+
+from robotstack.core.errors import UnknownTaskError
+from sim.base_env import PandaEnv
+from sim.tasks.pick_place import PickPlaceTask
+from sim.tasks.push import PushTask
+from sim.tasks.push_t import PushTTask
+from sim.tasks.reach import ReachTask
+from sim.tasks.stack import StackTask
+
+MW_PREFIX = "mw:"
+
+TASKS: dict[str, Callable[[], object]] = {
+    "reach": ReachTask,
+    "push": PushTask,
+    "pick_place": PickPlaceTask,
+    "push_t": PushTTask,
+    "stack": StackTask,
+}
+
+
+def task_names() -> list[str]:
+    """Own (MuJoCo Panda) task names; Meta-World tasks are `mw:<metaworld-v3-name>`."""
+    return list(TASKS)
+
+
+def make(name: str, **kwargs) -> gym.Env:
+    """Build a task env. kwargs: seed, cameras, image_size, control_hz, physics_hz, max_episode_steps,
+    randomize, shaped_reward, ... (see sim.base_env.PandaEnv)."""
+    if name.startswith(MW_PREFIX):
+        from sim.metaworld_env import make_metaworld  # lazy: optional heavy dependency
+
+        return make_metaworld(name[len(MW_PREFIX):], **kwargs)
+    if name not in TASKS:
+        raise UnknownTaskError(
+            f"unknown task {name!r}; known tasks: {task_names()} and '{MW_PREFIX}<metaworld-v3-name>' "
+            f"(e.g. '{MW_PREFIX}pick-place-v3')"
+        )
+    return PandaEnv(TASKS[name](), **kwargs)
+
+
+def make_expert(env: gym.Env, noise: float = 0.0, seed: int | None = None):
+    """Scripted closed-loop expert for `env` (an env from `make`): object with reset() and act(obs)."""
+    base = env.unwrapped
+    if not isinstance(base, PandaEnv):
+        from sim.metaworld_env import MetaWorldExpert  # lazy, see make()
+
+        return MetaWorldExpert(env, noise=noise, seed=seed)
+    from sim.experts import make_panda_expert
+
+    return make_panda_expert(base, noise=noise, seed=seed)

@@ -1,0 +1,85 @@
+"""robotstack.core.kinematics against MuJoCo on the loaded pybullet_data Panda URDF."""
+
+import mujoco
+import numpy as np
+import pytest
+
+from robotstack.core import kinematics as kin
+from sim import panda_scene as ps
+
+
+@pytest.fixture(scope="module")
+def panda():
+    model = ps.build_panda_scene().compile()
+    return model, mujoco.MjData(model), ps.PandaHandles.from_model(model)
+
+
+def test_fk_matches_mujoco_bodies_and_tcp_site(panda):
+    model, data, h = panda
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        q = rng.uniform(kin.JOINT_LOWER, kin.JOINT_UPPER)
+        data.qpos[h.arm_qpos] = q
+        mujoco.mj_kinematics(model, data)
+        for name, (p, R) in kin.link_poses(q).items():
+            if name == "tcp":
+                pm, Rm = data.site_xpos[h.tcp_site], data.site_xmat[h.tcp_site].reshape(3, 3)
+            else:
+                b = model.body(ps.PREFIX + name).id
+                pm, Rm = data.xpos[b], data.xmat[b].reshape(3, 3)
+            assert np.linalg.norm(p - pm) < 1e-3, name  # < 1 mm (observed ~1e-6: MJCF text rounding)
+            assert np.abs(R - Rm).max() < 1e-3, name
+        _, _, tcp, R = kin.forward_kinematics(q)
+        np.testing.assert_allclose(tcp, kin.link_poses(q)["tcp"][0], atol=1e-12)
+
+
+def test_jacobian_matches_finite_differences():
+    rng = np.random.default_rng(1)
+    q = rng.uniform(kin.JOINT_LOWER, kin.JOINT_UPPER)
+    J, p0, _ = kin.jacobian(q)
+    eps = 1e-6
+    for i in range(7):
+        dq = np.zeros(7)
+        dq[i] = eps
+        p1 = kin.forward_kinematics(q + dq)[2]
+        np.testing.assert_allclose((p1 - p0) / eps, J[:3, i], atol=1e-5)
+
+
+def test_jacobian_matches_mujoco(panda):
+    model, data, h = panda
+    q = np.array([0.3, -0.5, 0.2, -2.0, 0.4, 1.8, 0.1])
+    data.qpos[h.arm_qpos] = q
+    mujoco.mj_forward(model, data)
+    jacp, jacr = np.zeros((3, model.nv)), np.zeros((3, model.nv))
+    mujoco.mj_jacSite(model, data, jacp, jacr, h.tcp_site)
+    J = kin.jacobian(q)[0]
+    np.testing.assert_allclose(J[:3], jacp[:, h.arm_dof], atol=1e-5)
+    np.testing.assert_allclose(J[3:], jacr[:, h.arm_dof], atol=1e-5)
+
+
+@pytest.mark.parametrize("yaw", [None, 0.0, 0.8, -1.2])
+def test_ik_reaches_targets_pointing_down_within_limits(yaw):
+    rng = np.random.default_rng(2)
+    for _ in range(10):
+        target = rng.uniform([0.3, -0.3, 0.02], [0.7, 0.3, 0.4])
+        q = kin.solve_ik(kin.HOME_Q, target, yaw, iters=100)
+        _, _, p, R = kin.forward_kinematics(q)
+        assert np.linalg.norm(p - target) < 1e-3
+        assert R[2, 2] < -0.999  # tool z points down
+        if yaw is not None:
+            assert abs(kin.tcp_yaw(R) - yaw) < 1e-2
+        assert np.all(q >= kin.JOINT_LOWER) and np.all(q <= kin.JOINT_UPPER)
+
+
+def test_ik_clamps_unreachable_target_to_limits():
+    q = kin.solve_ik(kin.HOME_Q, [2.0, 0.0, 0.5], 0.0, iters=50)
+    assert np.all(np.isfinite(q))
+    assert np.all(q >= kin.JOINT_LOWER) and np.all(q <= kin.JOINT_UPPER)
+
+
+def test_rot_to_quat_roundtrip():
+    R = kin.down_rotation(0.7)
+    qm = np.zeros(4)
+    mujoco.mju_mat2Quat(qm, R.flatten())
+    qm = qm if qm[0] >= 0 else -qm
+    np.testing.assert_allclose(kin.rot_to_quat(R), qm, atol=1e-9)
