@@ -7,7 +7,10 @@ Recipe for loading the URDF on mujoco 3.3.0 is from shared/specs/machine_notes.m
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+import sys
 import re
 from dataclasses import dataclass
 
@@ -80,10 +83,26 @@ def _look_at_quat(pos, target, up=(0.0, 0.0, 1.0)) -> np.ndarray:
     return quat
 
 
+@contextlib.contextmanager
+def _silenced_stderr_fd():
+    """MuJoCo's URDF parser prints ~20 harmless "Geom with duplicate name ''" warnings straight to fd 2 (the
+    pybullet_data URDF leaves collision geoms unnamed). Parse errors still raise, so only the noise is lost."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 @functools.lru_cache(maxsize=1)
 def _panda_mjcf_text() -> str:
-    """The URDF converted once to MJCF: later loads skip the URDF parser and its ~20 duplicate-name warnings."""
-    spec = mujoco.MjSpec.from_string(_panda_urdf_text())
+    """The URDF converted once to MJCF: later loads skip the URDF parser."""
+    with _silenced_stderr_fd():
+        spec = mujoco.MjSpec.from_string(_panda_urdf_text())
     spec.compile()  # to_xml needs a compiled spec
     return spec.to_xml()
 
