@@ -1,6 +1,7 @@
 """`make demo`: the main job on the embedded default — MuJoCo push task, local store.
 
-Stage by stage as the stack grows: record scripted demos -> data info (-> train -> distill -> export -> deploy).
+Stage by stage as the stack grows: record scripted demos -> data info -> train il -> eval -> plot
+(-> distill -> export -> deploy).
 Each step is the same `robotstack` command a user would type, so the demo doubles as a usage example.
 """
 
@@ -30,6 +31,10 @@ def main() -> None:
     run("record", "--task", "push", "--device", "scripted", "--episodes", "20", "--noise", "0.2",
         "--out", store)
     run("data", "info", store)
+    run_dir = str(OUT / "il_push")
+    run("train", "il", "--config", "configs/il/demo_push.yaml", f"data.paths=[{store}]", "--out", run_dir)
+    run("eval", "--checkpoint", f"{run_dir}/checkpoints/latest", "--episodes", "20", "--num-envs", "2")
+    run("plot", run_dir)
 
 
 if __name__ == "__main__":

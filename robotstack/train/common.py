@@ -118,6 +118,27 @@ def read_metrics(run_dir: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
 
 
+def truncate_metrics(run_dir: Path, step: int) -> int:
+    """Drop metrics.csv rows logged after `step` (a run killed after its last checkpoint logged them; the
+    resumed run logs them again). Returns the number of rows dropped."""
+    path = Path(run_dir) / "metrics.csv"
+    if not path.exists():
+        return 0
+    with path.open() as f:
+        reader = csv.DictReader(f)
+        header = list(reader.fieldnames or [])
+        rows = list(reader)
+    keep = [r for r in rows if float(r["step"]) <= step]
+    if len(keep) != len(rows):
+        tmp = path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=header)
+            w.writeheader()
+            w.writerows(keep)
+        os.replace(tmp, path)
+    return len(rows) - len(keep)
+
+
 # ---------------------------------------------------------------------------------- training state
 def _optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     sd = opt.state_dict()

@@ -1,0 +1,523 @@
+"""Stage 1: imitation learning of a diffusion policy from an episode store (`robotstack train il`).
+
+Read top to bottom: config dataclasses -> data -> builders -> loss (named pure function) -> checkpoints ->
+evaluation -> the loop -> `main`.
+
+Glossary: B global batch, b = B / world_size per-rank batch, To obs history, T horizon (predicted chunk),
+Ta executed actions, Da action dim, N train diffusion timesteps, M windows in the data.
+
+Determinism and resume (robotstack/train/common.py): the window indices, diffusion timesteps and noise of
+step s are drawn for the *global* batch from generators seeded with (seed, s), then each rank takes its
+shard. So (a) a run resumed from the checkpoint of step s draws exactly what the uninterrupted run drew and
+(b) a DDP run over W processes sees the same global batch and noise as one process (its gradient is the
+mean of equal shards = the full-batch gradient, up to float summation order). Global-RNG consumers inside
+the policy (random crop, VIB sampling) are re-seeded each step with (seed, s, rank).
+
+Run dir layout:
+    RUN_DIR/config.json                     resolved ILConfig (what `--resume` restarts from)
+    RUN_DIR/metrics.csv, RUN_DIR/tb/        loss, lr, steps/s, samples/s, eval/success_rate
+    RUN_DIR/checkpoints/step_N/             model.safetensors, ema.safetensors, config.json (policy),
+                                            optimizer.safetensors, train_state.json
+    RUN_DIR/checkpoints/latest -> step_N    symlink, swapped atomically after each complete checkpoint
+    RUN_DIR/eval/step_N/                    per-episode JSON of the periodic evaluations
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+from torch import nn
+
+from robotstack.core import keys as K
+from robotstack.core.config import apply_overrides, from_dict, load_config, save_config, to_dict
+from robotstack.core.errors import ConfigError
+from robotstack.data.sampler import SequenceSampler
+from robotstack.data.store import EpisodeStore
+from robotstack.train.common import (DistInfo, init_distributed, load_training_state, numpy_rng, progress_bar,
+                                     RunLogger, save_training_state, shard, step_seed, torch_gen,
+                                     truncate_metrics)
+
+from policies.checkpoint import EMA_FILE, MODEL_FILE, save_checkpoint
+from policies.common.ema import EMA
+from policies.diffusion import loss as loss_fns
+from policies.diffusion.config import DenoiserConfig, DiffusionPolicyConfig, EncoderConfig, SchedulerConfig
+from policies.diffusion.model import DiffusionPolicy
+
+DEFAULT_OBS_KEYS = (K.EEF_POS, K.GRIPPER, K.OBJECT_STATE, K.GOAL)
+CONFIG_NAME = "config.json"
+
+
+# =========================================================================================== config
+@dataclass
+class DataConfig:
+    paths: list[str] = field(default_factory=list)  # episode stores; several are concatenated
+    obs_keys: list[str] = field(default_factory=lambda: list(DEFAULT_OBS_KEYS))  # store keys the policy sees
+
+
+@dataclass
+class PolicySection:
+    """DiffusionPolicyConfig without obs_shapes / action_dim, which are read from the store."""
+
+    n_obs_steps: int = 2  # To
+    horizon: int = 16  # T
+    n_action_steps: int = 8  # Ta
+    action_start: int = 1  # To - 1: the chunk starts at the oldest observation
+    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    obs_norm: str = "minmax"
+    action_norm: str = "minmax"
+    beta_kl: float = 1e-3
+    beta_recon: float = 0.5
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 3000
+    batch_size: int = 64  # global batch B (split evenly over DDP ranks)
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    betas: tuple[float, float] = (0.95, 0.999)
+    warmup_steps: int = 100  # linear warm-up, then `lr_schedule`
+    lr_schedule: str = "cosine"  # cosine (to 0 at `steps`) | constant
+    grad_clip: float = 0.0  # max grad norm; 0 = off
+    ema_decay: float = 0.9999  # max EMA decay (diffusion_policy's warm-up schedule, power 0.75)
+    ema_power: float = 0.75
+    log_every: int = 50
+    eval_every: int = 0  # 0 = evaluate only after the last step (if eval.episodes > 0)
+    checkpoint_every: int = 500  # 0 = only after the last step
+    keep_checkpoints: int = 0  # keep the newest k step_N dirs; 0 = keep all
+    seed: int = 0
+    num_threads: int = 2  # torch intra-op threads per process; 0 = torch's default
+    device: str = "cpu"  # cpu | cuda | auto
+
+
+@dataclass
+class EvalConfig:
+    episodes: int = 20  # 0 = no evaluation during training
+    sampler: str = "ddim"
+    steps: int = 10  # denoising steps K
+    num_envs: int = 1  # > 1: gymnasium AsyncVectorEnv subprocesses
+    seed: int = 100_000  # seed of the first eval episode (away from the seeds demos are recorded with)
+    max_episode_steps: int = 0  # 0 = the task's own limit
+    ema: bool = True  # evaluate the EMA weights
+
+
+@dataclass
+class ILConfig:
+    task: str = ""  # sim task the policy is evaluated in, e.g. push or mw:push-v3
+    data: DataConfig = field(default_factory=DataConfig)
+    policy: PolicySection = field(default_factory=PolicySection)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if not self.task:
+            raise ConfigError("config task: required (e.g. task: push, or task: mw:push-v3)")
+        if not self.data.paths:
+            raise ConfigError("config data.paths: at least one episode store path is required")
+        if not self.data.obs_keys:
+            raise ConfigError("config data.obs_keys: at least one observation key is required")
+        t = self.train
+        for name in ("steps", "batch_size"):
+            if getattr(t, name) < 1:
+                raise ConfigError(f"config train.{name}: expected >= 1, got {getattr(t, name)}")
+        for name in ("log_every", "eval_every", "checkpoint_every", "warmup_steps", "keep_checkpoints"):
+            if getattr(t, name) < 0:
+                raise ConfigError(f"config train.{name}: expected >= 0, got {getattr(t, name)}")
+        if t.lr_schedule not in ("cosine", "constant"):
+            raise ConfigError(f"config train.lr_schedule: {t.lr_schedule!r} is not 'cosine' or 'constant'")
+        if t.device not in ("cpu", "cuda", "auto"):
+            raise ConfigError(f"config train.device: {t.device!r} is not cpu, cuda or auto")
+        if self.eval.sampler not in ("ddim", "ddpm"):
+            raise ConfigError(f"config eval.sampler: {self.eval.sampler!r} is not 'ddim' or 'ddpm'")
+        if self.eval.episodes < 0 or self.eval.num_envs < 1 or self.eval.steps < 1:
+            raise ConfigError("config eval: need episodes >= 0, num_envs >= 1 and steps >= 1")
+        # the policy section is validated in full by building a DiffusionPolicyConfig with placeholder shapes
+        policy_config(self, {k: ((96, 96, 3) if K.is_image_key(k) else (1,)) for k in self.data.obs_keys}, 1)
+
+
+def policy_config(cfg: ILConfig, obs_shapes: dict[str, tuple[int, ...]], action_dim: int) -> DiffusionPolicyConfig:
+    section = {f.name: getattr(cfg.policy, f.name) for f in dataclasses.fields(cfg.policy)}
+    return DiffusionPolicyConfig(obs_shapes=obs_shapes, action_dim=action_dim, **section)
+
+
+# ============================================================================================= data
+@dataclass
+class TrainData:
+    arrays: dict[str, np.ndarray]  # key -> (N, ...) all frames, RAM copy
+    episode_ends: np.ndarray  # (E,)
+    sampler: SequenceSampler  # M windows: obs keys (To, ...), action (T, Da)
+    obs_shapes: dict[str, tuple[int, ...]]
+    action_dim: int
+
+
+def load_data(cfg: ILConfig) -> TrainData:
+    """Load `data.obs_keys` + action of every store into RAM, concatenated, and window them."""
+    keys = [*cfg.data.obs_keys, K.ACTION]
+    parts, ends, offset, specs = [], [], 0, None
+    for path in cfg.data.paths:
+        if not Path(path).exists():
+            raise ConfigError(f"config data.paths: store {path} does not exist (record one with `robotstack "
+                              f"record --task {cfg.task} --out {path}`)")
+        with EpisodeStore.open(path) as store:
+            missing = [k for k in keys if k not in store.keys()]
+            if missing:
+                raise ConfigError(f"config data.obs_keys: store {path} has no key(s) {missing}; it has "
+                                  f"{store.keys()}")
+            if store.n_episodes == 0:
+                raise ConfigError(f"config data.paths: store {path} has no episodes")
+            these = {k: v for k, v in store.key_specs().items() if k in keys}
+            if specs is not None and these != specs:
+                raise ConfigError(f"config data.paths: store {path} key shapes {these} differ from "
+                                  f"{cfg.data.paths[0]}'s {specs}")
+            specs = these
+            parts.append(store.load(keys))
+            ends.append(store.episode_ends + offset)
+            offset += store.n_frames
+    arrays = {k: np.concatenate([p[k] for p in parts]) for k in keys}
+    episode_ends = np.concatenate(ends)
+    p = cfg.policy
+    sampler = SequenceSampler(arrays, episode_ends, p.horizon, pad_before=p.n_obs_steps - 1,
+                              pad_after=p.n_action_steps - 1, keys=keys,
+                              key_horizons={k: p.n_obs_steps for k in cfg.data.obs_keys})
+    if len(sampler) == 0:
+        raise ConfigError(f"config data.paths: no training windows of horizon {p.horizon} in {cfg.data.paths}")
+    obs_shapes = {k: tuple(specs[k][0]) for k in cfg.data.obs_keys}
+    return TrainData(arrays, episode_ends, sampler, obs_shapes, int(specs[K.ACTION][0][0]))
+
+
+def batch_to_torch(raw: dict[str, np.ndarray], obs_keys: list[str], device: torch.device) -> dict[str, Any]:
+    """sampler output -> {"obs": {key: (b, To, ...)}, "action": (b, T, Da)}; images stay uint8."""
+    obs = {k: torch.from_numpy(np.ascontiguousarray(raw[k])).to(device) for k in obs_keys}
+    return {"obs": obs, "action": torch.from_numpy(np.ascontiguousarray(raw[K.ACTION])).to(device)}
+
+
+# ========================================================================================= builders
+def pick_device(name: str, info: DistInfo) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("config train.device: cuda requested but torch sees no GPU")
+        local = int(os.environ.get("LOCAL_RANK", info.rank))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def build_policy(cfg: ILConfig, data: TrainData) -> DiffusionPolicy:
+    torch.manual_seed(cfg.train.seed)  # same seed -> same initial weights on every rank
+    policy = DiffusionPolicy(policy_config(cfg, data.obs_shapes, data.action_dim))
+    policy.fit_normalizer({k: data.arrays[k] for k in policy.normalizer.keys()})
+    return policy
+
+
+def build_optimizer(cfg: ILConfig, policy: nn.Module) -> torch.optim.Optimizer:
+    t = cfg.train
+    return torch.optim.AdamW(policy.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+
+
+def lr_at(step: int, t: TrainConfig) -> float:
+    """Linear warm-up over warmup_steps, then cosine to 0 at `steps` (or constant)."""
+    if t.warmup_steps and step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    if t.lr_schedule == "constant":
+        return t.lr
+    progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
+    return t.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+# ============================================================================================= loss
+def diffusion_noise(policy: DiffusionPolicy, batch_size: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Timesteps (B,) and noise (B, T, Da) for the global batch, drawn in the order compute_loss draws them."""
+    c = policy.config
+    t = torch.randint(0, c.scheduler.num_train_timesteps, (batch_size,), generator=gen)
+    eps = torch.randn((batch_size, c.horizon, c.action_dim), generator=gen, dtype=torch.float32)
+    return t, eps
+
+
+def il_loss(policy: DiffusionPolicy, batch: dict[str, Any], t: torch.Tensor, eps: torch.Tensor
+            ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """policies.diffusion.loss.compute_loss with explicit timesteps t (b,) and noise eps (b, T, Da), so a rank
+    can be handed its shard of the global draw. -> (loss, detached metric tensors)."""
+    cfg = policy.config
+    x0 = policy.normalizer.normalize("action", batch["action"].to(torch.float32))
+    enc = policy.encode_obs(batch["obs"])
+    x_t = policy.schedule.add_noise(x0, eps, t)
+    l_eps = loss_fns.epsilon_loss(policy.denoiser(x_t, t, enc.cond), eps)
+    loss, metrics = l_eps, {"loss_eps": l_eps.detach()}
+    if enc.kl is not None:
+        l_kl = loss_fns.kl_loss(enc.kl)
+        loss, metrics["loss_kl"] = loss + cfg.beta_kl * l_kl, l_kl.detach()
+    if enc.recon is not None:
+        l_rec = loss_fns.recon_loss(enc.recon, enc.state)
+        loss, metrics["loss_recon"] = loss + cfg.beta_recon * l_rec, l_rec.detach()
+    metrics["loss"] = loss.detach()
+    return loss, metrics
+
+
+class LossModule(nn.Module):
+    """Wraps the policy so the loss runs inside forward(): DDP only syncs gradients of its forward pass."""
+
+    def __init__(self, policy: DiffusionPolicy):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, batch: dict[str, Any], t: torch.Tensor, eps: torch.Tensor):
+        return il_loss(self.policy, batch, t, eps)
+
+
+# ====================================================================================== checkpoints
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step_{step}"
+
+
+def save_all(run_dir: Path, step: int, cfg: ILConfig, policy: DiffusionPolicy, ema: EMA,
+             optimizer: torch.optim.Optimizer, data: TrainData, log_window: tuple[float, int] = (0.0, 0)) -> Path:
+    """step_N (written as step_N.tmp, then renamed) + atomic swap of the `latest` symlink."""
+    root = Path(run_dir) / "checkpoints"
+    final, tmp = checkpoint_dir(run_dir, step), root / f"step_{step}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    extra = {"stage": "il", "step": step, "task": cfg.task, "obs_keys": cfg.data.obs_keys,
+             "data_paths": cfg.data.paths, "n_episodes": int(len(data.episode_ends)),
+             "eval": to_dict(cfg.eval)}
+    save_checkpoint(tmp, policy, ema.averaged, extra=extra)
+    # the partial loss-logging window is state too: without it a resumed run logs a different mean
+    save_training_state(tmp, step, optimizer, extra={"seed": cfg.train.seed, "ema_step": ema.step,
+                                                     "log_window": list(log_window)})
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    link_tmp = root / "latest.tmp"
+    if link_tmp.is_symlink() or link_tmp.exists():
+        link_tmp.unlink()
+    os.symlink(final.name, link_tmp)
+    os.replace(link_tmp, root / "latest")
+    if cfg.train.keep_checkpoints:
+        old = sorted((p for p in root.glob("step_*") if p.is_dir() and p.name[5:].isdigit()),
+                     key=lambda p: int(p.name[5:]))
+        for p in old[:-cfg.train.keep_checkpoints]:
+            shutil.rmtree(p, ignore_errors=True)
+    return final
+
+
+def restore(run_dir: Path, policy: DiffusionPolicy, ema: EMA, optimizer: torch.optim.Optimizer
+            ) -> tuple[int, tuple[float, int]]:
+    """Load weights, EMA weights, optimizer state from RUN_DIR/checkpoints/latest;
+    -> (the step to resume at, the partial loss-logging window (sum, count))."""
+    latest = Path(run_dir) / "checkpoints" / "latest"
+    if not (latest / "train_state.json").is_file():
+        raise ConfigError(f"--resume {run_dir}: no complete checkpoint at {latest} (nothing to resume)")
+    policy.load_state_dict(load_file(str(latest / MODEL_FILE)), strict=True)
+    ema.averaged.load_state_dict(load_file(str(latest / EMA_FILE)), strict=True)
+    meta = load_training_state(latest, optimizer)
+    ema.step = int(meta.get("ema_step", meta["step"]))
+    window = meta.get("log_window", [0.0, 0])
+    return int(meta["step"]), (float(window[0]), int(window[1]))
+
+
+# ======================================================================================= evaluation
+def evaluate_policy(cfg: ILConfig, policy: DiffusionPolicy, ema: EMA, run_dir: Path, step: int) -> dict:
+    from robotstack.eval.rollout import evaluate  # lazy: imports the sim (MuJoCo)
+
+    model = ema.averaged if cfg.eval.ema else policy
+    was_training = model.training
+    model.eval()
+    e = cfg.eval
+    try:
+        result = evaluate(model, cfg.task, episodes=e.episodes, seed=e.seed, num_envs=e.num_envs,
+                          sampler=e.sampler, steps=e.steps, max_episode_steps=e.max_episode_steps or None,
+                          out_dir=Path(run_dir) / "eval" / f"step_{step}", show_progress=False)
+    finally:
+        model.train(was_training)
+    return result.summary()
+
+
+# ============================================================================================= loop
+def train(cfg: ILConfig, run_dir: str | Path, resume: bool = False, show_progress: bool = True,
+          stop_at: int | None = None) -> dict:
+    """Train (or resume) to cfg.train.steps; `stop_at` ends the run early right after the step-`stop_at`
+    checkpoint, exactly as a kill after that checkpoint would (used by the resume test). -> summary dict."""
+    run_dir = Path(run_dir)
+    info = init_distributed()
+    t = cfg.train
+    if t.num_threads:
+        torch.set_num_threads(t.num_threads)
+    device = pick_device(t.device, info)
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / CONFIG_NAME)
+
+    data = load_data(cfg)
+    policy = build_policy(cfg, data).to(device)
+    ema = EMA(policy, power=t.ema_power, max_decay=t.ema_decay)
+    optimizer = build_optimizer(cfg, policy)
+    # optimizer state lands on its params' device
+    start, (window_loss, window_n) = restore(run_dir, policy, ema, optimizer) if resume else (0, (0.0, 0))
+    model = LossModule(policy).train()
+    if info.world_size > 1:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+    if t.batch_size % info.world_size:
+        raise ConfigError(f"config train.batch_size={t.batch_size} is not divisible by {info.world_size} processes")
+
+    logger = RunLogger(run_dir, enabled=info.is_main)
+    if info.is_main and resume:
+        truncate_metrics(run_dir, start)  # drop rows logged after the checkpoint we resume from
+    end = t.steps if stop_at is None else min(t.steps, stop_at)
+    n_windows = len(data.sampler)
+    last_eval: dict = {}
+    steps_in_window = 0  # steps/s counts only this process's steps
+    t_window = t0 = time.perf_counter()
+    bar = progress_bar(t.steps, f"train il {cfg.task}", enabled=show_progress and info.is_main)
+    task_id = bar.add_task("train", total=t.steps, completed=start, status="")
+    bar.start()
+    try:
+        for step in range(start, end):
+            lr = lr_at(step, t)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            idx = shard(numpy_rng(t.seed, step).integers(0, n_windows, size=t.batch_size), info)
+            batch = batch_to_torch(data.sampler.sample_batch(idx), cfg.data.obs_keys, device)
+            ts, eps = diffusion_noise(policy, t.batch_size, torch_gen(t.seed, step, stream=1))
+            ts, eps = shard(ts, info).to(device), shard(eps, info).to(device)
+            torch.manual_seed(step_seed(t.seed, step, stream=2 + info.rank))  # crop / VIB draws
+            loss, metrics = model(batch, ts, eps)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if t.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(policy.parameters(), t.grad_clip)
+            optimizer.step()
+            ema.update(policy)
+            window_loss += float(metrics["loss"])
+            window_n += 1
+            steps_in_window += 1
+            done = step + 1
+
+            if t.log_every and (done % t.log_every == 0 or done == t.steps):
+                mean_loss = window_loss / window_n
+                if info.world_size > 1:  # report the global-batch mean
+                    buf = torch.tensor([mean_loss], dtype=torch.float64, device=device)
+                    dist.all_reduce(buf)
+                    mean_loss = float(buf) / info.world_size
+                now = time.perf_counter()
+                sps = steps_in_window / max(now - t_window, 1e-9)
+                logger.log(done, {"loss": mean_loss, "lr": lr, "steps_per_s": sps,
+                                  "samples_per_s": sps * t.batch_size})
+                bar.update(task_id, status=f"loss {mean_loss:.4f}  {sps:5.1f} steps/s")
+                window_loss, window_n, steps_in_window, t_window = 0.0, 0, 0, now
+            bar.update(task_id, completed=done)
+
+            is_last = done == t.steps
+            if cfg.eval.episodes and ((t.eval_every and done % t.eval_every == 0) or is_last):
+                if info.is_main:
+                    t_eval = time.perf_counter()
+                    last_eval = evaluate_policy(cfg, policy, ema, run_dir, done)
+                    logger.log(done, {"eval/success_rate": last_eval["success_rate"],
+                                      "eval/mean_length": last_eval["mean_length"]})
+                    t_window += time.perf_counter() - t_eval  # keep eval time out of steps/s
+                if info.world_size > 1:
+                    dist.barrier()
+            if (t.checkpoint_every and done % t.checkpoint_every == 0) or is_last or done == end:
+                if info.is_main:
+                    save_all(run_dir, done, cfg, policy, ema, optimizer, data, (window_loss, window_n))
+                if info.world_size > 1:
+                    dist.barrier()
+    finally:
+        bar.stop()
+        logger.close()
+    wall = time.perf_counter() - t0
+    steps_run = max(0, end - start)
+    summary = {"run_dir": str(run_dir), "task": cfg.task, "steps": end, "steps_this_run": steps_run,
+               "wall_s": wall, "samples_per_s": steps_run * t.batch_size / wall if wall > 0 else 0.0,
+               "world_size": info.world_size, "n_windows": n_windows, "n_episodes": int(len(data.episode_ends)),
+               "final_loss": _last_logged(run_dir, "loss") if info.is_main else None}
+    if last_eval:
+        summary |= {f"eval_{k}": v for k, v in last_eval.items()}
+    if info.is_main:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def _last_logged(run_dir: Path, key: str) -> float | None:
+    from robotstack.train.common import read_metrics
+
+    values = [row[key] for row in read_metrics(run_dir) if key in row]
+    return values[-1] if values else None
+
+
+def print_summary(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="train il")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in summary.items():
+        if key == "config" or isinstance(value, (dict, list)):
+            continue
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    Console().print(table)
+
+
+# ============================================================================================= main
+_YAML11_FLOAT = re.compile(r"^([-+]?\d+)([eE][-+]?\d+)$")
+
+
+def _yaml_floats(overrides: list[str]) -> list[str]:
+    """`train.lr=1e-4` -> `train.lr=1.0e-4`: YAML 1.1 (PyYAML) reads exponent floats without a dot as strings,
+    which the typed config then rejects. Workaround here until robotstack.core.config handles it."""
+    out = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        m = _YAML11_FLOAT.match(value.strip()) if sep else None
+        out.append(f"{key}={m.group(1)}.0{m.group(2)}" if m else item)
+    return out
+
+
+def resolve_config(config: str | None, overrides: list[str], resume: str | None) -> ILConfig:
+    """--resume RUN_DIR restarts from RUN_DIR/config.json (overrides still apply, e.g. train.steps=...)."""
+    overrides = _yaml_floats(list(overrides))
+    if resume:
+        path = Path(resume) / CONFIG_NAME
+        if not path.is_file():
+            raise ConfigError(f"--resume {resume}: {path} is missing (not a train il run dir)")
+        # parsed as JSON, not via load_config's YAML reader, which turns JSON's `1e-06` into a string
+        data = apply_overrides(json.loads(path.read_text()), overrides)
+        return from_dict(ILConfig, data, where=f"{path} + overrides")
+    if config is None:
+        raise ConfigError("train il: --config is required (or --resume RUN_DIR)")
+    return load_config(ILConfig, config, overrides)
+
+
+def default_run_dir(cfg: ILConfig) -> Path:
+    return Path("runs") / "il" / f"{cfg.task.replace(':', '_')}_{time.strftime('%Y%m%d_%H%M%S')}"
+
+
+def main(config: str | None, overrides: list[str], resume: str | None = None, out: str | None = None,
+         show_progress: bool = True) -> dict:
+    cfg = resolve_config(config, overrides, resume)
+    run_dir = Path(resume) if resume else Path(out) if out else default_run_dir(cfg)
+    if resume and out and Path(out) != Path(resume):
+        raise ConfigError(f"--out {out} and --resume {resume} name different run dirs")
+    if not resume and (run_dir / "checkpoints").exists():
+        raise ConfigError(f"--out {run_dir} already holds checkpoints; use --resume {run_dir} or a new --out")
+    summary = train(cfg, run_dir, resume=bool(resume), show_progress=show_progress)
+    if init_distributed().is_main:
+        print_summary(summary)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return summary
