@@ -28,7 +28,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -474,28 +473,12 @@ def print_summary(summary: dict) -> None:
 
 
 # ============================================================================================= main
-_YAML11_FLOAT = re.compile(r"^([-+]?\d+)([eE][-+]?\d+)$")
-
-
-def _yaml_floats(overrides: list[str]) -> list[str]:
-    """`train.lr=1e-4` -> `train.lr=1.0e-4`: YAML 1.1 (PyYAML) reads exponent floats without a dot as strings,
-    which the typed config then rejects. Workaround here until robotstack.core.config handles it."""
-    out = []
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        m = _YAML11_FLOAT.match(value.strip()) if sep else None
-        out.append(f"{key}={m.group(1)}.0{m.group(2)}" if m else item)
-    return out
-
-
 def resolve_config(config: str | None, overrides: list[str], resume: str | None) -> ILConfig:
     """--resume RUN_DIR restarts from RUN_DIR/config.json (overrides still apply, e.g. train.steps=...)."""
-    overrides = _yaml_floats(list(overrides))
     if resume:
         path = Path(resume) / CONFIG_NAME
         if not path.is_file():
             raise ConfigError(f"--resume {resume}: {path} is missing (not a train il run dir)")
-        # parsed as JSON, not via load_config's YAML reader, which turns JSON's `1e-06` into a string
         data = apply_overrides(json.loads(path.read_text()), overrides)
         return from_dict(ILConfig, data, where=f"{path} + overrides")
     if config is None:

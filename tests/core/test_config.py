@@ -56,3 +56,12 @@ def test_missing_file():
 def test_round_trip_dict():
     cfg = Run(cameras=("a",))
     assert from_dict(Run, to_dict(cfg)) == cfg
+
+
+def test_exponent_floats_without_a_dot(tmp_path):
+    # YAML 1.1 would read these as strings; our JSON dumps write them this way (1e-06)
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 1e-06\n")
+    assert load_config(Run, path).optim.lr == 1e-6
+    assert load_config(Run, None, ["optim.lr=3e-4"]).optim.lr == 3e-4
+    assert load_config(Run, None, ["task=1e3x"]).task == "1e3x"
