@@ -5,7 +5,7 @@ a recorded or a remote env the same way. `make_panda_expert(env, noise, seed)` w
 `NoisyExpert`: noise in [0, 1] sets Gaussian action noise (std 0.5 * noise on the motion dims), random pauses
 and short random detours; noise = 0 gives the clean expert exactly.
 
-Pushing (push, push_t) uses one planar expert: it scores candidate contacts on the object's outline by how well
+push uses a memoryless line pusher (`LinePushExpert`). push_t uses a planar expert: it scores candidate contacts on the object's outline by how well
 the quasi-static motion they would cause (force along the push direction, torque about the centre of mass through
 the object's radius of gyration) matches the motion still needed (position error and, for the T, yaw error),
 lifts the closed fingers over to the best contact, pushes with the finger pair held flush to that edge, and
@@ -324,6 +324,61 @@ class PlanarPushExpert:
         return _action(env, np.clip(xyz, -1, 1), 1.0, dyaw)
 
 
+class LinePushExpert:
+    """push: a memoryless expert — every action is a function of the current observation alone.
+
+    Imitation learns such demos far better than the planar expert's (which keeps a plan, a phase and a random
+    contact choice in its head): with To = 2 a policy cannot see a hidden phase. The pusher (closed finger pair,
+    flat face turned to the push direction) goes to a point behind the cube on the goal->cube line, descends, and
+    pushes along the line with a lateral correction; it lifts and goes around whenever it is not in that corridor
+    (e.g. after an overshoot). The hand yaw is the face-on yaw nearest the current one (the pair is symmetric).
+    """
+
+    def __init__(self, env: PandaEnv):
+        self.env = env
+
+    def reset(self) -> None:
+        pass
+
+    def act(self, obs) -> np.ndarray:
+        env, step = self.env, self.env.max_step_pos
+        tcp = np.asarray(obs[keys.EEF_POS], float)
+        o = np.asarray(obs[keys.OBJECT_STATE], float)
+        cube, goal = o[:2], np.asarray(obs[keys.GOAL], float)[:2]
+        to_goal = goal - cube
+        dist = float(np.linalg.norm(to_goal))
+        d = to_goal / max(dist, 1e-9)
+        t = np.array([-d[1], d[0]])
+        yaw = quat_yaw(o[3:7])
+        ex, ey = np.array([np.cos(yaw), np.sin(yaw)]), np.array([-np.sin(yaw), np.cos(yaw)])
+        contact = CUBE_HALF * (abs(d @ ex) + abs(d @ ey)) + PUSHER_HALF_N  # cube support along -d + pusher
+        pre = cube - d * (contact + APPROACH_GAP)
+
+        tcp_yaw = quat_yaw(obs[keys.EEF_QUAT])
+        face = np.arctan2(d[1], d[0])  # hand x along d: the flat face meets the cube
+        options = [face + k * np.pi for k in (-2, -1, 0, 1, 2) if abs(face + k * np.pi) < YAW_LIMIT - 0.05]
+        want = min(options, key=lambda a: abs(a - tcp_yaw)) if options else float(np.clip(face, -1.5, 1.5))
+        dpsi = want - tcp_yaw
+        dyaw = float(np.clip(0.8 * dpsi / env.max_step_yaw, -1, 1))
+
+        rel = tcp[:2] - cube
+        along, lateral = float(rel @ d), float(rel @ t)
+        in_corridor = -(contact + APPROACH_GAP + 0.012) < along < -(contact - 0.01) and abs(lateral) < 0.012
+        at_pre = float(np.linalg.norm(tcp[:2] - pre)) < 0.01
+        if in_corridor and tcp[2] < Z_PUSH + 0.012:  # push
+            if dist < 0.006:
+                return _action(env, np.zeros(3), 1.0, dyaw)
+            speed = step * float(np.clip(dist / 0.06, 0.25, 0.6))
+            v = d * speed - t * lateral * 0.5
+            return _action(env, np.clip(np.array([v[0], v[1], 0.6 * (Z_PUSH - tcp[2])]) / step, -1, 1), 1.0, dyaw)
+        if in_corridor or at_pre:  # descend once the face is turned
+            z = Z_PUSH if abs(dpsi) < 0.2 else tcp[2]
+            return _action(env, _move(np.array([pre[0], pre[1], z]) - tcp, step), 1.0, dyaw)
+        if tcp[2] < Z_SAFE - 0.015:  # low but out of position: lift before travelling over the cube
+            return _action(env, _move(np.array([0.0, 0.0, Z_SAFE + 0.01 - tcp[2]]), step), 1.0, dyaw)
+        return _action(env, _move(np.array([pre[0], pre[1], Z_SAFE]) - tcp, step), 1.0, dyaw)
+
+
 class NoisyExpert:
     """Adds suboptimality to a clean expert: Gaussian noise, random pauses and short random detours."""
 
@@ -373,9 +428,7 @@ def make_panda_expert(env: PandaEnv, noise: float = 0.0, seed: int | None = None
     elif name == "stack":
         clean = PickPlaceExpert(env, obj=0, place_on_cube=1)
     elif name == "push":
-        half = CUBE_HALF
-        square = [np.array([[-half, -half], [half, -half], [half, half], [-half, half]])]
-        clean = PlanarPushExpert(env, square, use_yaw_goal=False, length_scale=0.05, seed=seed)
+        clean = LinePushExpert(env)
     elif name == "push_t":
         clean = PlanarPushExpert(env, ps.t_block_polygons(), use_yaw_goal=True, length_scale=0.1, seed=seed)
     else:
