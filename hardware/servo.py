@@ -403,6 +403,14 @@ class ServoCore:
                 self._active = None
             return True, self.mode, ""
 
+    def resync(self) -> None:
+        """Forget the commanded trajectory and the active target: the next tick starts from the measured joints at
+        rest. For an arm server after a simulated driver teleported the arm (episode reset); real arms never do."""
+        with self._lock:
+            self._q_cmd = None
+            self._v_cmd = np.zeros(self.info.dof)
+            self._active = None
+
     def _enter_stop(self, reason: str) -> None:
         if self.mode != "stop" or reason not in self.faults:
             self.counters.stops[reason] = self.counters.stops.get(reason, 0) + 1

@@ -1,0 +1,260 @@
+"""On-robot controller benchmark: arm server (PyBullet Panda, 1 kHz) and controller as separate processes on loopback.
+
+    python bench/bench_control.py [--seconds 60] [--push-episodes 20]
+
+Phase 1 (timing + reach success): `robotstack serve-arm --driver pybullet --task reach` and a controller process
+(this file with --worker) that runs an exported single-step ONNX policy for >= --seconds, episodes back to back.
+The policy is `tests/runtime/onnx_policies.py` "reach" — an analytic P-controller exported through torch.onnx
+(NOT a trained policy: no trained export artifact existed when this was written). Reported: servo period
+p50/p99/p99.9/max and late ticks (server), state->target / inference / target->applied latency (controller
+telemetry), CPU use of both processes, and reach success vs the same ONNX policy in the MuJoCo env (same seeds).
+Phase 2 (push): the sim's scripted push expert through the same runtime path (controller -> ZMQ -> servo ->
+PyBullet) vs the same expert in MuJoCo — a physics-transfer check of the path, labelled as a scripted expert.
+Published references printed beside: polymetis loop latency (avg 0.22 ms, max 4.1 ms, Joint PD, mock Franka),
+diffusion_policy's 125 Hz RTDE loop and deoxys' 500 Hz interpolation loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "runtime"))
+
+import numpy as np  # noqa: E402
+
+from bench.common import print_table, write_results  # noqa: E402
+
+PY = sys.executable
+TOL = 0.02
+
+
+def success_fn(task: str):
+    if task == "reach":
+        return lambda o: float(np.linalg.norm(o["goal"] - o["robot_eef_pos"])) < TOL
+    if task == "push":
+        return lambda o: float(np.linalg.norm(o["object_state"][:2] - o["goal"][:2])) < TOL
+    raise ValueError(task)
+
+
+class ExpertPolicy:
+    """The sim's scripted expert behind the runtime's policy interface (reads only the observation dict)."""
+
+    def __init__(self, task: str):
+        import sim
+        from robotstack.runtime.controller import teleop_spec
+
+        self.env = sim.make(task)
+        self.expert = sim.make_expert(self.env, noise=0.0, seed=0)
+        self.spec = teleop_spec(self.env.unwrapped.task_spec())
+        self.spec.policy_id = f"scripted_expert_{task}"
+        self.obs = None
+
+    def reset(self):
+        self.expert.reset()
+
+    def push(self, obs):
+        self.obs = obs
+
+    def infer(self):
+        return np.asarray(self.expert.act(self.obs), dtype=np.float64)[None]
+
+
+# --- the controller process ---------------------------------------------------------------------------------------
+def worker(args) -> None:
+    from hardware.server import parse_bind
+    from robotstack.runtime.client import ArmClient
+    from robotstack.runtime.controller import Controller
+    from robotstack.runtime.policy_runner import PolicyRunner
+
+    policy = PolicyRunner(args.artifact) if args.artifact else ExpertPolicy(args.task)
+    ctl = Controller(ArmClient(parse_bind(args.arm)), policy, success_fn=success_fn(args.task))
+    ctl.connect()
+    t0 = time.monotonic()
+    eps = []
+    while (time.monotonic() - t0 < args.seconds or len(eps) < args.min_episodes) and len(eps) < args.max_episodes:
+        res = ctl.run_episode(max_steps=args.max_steps)
+        eps.append({"seed": args.seed0 + len(eps) + 1, "success": bool(res.success), "steps": res.steps,
+                    "reason": res.stop_reason, "ok": res.ok})
+        if not res.ok:
+            break
+    Path(args.out).write_text(json.dumps({"episodes": eps, "telemetry": ctl.telemetry.summary(),
+                                          "seconds": time.monotonic() - t0}, default=float))
+
+
+# --- MuJoCo reference -----------------------------------------------------------------------------------------------
+def mujoco_success(task: str, seeds: list[int], artifact: str | None, max_steps: int) -> list[bool]:
+    import sim
+    from robotstack.runtime.policy_runner import PolicyRunner
+
+    env = sim.make(task, max_episode_steps=max_steps)
+    out = []
+    for seed in seeds:
+        obs, _ = env.reset(seed=seed)
+        pol = PolicyRunner(artifact) if artifact else ExpertPolicy(task)
+        pol.reset()
+        ok, queue, done = False, [], False
+        for _ in range(max_steps):  # like the runtime: push every step, infer when the chunk (Ta) is used up
+            pol.push(obs)
+            if not queue:
+                queue = list(pol.infer())
+            obs, _, term, trunc, info = env.step(queue.pop(0))
+            if info["is_success"]:
+                ok = True
+                break
+            if trunc:
+                break
+        out.append(ok)
+    return out
+
+
+def rusage_wait(proc: subprocess.Popen, timeout: float) -> tuple[int, float]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode, ru.ru_utime + ru.ru_stime
+        time.sleep(0.05)
+    proc.kill()
+    _, status, ru = os.wait4(proc.pid, 0)
+    return -9, ru.ru_utime + ru.ru_stime
+
+
+def run_phase(task: str, seconds: float, artifact: str | None, min_eps: int, max_eps: int, max_steps: int,
+              tmp: Path, port: int) -> dict:
+    addr = f"tcp://127.0.0.1:{port}"
+    seed0 = 1000
+    stats_path, out_path = tmp / f"server_{task}.json", tmp / f"worker_{task}.json"
+    srv = subprocess.Popen([PY, "-m", "robotstack.cli", "serve-arm", "--driver", "pybullet", "--task", task, "--bind",
+                            addr, "--seed", str(seed0), "--scenes", str(max_eps + 2), "--stats-out", str(stats_path)],
+                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in srv.stdout:
+        if "ready" in line:
+            break
+    t_start = time.monotonic()
+    wk = subprocess.Popen([PY, __file__, "--worker", "--task", task, "--arm", addr, "--out", str(out_path),
+                           "--seconds", str(seconds), "--min-episodes", str(min_eps), "--max-episodes", str(max_eps),
+                           "--max-steps", str(max_steps), "--seed0", str(seed0)] + (["--artifact", artifact]
+                                                                                     if artifact else []), cwd=ROOT)
+    rc, wk_cpu = rusage_wait(wk, seconds + max_eps * max_steps / 20 + 120)
+    wall = time.monotonic() - t_start
+    srv.terminate()
+    _, srv_cpu = rusage_wait(srv, 15)
+    if rc != 0:
+        raise RuntimeError(f"controller worker for {task} exited {rc}")
+    res = json.loads(out_path.read_text())
+    res["server"] = json.loads(stats_path.read_text())
+    res["cpu"] = {"server_core_fraction": srv_cpu / wall, "controller_core_fraction": wk_cpu / wall, "wall_s": wall}
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--worker", action="store_true")
+    ap.add_argument("--task", default="reach")
+    ap.add_argument("--arm", default="")
+    ap.add_argument("--artifact", default="")
+    ap.add_argument("--out", default="")
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--min-episodes", type=int, default=50)
+    ap.add_argument("--max-episodes", type=int, default=200)
+    ap.add_argument("--max-steps", type=int, default=100)
+    ap.add_argument("--seed0", type=int, default=1000)
+    ap.add_argument("--push-episodes", type=int, default=20)
+    ap.add_argument("--trained-episodes", type=int, default=50)
+    args = ap.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    from onnx_policies import build_policy
+    from conftest import free_base_port  # noqa: E402 - tests/runtime helpers
+
+    with tempfile.TemporaryDirectory() as td:
+        tmp = Path(td)
+        artifact = str(build_policy(tmp / "reach_policy", "reach"))
+        print(f"phase 1: reach, exported ONNX single-step policy (analytic, not trained), >= {args.seconds:.0f} s ...",
+              flush=True)
+        reach = run_phase("reach", args.seconds, artifact, args.min_episodes, 400, 100, tmp, free_base_port())
+        seeds = [e["seed"] for e in reach["episodes"]]
+        reach_mj = mujoco_success("reach", seeds, artifact, 100)
+        trained = trained_mj = None
+        ckpt = ROOT / "runs" / "bench_il" / "reach_run" / "checkpoints" / "latest"
+        if args.trained_episodes > 0 and ckpt.is_dir():
+            from robotstack.export.onnx_export import export_artifact
+
+            trained_art = str(tmp / "reach_ddim")
+            export_artifact(ckpt, "ddim", trained_art, steps=8, control_rate_hz=20.0, latency_runs=20,
+                            parity_trials=2)
+            print(f"phase 1b: reach, trained diffusion policy {ckpt} exported as DDIM-8 chunk (Ta=8), "
+                  f"{args.trained_episodes} episodes ...", flush=True)
+            trained = run_phase("reach", 0.0, trained_art, args.trained_episodes, args.trained_episodes, 100, tmp,
+                                free_base_port())
+            trained_mj = mujoco_success("reach", [e["seed"] for e in trained["episodes"]], trained_art, 100)
+        push = push_mj = None
+        if args.push_episodes > 0:
+            print(f"phase 2: push, scripted expert through the runtime, {args.push_episodes} episodes ...", flush=True)
+            push = run_phase("push", 0.0, None, args.push_episodes, args.push_episodes, 200, tmp, free_base_port())
+            push_mj = mujoco_success("push", [e["seed"] for e in push["episodes"]], None, 200)
+
+    loop = reach["server"]["loop"]
+    per, late = loop["period_us"], loop["late_us"]
+    tel = reach["telemetry"]
+    lat = tel["latency_ms"]
+    rows = [
+        ["servo period (PyBullet, 1 kHz)", f"{per['p50'] / 1e3:.3f}", f"{per['p99'] / 1e3:.3f}",
+         f"{per['p999'] / 1e3:.3f}", f"{per['max'] / 1e3:.3f}", f"late {loop['late_ticks']} / {loop['ticks']} ticks"],
+        ["servo work per tick", f"{loop['work_us']['p50'] / 1e3:.3f}", f"{loop['work_us']['p99'] / 1e3:.3f}",
+         f"{loop['work_us']['p999'] / 1e3:.3f}", f"{loop['work_us']['max'] / 1e3:.3f}",
+         f"SCHED_FIFO {loop['realtime']}"],
+        ["controller loop period (100 Hz)", f"{tel['loop_period_ms']['p50']:.3f}", f"{tel['loop_period_ms']['p99']:.3f}",
+         f"{tel['loop_period_ms']['p999']:.3f}", f"{tel['loop_period_ms']['max']:.3f}",
+         f"late {tel['late_ticks']} ticks"],
+    ]
+    for k in ("state_to_recv", "inference", "state_to_target", "target_to_applied", "state_to_applied"):
+        v = lat[k]
+        rows.append([f"{k} (per policy step)", f"{v['p50']:.3f}", f"{v['p99']:.3f}", f"{v['p999']:.3f}",
+                     f"{v['max']:.3f}", f"n={v['n']}" + (f", misses > {tel['deadline_ms']:.0f} ms: "
+                                                         f"{tel['deadline_misses']}" if k == "state_to_target" else "")])
+    rows += [["polymetis control loop (published, mock Franka, joint PD)", "avg 0.224", "-", "-", "4.131", "reference"],
+             ["diffusion_policy RTDE loop rate (published)", "8.0 (125 Hz)", "-", "-", "-", "reference"],
+             ["deoxys interpolation loop rate (published)", "2.0 (500 Hz)", "-", "-", "-", "reference"]]
+    t1 = print_table("control loop timing (ms), server + controller processes on loopback, "
+                     f"{reach['cpu']['wall_s']:.0f} s", ["what", "p50", "p99", "p99.9", "max", "note"], rows)
+    cpu = [["arm server (pybullet, 1 kHz)", f"{reach['cpu']['server_core_fraction']:.2f}"],
+           ["controller (ONNX + IK, 100 Hz loop, 20 Hz policy)", f"{reach['cpu']['controller_core_fraction']:.2f}"]]
+    t2 = print_table("CPU use (cores, user+sys / wall)", ["process", "cores"], cpu)
+
+    def rate(xs):
+        return f"{np.mean(xs):.0%} ({int(np.sum(xs))}/{len(xs)})"
+
+    succ = [["reach", "exported ONNX policy (analytic P-controller, not trained)",
+             rate([e["success"] for e in reach["episodes"]]), rate(reach_mj)]]
+    if trained is not None:
+        tl = trained["telemetry"]["latency_ms"]
+        succ.append(["reach", "trained diffusion policy (bench_il reach_run, 1.5k steps) exported DDIM-8, Ta=8 "
+                     f"(inference p50 {tl['inference']['p50']:.2f} / p99 {tl['inference']['p99']:.2f} ms per step)",
+                     rate([e["success"] for e in trained["episodes"]]), rate(trained_mj)])
+    if push is not None:
+        succ.append(["push", "scripted expert through the runtime (not a learned policy)",
+                     rate([e["success"] for e in push["episodes"]]), rate(push_mj)])
+    t3 = print_table("task success, PyBullet arm via server+controller vs MuJoCo env (same seeds)",
+                     ["task", "policy", "PyBullet (runtime path)", "MuJoCo (env)"], succ)
+    path = write_results("bench_control", {"reach": reach, "reach_mujoco": reach_mj, "trained_reach": trained,
+                                           "trained_reach_mujoco": trained_mj, "push": push,
+                                           "push_mujoco": push_mj, "tables": [t1, t2, t3]})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

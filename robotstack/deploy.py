@@ -1,0 +1,177 @@
+"""`robotstack deploy` and `robotstack record --arm`: the runtime controller against an arm server, plus recording.
+
+Kept outside robotstack/runtime because it writes the episode store (robotstack.data), which the on-robot runtime
+layer may not import; the control loop itself is robotstack.runtime.controller.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from robotstack.core import keys as K
+from robotstack.runtime.controller import Controller, ControllerConfig, EpisodeResult
+
+log = logging.getLogger("robotstack.deploy")
+
+
+def save_episode(store, result: EpisodeResult, *, task: str, seed: int, control_hz: float,
+                 policy_id: str) -> int | None:
+    """Append one run to an EpisodeStore: every policy step with its measured capture time (state receive time),
+    the applied action, the raw policy output, the targets, intervention flags and per-step latencies."""
+    from robotstack.data.recorder import EpisodeRecorder
+
+    f = result.frames
+    if f is None:
+        return None
+    rec = EpisodeRecorder(store, control_hz=control_hz)
+    rec.begin(source=result.source, task=task, seed=seed, policy_id=policy_id)
+    n = len(f[K.ACTION])
+    extra = {k: v for k, v in f.items() if k not in (K.ACTION, K.INTERVENTION)}
+    for i in range(n):
+        last = i == n - 1
+        rec.add({k: v[i] for k, v in extra.items()}, f[K.ACTION][i], 0.0, bool(last and result.success),
+                bool(last and not result.success), intervention=bool(f[K.INTERVENTION][i]),
+                capture_time=float(f["step_times"][i][1]))
+    return rec.save(success=result.success)
+
+
+def _status_printer(stream=sys.stderr) -> Callable[[str], None]:
+    tty = stream.isatty()
+
+    def show(line: str) -> None:
+        stream.write(("\r" + line + "\x1b[K") if tty else line + "\n")
+        stream.flush()
+
+    return show
+
+
+def run_controller(controller: Controller, *, episodes: int, duration_s: float | None, max_steps: int | None,
+                   store=None, task: str = "", seed0: int = 0, print_fn=print) -> list[EpisodeResult]:
+    """Episodes back to back; each is saved to ``store`` when given; stops at the first non-ok episode."""
+    results = []
+    for ep in range(episodes):
+        try:
+            res = controller.run_episode(duration_s=duration_s, max_steps=max_steps, reset=True, seed=seed0 + ep)
+        except KeyboardInterrupt:
+            res = getattr(controller, "_result", None)
+            if res is not None and store is not None:
+                save_episode(store, res, task=task, seed=seed0 + ep, control_hz=controller.spec.control_hz,
+                             policy_id=controller._policy_id())
+            raise
+        results.append(res)
+        idx = None
+        if store is not None and not (controller.human_only and res.stop_reason == "device_discard"):
+            idx = save_episode(store, res, task=task, seed=seed0 + ep, control_hz=controller.spec.control_hz,
+                               policy_id=controller._policy_id())
+        print_fn(f"\nepisode {ep + 1}/{episodes}: {res.steps} steps in {res.seconds:.1f} s, ended by "
+                 f"{res.stop_reason}, success {res.success}, interventions {res.interventions}"
+                 + (f", saved as episode {idx}" if idx is not None else ""))
+        if not res.ok or controller.quit:
+            break
+    return results
+
+
+def deploy(args) -> int:
+    from hardware.protocol import load_client_keys
+    from hardware.server import parse_bind
+    from robotstack.runtime.client import ArmClient
+    from robotstack.runtime.policy_runner import PolicyRunner
+    from robotstack.runtime.safety import SafetyConfig
+    from robotstack.runtime.terminal import TerminalEStop
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    runner = PolicyRunner(args.artifact)
+    keys = load_client_keys(args.keys) if args.keys else None
+    client = ArmClient(parse_bind(args.arm), keys, robot_id=args.robot_id)
+    takeover = None
+    if args.takeover:
+        from hardware.teleop import make_device
+
+        takeover = make_device(args.takeover)
+    cfg = ControllerConfig(command_hz=args.command_hz, target_expiry_s=args.target_expiry,
+                           safety=SafetyConfig(max_delta=None if args.max_delta <= 0 else args.max_delta))
+    ctl = Controller(client, runner, cfg, takeover=takeover, status_fn=None if args.quiet else _status_printer())
+    store = None
+    if args.record:
+        from robotstack.record import open_or_create_store
+
+        store = open_or_create_store(args.record, zarr_format=3)
+    keys_reader = None
+    if args.takeover != "keyboard" and TerminalEStop.available():
+        keys_reader = TerminalEStop(ctl.request_estop).start()
+        print("e-stop: space, e or Esc (Ctrl-C also sends an e-stop before exiting)", file=sys.stderr)
+
+    def reload(*_):  # SIGHUP: load the artifact dir again and hot-swap to it without stopping the loop
+        def work():
+            try:
+                ctl.request_swap(PolicyRunner(args.artifact))
+                print(f"\nhot swap: reloaded {args.artifact}", file=sys.stderr)
+            except Exception as e:  # noqa: BLE001 - report and keep running the old policy
+                print(f"\nhot swap refused: {e}", file=sys.stderr)
+        threading.Thread(target=work, daemon=True).start()
+
+    signal.signal(signal.SIGHUP, reload)
+    signal.signal(signal.SIGTERM, lambda *_: ctl.request_estop("SIGTERM"))
+    code = 0
+    try:
+        ctl.connect()
+        spec = runner.spec
+        print(f"deploy: {spec.policy_id} (To={spec.n_obs_steps}, Ta={spec.n_action_steps}, {spec.control_hz:g} Hz) on "
+              f"{args.arm}; loop {args.command_hz:g} Hz", file=sys.stderr)
+        results = run_controller(ctl, episodes=args.episodes, duration_s=args.duration or None,
+                                 max_steps=args.max_steps or None, store=store, task=spec.task or "deploy",
+                                 seed0=args.seed)
+        code = 0 if all(r.ok for r in results) else 3
+        if results and not results[-1].ok:
+            print(f"deploy: stopped: {results[-1].stop_reason}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("\ndeploy: Ctrl-C: e-stop sent", file=sys.stderr)
+        code = 130
+    finally:
+        if keys_reader is not None:
+            keys_reader.close()
+        if takeover is not None:
+            takeover.close()
+        print("\n" + ctl.telemetry.format_summary(), file=sys.stderr)
+        if store is not None:
+            store.close()
+        client.close()
+    return code
+
+
+def record_arm(args) -> int:
+    """A person drives the arm server's arm through the controller's plumbing; episodes land in the store."""
+    import sim
+    from hardware.protocol import load_client_keys
+    from hardware.server import parse_bind
+    from hardware.teleop import make_device
+    from hardware.teleop.keyboard import HELP
+    from robotstack.record import open_or_create_store
+    from robotstack.runtime.client import ArmClient
+    from robotstack.runtime.controller import teleop_spec
+
+    spec = teleop_spec(sim.make(args.task).unwrapped.task_spec())
+    keys = load_client_keys(args.keys) if args.keys else None
+    client = ArmClient(parse_bind(args.arm), keys)
+    device = make_device(args.device)
+    ctl = Controller(client, None, ControllerConfig(), spec=spec, takeover=device, human_only=True,
+                     status_fn=_status_printer())
+    store = open_or_create_store(args.out, zarr_format=args.zarr_format)
+    print(HELP + "\nEnter saves the episode (the next starts at once); Q quits", file=sys.stderr)
+    try:
+        ctl.connect()
+        results = run_controller(ctl, episodes=args.episodes, duration_s=None, max_steps=args.max_steps or 400,
+                                 store=store, task=args.task, seed0=args.seed)
+    finally:
+        device.close()
+        store.close()
+        client.close()
+    print(f"saved {len(results)} episodes to {args.out}")
+    return 0

@@ -1,0 +1,337 @@
+"""The control core: one loop that runs a policy against an arm server, with safety, takeover, hot swap, telemetry.
+
+Loop (``command_hz``, default 100 Hz, absolute deadlines via core.timing.RateKeeper):
+  every tick    newest state (conflated SUB) -> stale-state check -> heartbeat every ``heartbeat_every_s`` ->
+                re-send the current joint target with a short validity (``target_expiry_s``, default 30 ms): if this
+                process dies the server's target goes stale within that and the servo holds
+  policy step   at the policy's ``control_hz``: push the observation into the history (To); a teleop device that
+                is engaged overrides the policy (the step is flagged as an intervention); otherwise take the next
+                scheduled action, inferring a new chunk when the schedule is empty (runtime/scheduler.py: actions
+                timestamped from the observation time, those already past dropped, ``exec_latency_s`` latency
+                compensation) -> safety (NaN/Inf or out of range -> hold and stop; max change per step) ->
+                action_map (TCP target, IK) -> joint target reached at the action's time
+  stops         e-stop request (terminal key, Ctrl-C) -> EStop to the server; safety stop -> mode hold; state
+                stale or the server stopping -> the loop ends and says why
+  hot swap      ``request_swap(runner)``: at the next policy step the new policy takes over the observation history
+                (or starts a fresh one), the schedule is cleared and outputs are blended over ``blend_steps`` steps;
+                targets continue from the current TCP target, so the switch cannot jump
+
+Everything a step produced is kept for the episode store (``--record``): observations, actions (applied, raw policy
+output), targets, intervention flags and the measured timestamps of runtime/telemetry.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from robotstack.core import keys as K
+from robotstack.core.timing import RateKeeper
+from robotstack.runtime.action_map import ActionScale, EEActionMapper
+from robotstack.runtime.client import ArmClient, ArmUnavailable
+from robotstack.runtime.policy_runner import ArtifactError, PolicySpec, check_arm, state_obs
+from robotstack.runtime.safety import Safety, SafetyConfig, SafetyStop
+from robotstack.runtime.scheduler import ActionScheduler
+from robotstack.runtime.telemetry import Telemetry
+
+
+@dataclass
+class ControllerConfig:
+    command_hz: float = 100.0
+    target_expiry_s: float = 0.03
+    exec_latency_s: float = 0.010
+    heartbeat_every_s: float = 0.1
+    deadline_s: float = 0.010
+    blend_steps: int = 5
+    status_every_s: float = 0.5
+    ik_iters: int = 8
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+
+
+@dataclass
+class EpisodeResult:
+    steps: int
+    success: bool | None
+    stop_reason: str  # "duration", "max_steps", "success", "device_save", or why it stopped
+    interventions: int
+    seconds: float
+    frames: dict[str, np.ndarray] | None = None
+    source: str = "policy"
+    ok: bool = True  # False when a stop (safety, e-stop, lost arm) ended it
+
+
+def teleop_spec(task_spec: dict) -> PolicySpec:
+    """A PolicySpec for a person driving (record --arm): action spec and rate from the sim task spec."""
+    return PolicySpec(path=Path("."), onnx_path=Path("."), obs={}, obs_dtypes={}, n_obs_steps=1, n_action_steps=1,
+                      horizon=1, control_hz=float(task_spec["control_hz"]), action_names=list(task_spec["action_names"]),
+                      action_dim=len(task_spec["action_names"]), max_step_pos=float(task_spec["max_step_pos_m"]),
+                      max_step_yaw=float(task_spec.get("max_step_yaw_rad") or 0.15), task=task_spec.get("task", ""),
+                      policy_id="teleop")
+
+
+class Controller:
+    def __init__(self, client: ArmClient, policy: Any | None, config: ControllerConfig | None = None, *,
+                 spec: PolicySpec | None = None, takeover: Any | None = None, human_only: bool = False,
+                 success_fn: Callable[[dict], bool] | None = None, status_fn: Callable[[str], None] | None = None):
+        self.client = client
+        self.policy = policy
+        self.spec = spec if spec is not None else policy.spec
+        self.cfg = config or ControllerConfig()
+        self.takeover = takeover
+        self.human_only = human_only
+        self.success_fn = success_fn
+        self.status_fn = status_fn
+        self.safety = Safety(self.cfg.safety)
+        self.telemetry = Telemetry(deadline_s=self.cfg.deadline_s)
+        self.telemetry.safety = self.safety.events
+        self._estop = threading.Event()
+        self._estop_reason = ""
+        self._swap_lock = threading.Lock()
+        self._pending: Any | None = None
+        self._old: Any | None = None  # previous policy while blending
+        self._blend_k = 0
+        self.swaps = 0
+        self.quit = False  # a device asked to quit
+
+    # --- setup ------------------------------------------------------------------------------------------
+    def connect(self, timeout_s: float = 3.0) -> None:
+        """First state, a heartbeat, and the artifact-vs-arm check (refuses a mismatch before anything moves)."""
+        st = self.client.wait_state(timeout_s)
+        self.client.heartbeat()
+        if self.policy is not None:
+            check_arm(self.spec, st, f"the arm at {self.client.endpoints.state}")
+        elif len(st.joint_pos) != 7 or st.eef_pos is None:
+            raise ArtifactError("teleop through the arm needs a 7-joint Panda-kinematics arm reporting eef_pos")
+
+    def request_estop(self, reason: str) -> None:
+        """Thread-safe: the loop sends EStop at its next tick and stops."""
+        self._estop_reason = reason
+        self._estop.set()
+
+    def request_swap(self, new_policy: Any) -> None:
+        """Thread-safe hot swap. The new policy must drive the same action spec and be served by the arm."""
+        s, n = self.spec, new_policy.spec
+        if (n.action_names != s.action_names or abs(n.control_hz - s.control_hz) > 1e-9
+                or abs(n.max_step_pos - s.max_step_pos) > 1e-12):
+            raise ArtifactError(f"hot swap refused: {n.path} drives {n.action_names} at {n.control_hz} Hz "
+                                f"(step {n.max_step_pos} m), the running policy {s.action_names} at {s.control_hz} Hz "
+                                f"(step {s.max_step_pos} m)")
+        if self.client.state is not None:
+            check_arm(n, self.client.state, "the arm")
+        with self._swap_lock:
+            self._pending = new_policy
+
+    # --- one episode ------------------------------------------------------------------------------------
+    def run_episode(self, *, duration_s: float | None = None, max_steps: int | None = None, reset: bool = True,
+                    seed: int | None = None) -> EpisodeResult:
+        c, cfg, spec = self.client, self.cfg, self.spec
+        if reset:
+            t_reset = time.monotonic_ns()
+            c.reset(go_home=True)
+            c.wait_state(2.0, newer_than_ns=t_reset)
+        st = c.state
+        if st.mode == "stop":
+            c.reset(go_home=False)
+        c.heartbeat()
+        st = c.wait_state(1.0)
+        mapper = EEActionMapper(ActionScale(max_step_pos=spec.max_step_pos, max_step_yaw=spec.max_step_yaw,
+                                            use_yaw=spec.use_yaw), ik_iters=cfg.ik_iters)
+        mapper.reset(st.joint_pos, None if st.gripper is None else float(st.gripper[0]))
+        q_target, grip = np.array(st.joint_pos, dtype=np.float64), mapper.gripper
+        if self.policy is not None:
+            self.policy.reset()
+        self.safety.reset()
+        sched = ActionScheduler(1.0 / spec.control_hz, cfg.exec_latency_s)
+        dt_ns = int(round(1e9 / spec.control_hz))
+        tele = self.telemetry
+        rk = RateKeeper(cfg.command_hz)
+        tele._last_tick_ns = None  # the pause between episodes is not a loop period
+        t0 = time.monotonic_ns()
+        t_target = t0
+        next_policy, last_hb, last_status = t0, t0, t0
+        last_state_ns = t0
+        step, interventions = 0, 0
+        pending_row = None
+        frames: list[dict[str, Any]] = []
+        success: bool | None = None if self.success_fn is None else False
+        reason, ok = "", True
+        expiry_ns = int(cfg.target_expiry_s * 1e9)
+        rk.reset()
+        try:
+            while True:
+                on_time = rk.wait()
+                now = time.monotonic_ns()
+                tele.tick(now, on_time)
+                if self._estop.is_set():
+                    c.estop(self._estop_reason or "operator e-stop")
+                    self.safety.count("estop")
+                    reason, ok = f"e-stop: {self._estop_reason or 'operator'}", False
+                    break
+                new = c.poll_state(0)
+                if new is not None:
+                    last_state_ns = now
+                    if new.last_target_seq is not None:
+                        tele.applied(new.last_target_seq, c.to_local(new.last_target_applied_ns))
+                    if new.estop or new.mode == "stop":
+                        detail = self._server_detail()
+                        self.safety.count("server_stop")
+                        reason, ok = f"arm server stopped ({'e-stop' if new.estop else 'stop'}): {detail}", False
+                        break
+                else:
+                    self.safety.check_state_age((now - last_state_ns) * 1e-9)
+                if now - last_hb >= cfg.heartbeat_every_s * 1e9:
+                    c.heartbeat(timeout_s=0.1)
+                    last_hb = now
+                if now >= next_policy:
+                    st = c.state
+                    obs = state_obs(st)
+                    t_state, t_recv = c.to_local(st.state_time_ns), c.state_recv_ns
+                    self._maybe_swap()
+                    if self.policy is not None:
+                        self.policy.push(obs)
+                        if self._old is not None:
+                            self._old.push(obs)
+                    cmd = self.takeover.poll() if self.takeover is not None else None
+                    raw = np.full(spec.action_dim, np.nan)
+                    t_act = t_state + dt_ns
+                    if cmd is not None and ("quit" in cmd.events or (self.human_only and "start_or_save" in
+                                                                     cmd.events and step > 0)):
+                        self.quit = "quit" in cmd.events
+                        reason = "device_quit" if self.quit else "device_save"
+                        break
+                    if cmd is not None and (cmd.engaged or self.human_only):
+                        action = cmd.action(spec.action_dim).astype(np.float64)
+                        intervention = not self.human_only
+                        interventions += int(intervention)
+                        tele.interventions += int(intervention)
+                        sched.clear()
+                    else:
+                        intervention = False
+                        if len(sched) == 0:
+                            chunk = self.safety.check_output(self._infer(), "policy")
+                            sched.load(chunk, t_state, now)
+                        dropped, action, t_act = sched.pop_due(now)
+                        raw = action.copy()
+                        for a in dropped:  # keep the predicted path: integrate the skipped steps too
+                            mapper.step(self.safety.limit_change(a), st.eef_pos)
+                    t_infer = time.monotonic_ns()
+                    action = self.safety.limit_change(action)
+                    q_target, grip = mapper.step(action, st.eef_pos)
+                    t_target = t_act
+                    pending_row = tele.begin_step(t_state, t_recv, t_infer)
+                    frames.append({"obs": obs, "action": action.astype(np.float32), "raw": raw.astype(np.float32),
+                                   "intervention": intervention, "q_target": q_target.astype(np.float32),
+                                   "grip": np.float32(grip), "row": pending_row, "policy_id": self._policy_id()})
+                    step += 1
+                    next_policy += dt_ns
+                    while next_policy <= now:  # skip slots we slept through, never burst
+                        next_policy += dt_ns
+                    if self.success_fn is not None and self.success_fn(obs):
+                        success, reason = True, "success"
+                seq = c.send_joint_target(q_target, grip, max(t_target, now), now + expiry_ns, now)
+                if pending_row is not None:
+                    tele.sent(pending_row, seq, time.monotonic_ns())
+                    pending_row = None
+                if reason == "success":
+                    break
+                if max_steps is not None and step >= max_steps:
+                    reason = "max_steps"
+                    break
+                if duration_s is not None and now - t0 >= duration_s * 1e9:
+                    reason = "duration"
+                    break
+                if self.status_fn is not None and now - last_status >= cfg.status_every_s * 1e9:
+                    last_status = now
+                    self.status_fn(tele.status_line(f"step {step} t {(now - t0) * 1e-9:5.1f} s"))
+        except SafetyStop as e:
+            reason, ok = f"safety stop: {e}", False
+            self._hold()
+        except ArmUnavailable as e:
+            reason, ok = f"arm lost: {e}", False
+        except KeyboardInterrupt:
+            c.estop("operator Ctrl-C")
+            self.safety.count("estop")
+            reason, ok = "e-stop: Ctrl-C", False
+            self._result = self._finish(frames, t0, step, success, reason, interventions, ok)
+            raise
+        return self._finish(frames, t0, step, success, reason, interventions, ok)
+
+    # --- helpers ----------------------------------------------------------------------------------------
+    def _infer(self) -> np.ndarray:
+        a = self.policy.infer()
+        if self._old is not None:
+            self._blend_k += 1
+            w = self._blend_k / (self.cfg.blend_steps + 1)
+            old = self._old.infer()
+            n = min(len(a), len(old))
+            a = a.copy()
+            a[:n] = (1 - w) * old[:n] + w * a[:n]
+            if self._blend_k >= self.cfg.blend_steps:
+                self._old = None
+        return a
+
+    def _maybe_swap(self) -> None:
+        with self._swap_lock:
+            new, self._pending = self._pending, None
+        if new is None:
+            return
+        new.reset()
+        if self.policy is not None and hasattr(new, "copy_history_from"):
+            new.copy_history_from(self.policy)
+        self._old = self.policy if self.cfg.blend_steps > 0 else None
+        self._blend_k = 0
+        self.policy, self.spec = new, new.spec
+        self.swaps += 1
+        self.safety.count("hot_swap")
+
+    def _policy_id(self) -> str:
+        return "teleop" if self.policy is None else str(getattr(self.spec, "policy_id", ""))
+
+    def _hold(self) -> None:
+        try:
+            self.client.mode("hold", timeout_s=0.2)
+        except ArmUnavailable:
+            pass
+
+    def _server_detail(self) -> str:
+        try:
+            st = self.client.heartbeat(timeout_s=0.2)
+            return f"faults {st.faults}; {st.detail}"
+        except ArmUnavailable as e:
+            return str(e)
+
+    def _finish(self, frames, t0, step, success, reason, interventions, ok) -> EpisodeResult:
+        source = "human" if self.human_only else ("intervention" if interventions else "policy")
+        res = EpisodeResult(steps=step, success=success, stop_reason=reason, interventions=interventions,
+                            seconds=(time.monotonic_ns() - t0) * 1e-9, frames=self._frames(frames, t0), source=source,
+                            ok=ok)
+        return res
+
+    def _frames(self, frames: list[dict], t0: int) -> dict[str, np.ndarray] | None:
+        if not frames:
+            return None
+        rows = self.telemetry.rows
+        out: dict[str, list] = {}
+        for f in frames:
+            for k, v in f["obs"].items():
+                out.setdefault(k, []).append(v)
+            r = rows[f["row"]]
+            out.setdefault("policy_action", []).append(f["raw"])
+            out.setdefault("target_joint_pos", []).append(f["q_target"])
+            out.setdefault("target_gripper", []).append(np.array([f["grip"]], np.float32))
+            out.setdefault("step_times", []).append(((r - t0) * 1e-9).astype(np.float64))  # (5,) see COLS
+            out.setdefault("latency_ms", []).append(np.array(
+                [r[1] - r[0], r[2] - r[1], r[3] - r[0], r[4] - r[3], r[4] - r[0]], np.float32) * 1e-6)
+            out.setdefault(K.ACTION, []).append(f["action"])
+            out.setdefault(K.INTERVENTION, []).append(f["intervention"])
+        return {k: np.stack(v) if k != K.INTERVENTION else np.asarray(v, bool) for k, v in out.items()}
+
+
+# per-frame extras written next to the observations (step_times / latency_ms columns)
+STEP_TIME_COLS = ("t_state", "t_recv", "t_infer", "t_sent", "t_applied")
+LATENCY_COLS = ("state_to_recv", "inference", "state_to_target", "target_to_applied", "state_to_applied")

@@ -1,0 +1,74 @@
+"""Controller-side safety: checks on every policy output and on the arm state, on by default.
+
+    check_output   NaN/Inf anywhere, or |a| beyond ``abs_max`` -> SafetyStop (the controller holds and stops)
+    limit_change   max change of the motion dims per policy step (``max_delta``): a jump is spread over steps
+    state watchdog no new state for ``state_timeout_s`` -> SafetyStop (the controller stops, the server holds)
+
+The arm server's ServoCore keeps its own hard limits (joint range, velocity, workspace box): this layer is the
+policy-facing one, not the last line of defence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from robotstack.core.errors import RobotstackError
+
+
+class SafetyStop(RobotstackError):
+    """The controller must hold and stop. ``code`` is a short name for logs and telemetry."""
+
+    def __init__(self, code: str, detail: str):
+        self.code, self.detail = code, detail
+        super().__init__(f"{code}: {detail}")
+
+
+@dataclass
+class SafetyConfig:
+    abs_max: float = 1.05  # policy outputs beyond this (env actions live in [-1, 1]) are a fault, not clipped
+    max_delta: float | None = 0.5  # max change of each motion dim per policy step (None = off; default on)
+    state_timeout_s: float = 0.1  # no new arm state for this long -> stop
+
+
+@dataclass
+class Safety:
+    cfg: SafetyConfig = field(default_factory=SafetyConfig)
+    events: dict[str, int] = field(default_factory=dict)  # code -> count (limits applied, stops)
+    _prev: np.ndarray | None = None
+
+    def count(self, code: str) -> None:
+        self.events[code] = self.events.get(code, 0) + 1
+
+    def check_output(self, actions: np.ndarray, where: str = "policy") -> np.ndarray:
+        a = np.asarray(actions)
+        if not np.all(np.isfinite(a)):
+            self.count("nonfinite_output")
+            raise SafetyStop("nonfinite_output", f"{where} output contains NaN/Inf: {np.round(a, 3).tolist()}")
+        if np.any(np.abs(a) > self.cfg.abs_max):
+            self.count("out_of_range_output")
+            raise SafetyStop("out_of_range_output", f"{where} output {np.round(a, 3).tolist()} outside "
+                                                    f"[-{self.cfg.abs_max}, {self.cfg.abs_max}]")
+        return np.clip(a, -1.0, 1.0)
+
+    def limit_change(self, action: np.ndarray) -> np.ndarray:
+        """Bound the change of the motion dims (all but the last, the gripper) from the previous applied action."""
+        a = np.asarray(action, dtype=np.float64).copy()
+        if self.cfg.max_delta is not None and self._prev is not None:
+            d = self.cfg.max_delta
+            lim = np.clip(a[:-1], self._prev[:-1] - d, self._prev[:-1] + d)
+            if np.any(lim != a[:-1]):
+                self.count("max_change_limited")
+            a[:-1] = lim
+        self._prev = a.copy()
+        return a
+
+    def reset(self) -> None:
+        self._prev = None
+
+    def check_state_age(self, age_s: float) -> None:
+        if age_s > self.cfg.state_timeout_s:
+            self.count("state_stale")
+            raise SafetyStop("state_stale", f"no new arm state for {age_s * 1e3:.0f} ms (limit "
+                                            f"{self.cfg.state_timeout_s * 1e3:.0f} ms): arm server down or network lost")
