@@ -35,6 +35,12 @@ def main() -> None:
     run("train", "il", "--config", "configs/il/demo_push.yaml", f"data.paths=[{store}]", "--out", run_dir)
     run("eval", "--checkpoint", f"{run_dir}/checkpoints/latest", "--episodes", "20", "--num-envs", "2")
     run("plot", run_dir)
+    # fast inference: distill to a one-step student -> export it to ONNX -> evaluate it through onnxruntime
+    student, artifact = str(OUT / "student_push"), str(OUT / "artifact_push_cm1")
+    run("distill", "--checkpoint", f"{run_dir}/checkpoints/latest", "--method", "ctm", "--steps", "300",
+        "--out", student)
+    run("export", "--checkpoint", student, "--sampler", "cm1", "--out", artifact)
+    run("eval-artifact", "--artifact", artifact, "--episodes", "20")
 
 
 if __name__ == "__main__":

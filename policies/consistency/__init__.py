@@ -1,0 +1,1 @@
+"""Consistency-distilled students of the diffusion policy (one-step / chained sampling)."""

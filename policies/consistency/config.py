@@ -1,0 +1,85 @@
+"""ConsistencyPolicyConfig: a one-step (or chained few-step) student distilled from a DiffusionPolicy.
+
+`base` is the teacher's DiffusionPolicyConfig (obs spec, To/T/Ta, encoder, denoiser architecture, schedule);
+`consistency` holds the student's own settings. Two parameterizations (`method`):
+- "rl100" (rl100.md §6): same architecture as the teacher's denoiser, predicting the clean sample directly,
+  x0 = clip(F(x_t, t, cond)), evaluated at DDIM grid timesteps (1 step: t = the first DDIM timestep).
+- "ctm" (CP-style, rti_consistency.md §2.2): EDM boundary-scaled jump G(x_t, t, s) with the target time s
+  embedded and appended to the global condition (its FiLM/input columns zero-initialized on warm start).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from robotstack.core.errors import ConfigError
+
+from policies.common import config_io
+from policies.diffusion.config import DiffusionPolicyConfig
+
+METHODS = ("rl100", "ctm")
+INITS = ("sigma_max", "unit")
+
+
+@dataclass
+class ConsistencyConfig:
+    method: str = "ctm"
+    default_steps: int = 1  # 1 = one-step; 3 = CP's chained sampling
+    # EDM / Karras (ctm)
+    sigma_min: float = 0.02
+    sigma_max: float = 80.0
+    sigma_data: float = 0.5
+    rho: float = 7.0
+    bins: int = 80
+    s_embed_dim: int = 32  # width of the target-time (s) embedding appended to the condition
+    init: str = "sigma_max"  # first sample x = z * sigma_max (standard) | "unit": x = z (CP's low-variance start)
+    gripper_dims: tuple[int, ...] = ()  # executed dims thresholded to {-1, +1} (> 0 -> +1); () = none
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"config consistency.method: {self.method!r} not in {METHODS}")
+        if self.init not in INITS:
+            raise ConfigError(f"config consistency.init: {self.init!r} not in {INITS}")
+        if not 0 < self.sigma_min < self.sigma_max or self.bins < 2 or self.sigma_data <= 0:
+            raise ConfigError("config consistency: need 0 < sigma_min < sigma_max, bins >= 2, sigma_data > 0")
+        if self.default_steps < 1 or self.s_embed_dim % 2 or self.s_embed_dim < 4:
+            raise ConfigError("config consistency: need default_steps >= 1 and an even s_embed_dim >= 4")
+
+
+@dataclass
+class ConsistencyPolicyConfig:
+    base: DiffusionPolicyConfig
+    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+
+    def __post_init__(self) -> None:
+        da = self.base.action_dim
+        if any(not -da <= d < da for d in self.consistency.gripper_dims):
+            raise ConfigError(f"config consistency.gripper_dims {self.consistency.gripper_dims} out of range "
+                              f"for action_dim {da}")
+
+    # views of the base config, so rollout code written for DiffusionPolicy reads the same names
+    obs_shapes = property(lambda self: self.base.obs_shapes)
+    action_dim = property(lambda self: self.base.action_dim)
+    n_obs_steps = property(lambda self: self.base.n_obs_steps)
+    horizon = property(lambda self: self.base.horizon)
+    n_action_steps = property(lambda self: self.base.n_action_steps)
+    action_start = property(lambda self: self.base.action_start)
+    scheduler = property(lambda self: self.base.scheduler)
+    low_dim_keys = property(lambda self: self.base.low_dim_keys)
+    image_keys = property(lambda self: self.base.image_keys)
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_io.to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ConsistencyPolicyConfig:
+        return config_io.from_dict(cls, data)
+
+    def replace(self, **changes: Any) -> ConsistencyPolicyConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def example(cls) -> ConsistencyPolicyConfig:
+        return cls(base=DiffusionPolicyConfig.example())

@@ -1,0 +1,190 @@
+"""Export artifact dir = `policy.onnx` (+ `init.onnx` for RTI) + `manifest.json`; torch-free loader.
+
+Imports: stdlib, numpy, onnxruntime, robotstack.core only (tests/export check that torch is never imported).
+
+Glossary: To obs history, T horizon (chunk), Ta actions returned per call, Da action dim, S stochastic steps.
+
+Graph contract (batch fixed to 1; all float32 unless the manifest says uint8 for a camera key):
+    inputs:  one per obs key (1, To, *shape) in env units   (normalization is inside the graph)
+             "noise"      (1, n, T, Da) standard normal      (cm: n = sampling steps; ddim: n = 1; rti init)
+             "guess"      (1, T, Da)   rti warm graph only: the previous call's "guess_out"
+             "step_noise" (1, S, T, Da) rti warm graph only when its DDPM steps are stochastic
+    outputs: "action" (1, Ta, Da) env units, gripper dims already thresholded to {-1, +1};
+             "chunk" (1, T, Da) env units; rti graphs also "guess_out" (1, T, Da) normalized state.
+Noise is drawn by the runtime from numpy's default_rng(seed) (documented stream; not torch's), so the graph
+itself is a pure function of its inputs (what the torch-vs-ORT parity check relies on).
+
+manifest.json (written by onnx_export.py, validated here): format/version, sampler, graphs{role: file, sha256,
+inputs, outputs}, obs{keys, spec}, action{dim, T, Ta, To, action_start}, control_rate_hz, gripper, noise,
+state (rti), normalization (informational: the stats are baked into the graph), opset, nfe, parity, latency.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from robotstack.core.errors import RobotstackError
+
+FORMAT, VERSION = "robotstack.artifact", 1
+MANIFEST = "manifest.json"
+SAMPLERS = ("cm1", "cm3", "ddim", "rti")
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(int64)": "int64"}
+
+
+class ArtifactError(RobotstackError):
+    """An artifact dir is incomplete, tampered with, or its manifest disagrees with its graph."""
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _require(doc: dict, key: str, where: str) -> Any:
+    if key not in doc:
+        raise ArtifactError(f"{where}: missing key {key!r}")
+    return doc[key]
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    mf = Path(path) / MANIFEST
+    if not mf.is_file():
+        raise ArtifactError(f"{mf}: missing; an artifact dir needs {MANIFEST} and policy.onnx")
+    try:
+        doc = json.loads(mf.read_text())
+    except json.JSONDecodeError as err:
+        raise ArtifactError(f"{mf}: not valid JSON ({err})") from err
+    if doc.get("format") != FORMAT or doc.get("version") != VERSION:
+        raise ArtifactError(f"{mf}: format {doc.get('format')!r} v{doc.get('version')!r}, expected {FORMAT!r} "
+                            f"v{VERSION}")
+    for key in ("sampler", "graphs", "obs", "action", "gripper", "noise", "opset"):
+        _require(doc, key, str(mf))
+    if doc["sampler"] not in SAMPLERS:
+        raise ArtifactError(f"{mf}: sampler {doc['sampler']!r} not in {SAMPLERS}")
+    if "policy" not in doc["graphs"] or (doc["sampler"] == "rti" and "init" not in doc["graphs"]):
+        raise ArtifactError(f"{mf}: graphs must name 'policy' (and 'init' for rti), got {sorted(doc['graphs'])}")
+    return doc
+
+
+def _check_io(where: str, kind: str, actual: list, declared: list[dict]) -> None:
+    got = [(a.name, list(a.shape), _ORT_TYPES.get(a.type, a.type)) for a in actual]
+    want = [(d["name"], list(d["shape"]), d["dtype"]) for d in declared]
+    if got != want:
+        raise ArtifactError(f"{where}: graph {kind} {got} do not match the manifest's {want}")
+
+
+def open_session(path: Path, threads: int = 1):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+
+
+class ArtifactPolicy:
+    """`act(obs_history) -> actions (Ta, Da)`; `reset()` clears RTI's warm-start state and reseeds the noise.
+
+    obs_history: {key: (To, *shape)} in env units, oldest first (the manifest's obs spec).
+    """
+
+    def __init__(self, path: str | Path, seed: int = 0, threads: int = 1):
+        self.path = Path(path)
+        self.manifest = read_manifest(self.path)
+        m = self.manifest
+        self.sampler = m["sampler"]
+        self.obs_keys = list(m["obs"]["keys"])
+        self.obs_spec = {k: (tuple(v["shape"]), np.dtype(v["dtype"])) for k, v in m["obs"]["spec"].items()}
+        if set(self.obs_keys) != set(self.obs_spec):
+            raise ArtifactError(f"{self.path / MANIFEST}: obs.keys {self.obs_keys} != obs.spec keys "
+                                f"{sorted(self.obs_spec)}")
+        self.sessions, self.io = {}, {}
+        for role, g in m["graphs"].items():
+            for key in ("file", "sha256", "inputs", "outputs"):
+                _require(g, key, f"{self.path / MANIFEST} graphs.{role}")
+            f = self.path / g["file"]
+            if not f.is_file():
+                raise ArtifactError(f"{f}: missing (manifest graphs.{role}.file)")
+            digest = sha256_file(f)
+            if digest != g["sha256"]:
+                raise ArtifactError(f"{f}: sha256 {digest} does not match manifest graphs.{role}.sha256 "
+                                    f"{g['sha256']} (file changed after export?)")
+            sess = open_session(f, threads)
+            _check_io(str(f), "inputs", sess.get_inputs(), g["inputs"])
+            _check_io(str(f), "outputs", sess.get_outputs(), g["outputs"])
+            names = [d["name"] for d in g["inputs"]]
+            for k in self.obs_keys:
+                want = [1, *self.obs_spec[k][0]]
+                decl = next((d for d in g["inputs"] if d["name"] == k), None)
+                if decl is None or list(decl["shape"]) != want:
+                    raise ArtifactError(f"{f}: obs input {k!r} is {decl} in the graph, manifest obs.spec says "
+                                        f"shape {want}")
+            self.sessions[role] = sess
+            self.io[role] = {d["name"]: (tuple(d["shape"]), d["dtype"]) for d in g["inputs"]}
+            self.io[role]["__names__"] = names
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self.state: np.ndarray | None = None  # RTI guess (1, T, Da), normalized
+        self.last_latency_s = 0.0
+
+    # ------------------------------------------------------------------ spec
+    @property
+    def n_obs_steps(self) -> int:
+        return int(self.manifest["action"]["To"])
+
+    @property
+    def action_dim(self) -> int:
+        return int(self.manifest["action"]["dim"])
+
+    def reset(self) -> None:
+        self.state = None
+
+    # ------------------------------------------------------------------ inference
+    def _feeds(self, role: str, obs_history: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = {}
+        for k in self.obs_keys:
+            if k not in obs_history:
+                raise ArtifactError(f"act: obs_history is missing key {k!r}; expected {self.obs_keys}")
+            shape, dtype = self.obs_spec[k]
+            x = np.asarray(obs_history[k])
+            if x.shape != shape:
+                raise ArtifactError(f"act: obs_history[{k!r}] has shape {x.shape}, expected {shape}")
+            feeds[k] = x.astype(dtype, copy=False)[None]
+        io = self.io[role]
+        for name in ("noise", "step_noise"):
+            if name in io:
+                feeds[name] = self.rng.standard_normal(io[name][0], dtype=np.float32)
+        if "guess" in io:
+            feeds["guess"] = self.state
+        return feeds
+
+    def act(self, obs_history: dict[str, np.ndarray]) -> np.ndarray:
+        role = "init" if self.sampler == "rti" and self.state is None else "policy"
+        feeds = self._feeds(role, obs_history)
+        t0 = time.perf_counter()
+        outs = self.sessions[role].run(None, feeds)
+        self.last_latency_s = time.perf_counter() - t0
+        named = dict(zip([o.name for o in self.sessions[role].get_outputs()], outs))
+        if "guess_out" in named:
+            self.state = named["guess_out"]
+        return named["action"][0]
+
+    def run_raw(self, role: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one graph on explicit feeds (parity checks)."""
+        outs = self.sessions[role].run(None, feeds)
+        return dict(zip([o.name for o in self.sessions[role].get_outputs()], outs))
+
+
+def load_artifact(path: str | Path, seed: int = 0, threads: int = 1) -> ArtifactPolicy:
+    """Validate manifest vs files (sha256) vs graphs (input/output names, shapes, dtypes); raise ArtifactError."""
+    return ArtifactPolicy(path, seed=seed, threads=threads)

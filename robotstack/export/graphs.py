@@ -1,0 +1,117 @@
+"""torch modules that become the exported ONNX graphs (batch 1, explicit noise in, env units out).
+
+Glossary: To obs history, T horizon, Ta actions returned per call, Da action dim, n sampling steps,
+S stochastic DDPM steps of an RTI warm call. Contract of names and shapes: robotstack/export/artifact.py.
+
+Each graph = normalize obs -> encoder -> sampler (unrolled) -> unnormalize -> executed slice -> gripper
+threshold, so normalization stats and the sampler's timesteps are constants of the graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from policies.consistency.model import ConsistencyPolicy
+from policies.diffusion.model import ACTION_KEY, DiffusionPolicy
+from policies.diffusion.rti import RTISampler, shift_guess, threshold_gripper
+from policies.diffusion.samplers import sample_chunk
+
+
+class _Graph(nn.Module):
+    """Shared plumbing: positional ONNX inputs -> obs dict; chunk -> (action, chunk) in env units."""
+
+    extra_inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ("action", "chunk")
+
+    def __init__(self, policy: nn.Module, gripper_dims: Sequence[int], n_out: int):
+        super().__init__()
+        self.policy = policy
+        self.obs_keys = list(policy.config.obs_shapes)
+        self.gripper_dims = tuple(gripper_dims)
+        self.start = policy.config.action_start
+        self.n_out = n_out
+
+    def split(self, args: tuple[torch.Tensor, ...]) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+        k = len(self.obs_keys)
+        return dict(zip(self.obs_keys, args[:k])), list(args[k:])
+
+    def finish(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        chunk = self.policy.normalizer.unnormalize(ACTION_KEY, x)
+        action = threshold_gripper(chunk[:, self.start:self.start + self.n_out], self.gripper_dims)
+        return action, chunk
+
+    @property
+    def input_names(self) -> list[str]:
+        return [*self.obs_keys, *self.extra_inputs]
+
+
+class DDIMGraph(_Graph):
+    """obs..., noise (1, 1, T, Da) -> action (1, Ta, Da), chunk: deterministic DDIM(K) (eta = 0)."""
+
+    extra_inputs = ("noise",)
+
+    def __init__(self, policy: DiffusionPolicy, steps: int, gripper_dims: Sequence[int]):
+        super().__init__(policy, gripper_dims, policy.config.n_action_steps)
+        self.steps = steps
+
+    def forward(self, *args: torch.Tensor):
+        obs, (noise,) = self.split(args)
+        cond = self.policy.encode_obs(obs, deterministic=True).cond
+        return self.finish(sample_chunk(self.policy, cond, "ddim", self.steps, noise=noise[:, 0], eta=0.0))
+
+
+class ConsistencyGraph(_Graph):
+    """obs..., noise (1, n, T, Da) -> action (1, Ta, Da), chunk: n-step consistency sampling."""
+
+    extra_inputs = ("noise",)
+
+    def __init__(self, student: ConsistencyPolicy, steps: int, gripper_dims: Sequence[int]):
+        super().__init__(student, gripper_dims, student.config.n_action_steps)
+        self.steps = steps
+
+    def forward(self, *args: torch.Tensor):
+        obs, (noise,) = self.split(args)
+        cond = self.policy.encode_obs(obs)
+        return self.finish(self.policy.sample_normalized(cond, [noise[:, i] for i in range(self.steps)]))
+
+
+class RTIInitGraph(_Graph):
+    """First RTI call: obs..., noise (1, 1, T, Da) -> action (1, n, Da), chunk, guess_out (1, T, Da)."""
+
+    extra_inputs = ("noise",)
+    outputs = ("action", "chunk", "guess_out")
+
+    def __init__(self, rti: RTISampler, gripper_dims: Sequence[int]):
+        super().__init__(rti.policy, gripper_dims, rti.config.n_exec)
+        self.rti = rti
+
+    def forward(self, *args: torch.Tensor):
+        obs, (noise,) = self.split(args)
+        cond = self.policy.encode_obs(obs, deterministic=True).cond
+        r = self.rti
+        x = sample_chunk(self.policy, cond, r.config.init_sampler, r.init_steps, noise=noise[:, 0], eta=0.0)
+        r.store(x)
+        return (*self.finish(x), r.guess)
+
+
+class RTIWarmGraph(_Graph):
+    """Warm RTI call: obs..., guess (1, T, Da)[, step_noise (1, S, T, Da)] -> action, chunk, guess_out."""
+
+    outputs = ("action", "chunk", "guess_out")
+
+    def __init__(self, rti: RTISampler, gripper_dims: Sequence[int]):
+        super().__init__(rti.policy, gripper_dims, rti.config.n_exec)
+        self.rti = rti
+        self.extra_inputs = ("guess", "step_noise") if rti.n_step_noise() else ("guess",)
+
+    def forward(self, *args: torch.Tensor):
+        obs, rest = self.split(args)
+        guess, step_noise = rest[0], (rest[1] if len(rest) > 1 else None)
+        cond = self.policy.encode_obs(obs, deterministic=True).cond
+        r = self.rti
+        x = r.refine(shift_guess(guess, r.config.n_exec), cond, step_noise=step_noise)
+        r.store(x)
+        return (*self.finish(x), r.guess)

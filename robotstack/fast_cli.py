@@ -1,0 +1,149 @@
+"""CLI verbs of the fast-inference stack (kept out of cli.py so the shared file needs a two-line hook):
+
+    robotstack distill --checkpoint DIR [--method ctm|rl100] [--steps N] --out DIR
+    robotstack export --checkpoint DIR --sampler cm1|cm3|ddim|rti --out ARTIFACT_DIR [--steps K] [--k-start K']
+    robotstack rti choose-k --checkpoint DIR --data STORE [--pairs 128]
+    robotstack eval-artifact --artifact DIR --task TASK [--episodes 100]   (onnxruntime only, no torch)
+Heavy imports happen inside the commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _dims(text: str, action_dim_hint: str = "") -> list[int] | None:
+    if text == "last":
+        return None
+    if text == "none":
+        return []
+    return [int(d) for d in text.split(",") if d]
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from robotstack.train.distill import main as distill_main
+
+    overrides = {"batch_size": args.batch_size, "seed": args.seed, "lr": args.lr}
+    if args.data:
+        overrides["data_paths"] = list(args.data)
+    distill_main(args.checkpoint, args.out, method=args.method, steps=args.steps, overrides=overrides,
+                 show_progress=not args.quiet)
+    return 0
+
+
+def _control_rate(task: str | None) -> float | None:
+    if not task:
+        return None
+    try:
+        import sim
+
+        env = sim.make(task)
+        try:
+            return float(env.metadata.get("render_fps") or 0) or None
+        finally:
+            env.close()
+    except Exception:  # noqa: BLE001 - the rate is informational; an unknown task leaves it unset
+        return None
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from policies.consistency.checkpoint import read_extra
+    from policies.diffusion.rti import RTIConfig
+    from robotstack.export.onnx_export import export_artifact
+
+    rti = None
+    if args.sampler == "rti":
+        rti = RTIConfig(k_start=args.k_start, gripper_mode=args.gripper_mode, factor=args.factor,
+                        step_semantics=args.step_semantics, init_sampler="ddim", init_steps=args.steps)
+    rate = args.control_rate or _control_rate(read_extra(args.checkpoint).get("task"))
+    m = export_artifact(args.checkpoint, args.sampler, args.out, steps=args.steps, rti=rti,
+                        gripper_dims=_dims(args.gripper_dims), control_rate_hz=rate, seed=args.seed)
+    lat = m["latency"]["policy"]
+    print(f"wrote {args.out}/policy.onnx ({m['sampler']}, NFE/call {m['nfe']['per_call']}); parity max|err| "
+          f"{m['parity']['max_abs_err']:.2e}; ORT p50 {lat['ort']['p50_ms']:.3f} ms p99 {lat['ort']['p99_ms']:.3f} ms "
+          f"(torch p50 {lat['torch']['p50_ms']:.3f} ms)")
+    return 0
+
+
+def cmd_rti_choose_k(args: argparse.Namespace) -> int:
+    from robotstack.eval.rti_choose_k import choose_k
+
+    res = choose_k(args.checkpoint, args.data, pairs=args.pairs, sampler=args.sampler, seed=args.seed)
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    print(f"{'k':>3} {'E||G - sqrt(abar)A||^2':>24} {'(1-abar) T Da':>14} {'noise std':>10}")
+    for r in res["rows"][: max(12, res["k_start"] + 3)]:
+        mark = "  <- K'" if r["k"] == res["k_start"] else ""
+        print(f"{r['k']:>3} {r['lhs']:>24.4f} {r['rhs']:>14.4f} {r['noise_std']:>10.3f}{mark}")
+    print(f"estimated K' = {res['k_start']} (steps [{res['k_start']}..0], {res['k_start'] + 1} NFE per decision) "
+          f"from {res['pairs']} frame pairs; validate closed-loop")
+    return 0
+
+
+def cmd_eval_artifact(args: argparse.Namespace) -> int:
+    from robotstack.eval.actor_rollout import rollout_actor
+    from robotstack.export.artifact import load_artifact
+
+    art = load_artifact(args.artifact, seed=args.seed)
+    task = args.task or (art.manifest.get("source") or {}).get("task")
+    if not task:
+        from robotstack.core.errors import ConfigError
+
+        raise ConfigError(f"{args.artifact}/manifest.json has no source.task; pass --task")
+    res = rollout_actor(art, task, args.episodes, seed=args.seed_env, show_progress=not args.quiet,
+                        description=f"eval-artifact {task}")
+    s = res.summary()
+    print(f"{args.artifact} ({art.sampler}, onnxruntime) on {task}: success {s['success_rate']:.1%} "
+          f"({s['successes']}/{s['episodes']}, 95% CI [{s['ci95_low']:.1%}, {s['ci95_high']:.1%}]); "
+          f"decision p50 {s['decision_p50_ms']:.3f} ms p99 {s['decision_p99_ms']:.3f} ms")
+    return 0
+
+
+def add_fast_inference_verbs(sub) -> None:
+    d = sub.add_parser("distill", help="consistency-distill a diffusion checkpoint into a one-step student")
+    d.add_argument("--checkpoint", required=True, help="teacher checkpoint dir (DiffusionPolicy)")
+    d.add_argument("--method", default="ctm", choices=["ctm", "rl100"])
+    d.add_argument("--steps", type=int, default=2000)
+    d.add_argument("--batch-size", type=int, default=64)
+    d.add_argument("--lr", type=float, default=3e-4)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--data", nargs="*", default=None, help="episode stores (default: the teacher's)")
+    d.add_argument("--out", required=True, help="student checkpoint dir")
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_distill)
+
+    e = sub.add_parser("export", help="export a sampler to ONNX (policy.onnx + manifest.json)")
+    e.add_argument("--checkpoint", required=True, help="diffusion (ddim, rti) or distilled (cm1, cm3) checkpoint")
+    e.add_argument("--sampler", required=True, choices=["cm1", "cm3", "ddim", "rti"])
+    e.add_argument("--out", required=True, help="artifact dir")
+    e.add_argument("--steps", type=int, default=None, help="DDIM steps (ddim; rti's first call)")
+    e.add_argument("--k-start", type=int, default=2, help="rti: K' (steps K'..0)")
+    e.add_argument("--gripper-mode", default="clip", choices=["none", "clip", "scale"], help="rti guess handling")
+    e.add_argument("--factor", type=float, default=1.0, help="rti gripper factor")
+    e.add_argument("--step-semantics", default="official_t_minus_1", choices=["official_t_minus_1", "jump"])
+    e.add_argument("--gripper-dims", default="last", help="thresholded action dims: last | none | i,j")
+    e.add_argument("--control-rate", type=float, default=None, help="Hz (default: the task's)")
+    e.add_argument("--seed", type=int, default=0)
+    e.set_defaults(func=cmd_export)
+
+    r = sub.add_parser("rti", help="RTI warm-started denoising tools")
+    r_sub = r.add_subparsers(dest="rti_verb", required=True)
+    ck = r_sub.add_parser("choose-k", help="estimate RTI's start step K' from recorded rollouts")
+    ck.add_argument("--checkpoint", required=True)
+    ck.add_argument("--data", required=True, help="episode store")
+    ck.add_argument("--pairs", type=int, default=128)
+    ck.add_argument("--sampler", default="ddpm", choices=["ddpm", "ddim"])
+    ck.add_argument("--seed", type=int, default=0)
+    ck.add_argument("--json", action="store_true")
+    ck.set_defaults(func=cmd_rti_choose_k)
+
+    ea = sub.add_parser("eval-artifact", help="roll out an exported artifact in sim with onnxruntime (no torch)")
+    ea.add_argument("--artifact", required=True)
+    ea.add_argument("--task", default="", help="default: the manifest's source task")
+    ea.add_argument("--episodes", type=int, default=100)
+    ea.add_argument("--seed", type=int, default=0, help="noise seed of the runtime")
+    ea.add_argument("--seed-env", type=int, default=100_000, help="seed of the first episode")
+    ea.add_argument("--quiet", action="store_true")
+    ea.set_defaults(func=cmd_eval_artifact)

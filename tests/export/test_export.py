@@ -1,0 +1,190 @@
+"""ONNX export: torch-vs-onnxruntime parity for every sampler, manifest validation, torch-free loader."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "distill"))
+from fast_policy_testing import tiny_student, tiny_teacher  # noqa: E402
+
+from policies.checkpoint import save_checkpoint  # noqa: E402
+from policies.consistency.checkpoint import load_any_checkpoint, save_student  # noqa: E402
+from policies.diffusion.rti import RTIConfig, RTISampler  # noqa: E402
+from robotstack.export.artifact import ArtifactError, load_artifact, sha256_file  # noqa: E402
+from robotstack.export.onnx_export import export_artifact  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    teacher = tiny_teacher()
+    save_checkpoint(root / "teacher", teacher, extra={"task": "push"})
+    student, _ = tiny_student("ctm")
+    save_student(root / "ctm", student, extra={"task": "push"})
+    rl, _ = tiny_student("rl100")
+    save_student(root / "rl100", rl, extra={"task": "push"})
+    return root
+
+
+@pytest.fixture(scope="module")
+def artifacts(ckpts, tmp_path_factory):
+    out = tmp_path_factory.mktemp("art")
+    kw = dict(latency_runs=10, parity_trials=2)
+    m = {"cm1": export_artifact(ckpts / "ctm", "cm1", out / "cm1", **kw),
+         "cm3": export_artifact(ckpts / "rl100", "cm3", out / "cm3", **kw),
+         "ddim": export_artifact(ckpts / "teacher", "ddim", out / "ddim", steps=5, **kw),
+         "rti": export_artifact(ckpts / "teacher", "rti", out / "rti", steps=5,
+                                rti=RTIConfig(k_start=2, gripper_mode="clip", factor=10.0), **kw)}
+    return out, m
+
+
+@pytest.mark.parametrize("sampler", ["cm1", "cm3", "ddim", "rti"])
+def test_parity_and_manifest(artifacts, sampler):
+    out, manifests = artifacts
+    m = manifests[sampler]
+    assert m["parity"]["ok"] and m["parity"]["max_abs_err"] <= 1e-4
+    assert m["opset"] == 17 and m["graphs"]["policy"]["sha256"] == sha256_file(out / sampler / "policy.onnx")
+    for role, lat in m["latency"].items():
+        assert lat["ort"]["p50_ms"] > 0 and lat["ort"]["p99_ms"] >= lat["ort"]["p50_ms"], role
+    assert m["obs"]["spec"]["object_state"] == {"shape": [2, 7], "dtype": "float32"}
+    assert m["action"] == {"dim": 4, "T": 8, "Ta": 1 if sampler == "rti" else 4, "To": 2, "action_start": 1,
+                           "units": "env"}
+    assert m["normalization"]["in_graph"] and "action" in m["normalization"]["stats"]
+
+
+def _hist(art, seed=0):
+    rng = np.random.default_rng(seed)
+    return {k: rng.uniform(-2, 2, shape).astype(np.float32) for k, (shape, _) in art.obs_spec.items()}
+
+
+def test_cm_artifact_matches_the_torch_student(ckpts, artifacts):
+    from policies.consistency.checkpoint import load_student
+
+    out, _ = artifacts
+    for sampler, ck, n in (("cm1", "ctm", 1), ("cm3", "rl100", 3)):
+        art = load_artifact(out / sampler)
+        student = load_student(ckpts / ck)
+        h = _hist(art)
+        noise = np.random.default_rng(1).standard_normal((1, n, 8, 4)).astype(np.float32)
+        got = art.run_raw("policy", {**{k: v[None] for k, v in h.items()}, "noise": noise})
+        obs = {k: torch.from_numpy(v[None]) for k, v in h.items()}
+        ref = student.predict_action(obs, steps=n, noises=[torch.from_numpy(noise[:, i]) for i in range(n)])
+        np.testing.assert_allclose(got["chunk"], ref.chunk.numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_array_equal(np.unique(got["action"][..., 3]) ** 2, np.ones_like(
+            np.unique(got["action"][..., 3])))  # gripper thresholded to +-1 in the graph
+
+
+def test_rti_artifact_matches_the_torch_sampler_over_calls(ckpts, artifacts):
+    from policies.checkpoint import load_checkpoint
+
+    out, m = artifacts
+    art = load_artifact(out / "rti")
+    policy = load_any_checkpoint(ckpts / "teacher")
+    r = RTISampler(policy, RTIConfig(k_start=2, gripper_mode="clip", factor=10.0, init_sampler="ddim", init_steps=5))
+    rng = np.random.default_rng(0)
+    state = None
+    for call in range(4):
+        h = _hist(art, call)
+        obs = {k: torch.from_numpy(v[None]) for k, v in h.items()}
+        feeds = {k: v[None] for k, v in h.items()}
+        if state is None:
+            noise = rng.standard_normal((1, 1, 8, 4)).astype(np.float32)
+            got = art.run_raw("init", feeds | {"noise": noise})
+            ref = r(obs, noise=torch.from_numpy(noise[:, 0]))
+        else:
+            sn = rng.standard_normal((1, 2, 8, 4)).astype(np.float32)
+            got = art.run_raw("policy", feeds | {"guess": state, "step_noise": sn})
+            ref = r(obs, step_noise=torch.from_numpy(sn))
+        state = got["guess_out"]
+        np.testing.assert_allclose(got["action"], ref.action.numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(state, r.guess.numpy(), atol=1e-4, rtol=0)
+    assert m["rti"]["rti"]["steps"] == [2, 1, 0] and m["rti"]["nfe"] == {"first_call": 5, "per_call": 3}
+    np.testing.assert_allclose(np.abs(state[..., 3]), 0.1, rtol=1e-6)  # clip mode: +-1/factor in the state
+
+
+def test_artifact_act_and_reset(artifacts):
+    out, _ = artifacts
+    art = load_artifact(out / "rti", seed=3)
+    h = _hist(art)
+    assert art.act(h).shape == (1, 4) and art.state is not None
+    art.act(h)
+    art.reset()
+    assert art.state is None
+    with pytest.raises(ArtifactError, match="missing key 'robot_eef_pos'"):
+        art.act({k: v for k, v in h.items() if k != "robot_eef_pos"})
+    with pytest.raises(ArtifactError, match=r"obs_history\['object_state'\] has shape \(1, 7\)"):
+        art.act(h | {"object_state": h["object_state"][:1]})
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_tampered_artifacts_are_refused(artifacts, tmp_path):
+    out, _ = artifacts
+    d = _copy(out / "cm1", tmp_path / "bytes")
+    with open(d / "policy.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ArtifactError, match="sha256"):
+        load_artifact(d)
+
+    d = _copy(out / "cm1", tmp_path / "shape")
+    doc = json.loads((d / "manifest.json").read_text())
+    doc["graphs"]["policy"]["inputs"][0]["shape"] = [1, 3, 3]
+    (d / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(ArtifactError, match="do not match the manifest"):
+        load_artifact(d)
+
+    d = _copy(out / "cm1", tmp_path / "name")
+    doc = json.loads((d / "manifest.json").read_text())
+    doc["graphs"]["policy"]["outputs"][0]["name"] = "actions"
+    (d / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(ArtifactError, match="outputs"):
+        load_artifact(d)
+
+    d = _copy(out / "cm1", tmp_path / "spec")
+    doc = json.loads((d / "manifest.json").read_text())
+    doc["obs"]["spec"]["robot_eef_pos"]["shape"] = [3, 3]
+    (d / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(ArtifactError, match="robot_eef_pos"):
+        load_artifact(d)
+
+    d = _copy(out / "cm1", tmp_path / "nomanifest")
+    (d / "manifest.json").unlink()
+    with pytest.raises(ArtifactError, match="manifest.json: missing"):
+        load_artifact(d)
+
+
+def test_loader_never_imports_torch(artifacts):
+    out, _ = artifacts
+    code = (
+        "import sys, numpy as np\n"
+        "from robotstack.export.artifact import load_artifact\n"
+        f"for s in ('cm1', 'rti'):\n"
+        f"    a = load_artifact({str(out)!r} + '/' + s)\n"
+        "    h = {k: np.zeros(v[0], v[1]) for k, v in a.obs_spec.items()}\n"
+        "    a.act(h); a.act(h)\n"
+        "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.') or m.startswith('policies')]\n"
+        "print('LEAK', bad) if bad else print('CLEAN')\n")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().endswith("CLEAN"), res.stdout
+
+
+def test_wrong_checkpoint_kind_fails_loudly(ckpts, tmp_path):
+    from robotstack.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs a distilled checkpoint"):
+        export_artifact(ckpts / "teacher", "cm1", tmp_path / "x")
+    with pytest.raises(ConfigError, match="needs a diffusion policy checkpoint"):
+        export_artifact(ckpts / "ctm", "ddim", tmp_path / "y")
