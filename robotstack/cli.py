@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--overwrite", action="store_true")
     gen.set_defaults(func=cmd_keys_generate)
 
-    from robotstack.fast_cli import add_fast_inference_verbs  # distill, export, rti choose-k, eval-artifact
+    from robotstack.cli_inference import add_fast_inference_verbs  # distill, export, rti choose-k, eval-artifact
 
     add_fast_inference_verbs(sub)
     return parser
