@@ -89,6 +89,8 @@ def main() -> None:
     p.add_argument("--num-envs", type=int, default=2)
     p.add_argument("--set", action="append", default=[], help="config override for every task, e.g. train.steps=500")
     p.add_argument("--work", default=str(ROOT / "runs" / "bench_il"), help="demo stores and run dirs (git-ignored)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="tasks trained side by side in separate processes (each config uses 1 torch thread)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args()
     work = Path(args.work)
@@ -96,11 +98,27 @@ def main() -> None:
     path = RESULTS / "bench_il.json"
     previous = json.loads(path.read_text()).get("tasks", {}) if path.exists() else {}
     rows = {}
-    for name in [t for t in args.tasks.split(",") if t]:
-        rows[name] = run_task(name, args, work)
-        rows[name]["machine"] = machine()
+    names = [t for t in args.tasks.split(",") if t]
+
+    def keep(name: str, row: dict) -> None:
+        rows[name] = row | {"machine": machine(), "workers": args.workers}
         previous[name] = rows[name]
         write_results("bench_il", {"tasks": previous})  # after every task: a long run keeps what it measured
+
+    if args.workers <= 1:
+        for name in names:
+            keep(name, run_task(name, args, work))
+    else:  # spawn, not fork: torch and EGL contexts do not survive a fork
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn")) as pool:
+            futures = {pool.submit(run_task, name, args, work): name for name in names}
+            for fut in as_completed(futures):
+                try:
+                    keep(futures[fut], fut.result())
+                except Exception as exc:  # a failed task is reported, not hidden
+                    keep(futures[fut], {"task": futures[fut], "error": f"{type(exc).__name__}: {exc}"})
     cols = ["task", "demo_success", "train_steps", "train_samples_per_s", "train_wall_s", "final_loss",
             "success_rate", "ci95_low", "ci95_high", "mean_length", "eval_wall_s"]
     print_table("bench_il (this run)", cols, [[r.get(c, "") for c in cols] for r in rows.values()])
