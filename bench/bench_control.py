@@ -36,15 +36,15 @@ import numpy as np  # noqa: E402
 from bench.common import print_table, write_results  # noqa: E402
 
 PY = sys.executable
-TOL = 0.02
 
 
 def success_fn(task: str):
-    if task == "reach":
-        return lambda o: float(np.linalg.norm(o["goal"] - o["robot_eef_pos"])) < TOL
-    if task == "push":
-        return lambda o: float(np.linalg.norm(o["object_state"][:2] - o["goal"][:2])) < TOL
-    raise ValueError(task)
+    from robotstack.runtime.success import success_from_obs
+
+    fn = success_from_obs(task)
+    if fn is None:
+        raise ValueError(f"no state-only success criterion for task {task!r}")
+    return fn
 
 
 class ExpertPolicy:

@@ -1,19 +1,25 @@
-"""`make demo`: the main job on the embedded default — MuJoCo push task, local store.
+"""`make demo`: the main job on the embedded default — MuJoCo reach task, local store, PyBullet arm.
 
-Stage by stage as the stack grows: record scripted demos -> data info -> train il -> eval -> plot
-(-> distill -> export -> deploy).
+record scripted demos -> data info -> train il -> eval -> plot -> distill to one step -> export to ONNX ->
+evaluate the artifact with onnxruntime -> run it on the PyBullet arm server over ZMQ, recording every run.
 Each step is the same `robotstack` command a user would type, so the demo doubles as a usage example.
+Reach is the demo task because its small policy trains in about two minutes on 2 cores; the other tasks use
+the same commands (see README).
 """
 
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 from robotstack.cli import main as cli
 
 OUT = Path("demo_out")
+TASK = "reach"
+ARM = "tcp://127.0.0.1:6510"
 
 
 def run(*argv: str) -> None:
@@ -23,24 +29,42 @@ def run(*argv: str) -> None:
         sys.exit(code)
 
 
+def deploy_on_pybullet(artifact: str, record: str) -> None:
+    """The arm server is its own process (as on a robot); the controller runs here."""
+    serve = ["serve-arm", "--driver", "pybullet", "--task", TASK, "--bind", ARM, "--seed", "200000"]
+    print(f"\n$ robotstack {' '.join(serve)} &", flush=True)
+    server = subprocess.Popen([sys.executable, "-m", "robotstack.cli", *serve])
+    try:
+        time.sleep(3.0)  # server start-up (PyBullet scene + sockets)
+        if server.poll() is not None:
+            sys.exit(f"serve-arm exited with {server.returncode}")
+        run("deploy", "--artifact", artifact, "--arm", ARM, "--episodes", "10", "--max-steps", "150",
+            "--record", record)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    run("data", "info", record)
+
+
 def main() -> None:
     if OUT.exists():
         shutil.rmtree(OUT)
     OUT.mkdir()
-    store = str(OUT / "push.zarr")
-    run("record", "--task", "push", "--device", "scripted", "--episodes", "20", "--noise", "0.2",
-        "--out", store)
+    store = str(OUT / f"{TASK}.zarr")
+    run("record", "--task", TASK, "--device", "scripted", "--episodes", "30", "--noise", "0.2", "--out", store)
     run("data", "info", store)
-    run_dir = str(OUT / "il_push")
-    run("train", "il", "--config", "configs/il/demo_push.yaml", f"data.paths=[{store}]", "--out", run_dir)
+    run_dir = str(OUT / f"il_{TASK}")
+    run("train", "il", "--config", f"configs/il/demo_{TASK}.yaml", f"data.paths=[{store}]", "--out", run_dir)
     run("eval", "--checkpoint", f"{run_dir}/checkpoints/latest", "--episodes", "20", "--num-envs", "2")
     run("plot", run_dir)
     # fast inference: distill to a one-step student -> export it to ONNX -> evaluate it through onnxruntime
-    student, artifact = str(OUT / "student_push"), str(OUT / "artifact_push_cm1")
+    student, artifact = str(OUT / f"student_{TASK}"), str(OUT / f"artifact_{TASK}_cm1")
     run("distill", "--checkpoint", f"{run_dir}/checkpoints/latest", "--method", "ctm", "--steps", "300",
         "--out", student)
     run("export", "--checkpoint", student, "--sampler", "cm1", "--out", artifact)
     run("eval-artifact", "--artifact", artifact, "--episodes", "20")
+    # on the "robot": PyBullet plays the arm behind the same server a real arm would use
+    deploy_on_pybullet(artifact, str(OUT / "deploy_runs.zarr"))
 
 
 if __name__ == "__main__":

@@ -97,7 +97,10 @@ def deploy(args) -> int:
         takeover = make_device(args.takeover)
     cfg = ControllerConfig(command_hz=args.command_hz, target_expiry_s=args.target_expiry,
                            safety=SafetyConfig(max_delta=None if args.max_delta <= 0 else args.max_delta))
-    ctl = Controller(client, runner, cfg, takeover=takeover, status_fn=None if args.quiet else _status_printer())
+    from robotstack.runtime.success import success_from_obs
+
+    ctl = Controller(client, runner, cfg, takeover=takeover, success_fn=success_from_obs(runner.spec.task),
+                     status_fn=None if args.quiet else _status_printer())
     store = None
     if args.record:
         from robotstack.record import open_or_create_store
@@ -129,6 +132,9 @@ def deploy(args) -> int:
                                  max_steps=args.max_steps or None, store=store, task=spec.task or "deploy",
                                  seed0=args.seed)
         code = 0 if all(r.ok for r in results) else 3
+        judged = [r.success for r in results if r.success is not None]
+        if judged:
+            print(f"deploy: task success {sum(judged)}/{len(judged)} episodes on {args.arm}", file=sys.stderr)
         if results and not results[-1].ok:
             print(f"deploy: stopped: {results[-1].stop_reason}", file=sys.stderr)
     except KeyboardInterrupt:
