@@ -117,7 +117,20 @@ def main() -> None:
     print_table(f"bench_sim ({args.episodes} episodes per expert cell, {args.workers} workers in parallel)",
                 ["task", "steps/s state", "steps/s rgb96", "expert ok (noise 0)", "expert ok (noise 0.3)",
                  "record frames/s state", "record frames/s rgb96"], table)
-    path = write_results("bench_sim", {"episodes": args.episodes, "workers": args.workers, "rows": rows})
+    # merge by task with rows of earlier runs (each row keeps its own machine/commit/date)
+    import json
+
+    from bench.common import RESULTS, machine
+
+    old = RESULTS / "bench_sim.json"
+    merged = {}
+    if old.exists():
+        prev = json.loads(old.read_text())
+        for r in prev.get("rows", []):
+            merged[r["task"]] = {**r, "machine": r.get("machine", prev.get("machine"))}
+    for r in rows:
+        merged[r["task"]] = {**r, "machine": machine(), "episodes": args.episodes, "workers": args.workers}
+    path = write_results("bench_sim", {"rows": list(merged.values())})
     print(f"wrote {path}")
 
 
