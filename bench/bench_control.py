@@ -173,6 +173,9 @@ def main() -> None:
     ap.add_argument("--seed0", type=int, default=1000)
     ap.add_argument("--push-episodes", type=int, default=20)
     ap.add_argument("--trained-episodes", type=int, default=50)
+    ap.add_argument("--policy-artifact", default="",
+                    help="an exported trained policy (e.g. CM-1) for phase 1 instead of the analytic one; "
+                         "phase 1b is then skipped")
     args = ap.parse_args()
     if args.worker:
         worker(args)
@@ -182,15 +185,17 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
-        artifact = str(build_policy(tmp / "reach_policy", "reach"))
-        print(f"phase 1: reach, exported ONNX single-step policy (analytic, not trained), >= {args.seconds:.0f} s ...",
-              flush=True)
+        if args.policy_artifact:
+            artifact, what = args.policy_artifact, f"trained policy {args.policy_artifact}"
+        else:
+            artifact, what = str(build_policy(tmp / "reach_policy", "reach")), "analytic, not trained"
+        print(f"phase 1: reach, exported ONNX single-step policy ({what}), >= {args.seconds:.0f} s ...", flush=True)
         reach = run_phase("reach", args.seconds, artifact, args.min_episodes, 400, 100, tmp, free_base_port())
         seeds = [e["seed"] for e in reach["episodes"]]
         reach_mj = mujoco_success("reach", seeds, artifact, 100)
         trained = trained_mj = None
         ckpt = ROOT / "runs" / "bench_il" / "reach_run" / "checkpoints" / "latest"
-        if args.trained_episodes > 0 and ckpt.is_dir():
+        if args.trained_episodes > 0 and ckpt.is_dir() and not args.policy_artifact:
             from robotstack.export.onnx_export import export_artifact
 
             trained_art = str(tmp / "reach_ddim")
@@ -238,11 +243,11 @@ def main() -> None:
     def rate(xs):
         return f"{np.mean(xs):.0%} ({int(np.sum(xs))}/{len(xs)})"
 
-    succ = [["reach", "exported ONNX policy (analytic P-controller, not trained)",
+    succ = [["reach", f"exported ONNX single-step policy ({what})",
              rate([e["success"] for e in reach["episodes"]]), rate(reach_mj)]]
     if trained is not None:
         tl = trained["telemetry"]["latency_ms"]
-        succ.append(["reach", "trained diffusion policy (bench_il reach_run, 1.5k steps) exported DDIM-8, Ta=8 "
+        succ.append(["reach", "trained diffusion policy (bench_il reach_run) exported DDIM-8 "
                      f"(inference p50 {tl['inference']['p50']:.2f} / p99 {tl['inference']['p99']:.2f} ms per step)",
                      rate([e["success"] for e in trained["episodes"]]), rate(trained_mj)])
     if push is not None:

@@ -1,0 +1,81 @@
+"""Print the README's benchmark tables (markdown) from bench/results/*.json, so the README shows measured numbers.
+
+    .venv/bin/python tools/bench_tables.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def pct(x) -> str:
+    return "" if x is None else f"{100 * x:.0f}%"
+
+
+def sim_table() -> str:
+    d = load("bench_sim")
+    if not d:
+        return "(bench_sim not run)"
+    rows = []
+    for r in d["rows"]:
+        if "error" in r:
+            rows.append([r["task"], "error: " + r["error"][:60], "", "", "", "", ""])
+            continue
+        rows.append([r["task"], round(r["steps_s_state"]), round(r["steps_s_rgb96"]),
+                     pct(r["expert_noise0.0"]["success"]), pct(r["expert_noise0.3"]["success"]),
+                     round(r["record_fps_state"]), round(r["record_fps_rgb96"])])
+    return table(["task", "env steps/s (state)", "env steps/s (96x96 RGB)", "expert success, noise 0",
+                  "expert success, noise 0.3", "record frames/s (state)", "record frames/s (RGB)"], rows)
+
+
+def il_table() -> str:
+    d = load("bench_il")
+    if not d:
+        return "(bench_il not run)"
+    rows = []
+    for name, r in d["tasks"].items():
+        if "error" in r:
+            rows.append([name, "error: " + r["error"][:80]] + [""] * 6)
+            continue
+        rows.append([name, pct(r.get("demo_success")), f"{r['train_steps']} x {r['batch_size']}",
+                     round(r["train_samples_per_s"]), f"{r['train_wall_s'] / 60:.1f} min",
+                     f"{r['final_loss']:.3f}",
+                     f"{pct(r['success_rate'])} [{pct(r['ci95_low'])}, {pct(r['ci95_high'])}]",
+                     f"{r['mean_length']:.0f}"])
+    return table(["config", "demo success", "steps x batch", "train samples/s", "train wall", "final loss",
+                  f"success (100 episodes, 95% CI)", "mean length"], rows)
+
+
+def inference_table() -> str:
+    parts = []
+    for task in ("push", "pick_place", "push_t"):
+        d = load(f"bench_inference_{task}")
+        if not d:
+            continue
+        rows = []
+        for name, r in d["results"][task]["rows"].items():
+            rows.append([name, r["nfe"], f"{r['decision_p50_ms']:.3f}", f"{r['decision_p99_ms']:.3f}",
+                         f"{pct(r['success_rate'])} [{pct(r['ci95_low'])}, {pct(r['ci95_high'])}]",
+                         r["episodes"]])
+        parts.append(f"**{task}**\n\n" + table(["sampler", "NFE", "p50 ms", "p99 ms", "success (95% CI)",
+                                                  "episodes"], rows))
+    return "\n\n".join(parts) or "(bench_inference not run)"
+
+
+if __name__ == "__main__":
+    for title, fn in (("bench_sim", sim_table), ("bench_il", il_table), ("bench_inference", inference_table)):
+        print(f"### {title}\n\n{fn()}\n")
