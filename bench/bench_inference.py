@@ -87,6 +87,8 @@ def main() -> None:
                          "threads": 1, "batch": 1, "results": {}}
     only = set(filter(None, args.only.split(",")))
     out_name = "bench_inference" if args.tasks == "push,pick_place,push_t" else "bench_inference_" + args.tasks.replace(",", "_")
+    if only:  # a partial run gets its own file instead of overwriting the full one
+        out_name += "_only_" + "_".join(sorted(only)).replace(" ", "").replace("'", "").replace("=", "")
     for task in args.tasks.split(","):
         run = Path(args.runs) / task
         acts, manifest = actors(task, run, args.distill_steps, args.method, args.seed)

@@ -60,14 +60,23 @@ def il_table() -> str:
                   f"success (100 episodes, 95% CI)", "mean length"], rows)
 
 
+ROW_ORDER = ["DDPM-100", "DDIM-10", "DDIM-1", "RTI K'=2", "RTI K'=3", "RTI K'=5", "CM-1 torch", "CM-1 onnxruntime",
+             "CM-3 torch"]
+
+
 def inference_table() -> str:
+    """Rows of one task may come from several runs (bench_inference_<task>.json and partial `--only` runs)."""
     parts = []
+    files = sorted(RESULTS.glob("bench_inference_*.json"))
     for task in ("push", "pick_place", "push_t"):
-        d = load(f"bench_inference_{task}")
-        if not d:
+        found: dict = {}
+        for f in files:
+            found |= json.loads(f.read_text()).get("results", {}).get(task, {}).get("rows", {})
+        if not found:
             continue
         rows = []
-        for name, r in d["results"][task]["rows"].items():
+        for name in sorted(found, key=lambda n: ROW_ORDER.index(n) if n in ROW_ORDER else 99):
+            r = found[name]
             rows.append([name, r["nfe"], f"{r['decision_p50_ms']:.3f}", f"{r['decision_p99_ms']:.3f}",
                          f"{pct(r['success_rate'])} [{pct(r['ci95_low'])}, {pct(r['ci95_high'])}]",
                          r["episodes"]])
