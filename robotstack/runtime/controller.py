@@ -50,6 +50,9 @@ class ControllerConfig:
     blend_steps: int = 5
     status_every_s: float = 0.5
     ik_iters: int = 8
+    # At a policy step, wait up to this long for a state published after the decision point instead of acting on
+    # the one polled at the top of the tick (up to a tick + a publish period old): this is most of state->target.
+    fresh_state_wait_s: float = 0.006
     safety: SafetyConfig = field(default_factory=SafetyConfig)
 
 
@@ -188,6 +191,14 @@ class Controller:
                     c.heartbeat(timeout_s=0.1)
                     last_hb = now
                 if now >= next_policy:
+                    fresh = c.poll_state(cfg.fresh_state_wait_s) if cfg.fresh_state_wait_s > 0 else None
+                    if fresh is not None:
+                        now = last_state_ns = time.monotonic_ns()
+                        if fresh.estop or fresh.mode == "stop":
+                            self.safety.count("server_stop")
+                            reason, ok = (f"arm server stopped ({'e-stop' if fresh.estop else 'stop'}): "
+                                          f"{self._server_detail()}"), False
+                            break
                     st = c.state
                     obs = state_obs(st)
                     t_state, t_recv = c.to_local(st.state_time_ns), c.state_recv_ns
