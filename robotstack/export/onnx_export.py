@@ -208,6 +208,9 @@ def export_artifact(checkpoint: str | Path, sampler: str, out: str | Path, *, st
         "action": {"dim": c.action_dim, "T": c.horizon, "Ta": n_out, "To": c.n_obs_steps,
                    "action_start": c.action_start, "units": "env"},
         "control_rate_hz": control_rate_hz,
+        # the env's action convention from the training run (None for checkpoints made before it was recorded;
+        # the runtime then falls back to the sim defaults)
+        "action_scale": extra.get("action_scale"),
         "gripper": {"dims": dims, "threshold": 0.0, "values": [-1.0, 1.0], "in_graph": True,
                     "rule": "executed gripper dims: > 0 -> +1 (close), else -1"},
         "normalization": {"in_graph": True, "stats": policy.normalizer.stats_dict()},

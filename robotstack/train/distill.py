@@ -271,6 +271,7 @@ def distill(cfg: DistillConfig, out: str | Path, show_progress: bool = True) -> 
     summary = {"method": cfg.method, "steps": cfg.steps, "final_loss": last.get("loss"),
                "wall_s": time.perf_counter() - t0, "teacher": str(cfg.checkpoint)}
     save_student(out, student, extra={"stage": "distill", "task": extra.get("task"), "obs_keys": obs_keys,
+                                      "action_scale": extra.get("action_scale"),
                                       "data_paths": paths, "teacher": str(cfg.checkpoint),
                                       "teacher_weights": cfg.teacher_weights, "method": cfg.method,
                                       "distill_steps": cfg.steps, "teacher_ddim_steps": k_teacher,

@@ -25,6 +25,7 @@ Run dir layout:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -285,6 +286,24 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step_{step}"
 
 
+@functools.lru_cache(maxsize=None)
+def action_scale(task: str) -> dict:
+    """The env's action convention (names, metres / radians per unit step), carried into checkpoints and from
+    there into export manifests, so the on-robot runtime scales actions exactly as the training sim did."""
+    import sim
+
+    env = sim.make(task)
+    try:
+        spec = env.unwrapped.task_spec()
+    finally:
+        env.close()
+    out = {"names": list(spec.get("action_names", []))}
+    for key in ("max_step_pos_m", "max_step_yaw_rad"):
+        if spec.get(key) is not None:
+            out[key] = float(spec[key])
+    return out
+
+
 def save_all(run_dir: Path, step: int, cfg: ILConfig, policy: DiffusionPolicy, ema: EMA,
              optimizer: torch.optim.Optimizer, data: TrainData, log_window: tuple[float, int] = (0.0, 0)) -> Path:
     """step_N (written as step_N.tmp, then renamed) + atomic swap of the `latest` symlink."""
@@ -293,7 +312,7 @@ def save_all(run_dir: Path, step: int, cfg: ILConfig, policy: DiffusionPolicy, e
     shutil.rmtree(tmp, ignore_errors=True)
     extra = {"stage": "il", "step": step, "task": cfg.task, "obs_keys": cfg.data.obs_keys,
              "data_paths": cfg.data.paths, "n_episodes": int(len(data.episode_ends)),
-             "eval": to_dict(cfg.eval)}
+             "eval": to_dict(cfg.eval), "action_scale": action_scale(cfg.task)}
     save_checkpoint(tmp, policy, ema.averaged, extra=extra)
     # the partial loss-logging window is state too: without it a resumed run logs a different mean
     save_training_state(tmp, step, optimizer, extra={"seed": cfg.train.seed, "ema_step": ema.step,
