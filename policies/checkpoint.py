@@ -52,10 +52,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, ema_model: nn.Module | N
     return path
 
 
-def read_config(path: str | Path) -> tuple[str, Any, dict[str, Any]]:
-    """-> (policy name, validated config object, extra)."""
-    path = Path(path)
-    cfg_file = path / CONFIG_FILE
+def read_checkpoint_doc(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """-> (config.json path, its parsed document), with format/version checked; shared by every loader."""
+    cfg_file = Path(path) / CONFIG_FILE
     if not cfg_file.is_file():
         raise CheckpointError(f"{cfg_file}: missing; a checkpoint dir needs {CONFIG_FILE} and {MODEL_FILE}")
     try:
@@ -65,6 +64,13 @@ def read_config(path: str | Path) -> tuple[str, Any, dict[str, Any]]:
     if doc.get("format") != FORMAT or doc.get("version") != VERSION:
         raise CheckpointError(f"{cfg_file}: format {doc.get('format')!r} v{doc.get('version')!r}, expected "
                               f"{FORMAT!r} v{VERSION}")
+    return cfg_file, doc
+
+
+def read_config(path: str | Path) -> tuple[str, Any, dict[str, Any]]:
+    """-> (policy name, validated config object, extra)."""
+    path = Path(path)
+    cfg_file, doc = read_checkpoint_doc(path)
     for key in ("policy", "config"):
         if key not in doc:
             raise CheckpointError(f"{cfg_file}: missing key {key!r}")

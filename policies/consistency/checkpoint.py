@@ -16,7 +16,8 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from policies.checkpoint import CONFIG_FILE, FORMAT, MODEL_FILE, VERSION, CheckpointError, load_checkpoint
+from policies.checkpoint import (CONFIG_FILE, FORMAT, MODEL_FILE, VERSION, CheckpointError, load_checkpoint,
+                                 read_checkpoint_doc)
 from policies.consistency.config import ConsistencyPolicyConfig
 from policies.consistency.model import ConsistencyPolicy
 
@@ -36,16 +37,7 @@ def save_student(path: str | Path, model: ConsistencyPolicy, extra: dict[str, An
 
 
 def policy_name(path: str | Path) -> str:
-    cfg_file = Path(path) / CONFIG_FILE
-    if not cfg_file.is_file():
-        raise CheckpointError(f"{cfg_file}: missing; a checkpoint dir needs {CONFIG_FILE} and {MODEL_FILE}")
-    try:
-        doc = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{cfg_file}: not valid JSON ({err})") from err
-    if doc.get("format") != FORMAT or doc.get("version") != VERSION:
-        raise CheckpointError(f"{cfg_file}: format {doc.get('format')!r} v{doc.get('version')!r}, expected "
-                              f"{FORMAT!r} v{VERSION}")
+    cfg_file, doc = read_checkpoint_doc(path)
     if "policy" not in doc:
         raise CheckpointError(f"{cfg_file}: missing key 'policy'")
     return str(doc["policy"])
