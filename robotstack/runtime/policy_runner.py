@@ -2,11 +2,13 @@
 
 Artifact dir: ``policy.onnx`` + ``manifest.json``. The graph takes one input per observation key, shaped
 (1, To, *obs_shape) float32 (images uint8 (1, To, H, W, 3)), and returns actions (1, N, Da) with normalization
-inside the graph. Manifest fields read here (``robotstack.export`` writes them; alternative spellings accepted):
+inside the graph. Exporter artifacts (``robotstack.export``) are read through their own manifest; the plain
+format below (one graph, these exact keys) serves hand-built policies:
 
-    obs               {key: {"shape": [...], "dtype": "float32"}}            (or "obs_shapes": {key: [...]})
+    onnx              graph file name (default policy.onnx)
+    obs               {key: {"shape": [...], "dtype": "float32"}}
     n_obs_steps (To), n_action_steps (Ta), horizon (T)
-    control_hz        policy rate (Hz)                                      (or task.control_hz)
+    control_hz        policy rate (Hz); task: {"name": ...} (optional)
     action            {"names": [...], "dim": Da, "max_step_pos_m", "max_step_yaw_rad", "kind": "ee_delta"}
     output            ONNX output name (default: the first output); "action_start": first executed index (default 0)
     robot             {"dof": 7, "kinematics": "panda"}                       (optional)
@@ -62,19 +64,6 @@ class PolicySpec:
         return "dyaw" in self.action_names
 
 
-def _get(d: dict, *names, default=None):
-    for n in names:
-        cur = d
-        for part in n.split("."):
-            if not isinstance(cur, dict) or part not in cur:
-                cur = None
-                break
-            cur = cur[part]
-        if cur is not None:
-            return cur
-    return default
-
-
 EXPORT_FORMAT = "robotstack.artifact"  # robotstack/export/artifact.py (the exporter's own loader runs those)
 SIM_STEP_POS, SIM_STEP_YAW = 0.02, 0.15  # sim/base_env.py defaults, used when a manifest has no action scale
 
@@ -115,59 +104,58 @@ def load_spec(artifact_dir: str | Path, control_hz: float | None = None) -> Poli
     except json.JSONDecodeError as e:
         raise ArtifactError(f"{mpath}: not valid JSON ({e})") from None
     if man.get("format") == EXPORT_FORMAT:
-        return _export_spec(root, man, control_hz)
-    onnx_name = _get(man, "onnx", "files.onnx", "onnx_file", default="policy.onnx")
-    onnx_path = root / onnx_name
+        from robotstack.export.artifact import read_manifest  # the exporter's own checks, torch-free
+
+        return _export_spec(root, read_manifest(root), control_hz)
+    return _plain_spec(root, mpath, man)
+
+
+def _require(man: dict, key: str, mpath: Path):
+    if key not in man:
+        raise ArtifactError(f"{mpath}: missing key {key!r}")
+    return man[key]
+
+
+def _plain_spec(root: Path, mpath: Path, man: dict) -> PolicySpec:
+    """The plain format (one graph, fixed key names; see the module docstring): hand-built or third-party
+    policies. Exporter artifacts take `_export_spec` instead."""
+    onnx_path = root / man.get("onnx", "policy.onnx")
     if not onnx_path.is_file():
         raise ArtifactError(f"{onnx_path}: not found (named by {mpath})")
-    raw_obs = _get(man, "obs", "obs_spec", "observation")
-    obs, dtypes = {}, {}
-    if isinstance(raw_obs, dict):
-        for k, v in raw_obs.items():
-            shape = v.get("shape") if isinstance(v, dict) else v
-            obs[k] = tuple(int(x) for x in shape)
-            dtypes[k] = (v.get("dtype") if isinstance(v, dict) else None) or ("uint8" if K.is_image_key(k) else "float32")
-    elif isinstance(_get(man, "obs_shapes"), dict):
-        for k, shape in man["obs_shapes"].items():
-            obs[k] = tuple(int(x) for x in shape)
-            dtypes[k] = "uint8" if K.is_image_key(k) else "float32"
-    if not obs:
-        raise ArtifactError(f"{mpath}: key 'obs' ({{key: {{shape, dtype}}}}) missing or empty")
-    action = _get(man, "action", "action_spec", default={}) or {}
-    task = man.get("task") if isinstance(man.get("task"), dict) else {}
-    names = list(_get(action, "names", default=None) or _get(task, "action_names", default=[]) or [])
-    dim = int(_get(action, "dim", "shape.0", default=len(names)) or len(names))
+    raw_obs = _require(man, "obs", mpath)
+    if not isinstance(raw_obs, dict) or not raw_obs:
+        raise ArtifactError(f"{mpath}: key 'obs' must be {{key: {{shape, dtype}}}} and non-empty")
+    obs = {k: tuple(int(x) for x in v["shape"]) for k, v in raw_obs.items()}
+    dtypes = {k: v.get("dtype") or ("uint8" if K.is_image_key(k) else "float32") for k, v in raw_obs.items()}
+    action = _require(man, "action", mpath)
+    names = list(action.get("names") or [])
+    dim = int(action.get("dim", len(names)))
     if not names or len(names) != dim:
         raise ArtifactError(f"{mpath}: action.names {names} and action.dim {dim} must be given and agree")
-    control_hz = _get(man, "control_hz", "rates.control_hz", "task.control_hz")
+    control_hz = _require(man, "control_hz", mpath)
     if not control_hz or float(control_hz) <= 0:
         raise ArtifactError(f"{mpath}: control_hz missing or not > 0")
-    To = int(_get(man, "n_obs_steps", "To", "horizons.n_obs_steps", default=1))
-    Ta = int(_get(man, "n_action_steps", "Ta", "horizons.n_action_steps", default=1))
-    T = int(_get(man, "horizon", "T", "horizons.horizon", default=Ta))
+    To, Ta = int(man.get("n_obs_steps", 1)), int(man.get("n_action_steps", 1))
+    T = int(man.get("horizon", Ta))
     if To < 1 or Ta < 1 or T < Ta:
         raise ArtifactError(f"{mpath}: need To >= 1, Ta >= 1, T >= Ta; got To={To} Ta={Ta} T={T}")
+    task = man.get("task") if isinstance(man.get("task"), dict) else {}
     spec = PolicySpec(
         path=root, onnx_path=onnx_path, obs=obs, obs_dtypes=dtypes, n_obs_steps=To, n_action_steps=Ta, horizon=T,
         control_hz=float(control_hz), action_names=names, action_dim=dim,
-        max_step_pos=float(_get(action, "max_step_pos_m", default=None) or _get(task, "max_step_pos_m", default=0.02)),
-        max_step_yaw=float(_get(action, "max_step_yaw_rad", default=None)
-                           or _get(task, "max_step_yaw_rad", default=0.15)),
-        action_kind=str(_get(action, "kind", default="ee_delta")),
-        output=_get(man, "output.name", "output", "output_name") if not isinstance(man.get("output"), dict)
-        else man["output"].get("name"),
-        action_start=int(_get(man, "action_start", "output.action_start", default=0)),
-        dof=_get(man, "robot.dof", "dof"), task=str(_get(man, "task.name", "task_name", default="") or
-                                                     (man.get("task") if isinstance(man.get("task"), str) else "")),
-        policy_id=str(_get(man, "policy_id", "name", default=root.name)),
-        input_names=dict(_get(man, "inputs", "input_names", default={}) or {}), manifest=man)
+        max_step_pos=float(action.get("max_step_pos_m", SIM_STEP_POS)),
+        max_step_yaw=float(action.get("max_step_yaw_rad", SIM_STEP_YAW)),
+        action_kind=str(action.get("kind", "ee_delta")), output=man.get("output"),
+        action_start=int(man.get("action_start", 0)), dof=(man.get("robot") or {}).get("dof"),
+        task=str(task.get("name", "")), policy_id=str(man.get("policy_id", root.name)),
+        input_names=dict(man.get("input_names") or {}), manifest=man)
     if spec.action_kind != "ee_delta":
         raise ArtifactError(f"{mpath}: action.kind {spec.action_kind!r}: this runtime drives 'ee_delta' actions "
                             "([dx, dy, dz, (dyaw,) gripper] in [-1, 1])")
     want = ["dx", "dy", "dz"] + (["dyaw"] if spec.use_yaw else []) + ["gripper"]
     if names != want:
         raise ArtifactError(f"{mpath}: action.names {names}: expected {want}")
-    sha = man.get("sha256") if isinstance(man.get("sha256"), str) else _get(man, "files.sha256")
+    sha = man.get("sha256")
     if isinstance(sha, str):
         got = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
         if got != sha:
