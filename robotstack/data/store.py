@@ -666,3 +666,28 @@ class EpisodeStore:
                              "episodes are intact (the partial rows are ignored and cut off on the next "
                              "append-mode open)") from err
         return e
+
+
+def load_stores(paths: Sequence[str | os.PathLike], keys: Sequence[str]
+                ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, tuple[tuple[int, ...], np.dtype]]]:
+    """Load `keys` of several stores into RAM, concatenated in order (what training and analysis need).
+
+    Returns (arrays {key: (N, ...)}, episode_ends (E,) over the concatenation, {key: (frame shape, dtype)}).
+    Every store must hold every key with the same frame shape and dtype, and at least one episode.
+    """
+    parts, ends, offset, specs = [], [], 0, None
+    for path in paths:
+        with EpisodeStore.open(path) as store:
+            if store.n_episodes == 0:
+                raise StoreError(f"{path}: the store has no episodes")
+            store._check_keys(keys)
+            these = {k: v for k, v in store.key_specs().items() if k in keys}
+            if specs is not None and these != specs:
+                raise StoreError(f"{path}: key shapes/dtypes {these} differ from {paths[0]}'s {specs}")
+            specs = these
+            parts.append(store.load(keys))
+            ends.append(store.episode_ends + offset)
+            offset += store.n_frames
+    if not parts:
+        raise StoreError("no episode store given")
+    return {k: np.concatenate([p[k] for p in parts]) for k in keys}, np.concatenate(ends), specs

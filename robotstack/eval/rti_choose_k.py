@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from robotstack.core.errors import ConfigError
-from robotstack.data.store import EpisodeStore
+from robotstack.core.errors import ConfigError, StoreError
+from robotstack.data.store import load_stores
 
 from policies.checkpoint import load_checkpoint
 from policies.diffusion.rti import choose_k_start, k_start_table, shift_guess
@@ -37,14 +37,10 @@ def choose_k(checkpoint: str | Path, store_path: str | Path, pairs: int = 128, s
                              else "model")
     c = policy.config
     keys = list(c.obs_shapes)
-    if not Path(store_path).exists():
-        raise ConfigError(f"rti choose-k --data {store_path}: store does not exist")
-    with EpisodeStore.open(store_path) as store:
-        missing = [k for k in keys if k not in store.keys()]
-        if missing:
-            raise ConfigError(f"rti choose-k --data {store_path}: no key(s) {missing}; it has {store.keys()}")
-        arrays = store.load(keys)
-        ends = np.asarray(store.episode_ends)
+    try:
+        arrays, ends, _ = load_stores([store_path], keys)
+    except StoreError as exc:
+        raise ConfigError(f"rti choose-k --data: {exc}") from exc
     starts = np.concatenate([[0], ends[:-1]])
     rng = np.random.default_rng(seed)
     ep = rng.integers(0, len(ends), pairs)

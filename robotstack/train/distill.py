@@ -42,9 +42,9 @@ import torch
 from torch import nn
 
 from robotstack.core import keys as K
-from robotstack.core.errors import ConfigError
+from robotstack.core.errors import ConfigError, StoreError
 from robotstack.data.sampler import SequenceSampler
-from robotstack.data.store import EpisodeStore
+from robotstack.data.store import load_stores
 from robotstack.train.common import RunLogger, numpy_rng, progress_bar, torch_gen
 
 from policies.checkpoint import read_config
@@ -98,19 +98,11 @@ def load_windows(paths: list[str], obs_keys: list[str], to: int, horizon: int, t
                  ) -> SequenceSampler:
     """Windows of the teacher's training data (obs keys (To, D), action (T, Da)), as in `train il`."""
     keys = [*obs_keys, K.ACTION]
-    parts, ends, offset = [], [], 0
-    for path in paths:
-        if not Path(path).exists():
-            raise ConfigError(f"distill data path {path}: does not exist")
-        with EpisodeStore.open(path) as store:
-            missing = [k for k in keys if k not in store.keys()]
-            if missing:
-                raise ConfigError(f"distill data path {path}: no key(s) {missing}; it has {store.keys()}")
-            parts.append(store.load(keys))
-            ends.append(store.episode_ends + offset)
-            offset += store.n_frames
-    arrays = {k: np.concatenate([p[k] for p in parts]) for k in keys}
-    return SequenceSampler(arrays, np.concatenate(ends), horizon, pad_before=to - 1, pad_after=ta - 1, keys=keys,
+    try:
+        arrays, episode_ends, _ = load_stores(paths, keys)
+    except StoreError as exc:
+        raise ConfigError(f"distill data: {exc}") from exc
+    return SequenceSampler(arrays, episode_ends, horizon, pad_before=to - 1, pad_after=ta - 1, keys=keys,
                            key_horizons={k: to for k in obs_keys})
 
 

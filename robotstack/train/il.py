@@ -43,9 +43,9 @@ from torch import nn
 
 from robotstack.core import keys as K
 from robotstack.core.config import apply_overrides, from_dict, load_config, save_config, to_dict
-from robotstack.core.errors import ConfigError
+from robotstack.core.errors import ConfigError, StoreError
 from robotstack.data.sampler import SequenceSampler
-from robotstack.data.store import EpisodeStore
+from robotstack.data.store import load_stores
 from robotstack.train.common import (DistInfo, init_distributed, load_training_state, numpy_rng, progress_bar,
                                      RunLogger, save_training_state, shard, step_seed, torch_gen,
                                      truncate_metrics)
@@ -168,28 +168,14 @@ class TrainData:
 def load_data(cfg: ILConfig) -> TrainData:
     """Load `data.obs_keys` + action of every store into RAM, concatenated, and window them."""
     keys = [*cfg.data.obs_keys, K.ACTION]
-    parts, ends, offset, specs = [], [], 0, None
     for path in cfg.data.paths:
         if not Path(path).exists():
             raise ConfigError(f"config data.paths: store {path} does not exist (record one with `robotstack "
                               f"record --task {cfg.task} --out {path}`)")
-        with EpisodeStore.open(path) as store:
-            missing = [k for k in keys if k not in store.keys()]
-            if missing:
-                raise ConfigError(f"config data.obs_keys: store {path} has no key(s) {missing}; it has "
-                                  f"{store.keys()}")
-            if store.n_episodes == 0:
-                raise ConfigError(f"config data.paths: store {path} has no episodes")
-            these = {k: v for k, v in store.key_specs().items() if k in keys}
-            if specs is not None and these != specs:
-                raise ConfigError(f"config data.paths: store {path} key shapes {these} differ from "
-                                  f"{cfg.data.paths[0]}'s {specs}")
-            specs = these
-            parts.append(store.load(keys))
-            ends.append(store.episode_ends + offset)
-            offset += store.n_frames
-    arrays = {k: np.concatenate([p[k] for p in parts]) for k in keys}
-    episode_ends = np.concatenate(ends)
+    try:
+        arrays, episode_ends, specs = load_stores(cfg.data.paths, keys)
+    except StoreError as exc:
+        raise ConfigError(f"config data.paths / data.obs_keys: {exc}") from exc
     p = cfg.policy
     sampler = SequenceSampler(arrays, episode_ends, p.horizon, pad_before=p.n_obs_steps - 1,
                               pad_after=p.n_action_steps - 1, keys=keys,
