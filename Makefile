@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m robotstack.demo
+	$(BIN)/python -m robotstack.cli.demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -72,7 +72,7 @@ class ExpertPolicy:
 
 # --- the controller process ---------------------------------------------------------------------------------------
 def worker(args) -> None:
-    from hardware.server import parse_bind
+    from hardware.protocol import parse_bind
     from robotstack.runtime.client import ArmClient
     from robotstack.runtime.controller import Controller
     from robotstack.runtime.policy_runner import PolicyRunner

@@ -285,15 +285,3 @@ class ArmServer:
         self.events.append((now, text))
         del self.events[:-100]
 
-
-def parse_bind(bind: str) -> Endpoints:
-    """``tcp://HOST:PORT`` -> state PORT, command PORT+1, control PORT+2; ``ipc://DIR`` -> DIR/state|command|control."""
-    scheme, sep, rest = bind.partition("://")
-    if not sep:
-        raise ValueError(f"--bind {bind!r}: expected tcp://HOST:PORT or ipc://DIR")
-    if scheme == "ipc":
-        return Endpoints.ipc(rest)
-    if scheme != "tcp" or ":" not in rest:
-        raise ValueError(f"--bind {bind!r}: expected tcp://HOST:PORT or ipc://DIR")
-    host, port = rest.rsplit(":", 1)
-    return Endpoints.tcp(host, int(port))

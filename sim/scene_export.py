@@ -83,3 +83,17 @@ def task_scenes(env, seeds) -> list[dict[str, Any]]:
         scenes.append({"seed": int(seed), "object_poses": poses, "goal": [float(v) for v in obs[keys.GOAL]],
                        "start_q": [float(v) for v in obs[keys.JOINT_POS]]})
     return scenes
+
+
+def twin_driver_kwargs(env) -> dict[str, Any]:
+    """What hardware's MuJoCo twin driver needs to drive this env's own model (names of the Panda's joints,
+    actuators, TCP site and the task's dynamic bodies), so callers never reach into the scene's internals."""
+    from sim import panda_scene as ps
+
+    base, p = env.unwrapped, ps.PREFIX
+    return dict(model=base.model, data=base.data, arm_joints=[p + j for j in ps.ARM_JOINTS],
+                arm_actuators=[p + j + "_act" for j in ps.ARM_JOINTS],
+                finger_joints=[p + j for j in ps.FINGER_JOINTS],
+                finger_actuators=[p + j + "_act" for j in ps.FINGER_JOINTS], tcp_site=p + "tcp",
+                object_bodies=[b for b in base.task.object_bodies if base.model.body(b).mocapid[0] < 0],
+                kinematics="panda")

@@ -16,13 +16,13 @@ from hardware.protocol.messages import (MESSAGE_TYPES, PROTOCOL_VERSION, REASONS
                                         ProtocolError, Reset, RobotState, Status, decode, encode)
 from hardware.protocol.transport import (ClientTransport, ControlRequest, ControlTimeout, Endpoints,
                                          InsecureEndpointError, Received, ServerTransport, clock_offset_ns,
-                                         is_loopback_endpoint)
+                                         is_loopback_endpoint, parse_bind)
 
 __all__ = [
     "CameraFrame", "CartesianTarget", "ClientTransport", "ControlRequest", "ControlTimeout", "CurveClientKeys",
     "CurveServerKeys", "EStop", "Endpoints", "Header", "Heartbeat", "InsecureEndpointError", "JointTarget",
     "KeyFileError", "Keypair", "MESSAGE_TYPES", "Message", "ModeReply", "ModeRequest", "PROTOCOL_VERSION",
-    "ProtocolError", "REASONS", "Received", "Reset", "RobotState", "ServerTransport", "Status",
+    "ProtocolError", "REASONS", "parse_bind", "Received", "Reset", "RobotState", "ServerTransport", "Status",
     "clock_offset_ns", "decode", "encode", "generate_keys", "is_loopback_endpoint", "keys_generate",
     "load_allowlist", "load_client_keys", "load_keypair", "load_server_keys",
 ]

@@ -15,7 +15,7 @@ from conftest import PY, ROOT, ServerProc
 
 from hardware.protocol import keys_generate, load_client_keys
 from hardware.protocol import messages as m
-from hardware.server import parse_bind
+from hardware.protocol import parse_bind
 from robotstack.core import keys as K
 from robotstack.core import kinematics as kin
 from robotstack.runtime.client import ArmClient, ArmUnavailable
@@ -178,7 +178,7 @@ def test_artifact_that_does_not_match_the_arm_is_refused(shared_server, policies
 def test_runtime_never_imports_torch(shared_server, policies):
     code = f"""
 import sys
-from hardware.server import parse_bind
+from hardware.protocol import parse_bind
 from robotstack.runtime.client import ArmClient
 from robotstack.runtime.controller import Controller
 from robotstack.runtime.policy_runner import PolicyRunner
@@ -230,7 +230,7 @@ class ScriptedDevice:
 
 def test_takeover_flags_interventions_in_the_recording(shared_server, policies, tmp_path):
     from robotstack.data.store import EpisodeStore
-    from robotstack.deploy import save_episode
+    from robotstack.cli.deploy import save_episode
 
     client = ArmClient(parse_bind(shared_server.addr))
     ctl = Controller(client, PolicyRunner(policies["reach"]), takeover=ScriptedDevice())

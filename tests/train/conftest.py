@@ -21,7 +21,7 @@ TINY = {
 
 def record_store(path: Path, task: str = "reach", episodes: int = 4, noise: float = 0.2) -> Path:
     import sim
-    from robotstack.record import open_or_create_store, record_scripted
+    from robotstack.cli.record import open_or_create_store, record_scripted
 
     env = sim.make(task)
     store = open_or_create_store(path, zarr_format=3)

@@ -1,4 +1,4 @@
-"""CLI verbs of the fast-inference stack (kept out of cli.py so the shared file needs a two-line hook):
+"""CLI verbs of the fast-inference stack :
 
     robotstack distill --checkpoint DIR [--method ctm|rl100] [--steps N] --out DIR
     robotstack export --checkpoint DIR --sampler cm1|cm3|ddim|rti --out ARTIFACT_DIR [--steps K] [--k-start K']
@@ -101,7 +101,7 @@ def cmd_eval_artifact(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_fast_inference_verbs(sub) -> None:
+def add_verbs(sub) -> None:
     d = sub.add_parser("distill", help="consistency-distill a diffusion checkpoint into a one-step student")
     d.add_argument("--checkpoint", required=True, help="teacher checkpoint dir (DiffusionPolicy)")
     d.add_argument("--method", default="ctm", choices=["ctm", "rl100"])

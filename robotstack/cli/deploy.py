@@ -18,7 +18,7 @@ import numpy as np
 from robotstack.core import keys as K
 from robotstack.runtime.controller import Controller, ControllerConfig, EpisodeResult
 
-log = logging.getLogger("robotstack.deploy")
+log = logging.getLogger("robotstack.cli.deploy")
 
 
 def save_episode(store, result: EpisodeResult, *, task: str, seed: int, control_hz: float,
@@ -80,7 +80,7 @@ def run_controller(controller: Controller, *, episodes: int, duration_s: float |
 
 def deploy(args) -> int:
     from hardware.protocol import load_client_keys
-    from hardware.server import parse_bind
+    from hardware.protocol import parse_bind
     from robotstack.runtime.client import ArmClient
     from robotstack.runtime.policy_runner import PolicyRunner
     from robotstack.runtime.safety import SafetyConfig
@@ -103,7 +103,7 @@ def deploy(args) -> int:
                      status_fn=None if args.quiet else _status_printer())
     store = None
     if args.record:
-        from robotstack.record import open_or_create_store
+        from robotstack.cli.record import open_or_create_store
 
         store = open_or_create_store(args.record, zarr_format=3)
     keys_reader = None
@@ -156,10 +156,10 @@ def record_arm(args) -> int:
     """A person drives the arm server's arm through the controller's plumbing; episodes land in the store."""
     import sim
     from hardware.protocol import load_client_keys
-    from hardware.server import parse_bind
+    from hardware.protocol import parse_bind
     from hardware.teleop import make_device
     from hardware.teleop.keyboard import HELP
-    from robotstack.record import open_or_create_store
+    from robotstack.cli.record import open_or_create_store
     from robotstack.runtime.client import ArmClient
     from robotstack.runtime.controller import teleop_spec
 

@@ -1,0 +1,82 @@
+"""Training and evaluation verbs: `train il`, `eval` (a checkpoint in sim), `plot` (a run dir)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def cmd_train_il(args: argparse.Namespace) -> int:
+    from robotstack.train.il import main as train_il
+
+    train_il(args.config, args.overrides, resume=args.resume, out=args.out, show_progress=not args.quiet)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from robotstack.eval.rollout import evaluate_checkpoint
+
+    result, out = evaluate_checkpoint(args.checkpoint, args.episodes, ema=args.ema, task=args.task or None,
+                                      out_dir=args.out or None, seed=args.seed, num_envs=args.num_envs,
+                                      sampler=args.sampler, steps=args.steps,
+                                      max_episode_steps=args.max_episode_steps or None,
+                                      video_episodes=args.video_episodes if args.video else 0,
+                                      show_progress=not args.quiet)
+    s = result.summary()
+    table = Table(title=f"eval {args.checkpoint}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("success rate", f"{s['success_rate']:.1%} ({s['successes']}/{s['episodes']})")
+    table.add_row("95% CI (Wilson)", f"[{s['ci95_low']:.1%}, {s['ci95_high']:.1%}]")
+    table.add_row("mean episode length", f"{s['mean_length']:.1f}")
+    table.add_row("mean return", f"{s['mean_return']:.3f}")
+    table.add_row("wall time", f"{s['wall_s']:.1f} s ({s['env_steps_per_s']:.0f} env steps/s)")
+    Console().print(table)
+    print(f"per-episode results: {out / 'episodes.json'}"
+          + (f"; videos: {out / 'videos'}" if result.videos else ""))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from robotstack.eval.plots import plot_run
+
+    for path in plot_run(args.run_dir):
+        print(f"wrote {path}")
+    return 0
+
+
+def add_verbs(sub) -> None:
+    train = sub.add_parser("train", help="training stages")
+    train_sub = train.add_subparsers(dest="train_verb", required=True)
+    il = train_sub.add_parser("il", help="imitation learning of a diffusion policy from an episode store",
+                              description="robotstack train il --config configs/il/push.yaml [dotted.key=value ...]"
+                                          " ; under torchrun the same command trains with DDP")
+    il.add_argument("--config", help="YAML config (configs/il/*.yaml); not needed with --resume")
+    il.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=500 train.lr=3e-4")
+    il.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue RUN_DIR from checkpoints/latest")
+    il.add_argument("--out", default=None, metavar="RUN_DIR", help="run dir (default runs/il/<task>_<time>)")
+    il.add_argument("--quiet", action="store_true", help="no progress bar")
+    il.set_defaults(func=cmd_train_il)
+
+    ev = sub.add_parser("eval", help="roll out a checkpoint in sim: success rate (95%% Wilson CI), lengths")
+    ev.add_argument("--checkpoint", required=True, help="checkpoint dir, e.g. RUN_DIR/checkpoints/latest")
+    ev.add_argument("--episodes", type=int, default=100)
+    ev.add_argument("--task", default="", help="override the task stored in the checkpoint")
+    ev.add_argument("--seed", type=int, default=100_000, help="seed of the first episode (then seed+1, ...)")
+    ev.add_argument("--sampler", default=None, choices=["ddim", "ddpm"], help="default: the policy's")
+    ev.add_argument("--steps", type=int, default=None, help="denoising steps (default: the policy's)")
+    ev.add_argument("--num-envs", type=int, default=1, help="> 1: parallel envs in subprocesses")
+    ev.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
+                    help="EMA weights (default: EMA when the checkpoint has them)")
+    ev.add_argument("--max-episode-steps", type=int, default=0, help="0 = the task's time limit")
+    ev.add_argument("--video", action="store_true", help="write rollout videos (mp4 with imageio-ffmpeg, else GIF)")
+    ev.add_argument("--video-episodes", type=int, default=4, help="how many episodes --video records")
+    ev.add_argument("--out", default="", help="output dir (default CHECKPOINT/eval)")
+    ev.add_argument("--quiet", action="store_true")
+    ev.set_defaults(func=cmd_eval)
+
+    plot = sub.add_parser("plot", help="learning curves and success over training as PNG (RUN_DIR/plots)")
+    plot.add_argument("run_dir")
+    plot.set_defaults(func=cmd_plot)
