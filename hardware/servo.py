@@ -35,7 +35,9 @@ from typing import Any, Callable
 import numpy as np
 
 from hardware.drivers.base import ArmDriver, ArmInfo, ArmState, SentCommand
+from robotstack.core import ee_action
 from robotstack.core.errors import ConfigError
+from robotstack.core.rotations import quat_to_mat
 from robotstack.core.timing import RateKeeper
 
 log = logging.getLogger(__name__)
@@ -52,8 +54,11 @@ CLAMP_KINDS = ("target_joint_limit", "target_workspace", "acceleration", "max_st
                "workspace")
 # upper bound on the distance from any Panda joint axis to the TCP (m): |dTCP| <= TCP_REACH_M * sum|dq|
 TCP_REACH_M = 1.3
-# the sim's TCP box (sim/base_env.py WS_LO/WS_HI) plus a few cm: targets the env can reach always pass
-PANDA_WORKSPACE = ((0.2, -0.45, 0.005), (0.85, 0.45, 0.6))
+# the action contract's TCP box (core/ee_action.py WS_LO/WS_HI) plus a margin (m, per axis, below / above): targets
+# the env and the runtime can reach always pass. Rounded to um so the box reads as plain numbers.
+_BOX_MARGIN_LO, _BOX_MARGIN_HI = (0.05, 0.05, 0.007), (0.05, 0.05, 0.15)
+PANDA_WORKSPACE = (tuple(round(v - m, 6) for v, m in zip(ee_action.WS_LO, _BOX_MARGIN_LO)),
+                   tuple(round(v + m, 6) for v, m in zip(ee_action.WS_HI, _BOX_MARGIN_HI)))
 
 
 @dataclass
@@ -328,7 +333,7 @@ class ServoCore:
             n = np.linalg.norm(qw) if qw.shape == (4,) else 0.0
             if not np.isfinite(n) or abs(n - 1) > 1e-3:
                 return self._reject(INVALID, "quat must be a unit (w, x, y, z) quaternion")
-            R = _quat_to_mat(qw / n)
+            R = quat_to_mat(qw / n)
             tilt = float(np.arccos(np.clip(-R[2, 2], -1.0, 1.0)))
             if tilt > self.config.orientation_tol_rad:
                 return self._reject(ORIENTATION, f"TCP tilted {np.degrees(tilt):.0f} deg from pointing down; the IK "
@@ -554,15 +559,6 @@ class ServoCore:
                 "last_target_applied_ns": self.last_target_applied_ns,
                 "heartbeat_age_s": self.heartbeat_age_s(now_ns), "counters": self.counters.as_dict(),
             }
-
-
-def _quat_to_mat(q: np.ndarray) -> np.ndarray:
-    w, x, y, z = q
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
 
 
 # --- loop runner ------------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """One gymnasium Env for every Panda task; a task is a small object that supplies hooks (composition).
 
-Control: action [dx, dy, dz, (dyaw,) gripper] in [-1, 1] moves a Cartesian TCP target by at most
-`max_step_pos` metres (and `max_step_yaw` rad) per control step; `kinematics.solve_ik` turns the target into
-joint position targets for the arm servos. gripper > 0 closes the fingers, <= 0 opens them.
+Control: the end-effector action contract of robotstack/core/ee_action.py (action [dx, dy, dz, (dyaw,) gripper]
+in [-1, 1] moves a Cartesian TCP target by at most `max_step_pos` metres (and `max_step_yaw` rad) per control step,
+inside the workspace box; gripper > 0 closes); `kinematics.solve_ik` turns the target into joint position targets
+for the arm servos.
 Observation keys come from robotstack.core.keys (see docs/CONTRACTS.md).
 """
 
@@ -15,17 +16,14 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
+from robotstack.core import ee_action as ee
 from robotstack.core import keys
 from robotstack.core import kinematics as kin
+from robotstack.core import rotations as rot
 from robotstack.core.errors import ConfigError
 from sim import panda_scene as ps
 
-# TCP workspace the env keeps the target inside (world frame, metres). z floor keeps fingertips off the table.
-WS_LO = np.array([0.25, -0.4, 0.012])
-WS_HI = np.array([0.8, 0.4, 0.45])
-YAW_LIMIT = 1.6  # rad; joint 7 range leaves about +-2.2 rad around the home yaw, keep a margin
-MAX_LEAD = 0.04  # m; the target may lead the measured TCP by this much (no wind-up when blocked by contact)
-GRIPPER_OPEN = kin.FINGER_MAX
+YAW_LIMIT = ee.YAW_LIMIT  # the experts plan yaws inside it
 
 RANDOMIZE_KEYS = ("object_pose", "friction", "mass", "action_latency_steps", "obs_noise")
 
@@ -66,8 +64,8 @@ class PandaEnv(gym.Env):
         max_episode_steps: int | None = None,
         randomize: dict | None = None,
         shaped_reward: bool = False,
-        max_step_pos: float = 0.02,
-        max_step_yaw: float = 0.15,
+        max_step_pos: float = ee.MAX_STEP_POS,
+        max_step_yaw: float = ee.MAX_STEP_YAW,
         ik_iters: int = 2,
         render_mode: str | None = "rgb_array",
         render_camera: str = "front",
@@ -108,7 +106,9 @@ class PandaEnv(gym.Env):
         self._nominal_inertia = self.model.body_inertia.copy()
         self._renderers: dict[tuple[int, int], mujoco.Renderer] = {}
 
-        self.action_names = ("dx", "dy", "dz") + (("dyaw",) if task.use_yaw else ()) + ("gripper",)
+        self.action_spec = ee.EEActionSpec(max_step_pos=self.max_step_pos, use_yaw=task.use_yaw,
+                                           max_step_yaw=self.max_step_yaw if task.use_yaw else 0.0)
+        self.action_names = self.action_spec.names
         self.action_space = gym.spaces.Box(-1.0, 1.0, (len(self.action_names),), np.float32)
         # finite, generous bounds (gymnasium warns about infinite ones); obs noise never reaches them
         box = lambda n, lim: gym.spaces.Box(-lim, lim, (n,), np.float32)  # noqa: E731
@@ -128,7 +128,7 @@ class PandaEnv(gym.Env):
         self.target_pos = np.zeros(3)
         self.target_yaw = 0.0
         self.q_cmd = kin.HOME_Q.copy()
-        self.gripper_cmd = GRIPPER_OPEN
+        self.gripper_cmd = self.action_spec.gripper_open  # total opening (m), the contract's one gripper unit
         self.steps = 0
         self._latency_queue: collections.deque = collections.deque()
         if seed is not None:
@@ -145,14 +145,13 @@ class PandaEnv(gym.Env):
         # start pose: a random TCP position above the workspace, pointing down, yaw 0 (cold-start IK)
         start = np.array([0.45, 0.0, 0.28]) + rng.uniform(-1, 1, 3) * np.array([0.05, 0.08, 0.04])
         q0 = kin.solve_ik(kin.HOME_Q, start, 0.0, iters=60)
+        t = ee.initial_target(self.action_spec, kin.forward_kinematics(q0)[2], 0.0)
         d.qpos[self.h.arm_qpos] = q0
-        d.qpos[self.h.finger_qpos] = GRIPPER_OPEN
+        d.qpos[self.h.finger_qpos] = ee.per_finger_opening(t.gripper)
         d.ctrl[self.h.arm_act] = q0
-        d.ctrl[self.h.finger_act] = GRIPPER_OPEN
+        d.ctrl[self.h.finger_act] = ee.per_finger_opening(t.gripper)
         self.q_cmd = q0
-        self.target_pos = kin.forward_kinematics(q0)[2]
-        self.target_yaw = 0.0
-        self.gripper_cmd = GRIPPER_OPEN
+        self.target_pos, self.target_yaw, self.gripper_cmd = t.pos, t.yaw, t.gripper
 
         self.task.reset(self, rng)
         self._jitter_object_poses(rng)
@@ -201,20 +200,19 @@ class PandaEnv(gym.Env):
         return self.data.xpos[self.model.body(name).id].copy()
 
     def body_yaw(self, name: str) -> float:
-        R = self.data.xmat[self.model.body(name).id].reshape(3, 3)
-        return float(np.arctan2(R[1, 0], R[0, 0]))
+        return rot.mat_yaw(self.data.xmat[self.model.body(name).id].reshape(3, 3))
 
     def set_free_body_pose(self, name: str, pos, yaw: float = 0.0) -> None:
         adr = ps.free_joint_qpos_adr(self.model, name)
         self.data.qpos[adr : adr + 3] = pos
-        self.data.qpos[adr + 3 : adr + 7] = [np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)]
+        self.data.qpos[adr + 3 : adr + 7] = rot.yaw_to_quat(yaw)
         dof = self.model.jnt_dofadr[self.model.body(name).jntadr[0]]
         self.data.qvel[dof : dof + 6] = 0.0
 
     def set_mocap_pose(self, name: str, pos, yaw: float = 0.0) -> None:
         mid = self.model.body(name).mocapid[0]
         self.data.mocap_pos[mid] = pos
-        self.data.mocap_quat[mid] = [np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)]
+        self.data.mocap_quat[mid] = rot.yaw_to_quat(yaw)
 
     def in_contact(self, geom_a: set, geom_b: set) -> bool:
         d = self.data
@@ -248,8 +246,8 @@ class PandaEnv(gym.Env):
             "physics_hz": self.control_hz * self.n_substeps,
             "action_names": list(self.action_names),
             "action_dim": len(self.action_names),
-            "max_step_pos_m": self.max_step_pos,
-            "max_step_yaw_rad": self.max_step_yaw if self.task.use_yaw else 0.0,
+            "max_step_pos_m": self.action_spec.max_step_pos,
+            "max_step_yaw_rad": self.action_spec.max_step_yaw,
             "obs_shapes": {k: list(s.shape) for k, s in self.observation_space.spaces.items()},
             "obs_dtypes": {k: str(s.dtype) for k, s in self.observation_space.spaces.items()},
             "max_episode_steps": self.max_episode_steps,
@@ -262,21 +260,14 @@ class PandaEnv(gym.Env):
 
     # --- internals -----------------------------------------------------------------------------------------
     def _apply_action(self, a: np.ndarray) -> None:
-        tcp = self.tcp_pos
-        target = self.target_pos + a[:3] * self.max_step_pos
-        lead = target - tcp
-        n = np.linalg.norm(lead)
-        if n > MAX_LEAD:  # blocked by contact: do not let the target run away from the hand
-            target = tcp + lead * (MAX_LEAD / n)
-        self.target_pos = np.clip(target, WS_LO, WS_HI)
-        if self.task.use_yaw:
-            self.target_yaw = float(np.clip(self.target_yaw + a[3] * self.max_step_yaw, -YAW_LIMIT, YAW_LIMIT))
+        t = ee.step_target(self.action_spec, ee.EETarget(self.target_pos, self.target_yaw, self.gripper_cmd), a,
+                           self.tcp_pos)
+        self.target_pos, self.target_yaw, self.gripper_cmd = t.pos, t.yaw, t.gripper
         # 2 DLS iterations warm-started from the last command: targets move <= 2 cm per step, so the residual
         # (< 0.1 mm) is carried into the next step; full convergence would cost ~2x per step
         self.q_cmd = kin.solve_ik(self.q_cmd, self.target_pos, self.target_yaw, iters=self.ik_iters)
-        self.gripper_cmd = 0.0 if a[-1] > 0 else GRIPPER_OPEN
         self.data.ctrl[self.h.arm_act] = self.q_cmd
-        self.data.ctrl[self.h.finger_act] = self.gripper_cmd
+        self.data.ctrl[self.h.finger_act] = ee.per_finger_opening(self.gripper_cmd)
 
     def _get_obs(self) -> dict[str, np.ndarray]:
         d, h = self.data, self.h

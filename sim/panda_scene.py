@@ -19,6 +19,7 @@ import numpy as np
 import pybullet_data
 
 from robotstack.core import kinematics as kin
+from robotstack.core import rotations as rot
 
 PREFIX = "panda/"
 ARM_JOINTS = tuple(f"panda_joint{i}" for i in range(1, 8))
@@ -77,10 +78,7 @@ def _look_at_quat(pos, target, up=(0.0, 0.0, 1.0)) -> np.ndarray:
         x = np.cross(fwd, (1.0, 0.0, 0.0))
     x /= np.linalg.norm(x)
     y = np.cross(x, fwd)
-    R = np.stack([x, y, -fwd], axis=1)
-    quat = np.zeros(4)
-    mujoco.mju_mat2Quat(quat, R.flatten())
-    return quat
+    return rot.mat_to_quat(np.stack([x, y, -fwd], axis=1))
 
 
 @contextlib.contextmanager

@@ -21,6 +21,8 @@ import numpy as np
 
 from robotstack.core import keys
 from robotstack.core.errors import ConfigError, DeviceUnavailableError, RobotstackError
+# re-exported: the vendor drivers convert their SDK's orientation with these
+from robotstack.core.rotations import quat_wxyz_to_xyzw, quat_xyzw_to_wxyz, rotvec_to_quat, rpy_to_quat  # noqa: F401
 
 
 # Franka Panda datasheet velocity / acceleration limits (shared by the pybullet, MuJoCo-twin and franka drivers)
@@ -178,35 +180,6 @@ def clip_gripper(width: float | None, info: ArmInfo) -> float | None:
         return None
     lo, hi = info.gripper_range
     return float(min(max(float(width), lo), hi))
-
-
-def quat_xyzw_to_wxyz(q) -> np.ndarray:
-    x, y, z, w = q
-    return np.array([w, x, y, z], dtype=np.float64)
-
-
-def quat_wxyz_to_xyzw(q) -> np.ndarray:
-    w, x, y, z = q
-    return np.array([x, y, z, w], dtype=np.float64)
-
-
-def rotvec_to_quat(rv) -> np.ndarray:
-    """Axis-angle (rx, ry, rz), as UR reports TCP orientation, -> quaternion (w, x, y, z)."""
-    rv = np.asarray(rv, dtype=np.float64)
-    angle = float(np.linalg.norm(rv))
-    if angle < 1e-12:
-        return np.array([1.0, 0.0, 0.0, 0.0])
-    axis = rv / angle
-    return np.concatenate([[np.cos(angle / 2)], axis * np.sin(angle / 2)])
-
-
-def rpy_to_quat(roll: float, pitch: float, yaw: float) -> np.ndarray:
-    """Fixed-axis roll/pitch/yaw (R = Rz(yaw) Ry(pitch) Rx(roll)), as xArm reports it -> (w, x, y, z)."""
-    cr, sr = np.cos(roll / 2), np.sin(roll / 2)
-    cp, sp = np.cos(pitch / 2), np.sin(pitch / 2)
-    cy, sy = np.cos(yaw / 2), np.sin(yaw / 2)
-    return np.array([cr * cp * cy + sr * sp * sy, sr * cp * cy - cr * sp * sy,
-                     cr * sp * cy + sr * cp * sy, cr * cp * sy - sr * sp * cy])
 
 
 class AsyncGripper:

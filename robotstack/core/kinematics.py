@@ -16,6 +16,8 @@ import math
 
 import numpy as np
 
+from robotstack.core.rotations import mat_to_quat, mat_yaw, rot_x, rot_z
+
 # --- model constants ---------------------------------------------------------------------------------
 # modified DH rows (a_{i-1}, d_i, alpha_{i-1}) for joints 1..7, then the fixed flange row
 DH = np.array(
@@ -45,18 +47,8 @@ FINGER_MAX = 0.04  # per finger joint (m); opening = sum of both
 HOME_Q = np.array([0.0, -0.3, 0.0, -2.2, 0.0, 1.9, np.pi / 4])
 
 
-def _rot_x(a: float) -> np.ndarray:
-    c, s = np.cos(a), np.sin(a)
-    return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
-
-
-def _rot_z(a: float) -> np.ndarray:
-    c, s = np.cos(a), np.sin(a)
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-
-
-_ALPHA_ROT = [_rot_x(alpha) for alpha in DH[:, 2]]
-_HAND_ROT = _rot_z(HAND_YAW)
+_ALPHA_ROT = [rot_x(alpha) for alpha in DH[:, 2]]
+_HAND_ROT = rot_z(HAND_YAW)
 _DH_A = [float(v) for v in DH[:, 0]]
 _DH_D = [float(v) for v in DH[:, 1]]
 _DH_SA = [float(np.round(np.sin(v))) for v in DH[:, 2]]
@@ -105,7 +97,7 @@ def link_poses(q: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         a, d, _ = DH[i]
         Ra = R @ _ALPHA_ROT[i]
         p = p + R[:, 0] * a + Ra[:, 2] * d
-        R = Ra @ _rot_z(q[i])
+        R = Ra @ rot_z(q[i])
         out[f"panda_link{i + 1}"] = (p.copy(), R.copy())
     p_flange = p + R[:, 2] * FLANGE_D
     R_hand = R @ _HAND_ROT
@@ -127,23 +119,8 @@ def jacobian(q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return J, tcp, R
 
 
-def rot_to_quat(R: np.ndarray) -> np.ndarray:
-    """3x3 rotation -> unit quaternion (w, x, y, z) with w >= 0."""
-    t = np.trace(R)
-    if t > 0:
-        s = np.sqrt(t + 1.0) * 2
-        q = np.array([0.25 * s, (R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s])
-    elif R[0, 0] > R[1, 1] and R[0, 0] > R[2, 2]:
-        s = np.sqrt(1.0 + R[0, 0] - R[1, 1] - R[2, 2]) * 2
-        q = np.array([(R[2, 1] - R[1, 2]) / s, 0.25 * s, (R[0, 1] + R[1, 0]) / s, (R[0, 2] + R[2, 0]) / s])
-    elif R[1, 1] > R[2, 2]:
-        s = np.sqrt(1.0 + R[1, 1] - R[0, 0] - R[2, 2]) * 2
-        q = np.array([(R[0, 2] - R[2, 0]) / s, (R[0, 1] + R[1, 0]) / s, 0.25 * s, (R[1, 2] + R[2, 1]) / s])
-    else:
-        s = np.sqrt(1.0 + R[2, 2] - R[0, 0] - R[1, 1]) * 2
-        q = np.array([(R[1, 0] - R[0, 1]) / s, (R[0, 2] + R[2, 0]) / s, (R[1, 2] + R[2, 1]) / s, 0.25 * s])
-    q /= np.linalg.norm(q)
-    return q if q[0] >= 0 else -q
+# kept names: the hardware layer and tests call kin.rot_to_quat / kin.tcp_yaw; the math lives in core.rotations
+rot_to_quat = mat_to_quat
 
 
 def down_rotation(yaw: float) -> np.ndarray:
@@ -152,12 +129,12 @@ def down_rotation(yaw: float) -> np.ndarray:
     yaw = 0 puts the finger axis (hand y) along world y, i.e. the fingers close along y.
     """
     base = np.array([[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, -1.0]])  # x fwd, y flipped, z down
-    return _rot_z(yaw) @ base
+    return rot_z(yaw) @ base
 
 
 def tcp_yaw(R: np.ndarray) -> float:
     """Yaw of a (roughly down-pointing) TCP rotation, the inverse of down_rotation."""
-    return float(np.arctan2(R[1, 0], R[0, 0]))
+    return mat_yaw(R)
 
 
 def _rot_error(R_cur: np.ndarray, R_des: np.ndarray) -> np.ndarray:

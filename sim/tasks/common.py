@@ -4,17 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from robotstack.core.rotations import quat_yaw, wrap_angle  # noqa: F401  (re-exported for the tasks and experts)
+
 CUBE_HALF = 0.02  # 4 cm cubes
-
-
-def wrap_angle(a: float) -> float:
-    return float((a + np.pi) % (2 * np.pi) - np.pi)
-
-
-def quat_yaw(q) -> float:
-    """Yaw (rad about world z) of a (w, x, y, z) quaternion."""
-    w, x, y, z = q
-    return float(np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z)))
 
 
 def sample_xy(rng: np.random.Generator, lo, hi, avoid=(), min_dist: float = 0.0, max_dist: float = np.inf,
