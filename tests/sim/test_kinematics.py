@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from robotstack.core import kinematics as kin
+from robotstack.core import rotations as rot
 from sim import panda_scene as ps
 
 
@@ -77,9 +78,16 @@ def test_ik_clamps_unreachable_target_to_limits():
     assert np.all(q >= kin.JOINT_LOWER) and np.all(q <= kin.JOINT_UPPER)
 
 
-def test_rot_to_quat_roundtrip():
-    R = kin.down_rotation(0.7)
-    qm = np.zeros(4)
-    mujoco.mju_mat2Quat(qm, R.flatten())
-    qm = qm if qm[0] >= 0 else -qm
-    np.testing.assert_allclose(kin.rot_to_quat(R), qm, atol=1e-9)
+def test_rotations_match_mujoco_wxyz_convention():
+    """core.rotations speaks MuJoCo's (w, x, y, z): same quaternions, matrices and yaw as mju_* on random input."""
+    rng = np.random.default_rng(2)
+    for R in [kin.down_rotation(0.7)] + [rot.quat_to_mat(q / np.linalg.norm(q)) for q in rng.normal(size=(50, 4))]:
+        qm = np.zeros(4)
+        mujoco.mju_mat2Quat(qm, R.flatten())
+        qm = qm if qm[0] >= 0 else -qm
+        np.testing.assert_allclose(rot.mat_to_quat(R), qm, atol=1e-9)
+        Rm = np.zeros(9)
+        mujoco.mju_quat2Mat(Rm, qm)
+        np.testing.assert_allclose(rot.quat_to_mat(qm), Rm.reshape(3, 3), atol=1e-12)
+    np.testing.assert_allclose(kin.tcp_yaw(kin.down_rotation(0.7)), 0.7, atol=1e-12)
+    assert rot.quat_yaw(rot.mat_to_quat(kin.down_rotation(-1.2))) == pytest.approx(-1.2)
