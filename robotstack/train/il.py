@@ -274,12 +274,16 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
 
 @functools.lru_cache(maxsize=None)
 def action_scale(task: str) -> dict:
-    """The env's action convention (names, metres / radians per unit step), carried into checkpoints and from
-    there into export manifests, so the on-robot runtime scales actions exactly as the training sim did."""
+    """The env's action convention, carried into checkpoints and from there into export manifests, so the on-robot
+    runtime scales actions exactly as the training sim did. Panda envs: the whole end-effector contract
+    (core/ee_action.py EEActionSpec.to_dict()); other envs (Meta-World): names and step scales from the task spec."""
     import sim
 
     env = sim.make(task)
     try:
+        ee_spec = getattr(env.unwrapped, "action_spec", None)
+        if ee_spec is not None:
+            return ee_spec.to_dict()
         spec = env.unwrapped.task_spec()
     finally:
         env.close()

@@ -140,3 +140,15 @@ def test_sim_env_and_runtime_mapper_step_exactly_like_the_core(task):
         assert obs[keys.GRIPPER][0] == pytest.approx(spec.gripper_open, abs=2e-3)
     finally:
         env.close()
+
+
+def test_checkpoints_carry_the_whole_contract():
+    """train il writes the env's full spec into checkpoints (and so into export manifests); it reads back strictly."""
+    import sim
+    from robotstack.train.il import action_scale
+
+    env = sim.make("push_t")
+    try:
+        assert ee.EEActionSpec.from_dict(action_scale("push_t"), where="action_scale") == env.unwrapped.action_spec
+    finally:
+        env.close()
