@@ -35,6 +35,7 @@ from typing import Any, Callable
 import numpy as np
 
 from hardware.drivers.base import ArmDriver, ArmInfo, ArmState, SentCommand
+from robotstack.core.config import from_dict as read_config
 from robotstack.core.errors import ConfigError
 from robotstack.core.timing import RateKeeper
 
@@ -54,6 +55,7 @@ CLAMP_KINDS = ("target_joint_limit", "target_workspace", "acceleration", "max_st
 TCP_REACH_M = 1.3
 # the sim's TCP box (sim/base_env.py WS_LO/WS_HI) plus a few cm: targets the env can reach always pass
 PANDA_WORKSPACE = ((0.2, -0.45, 0.005), (0.85, 0.45, 0.6))
+Box = tuple[tuple[float, float, float], tuple[float, float, float]]  # (lo xyz, hi xyz)
 
 
 @dataclass
@@ -66,8 +68,8 @@ class ServoConfig:
     accel_scale: float = 0.5  # fraction of ArmInfo.ddq_max
     max_step: float | None = None  # rad per tick, every joint; None: the velocity limit times the period
     max_lead: float = 0.3  # rad the command may lead the measured joint position (no wind-up when blocked)
-    workspace: Any = "default"  # ((lo x,y,z), (hi x,y,z)) TCP box, base frame; "default": PANDA_WORKSPACE for
-    # kinematics="panda", none otherwise (set the vendor controller's safety planes for those arms)
+    workspace: Box | str | None = "default"  # ((lo x,y,z), (hi x,y,z)) TCP box, base frame; "default":
+    # PANDA_WORKSPACE for kinematics="panda", none otherwise (set the vendor controller's safety planes for those)
     workspace_mode: str = "reject"  # Cartesian targets outside the box: "reject" or "clamp" into it
     heartbeat_timeout_s: float = 0.5
     require_heartbeat: bool = True  # refuse targets until a first heartbeat arrives
@@ -77,15 +79,12 @@ class ServoConfig:
     orientation_tol_rad: float = 0.35  # Cartesian quat may tilt this far from pointing down (IK keeps it down)
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "ServoConfig":
-        d = dict(d or {})
-        names = [f.name for f in fields(cls)]
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise ConfigError(f"servo config: unknown key(s) {unknown}; expected a subset of {names}")
-        cfg = cls(**d)
-        cfg.validate()
-        return cfg
+    def from_dict(cls, d: dict | None, where: str = "servo config") -> "ServoConfig":
+        """Strict read (robotstack.core.config): unknown keys and wrong types fail naming the key."""
+        return read_config(cls, d or {}, where)
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         def bad(key, expected):

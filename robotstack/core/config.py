@@ -185,7 +185,9 @@ def from_dict(cls: type[C], data: Mapping[str, Any], where: str = "", *, path: s
     kwargs = {k: _coerce(v, hints[k], where, _join(path, k)) for k, v in data.items()}
     try:
         return cls(**kwargs)
-    except ConfigError as exc:  # a domain check in __post_init__: add the source
+    except ConfigError as exc:  # a domain check in __post_init__: add the source unless it names it already
+        if str(exc).startswith(f"{where}:"):
+            raise
         raise ConfigError(f"{where}: {f'in {path!r}: ' if path else ''}{exc}") from exc
 
 
