@@ -1,7 +1,19 @@
-"""Typed configs: dataclasses loaded from YAML, validated on load, with dotted command-line overrides.
+"""Typed configs: the one strict dataclass reader, YAML loading and dotted command-line overrides.
 
-Unknown keys and wrongly typed values fail at load time with the file, the dotted key and the expected type,
-not later when something is instantiated (shared/design.md §6: no `_target_` strings resolved at run time).
+Every config (stage configs, policy configs and their checkpoint config.json, ServoConfig, ObjectSpec) is read
+here, so unknown keys and wrongly typed values fail at load time with the source, the dotted key, the value and
+the expected type, not later when something is instantiated (design.md §4, §7).
+
+    from_dict(cls, data, where="", *, path="")  dict -> dataclass; `where` names the file, `path` the key prefix
+    to_dict(cfg)                                 dataclass -> JSON-ready dict (tuples/arrays -> lists)
+    load_config(cls, path, overrides)            YAML file (or None) + ["a.b=value", ...] -> dataclass
+    read_yaml(path) / apply_overrides(data, overrides) / save_config(cfg, path) / type_name(annotation)
+
+Field annotations read: bool, int, float (ints accepted; bools never count as numbers), str, Path, None,
+X | None and other unions (first arm that takes the value wins), Literal[...], list[X], tuple[X, ...],
+tuple[X, Y], dict[K, V], nested dataclasses, np.ndarray (numbers -> float64) and Any. Other annotations are a
+programming error (TypeError). Domain checks ("shape must be box/sphere/cylinder") stay in each class's
+__post_init__; a ConfigError raised there is re-raised with the source prepended.
 """
 
 from __future__ import annotations
