@@ -36,6 +36,7 @@ import numpy as np
 
 from hardware.drivers.base import ArmDriver, ArmInfo, ArmState, SentCommand
 from robotstack.core import ee_action
+from robotstack.core.config import from_dict as read_config
 from robotstack.core.errors import ConfigError
 from robotstack.core.rotations import quat_to_mat
 from robotstack.core.timing import RateKeeper
@@ -59,6 +60,7 @@ TCP_REACH_M = 1.3
 _BOX_MARGIN_LO, _BOX_MARGIN_HI = (0.05, 0.05, 0.007), (0.05, 0.05, 0.15)
 PANDA_WORKSPACE = (tuple(round(v - m, 6) for v, m in zip(ee_action.WS_LO, _BOX_MARGIN_LO)),
                    tuple(round(v + m, 6) for v, m in zip(ee_action.WS_HI, _BOX_MARGIN_HI)))
+Box = tuple[tuple[float, float, float], tuple[float, float, float]]  # (lo xyz, hi xyz)
 
 
 @dataclass
@@ -71,8 +73,8 @@ class ServoConfig:
     accel_scale: float = 0.5  # fraction of ArmInfo.ddq_max
     max_step: float | None = None  # rad per tick, every joint; None: the velocity limit times the period
     max_lead: float = 0.3  # rad the command may lead the measured joint position (no wind-up when blocked)
-    workspace: Any = "default"  # ((lo x,y,z), (hi x,y,z)) TCP box, base frame; "default": PANDA_WORKSPACE for
-    # kinematics="panda", none otherwise (set the vendor controller's safety planes for those arms)
+    workspace: Box | str | None = "default"  # ((lo x,y,z), (hi x,y,z)) TCP box, base frame; "default":
+    # PANDA_WORKSPACE for kinematics="panda", none otherwise (set the vendor controller's safety planes for those)
     workspace_mode: str = "reject"  # Cartesian targets outside the box: "reject" or "clamp" into it
     heartbeat_timeout_s: float = 0.5
     require_heartbeat: bool = True  # refuse targets until a first heartbeat arrives
@@ -82,15 +84,12 @@ class ServoConfig:
     orientation_tol_rad: float = 0.35  # Cartesian quat may tilt this far from pointing down (IK keeps it down)
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "ServoConfig":
-        d = dict(d or {})
-        names = [f.name for f in fields(cls)]
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise ConfigError(f"servo config: unknown key(s) {unknown}; expected a subset of {names}")
-        cfg = cls(**d)
-        cfg.validate()
-        return cfg
+    def from_dict(cls, d: dict | None, where: str = "servo config") -> "ServoConfig":
+        """Strict read (robotstack.core.config): unknown keys and wrong types fail naming the key."""
+        return read_config(cls, d or {}, where)
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         def bad(key, expected):

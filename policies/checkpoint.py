@@ -75,7 +75,8 @@ def read_config(path: str | Path) -> tuple[str, Any, dict[str, Any]]:
         if key not in doc:
             raise CheckpointError(f"{cfg_file}: missing key {key!r}")
     entry = get_entry(doc["policy"])
-    return doc["policy"], entry.config_cls.from_dict(doc["config"]), doc.get("extra", {})
+    config = entry.config_cls.from_dict(doc["config"], str(cfg_file), path="config")
+    return doc["policy"], config, doc.get("extra", {})
 
 
 def load_checkpoint(path: str | Path, weights: str = "model") -> nn.Module:

@@ -20,6 +20,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 import numpy as np
 
 from robotstack.core import keys
+from robotstack.core.config import from_dict as read_config, to_dict
 from robotstack.core.errors import ConfigError, DeviceUnavailableError, RobotstackError
 # re-exported: the vendor drivers convert their SDK's orientation with these
 from robotstack.core.rotations import quat_wxyz_to_xyzw, quat_xyzw_to_wxyz, rotvec_to_quat, rpy_to_quat  # noqa: F401
@@ -258,27 +259,40 @@ def now_ns() -> int:
     return time.monotonic_ns()
 
 
+SHAPE_SIZES = {"box": 3, "sphere": 1, "cylinder": 2}  # half-size values per primitive
+
+
+@dataclass
+class ObjectPart:
+    """One primitive of a compound object, in the body frame."""
+
+    shape: str
+    size: tuple[float, ...]
+    pos: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    quat: tuple[float, float, float, float] = (1.0, 0.0, 0.0, 0.0)  # wxyz
+
+
 @dataclass
 class ObjectSpec:
-    """One simulated object (a plain dict from the caller, validated). Sizes are MuJoCo half-sizes.
+    """One simulated object (a plain dict from the caller, read by robotstack.core.config). Sizes are MuJoCo
+    half-sizes.
 
     shape: "box" (size = 3 half extents), "sphere" (size = [radius]), "cylinder" (size = [radius, half height]),
-    "compound" (``parts`` = list of {shape, size, pos, quat} in the body frame, e.g. the T-block's two boxes).
+    "compound" (``parts`` = list of ObjectPart dicts {shape, size, pos, quat}, e.g. the T-block's two boxes).
     pose: [x, y, z, qw, qx, qy, qz] (or [x, y, z]); mass 0 = static; collide False = visual-only marker.
     """
 
     name: str
     shape: str
     size: tuple[float, ...] = ()
-    parts: tuple[dict, ...] = ()
+    parts: tuple[dict[str, Any], ...] = ()  # ObjectPart dicts (drivers read them as dicts)
     pose: np.ndarray = field(default_factory=lambda: np.array([0.0, 0, 0, 1, 0, 0, 0]))
     mass: float = 0.1
     friction: float = 1.0
     rgba: tuple[float, float, float, float] = (0.8, 0.3, 0.3, 1.0)
     collide: bool = True
 
-    FIELDS = ("name", "shape", "size", "parts", "pose", "mass", "friction", "rgba", "collide")
-    SHAPES = {"box": 3, "sphere": 1, "cylinder": 2, "compound": 0}
+    SHAPES = {**SHAPE_SIZES, "compound": 0}
 
     @property
     def dynamic(self) -> bool:
@@ -286,44 +300,33 @@ class ObjectSpec:
 
     @classmethod
     def from_dict(cls, d: dict, where: str) -> "ObjectSpec":
-        if not isinstance(d, dict):
-            raise ConfigError(f"{where}: expected a dict, got {type(d).__name__}")
-        unknown = sorted(set(d) - set(cls.FIELDS))
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {unknown}; expected a subset of {list(cls.FIELDS)}")
-        for k in ("name", "shape"):
-            if k not in d:
-                raise ConfigError(f"{where}: missing key {k!r}")
-        shape = d["shape"]
-        if shape not in cls.SHAPES:
-            raise ConfigError(f"{where}.shape={shape!r}: expected one of {sorted(cls.SHAPES)}")
-        size = tuple(float(v) for v in d.get("size", ()))
-        if shape != "compound" and len(size) != cls.SHAPES[shape]:
-            raise ConfigError(f"{where}.size={list(size)}: {shape} needs {cls.SHAPES[shape]} half-size value(s)")
-        parts = tuple(d.get("parts", ()))
-        if shape == "compound":
-            if not parts:
-                raise ConfigError(f"{where}.parts: a compound object needs at least one part")
-            for i, part in enumerate(parts):
-                ps = part.get("shape")
-                if ps not in ("box", "sphere", "cylinder"):
-                    raise ConfigError(f"{where}.parts[{i}].shape={ps!r}: expected box, sphere or cylinder")
-                if len(part.get("size", ())) != cls.SHAPES[ps]:
-                    raise ConfigError(f"{where}.parts[{i}].size: {ps} needs {cls.SHAPES[ps]} value(s)")
-        pose = np.asarray(d.get("pose", [0.0, 0.0, 0.0]), dtype=np.float64).reshape(-1)
+        return read_config(cls, d, where)
+
+    def __post_init__(self) -> None:  # domain checks; keys and types are the reader's job
+        where = f"object {self.name!r}"
+        if self.shape not in self.SHAPES:
+            raise ConfigError(f"{where}: shape={self.shape!r}: expected one of {sorted(self.SHAPES)}")
+        if self.shape != "compound" and len(self.size) != self.SHAPES[self.shape]:
+            raise ConfigError(f"{where}: size={list(self.size)}: {self.shape} needs {self.SHAPES[self.shape]} "
+                              "half-size value(s)")
+        if self.shape == "compound" and not self.parts:
+            raise ConfigError(f"{where}: parts: a compound object needs at least one part")
+        parts = [read_config(ObjectPart, p, where, path=f"parts[{i}]") for i, p in enumerate(self.parts)]
+        for i, part in enumerate(parts):
+            if part.shape not in SHAPE_SIZES:
+                raise ConfigError(f"{where}: parts[{i}].shape={part.shape!r}: expected box, sphere or cylinder")
+            if len(part.size) != SHAPE_SIZES[part.shape]:
+                raise ConfigError(f"{where}: parts[{i}].size: {part.shape} needs {SHAPE_SIZES[part.shape]} value(s)")
+        self.parts = tuple(to_dict(p) for p in parts)
+        pose = np.asarray(self.pose, dtype=np.float64).reshape(-1)
         if pose.shape == (3,):
             pose = np.concatenate([pose, [1.0, 0.0, 0.0, 0.0]])
         if pose.shape != (7,) or not np.all(np.isfinite(pose)) or abs(np.linalg.norm(pose[3:]) - 1) > 1e-3:
-            raise ConfigError(f"{where}.pose={pose.tolist()}: expected [x, y, z] or [x, y, z, qw, qx, qy, qz] "
+            raise ConfigError(f"{where}: pose={pose.tolist()}: expected [x, y, z] or [x, y, z, qw, qx, qy, qz] "
                               "with a unit quaternion")
-        mass = float(d.get("mass", 0.1))
-        if mass < 0:
-            raise ConfigError(f"{where}.mass={mass}: expected >= 0 (0 = static)")
-        rgba = tuple(float(v) for v in d.get("rgba", (0.8, 0.3, 0.3, 1.0)))
-        if len(rgba) != 4:
-            raise ConfigError(f"{where}.rgba={list(rgba)}: expected 4 values")
-        return cls(name=str(d["name"]), shape=shape, size=size, parts=parts, pose=pose, mass=mass,
-                   friction=float(d.get("friction", 1.0)), rgba=rgba, collide=bool(d.get("collide", True)))
+        self.pose = pose
+        if self.mass < 0:
+            raise ConfigError(f"{where}: mass={self.mass}: expected >= 0 (0 = static)")
 
 
 def parse_objects(objects) -> list[ObjectSpec]:

@@ -48,7 +48,8 @@ def load_student(path: str | Path) -> ConsistencyPolicy:
     if policy_name(path) != NAME:
         raise CheckpointError(f"{path / CONFIG_FILE}: policy {policy_name(path)!r} is not {NAME!r}")
     doc = json.loads((path / CONFIG_FILE).read_text())
-    model = ConsistencyPolicy(ConsistencyPolicyConfig.from_dict(doc["config"]))
+    config = ConsistencyPolicyConfig.from_dict(doc["config"], str(path / CONFIG_FILE), path="config")
+    model = ConsistencyPolicy(config)
     if not (path / MODEL_FILE).is_file():
         raise CheckpointError(f"{path / MODEL_FILE}: missing")
     state = load_file(str(path / MODEL_FILE))

@@ -14,9 +14,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from robotstack.core import config as config_reader
 from robotstack.core.errors import ConfigError
 
-from policies.common import config_io
 from policies.diffusion.config import DiffusionPolicyConfig
 
 METHODS = ("rl100", "ctm")
@@ -71,11 +71,12 @@ class ConsistencyPolicyConfig:
     image_keys = property(lambda self: self.base.image_keys)
 
     def to_dict(self) -> dict[str, Any]:
-        return config_io.to_dict(self)
+        return config_reader.to_dict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ConsistencyPolicyConfig:
-        return config_io.from_dict(cls, data)
+    def from_dict(cls, data: dict[str, Any], where: str = "", path: str = "") -> ConsistencyPolicyConfig:
+        """Strict read (robotstack.core.config.from_dict); `where`/`path` name the file and key in errors."""
+        return config_reader.from_dict(cls, data, where, path=path)
 
     def replace(self, **changes: Any) -> ConsistencyPolicyConfig:
         return dataclasses.replace(self, **changes)

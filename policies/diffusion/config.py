@@ -15,10 +15,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from robotstack.core import config as config_reader
 from robotstack.core.errors import ConfigError
 from robotstack.core.keys import is_image_key
 
-from policies.common import config_io
 
 DENOISERS = ("mlp", "unet")
 SAMPLERS = ("ddim", "ddpm")
@@ -181,11 +181,12 @@ class DiffusionPolicyConfig:
 
     # ------------------------------------------------------------------ io
     def to_dict(self) -> dict[str, Any]:
-        return config_io.to_dict(self)
+        return config_reader.to_dict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DiffusionPolicyConfig:
-        return config_io.from_dict(cls, data)
+    def from_dict(cls, data: dict[str, Any], where: str = "", path: str = "") -> DiffusionPolicyConfig:
+        """Strict read (robotstack.core.config.from_dict); `where`/`path` name the file and key in errors."""
+        return config_reader.from_dict(cls, data, where, path=path)
 
     def replace(self, **changes: Any) -> DiffusionPolicyConfig:
         return dataclasses.replace(self, **changes)

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from robotstack.core import keys as K
+from robotstack.core.config import from_dict
 from robotstack.core.errors import ConfigError, StoreError
 from robotstack.data.sampler import SequenceSampler
 from robotstack.data.store import load_stores
@@ -273,7 +274,8 @@ def distill(cfg: DistillConfig, out: str | Path, show_progress: bool = True) -> 
 
 def main(checkpoint: str, out: str, method: str = "ctm", steps: int = 2000, overrides: dict[str, Any] | None = None,
          show_progress: bool = True) -> dict:
-    cfg = DistillConfig(checkpoint=checkpoint, method=method, steps=steps, **(overrides or {}))
+    data = {"checkpoint": checkpoint, "method": method, "steps": steps, **(overrides or {})}
+    cfg = from_dict(DistillConfig, data, "distill options")
     _, summary = distill(cfg, out, show_progress=show_progress)
     from rich.console import Console
     from rich.table import Table

@@ -57,7 +57,7 @@ def test_bad_config_and_missing_files(tmp_path):
     doc = json.loads((tmp_path / "config.json").read_text())
     doc["config"]["bogus"] = 1
     (tmp_path / "config.json").write_text(json.dumps(doc))
-    with pytest.raises(ConfigError, match="'bogus'"):
+    with pytest.raises(ConfigError, match="unknown key 'config.bogus'"):
         load_checkpoint(tmp_path)
 
 
