@@ -1,4 +1,5 @@
 # Two commands for a new machine: `make demo` and `make test`; each bootstraps .venv on first use.
+# The venv gets every layer (`.[all]`: runtime + train + sim + dev); the robot itself needs only `pip install .`.
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
@@ -8,11 +9,12 @@ export PYOPENGL_PLATFORM ?= egl
 
 .PHONY: demo test test-all bench clean-venv
 
+# torch goes first from its pinned wheel, so the resolver never picks a CUDA build for the `train` extra
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet -e '.[all]'
 	touch $(STAMP)
 
 demo: $(STAMP)
