@@ -5,7 +5,11 @@ a recorded or a remote env the same way. `make_panda_expert(env, noise, seed)` w
 `NoisyExpert`: noise in [0, 1] sets Gaussian action noise (std 0.5 * noise on the motion dims), random pauses
 and short random detours; noise = 0 gives the clean expert exactly.
 
-push uses a memoryless line pusher (`LinePushExpert`). push_t uses a planar expert: it scores candidate contacts on the object's outline by how well
+reach, push (`LinePushExpert`), pick_place and stack (`PickPlaceExpert`) are memoryless: each action is a function
+of the current observation restricted to the policy's obs keys (tests/sim/test_experts.py replays recorded frames
+through a fresh expert). push_t still uses a planar planner with hidden state (phase, contact, plan, random
+contact choice): making it memoryless means a new contact rule that is stable frame to frame without a plan,
+which was not done in issue 10's time box. It uses: it scores candidate contacts on the object's outline by how well
 the quasi-static motion they would cause (force along the push direction, torque about the centre of mass through
 the object's radius of gyration) matches the motion still needed (position error and, for the T, yaw error),
 lifts the closed fingers over to the best contact, pushes with the finger pair held flush to that edge, and
@@ -54,19 +58,28 @@ class ReachExpert:
 class PickPlaceExpert:
     """Grasp cube `obj` (index into object_state) and put it down where `place_target(obs)` says, then let go.
 
-    Phases: above -> descend -> close -> lift -> carry -> lower -> release -> retreat. Closed loop: re-grasp if the
-    cube is not between the fingers while carrying.
+    Memoryless: every action is a function of the current observation alone (eef position, measured finger
+    opening `robot_gripper`, object state, goal), so a policy that sees the same observation can imitate it
+    exactly. The "phase" is read off the scene each step instead of being kept in the expert:
+      placed (cube resting on its target)      -> open in place, then retreat upwards once the fingers are clear
+      held (cube between the closed fingers)   -> lift straight up, carry at a safe height, lower onto the target
+      at the grasp pose (fingers around cube)  -> close (the next observation shows the measured opening < cube)
+      cube below the hand, hand low            -> descend onto it, fingers open
+      otherwise                                -> travel above the cube, fingers open
+    (The former timers - close for 6 steps, open for 4 - were invisible to a policy seeing To = 2 frames.) Dropping
+    the cube, or a noisy detour knocking it away, puts the scene back into an earlier case: closed loop for free.
     """
+
+    PLACED_XY = 0.01  # cube centre within this of the target (task success tolerance is 0.02)
+    CLEAR = 2 * CUBE_HALF + 0.008  # measured opening at which the open fingers no longer touch the cube
 
     def __init__(self, env: PandaEnv, obj: int = 0, place_on_cube: int | None = None):
         self.env = env
         self.obj = obj
         self.place_on_cube = place_on_cube  # stack: index of the cube to put ours on
-        self.reset()
 
     def reset(self) -> None:
-        self.phase = "above"
-        self.count = 0
+        pass
 
     def _place_target(self, obs) -> np.ndarray:
         if self.place_on_cube is None:
@@ -81,51 +94,30 @@ class PickPlaceExpert:
         goal = self._place_target(obs)
         opening = float(obs[keys.GRIPPER][0])
         grasp_z = cube[2] + 0.002
-        self.count += 1
         held = np.linalg.norm(cube - tcp) < 0.025 and opening < 2 * CUBE_HALF + 0.004
+        goal_xy = float(np.linalg.norm(cube[:2] - goal[:2]))
+        carry_z = max(Z_SAFE, goal[2] + 0.06)
+        offset = np.r_[tcp[:2] - cube[:2], 0.0]  # the cube hangs a little off the TCP: aim the cube, not the hand
 
-        if self.phase in ("lift", "carry", "lower") and not held:
-            self.phase, self.count = "above", 0  # dropped or missed: start over
-        if self.phase == "above":
-            dest = np.array([cube[0], cube[1], max(Z_SAFE, tcp[2]) if np.linalg.norm(tcp[:2] - cube[:2]) > 0.02
-                             else Z_SAFE])
-            if np.linalg.norm(tcp[:2] - cube[:2]) < 0.006:
-                self.phase = "descend"
-            return _action(env, _move(dest - tcp, step), -1.0)
-        if self.phase == "descend":
-            dest = np.array([cube[0], cube[1], grasp_z])
-            if abs(tcp[2] - grasp_z) < 0.005 and np.linalg.norm(tcp[:2] - cube[:2]) < 0.006:
-                self.phase, self.count = "close", 0
-            if np.linalg.norm(tcp[:2] - cube[:2]) > 0.015:  # cube moved away: back up
-                self.phase = "above"
-            return _action(env, _move(dest - tcp, step), -1.0)
-        if self.phase == "close":
-            if self.count >= 6:
-                self.phase = "lift"
+        if goal_xy < self.PLACED_XY and cube[2] < goal[2] + 0.006:  # placed: let go, then retreat
+            if opening < self.CLEAR and np.linalg.norm(cube - tcp) < 0.03:
+                return _action(env, np.zeros(3), -1.0)
+            return _action(env, _move(np.array([0, 0, Z_SAFE + 0.04 - tcp[2]]), step), -1.0)
+        if held:
+            if goal_xy < 0.005 or (goal_xy < 0.012 and tcp[2] < carry_z - 0.01):  # over the target: lower
+                dest = np.array([goal[0], goal[1], goal[2] + 0.004]) + offset
+                return _action(env, _move(dest - tcp, step, gain=0.5), 1.0)
+            if tcp[2] < carry_z - 0.01:  # lift straight up before travelling
+                return _action(env, _move(np.array([tcp[0], tcp[1], carry_z]) - tcp, step), 1.0)
+            dest = np.array([goal[0], goal[1], carry_z]) + offset  # carry
+            return _action(env, _move(dest - tcp, step), 1.0)
+        xy = float(np.linalg.norm(tcp[:2] - cube[:2]))
+        if xy < 0.006 and abs(tcp[2] - grasp_z) < 0.005:  # fingers around the cube: close
             return _action(env, np.zeros(3), 1.0)
-        if self.phase == "lift":
-            dest = np.array([tcp[0], tcp[1], max(Z_SAFE, goal[2] + 0.06)])
-            if tcp[2] > dest[2] - 0.01:
-                self.phase = "carry"
-            return _action(env, _move(dest - tcp, step), 1.0)
-        if self.phase == "carry":
-            dest = np.array([goal[0], goal[1], max(Z_SAFE, goal[2] + 0.06)])
-            # the cube hangs a little off the TCP: aim the cube, not the hand, at the goal
-            dest[:2] += tcp[:2] - cube[:2]
-            if np.linalg.norm(cube[:2] - goal[:2]) < 0.005:
-                self.phase = "lower"
-            return _action(env, _move(dest - tcp, step), 1.0)
-        if self.phase == "lower":
-            dest = np.array([goal[0], goal[1], goal[2] + 0.004]) + np.r_[tcp[:2] - cube[:2], 0.0]
-            if cube[2] < goal[2] + 0.006:
-                self.phase, self.count = "release", 0
-            return _action(env, _move(dest - tcp, step, gain=0.5), 1.0)
-        if self.phase == "release":
-            if self.count >= 4:
-                self.phase = "retreat"
-            return _action(env, np.zeros(3), -1.0)
-        # retreat: straight up, fingers open
-        return _action(env, _move(np.array([0, 0, Z_SAFE + 0.04 - tcp[2]]), step), -1.0)
+        if xy < 0.006 or (xy < 0.015 and tcp[2] < Z_SAFE - 0.005):  # descend (keeps centring on the cube)
+            return _action(env, _move(np.array([cube[0], cube[1], grasp_z]) - tcp, step), -1.0)
+        dest = np.array([cube[0], cube[1], max(Z_SAFE, tcp[2]) if xy > 0.02 else Z_SAFE])  # travel above the cube
+        return _action(env, _move(dest - tcp, step), -1.0)
 
 
 # --- planar pushing ------------------------------------------------------------------------------------

@@ -97,14 +97,15 @@ class SchedulerConfig:
     clip_sample_range: float = 1.0
     prediction_type: str = "epsilon"
     set_alpha_to_one: bool = True
-    steps_offset: int = 0  # RL-100 code uses 1 -> DDIM steps [91, 81, ..., 1]
+    steps_offset: int = 0  # RL-100 code uses 1 (with leading spacing) -> DDIM steps [91, 81, ..., 1]
+    timestep_spacing: str = "trailing"  # diffusers' name; trailing starts every K at t=N-1 (noise.py)
     num_inference_steps: int = 10  # default K for predict_action / sample_with_trajectory
     default_sampler: str = "ddim"
     ddim_eta: float = 0.0  # eta used by predict_action (deterministic DDIM as in diffusion_policy)
     # RL interface (rl100.md §2): stochastic DDIM step as a Gaussian with clipped sigma
     rl_eta: float = 1.0
     sigma_min: float = 0.01
-    sigma_max: float | None = None  # RL-100 paper: 0.8 single action, 0.1 chunks / Meta-World
+    sigma_max: float | None = None  # None -> RL-100 paper value: 0.8 if n_action_steps == 1, else 0.1 (chunks)
     prev_timestep_clamp: bool = False  # RL-100 code quirk: last DDIM step targets abar_0, not 1
 
     def __post_init__(self) -> None:
@@ -116,9 +117,13 @@ class SchedulerConfig:
         if not 1 <= self.num_inference_steps <= self.num_train_timesteps:
             raise ConfigError(f"config scheduler.num_inference_steps must be in [1, num_train_timesteps], "
                               f"got {self.num_inference_steps}")
-        if self.sigma_min < 0 or (self.sigma_max is not None and self.sigma_max < self.sigma_min):
-            raise ConfigError(f"config scheduler: need 0 <= sigma_min <= sigma_max, got "
-                              f"{self.sigma_min}, {self.sigma_max}")
+        if not self.sigma_min > 0 or (self.sigma_max is not None and not self.sigma_max >= self.sigma_min):
+            raise ConfigError(f"config scheduler: need 0 < sigma_min <= sigma_max, got sigma_min={self.sigma_min}, "
+                              f"sigma_max={self.sigma_max} (sigma_min = 0 gives a NaN log-prob at the last step)")
+        if self.timestep_spacing not in ("trailing", "leading") or (
+                self.steps_offset and self.timestep_spacing != "leading"):
+            raise ConfigError(f"config scheduler.timestep_spacing: {self.timestep_spacing!r} with steps_offset="
+                              f"{self.steps_offset}: expected 'trailing' or 'leading' (steps_offset needs 'leading')")
 
 
 @dataclass
@@ -163,6 +168,8 @@ class DiffusionPolicyConfig:
                 raise ConfigError(f"config: the U-Net halves the horizon {len(self.denoiser.unet_down_dims) - 1} "
                                   f"times, so horizon ({self.horizon}) must be divisible by {factor}; use "
                                   f"denoiser.kind='mlp' for short horizons")
+        if self.scheduler.sigma_max is None:  # rl100.md §2 defaults; saved resolved with the checkpoint
+            self.scheduler = dataclasses.replace(self.scheduler, sigma_max=0.8 if self.n_action_steps == 1 else 0.1)
         if self.encoder.recon and not self.low_dim_keys:
             raise ConfigError("config encoder.recon: reconstruction targets the low-dim obs, but obs_shapes has none")
 

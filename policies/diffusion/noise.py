@@ -13,6 +13,15 @@ that PPO over denoising steps needs (rl100.md §2):
   sigma_tilde = clip(sigma, sigma_min, sigma_max) when a clip is asked for; x_p = mean + sigma_tilde z.
 
 The schedule itself (betas, timesteps) comes from diffusers' schedulers, imported lazily (~3.5 s import).
+
+Timestep spacing (`scheduler.timestep_spacing`, diffusers' option, default "trailing" for every K, DDIM and DDPM):
+trailing grids start at t = N-1 (where x_K really is pure noise) and end at N/K - 1 -> clean, e.g. DDIM-1 = [99],
+DDIM-10 = [99, 89, ..., 9]. "leading" (diffusers' default) gives [N-N/K, ..., 0]: DDIM-1 = [0], one model call
+that treats pure noise as a clean chunk, and DDIM-2 = [50, 0] starts from noise it labels abar_50 ~ 0.5. Trailing
+for all K rather than below a threshold: both grids coincide at K = N (diffusion_policy's DDPM-100), the only
+K diffusion_policy evaluates with, so no K gets worse and there is no switch in behaviour at some K. "leading"
+stays selectable for RL-100's code grid (steps_offset=1 -> [91, ..., 1], rl100.md §2). Consecutive steps follow
+diffusers' own rules (DDIM: t - N//K, so with K not dividing N a step may land 1 off the next listed t).
 """
 
 from __future__ import annotations
@@ -43,7 +52,8 @@ class NoiseSchedule:
         self.cfg = cfg
         common = dict(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
                       clip_sample=cfg.clip_sample, clip_sample_range=cfg.clip_sample_range,
-                      prediction_type=cfg.prediction_type, steps_offset=cfg.steps_offset)
+                      prediction_type=cfg.prediction_type, steps_offset=cfg.steps_offset,
+                      timestep_spacing=cfg.timestep_spacing)
         self.ddpm = DDPMScheduler(variance_type="fixed_small", **common)
         self.ddim = DDIMScheduler(set_alpha_to_one=cfg.set_alpha_to_one, **common)
         self.alphas_cumprod = self.ddim.alphas_cumprod.to(torch.float32)  # (N,)

@@ -16,7 +16,7 @@ import torch
 
 from robotstack.core import keys as K
 from robotstack.core.errors import StoreError
-from robotstack.data.sampler import SequenceSampler, split_episodes
+from robotstack.data.sampler import SequenceSampler, policy_padding, split_episodes
 from robotstack.data.store import EpisodeStore
 
 
@@ -28,7 +28,8 @@ class WindowDataset(torch.utils.data.Dataset):
     def from_store(cls, path: str | os.PathLike, horizon: int, n_obs_steps: int, n_action_steps: int,
                    obs_keys: Sequence[str], action_keys: Sequence[str] = (K.ACTION,), val_ratio: float = 0.0,
                    split_seed: int = 0, split: str = "train") -> WindowDataset:
-        """Load `obs_keys + action_keys` of a store into RAM and window them (pad_before=To-1, pad_after=Ta-1).
+        """Load `obs_keys + action_keys` of a store into RAM and window them (`policy_padding`: every frame is
+        the current frame of one window).
         Observation keys return only the first To frames; split selects the seeded episode-level split."""
         if split not in ("train", "val"):
             raise StoreError(f"split={split!r}, expected 'train' or 'val'")
@@ -36,7 +37,7 @@ class WindowDataset(torch.utils.data.Dataset):
             data = store.load([*obs_keys, *action_keys])
             ends = store.episode_ends
         train, val = split_episodes(len(ends), val_ratio, split_seed)
-        sampler = SequenceSampler(data, ends, horizon, pad_before=n_obs_steps - 1, pad_after=n_action_steps - 1,
+        sampler = SequenceSampler(data, ends, horizon, **policy_padding(horizon, n_obs_steps),
                                   key_horizons={k: n_obs_steps for k in obs_keys},
                                   episode_mask=train if split == "train" else val)
         return cls(sampler)

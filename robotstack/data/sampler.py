@@ -4,9 +4,14 @@ Glossary: N frames (all episodes concatenated), E episodes, M windows, B batch, 
 To observation history, Ta executed actions.
 
 A window of T frames may start up to pad_before frames before its episode and end up to pad_after frames
-after it; the frames outside the episode repeat its first / last frame (edge padding). With
-pad_before = To - 1 and pad_after = Ta - 1 every frame is the "current" frame of some window, exactly as in
-diffusion_policy. Windows never cross an episode boundary.
+after it; the frames outside the episode repeat its first / last frame (edge padding, as diffusion_policy's
+pad_before / pad_after). Windows never cross an episode boundary.
+
+Policy training windows use `policy_padding(T, To)`: pad_before = To - 1 and pad_after = T - To, so every frame
+of every episode is the "current" frame (index To - 1) of exactly one window. diffusion_policy pads after by
+Ta - 1 only, which leaves the last T - To - Ta + 1 frames (3 with T=8, To=2, Ta=4) never current: episodes end on
+success, so the final "release now" frame was never trained at the executed index. Past the end the window
+repeats the last frame's action and observation ("hold the last action").
 
 Work on `EpisodeStore.load()` output: random zarr reads cost ~1 ms each, a numpy gather microseconds.
 """
@@ -30,6 +35,15 @@ def split_episodes(n_episodes: int, val_ratio: float, seed: int = 0) -> tuple[np
         n_val = min(max(1, round(n_episodes * val_ratio)), n_episodes - 1)
         val[np.random.default_rng(seed).choice(n_episodes, size=n_val, replace=False)] = True
     return ~val, val
+
+
+def policy_padding(horizon: int, n_obs_steps: int) -> dict[str, int]:
+    """pad_before / pad_after for policy windows (T = horizon, To = n_obs_steps): every frame of every episode is
+    the current frame (index To - 1) of one window, the first with its observation history edge-padded, the last
+    with T - To repeated frames after it."""
+    if not 1 <= n_obs_steps <= horizon:
+        raise StoreError(f"n_obs_steps={n_obs_steps!r}: expected 1 <= n_obs_steps <= horizon={horizon}")
+    return {"pad_before": n_obs_steps - 1, "pad_after": horizon - n_obs_steps}
 
 
 def window_starts(episode_ends: np.ndarray, horizon: int, pad_before: int = 0, pad_after: int = 0,

@@ -44,7 +44,7 @@ from torch import nn
 from robotstack.core import keys as K
 from robotstack.core.config import from_dict
 from robotstack.core.errors import ConfigError, StoreError
-from robotstack.data.sampler import SequenceSampler
+from robotstack.data.sampler import SequenceSampler, policy_padding
 from robotstack.data.store import load_stores
 from robotstack.train.common import RunLogger, numpy_rng, progress_bar, torch_gen
 
@@ -103,7 +103,7 @@ def load_windows(paths: list[str], obs_keys: list[str], to: int, horizon: int, t
         arrays, episode_ends, _ = load_stores(paths, keys)
     except StoreError as exc:
         raise ConfigError(f"distill data: {exc}") from exc
-    return SequenceSampler(arrays, episode_ends, horizon, pad_before=to - 1, pad_after=ta - 1, keys=keys,
+    return SequenceSampler(arrays, episode_ends, horizon, **policy_padding(horizon, to), keys=keys,
                            key_horizons={k: to for k in obs_keys})
 
 

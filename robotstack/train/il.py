@@ -44,7 +44,7 @@ from torch import nn
 from robotstack.core import keys as K
 from robotstack.core.config import apply_overrides, from_dict, load_config, save_config, to_dict
 from robotstack.core.errors import ConfigError, StoreError
-from robotstack.data.sampler import SequenceSampler
+from robotstack.data.sampler import SequenceSampler, policy_padding
 from robotstack.data.store import load_stores
 from robotstack.train.common import (DistInfo, init_distributed, load_training_state, numpy_rng, progress_bar,
                                      RunLogger, save_training_state, shard, step_seed, torch_gen,
@@ -177,8 +177,7 @@ def load_data(cfg: ILConfig) -> TrainData:
     except StoreError as exc:
         raise ConfigError(f"config data.paths / data.obs_keys: {exc}") from exc
     p = cfg.policy
-    sampler = SequenceSampler(arrays, episode_ends, p.horizon, pad_before=p.n_obs_steps - 1,
-                              pad_after=p.n_action_steps - 1, keys=keys,
+    sampler = SequenceSampler(arrays, episode_ends, p.horizon, **policy_padding(p.horizon, p.n_obs_steps), keys=keys,
                               key_horizons={k: p.n_obs_steps for k in cfg.data.obs_keys})
     if len(sampler) == 0:
         raise ConfigError(f"config data.paths: no training windows of horizon {p.horizon} in {cfg.data.paths}")

@@ -1,5 +1,5 @@
 """Window sampler: same windows as diffusion_policy's SequenceSampler, per-key To, seeded episode split,
-and the torch Dataset wrapper."""
+every frame the current frame of a training window, and the torch Dataset wrapper."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from robotstack.core.errors import StoreError
 from robotstack.data.dataset import WindowDataset
-from robotstack.data.sampler import SequenceSampler, split_episodes, window_starts
+from robotstack.data.sampler import SequenceSampler, policy_padding, split_episodes, window_starts
 from robotstack.data.store import EpisodeMeta, EpisodeStore
 
 
@@ -78,6 +78,45 @@ def test_per_key_obs_horizon_returns_first_to_frames():
     assert b["action"][1].tolist() == [20, 30, 40, 50, 60, 70, 80, 90]
 
 
+def current_frames(s: SequenceSampler, n_obs_steps: int) -> list[int]:
+    """Buffer index of each window's current frame (index To - 1), via the sampler's own gather."""
+    return s.frame_indices(np.arange(len(s)))[:, n_obs_steps - 1].tolist()
+
+
+@pytest.mark.parametrize("horizon,to,ta", [(8, 2, 4), (16, 2, 8), (4, 1, 1), (3, 3, 1), (10, 2, 8)])
+def test_every_frame_is_the_current_frame_of_exactly_one_window(horizon, to, ta):
+    """Regression (issue 10 #1): with pad_after = Ta - 1 the last T - To - Ta + 1 frames of each episode (where
+    the pick/place experts open the gripper) were never at index To - 1 of any window."""
+    ends = np.array([1, 4, 15, 40])  # includes episodes shorter than the horizon
+    data = {"i": np.arange(40), "a": np.arange(40) * 10}
+    s = SequenceSampler(data, ends, horizon, **policy_padding(horizon, to), key_horizons={"i": to})
+    assert sorted(current_frames(s, to)) == list(range(40))
+    b = s.sample_batch(np.arange(len(s)))
+    last = np.flatnonzero(np.array(current_frames(s, to)) == 39)[0]
+    assert b["a"][last].tolist() == [max(390 - 10 * (to - 1 - j), 300) if j < to else 390 for j in range(horizon)]
+    for w in b["a"]:  # windows stay inside one episode
+        ep = np.searchsorted(ends, w // 10, side="right")
+        assert (ep == ep[0]).all()
+    with pytest.raises(StoreError, match="n_obs_steps"):
+        policy_padding(2, 3)
+
+
+def test_training_consumers_cover_every_frame(tmp_path):
+    """The torch dataset and the distill loader window with policy_padding (train il is covered by its smoke)."""
+    from robotstack.train.distill import load_windows
+
+    path = tmp_path / "s.zarr"
+    st = EpisodeStore.create(path)
+    for i, t in enumerate((5, 9, 12)):
+        st.append_episode({"robot_eef_pos": np.full((t, 3), i, np.float32),
+                           "action": np.arange(t * 2, dtype=np.float32).reshape(t, 2)},
+                          EpisodeMeta("scripted", "reach", i, True))
+    ds = WindowDataset.from_store(path, horizon=8, n_obs_steps=2, n_action_steps=4, obs_keys=["robot_eef_pos"])
+    assert sorted(current_frames(ds.sampler, 2)) == list(range(26))
+    w = load_windows([str(path)], ["robot_eef_pos"], to=2, horizon=8, ta=4)
+    assert sorted(current_frames(w, 2)) == list(range(26))
+
+
 def test_episode_mask_and_split():
     train, val = split_episodes(10, 0.2, seed=3)
     assert val.sum() == 2 and (train ^ val).all()
@@ -118,7 +157,7 @@ def test_window_dataset_from_store(tmp_path):
               val_ratio=0.34, split_seed=0)
     train = WindowDataset.from_store(path, **kw)
     val = WindowDataset.from_store(path, split="val", **kw)
-    assert len(train) + len(val) == sum(10 + i + 1 + 3 - 8 + 1 for i in range(6))
+    assert len(train) + len(val) == sum(10 + i for i in range(6))  # one window per frame
     item = train[0]
     assert item["robot_eef_pos"].shape == (2, 3) and item["robot_eef_pos"].dtype == torch.float32
     assert item["image_front"].shape == (2, 4, 4, 3) and item["image_front"].dtype == torch.uint8

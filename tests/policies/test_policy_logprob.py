@@ -27,7 +27,7 @@ def test_log_prob_matches_torch_normal_and_closed_form():
 def test_sigma_clip_and_noise_recovery():
     policy = tiny_policy().eval()
     sc = policy.config.scheduler
-    sc.sigma_max = 0.1  # RL-100 chunk setting: clips all but the last two of the 10 steps
+    assert sc.sigma_max == 0.1  # RL-100 chunk default (Ta = 4): clips all but the last of the 10 trailing steps
     tr = policy.sample_with_trajectory(random_obs(policy.config, 64), generator=torch.Generator().manual_seed(4))
     sigmas = []
     for k in range(tr.timesteps.numel()):
@@ -36,8 +36,20 @@ def test_sigma_clip_and_noise_recovery():
         z = (tr.chain[:, k + 1] - step.mean) / step.sigma  # recovers the injected standard-normal noise
         assert abs(float(z.mean())) < 0.1 and abs(float(z.std()) - 1.0) < 0.1
     assert all(sc.sigma_min - 1e-7 <= s <= 0.1 + 1e-7 for s in sigmas)
-    assert sigmas[:8] == [sigmas[0]] * 8 and abs(sigmas[0] - 0.1) < 1e-6
+    assert sigmas[:9] == [sigmas[0]] * 9 and abs(sigmas[0] - 0.1) < 1e-6
     assert abs(sigmas[-1] - sc.sigma_min) < 1e-7  # last step (-> abar = 1) has sigma 0, floored
+
+
+@torch.no_grad()
+def test_last_step_log_prob_is_finite_with_the_default_floor():
+    """The last DDIM step (-> abar = 1) has sigma 0; the sigma_min floor keeps its log-prob finite (a config with
+    sigma_min = 0 is rejected, see test_policy_sampling)."""
+    policy = tiny_policy().eval()
+    tr = policy.sample_with_trajectory(random_obs(policy.config, 8), generator=torch.Generator().manual_seed(1))
+    assert torch.isfinite(tr.log_probs).all()
+    policy.config.scheduler.sigma_min = 0.0  # what validation now refuses: NaN at the last step
+    new = policy.chain_log_prob(tr.cond, tr.chain, tr.timesteps, tr.prev_timesteps)
+    assert not torch.isfinite(new[:, -1]).any()
 
 
 def test_ratio_is_one_before_update():

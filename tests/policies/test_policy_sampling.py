@@ -26,7 +26,7 @@ def test_ddim_loop_matches_diffusers(policy, eta):
     ts, prev = sched.timesteps("ddim", 10)
     ref = sched.ddim
     ref.set_timesteps(10)
-    assert [int(t) for t in ref.timesteps] == ts == list(range(90, -1, -10))
+    assert [int(t) for t in ref.timesteps] == ts == list(range(99, 8, -10))  # trailing spacing
     with torch.no_grad():
         for t, tp in zip(ts, prev):
             z = torch.randn(x_ours.shape, generator=g)
@@ -89,7 +89,7 @@ def test_rl100_sigma_table():
     """rl100.md §2: steps_offset=1, prev clamp at 0, eta=1 -> timesteps 91..1 and this sigma table."""
     from policies.diffusion.noise import NoiseSchedule
 
-    sched = NoiseSchedule(SchedulerConfig(steps_offset=1, prev_timestep_clamp=True))
+    sched = NoiseSchedule(SchedulerConfig(steps_offset=1, prev_timestep_clamp=True, timestep_spacing="leading"))
     ts, prev = sched.timesteps("ddim", 10)
     assert ts == list(range(91, 0, -10)) and prev == [81, 71, 61, 51, 41, 31, 21, 11, 1, 0]
     x = torch.zeros(1, 1, 1)
@@ -100,12 +100,75 @@ def test_rl100_sigma_table():
     assert sum(s > 0.1 for s in sig) == 8 and min(sig) > 0.01
 
 
+@pytest.mark.parametrize("steps", [1, 2, 3, 5, 10, 100])
+def test_few_step_grids_are_diffusers_trailing(steps):
+    """Regression (issue 10 #4): with leading spacing DDIM-1 made its one model call at t=0 on pure noise and
+    DDIM-2 started at t=50. Trailing grids start at t=N-1 and match a fresh diffusers DDIMScheduler / DDPMScheduler
+    built with timestep_spacing="trailing" (step and prev rule included)."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    from policies.diffusion.noise import NoiseSchedule
+
+    sched = NoiseSchedule(SchedulerConfig())
+    common = dict(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", timestep_spacing="trailing")
+    ddim, ddpm = DDIMScheduler(**common), DDPMScheduler(**common)
+    ddim.set_timesteps(steps)
+    ddpm.set_timesteps(steps)
+    ts, prev = sched.timesteps("ddim", steps)
+    assert ts == ddim.timesteps.tolist() and ts[0] == 99
+    assert prev == [t - 100 // steps for t in ts] and prev[-1] < 0  # diffusers' DDIM rule; last step -> clean
+    assert sched.timesteps("ddpm", steps)[0] == ddpm.timesteps.tolist()
+    if steps == 1:
+        assert ts == [99]
+    leading = NoiseSchedule(SchedulerConfig(timestep_spacing="leading")).timesteps("ddim", steps)[0]
+    assert leading[-1] == 0 and (steps == 100) == (leading == ts)  # only K = N coincides
+
+
+def test_ddim1_predicts_from_noise_at_t99(policy):
+    """One NFE, evaluated at the top noise level, and the result is the clipped x0 prediction."""
+    from policies.diffusion.samplers import count_nfe
+
+    cond = _cond(policy, 2)
+    seen = []
+    hook = policy.denoiser.register_forward_pre_hook(lambda m, a: seen.append(a[1].flatten().tolist()))
+    try:
+        with torch.no_grad(), count_nfe(policy.denoiser) as n:
+            x, *_ = policy._sample(cond, "ddim", 1, torch.Generator().manual_seed(0), eta=0.0, clip=False,
+                                   keep_chain=False)
+    finally:
+        hook.remove()
+    assert n.count == 1 and seen == [[99, 99]]
+    assert float(x.abs().max()) <= 1.0 + 1e-6
+
+
+def test_sigma_defaults_and_validation():
+    """rl100.md §2: sigma_max defaults to 0.8 for single actions, 0.1 for chunks; sigma_min = 0 is rejected
+    (the last step's sigma is 0, so its log-prob would be NaN)."""
+    from robotstack.core.errors import ConfigError
+
+    cfg = DiffusionPolicyConfig.example()
+    assert cfg.scheduler.sigma_max == 0.1 and cfg.n_action_steps == 4
+    single = cfg.replace(horizon=1, n_action_steps=1, action_start=0, scheduler=SchedulerConfig())
+    assert single.scheduler.sigma_max == 0.8
+    kept = cfg.replace(scheduler=SchedulerConfig(sigma_max=0.3))
+    assert kept.scheduler.sigma_max == 0.3
+    assert DiffusionPolicyConfig.from_dict(cfg.to_dict()).scheduler.sigma_max == 0.1  # saved resolved
+    for bad in (dict(sigma_min=0.0), dict(sigma_min=-0.1), dict(sigma_min=float("nan")),
+                dict(sigma_min=0.2, sigma_max=0.1)):
+        with pytest.raises(ConfigError, match="sigma_min"):
+            SchedulerConfig(**bad)
+    with pytest.raises(ConfigError, match="timestep_spacing"):
+        SchedulerConfig(timestep_spacing="linspace")
+    with pytest.raises(ConfigError, match="steps_offset"):
+        SchedulerConfig(steps_offset=1)  # diffusers ignores the offset with trailing spacing: say so
+
+
 def test_trajectory_shapes_and_final_sample(policy):
     cfg = policy.config
     tr = policy.sample_with_trajectory(random_obs(cfg, 3), steps=5, generator=torch.Generator().manual_seed(1))
     assert tr.chain.shape == (3, 6, cfg.horizon, cfg.action_dim)
     assert tr.log_probs.shape == (3, 5) and torch.isfinite(tr.log_probs).all()
-    assert tr.timesteps.tolist() == [80, 60, 40, 20, 0]
+    assert tr.timesteps.tolist() == [99, 79, 59, 39, 19]
     torch.testing.assert_close(policy.normalizer.unnormalize("action", tr.chain[:, -1]), tr.chunk)
 
 
