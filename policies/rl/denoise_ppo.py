@@ -13,10 +13,10 @@ the per-step log-probs, summed over the executed (Ta, Da) window only, are what 
     clipped_surrogate(new, old, adv, eps)        -> Surrogate(loss, ratio, clip_frac, approx_kl)
     ppo_update(policy, opt, chain, adv, cfg)     -> stats (one optimiser step per denoising step, or one batched)
 
-Sampling is DiffusionPolicy.sample_with_trajectory (no second sampler here); every log-prob, the behaviour one
-at rollout time included, goes through `chain_step_log_prob`, so old and new log-probs come from one code path
-and the first ratio is 1 bit for bit (rl100.md §12 pitfall 1). The price is K extra denoiser calls per rollout
-batch (no grad), cheap next to env stepping.
+Sampling is DiffusionPolicy.sample_with_trajectory (no second sampler here). Behaviour and current log-probs
+both come from the policy's denoise_step_distribution + step_log_prob on the same inputs, so the first ratio
+is 1 bit for bit (rl100.md §12 pitfall 1; tested with torch.equal). Features must be deterministic: the chain
+stores the deterministic encoder output (VIB mean), and train-mode dropout/batch-norm in the denoiser is refused.
 """
 
 from __future__ import annotations
@@ -162,10 +162,13 @@ def sample_chain(policy: nn.Module, obs: Mapping[str, torch.Tensor], steps: int 
                  mask: torch.Tensor | None = None, generator: torch.Generator | None = None) -> DenoisingChain:
     """obs (B, To, ...) env units -> DenoisingChain of stochastic DDIM(K) with sigma clipped to the policy's
     scheduler [sigma_min, sigma_max]; log_probs (B, K) summed over `mask` (default: the executed Ta window)."""
-    mask = policy_executed_mask(policy) if mask is None else mask
+    default = policy_executed_mask(policy)
+    mask = default if mask is None else mask
     _check_rl_ready(policy, mask)
     tr = policy.sample_with_trajectory(obs, steps=steps, generator=generator, eta=eta, sampler="ddim")
-    log_probs = chain_log_probs(policy, tr.cond, tr.chain, tr.timesteps, tr.prev_timesteps, mask, eta)
+    log_probs = tr.log_probs  # summed over the policy's executed window by the same step_log_prob
+    if not torch.equal(mask, default):  # another window (e.g. the whole chunk): recompute over it
+        log_probs = chain_log_probs(policy, tr.cond, tr.chain, tr.timesteps, tr.prev_timesteps, mask, eta)
     return DenoisingChain(tr.chain, log_probs, tr.timesteps, tr.prev_timesteps, tr.cond, tr.action, tr.chunk)
 
 
