@@ -133,3 +133,16 @@ def warm_start_value(iql_value: ValueNet, online_value: ValueNet | None = None) 
         raise ValueError(f"warm_start_value: IQL V and online V differ (shape {bad}, keys {missing})")
     online_value.load_state_dict(src)
     return online_value
+
+
+def clipped_value_loss(v_new: torch.Tensor, v_old: torch.Tensor, v_target: torch.Tensor,
+                       clip_eps: float | None = 0.2) -> torch.Tensor:
+    """Online PPO value loss (rl100.md §5, code: value clipping with the policy's eps): (B,) each ->
+    0.5 * mean max((V - V^)^2, (V_old + clip(V - V_old, -eps, eps) - V^)^2); clip_eps None = plain 0.5 MSE.
+    The stage multiplies it by lambda_V (spec §13: not given; DPPO uses vf_coef 0.5)."""
+    v_target, v_old = v_target.detach(), v_old.detach()
+    loss = (v_new - v_target) ** 2
+    if clip_eps is not None:
+        v_clip = v_old + (v_new - v_old).clamp(-clip_eps, clip_eps)
+        loss = torch.maximum(loss, (v_clip - v_target) ** 2)
+    return 0.5 * loss.mean()

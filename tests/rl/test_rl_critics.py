@@ -116,3 +116,16 @@ def test_soft_update_and_value_warm_start():
 def test_expectile_rejects_bad_tau():
     with pytest.raises(ValueError, match="tau"):
         cr.expectile_loss(torch.zeros(3), 1.0)
+
+
+def test_clipped_value_loss():
+    v_old, target = torch.zeros(2), torch.tensor([1.0, 1.0])
+    v_new = torch.tensor([0.5, 0.1], requires_grad=True)
+    loss = cr.clipped_value_loss(v_new, v_old, target, clip_eps=0.2)
+    loss.backward()
+    # row 0 moved 0.5 > eps from V_old: the clipped term (0.2 - 1)^2 = 0.64 > 0.25 dominates -> no gradient
+    # row 1 inside the band: plain MSE gradient (0.1 - 1) / 2
+    assert float(loss.detach()) == pytest.approx(0.5 * (0.64 + 0.81) / 2)
+    torch.testing.assert_close(v_new.grad, torch.tensor([0.0, -0.45]))
+    plain = cr.clipped_value_loss(v_new.detach(), v_old, target, clip_eps=None)
+    assert float(plain) == pytest.approx(0.5 * (0.25 + 0.81) / 2)
