@@ -157,6 +157,13 @@ def chain_log_probs(policy: nn.Module, cond: torch.Tensor, chain: torch.Tensor, 
                         for k in range(chain.shape[1] - 1)], 1)
 
 
+def deterministic_cond(policy: nn.Module, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """obs (B, To, ...) -> cond (B, Dc) with the VIB mean whatever the train/eval mode, with grad: the features to
+    use when the encoder is trained during RL (online stage). A sampled VIB latent here would make the first
+    ratio != 1 (the official online code's force_stochastic_online; rl100.md §12 pitfall 1)."""
+    return policy.encode_obs(obs, deterministic=True).cond
+
+
 @torch.no_grad()
 def sample_chain(policy: nn.Module, obs: Mapping[str, torch.Tensor], steps: int = 10, eta: float = 1.0,
                  mask: torch.Tensor | None = None, generator: torch.Generator | None = None) -> DenoisingChain:

@@ -1,6 +1,7 @@
 """PPO over the denoising MDP (rl100.md §12 tests 1-5): sigma table, closed-form log-prob, ratio = 1,
 clip gradients, advantage broadcast."""
 
+import dataclasses
 import math
 
 import pytest
@@ -155,3 +156,24 @@ def test_config_validation_names_the_key():
         dp.DenoisePPOConfig(update="sometimes")
     with pytest.raises(ConfigError, match="eta"):
         dp.DenoisePPOConfig(eta=0.0)
+
+
+def test_ratio_is_one_with_a_trained_vib_encoder_only_with_deterministic_features():
+    """Online, the encoder is trained too, so cond is re-encoded in the update. In train mode a VIB encoder
+    samples its latent; deterministic_cond (VIB mean) keeps the first ratio at exactly 1, a sampled one does not."""
+    from policies.diffusion import DiffusionPolicy
+
+    torch.manual_seed(0)
+    base = chunk_policy()
+    policy = DiffusionPolicy(base.config.replace(encoder=dataclasses.replace(base.config.encoder, vib=True)))
+    policy.normalizer.load_state_dict(base.normalizer.state_dict())
+    policy.train()
+    obs = random_obs(policy.config, 6)
+    ch = dp.sample_chain(policy, obs, generator=torch.Generator().manual_seed(2))
+    cond = dp.deterministic_cond(policy, obs)
+    new = dp.chain_log_probs(policy, cond, ch.chain, ch.timesteps, ch.prev_timesteps)
+    assert torch.equal(new, ch.log_probs)
+    assert cond.requires_grad  # the encoder gets PPO gradients through it
+    sampled = policy.encode_obs(obs).cond  # train mode -> reparameterised sample
+    new = dp.chain_log_probs(policy, sampled, ch.chain, ch.timesteps, ch.prev_timesteps)
+    assert not torch.allclose(new, ch.log_probs)
