@@ -56,7 +56,8 @@ class DenoisePPOConfig:
         if self.steps < 1:
             raise ConfigError(f"config denoise_ppo.steps (K) must be >= 1, got {self.steps}")
         if self.eta <= 0:
-            raise ConfigError(f"config denoise_ppo.eta must be > 0 (eta = 0 is a Dirac with no density), got {self.eta}")
+            raise ConfigError(f"config denoise_ppo.eta must be > 0 (eta = 0 is a Dirac with no density), "
+                              f"got {self.eta}")
         if not 0 < self.clip_eps < 1:
             raise ConfigError(f"config denoise_ppo.clip_eps must be in (0, 1), got {self.clip_eps}")
         if self.gamma_denoise is not None and not 0 < self.gamma_denoise <= 1:
