@@ -31,7 +31,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def actors(task: str, run: Path, distill_steps: int, method: str, seed: int):
     from policies.checkpoint import load_checkpoint
-    from policies.consistency.checkpoint import load_student
     from policies.diffusion.rti import RTIConfig, RTISampler
     from robotstack.eval.actor_rollout import TorchActor
     from robotstack.export.artifact import load_artifact
@@ -46,7 +45,7 @@ def actors(task: str, run: Path, distill_steps: int, method: str, seed: int):
     if not (student_dir / "model.safetensors").is_file():
         distill(DistillConfig(checkpoint=str(ckpt), method=method, steps=distill_steps, seed=seed), student_dir,
                 show_progress=False)
-    student = load_student(student_dir)
+    student = load_checkpoint(student_dir)
     art_dir = run / f"artifact_cm1_{method}_{distill_steps}"
     manifest = export_artifact(student_dir, "cm1", art_dir, latency_runs=100)
     gen = torch.Generator().manual_seed(seed)

@@ -48,7 +48,7 @@ def _control_rate(task: str | None) -> float | None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from policies.consistency.checkpoint import read_extra
+    from policies.checkpoint import read_extra
     from policies.diffusion.rti import RTIConfig
     from robotstack.export.onnx_export import export_artifact
 

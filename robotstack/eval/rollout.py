@@ -216,19 +216,18 @@ def write_eval(out_dir: str | Path, result: EvalResult, settings: dict[str, Any]
 
 def evaluate_checkpoint(checkpoint: str | Path, episodes: int, ema: bool | None = None, task: str | None = None,
                         out_dir: str | Path | None = None, **kwargs: Any) -> tuple[EvalResult, Path]:
-    """Load a checkpoint dir (EMA weights when present unless ema=False) and `evaluate` it in its training
+    """Load any policy's checkpoint dir (EMA weights when present unless ema=False) and `evaluate` it in its training
     task (config.json extra.task) or `task`. Results go to out_dir (default CHECKPOINT/eval)."""
-    from policies.checkpoint import EMA_FILE, CheckpointError, load_checkpoint, read_config
+    from policies.checkpoint import EMA_FILE, CheckpointError, load_checkpoint, read_extra, resolve_weights
 
     ckpt = Path(checkpoint)
-    _, _, extra = read_config(ckpt)
-    task = task or extra.get("task")
+    task = task or read_extra(ckpt).get("task")
     if not task:
         raise CheckpointError(f"{ckpt / 'config.json'}: extra.task is missing; pass --task")
-    has_ema = (ckpt / EMA_FILE).is_file()
-    if ema and not has_ema:
+    if ema and not (ckpt / EMA_FILE).is_file():
         raise CheckpointError(f"{ckpt / EMA_FILE}: missing (asked for EMA weights; use --no-ema)")
-    weights = "ema" if (has_ema if ema is None else ema) else "model"
+    # any registered policy (diffusion teacher or distilled consistency student) opens through the one loader
+    weights = resolve_weights(ckpt, "auto" if ema is None else "ema" if ema else "model")
     policy = load_checkpoint(ckpt, weights=weights)
     out = Path(out_dir) if out_dir is not None else ckpt.resolve() / "eval"
     result = evaluate(policy, task, episodes, out_dir=out, **kwargs)

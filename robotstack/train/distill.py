@@ -26,7 +26,7 @@ Both: the student is warm-started from the teacher (encoder and normalizer copie
 s-embedding columns zero-initialized); only the student's denoiser trains.
 
 Output: a checkpoint dir (model.safetensors + config.json, policy "consistency") opened by
-`policies.consistency.checkpoint.load_student` / `load_any_checkpoint`, plus metrics.csv and TensorBoard logs.
+`policies.checkpoint.load_checkpoint` (like every policy), plus metrics.csv and TensorBoard logs.
 """
 
 from __future__ import annotations
@@ -47,9 +47,8 @@ from robotstack.data.sampler import SequenceSampler
 from robotstack.data.store import load_stores
 from robotstack.train.common import RunLogger, numpy_rng, progress_bar, torch_gen
 
-from policies.checkpoint import read_config
+from policies.checkpoint import load_checkpoint, read_config, save_checkpoint
 from policies.consistency import edm
-from policies.consistency.checkpoint import load_any_checkpoint, save_student
 from policies.consistency.config import METHODS, ConsistencyConfig, ConsistencyPolicyConfig
 from policies.consistency.model import ConsistencyPolicy, warm_start_from
 from policies.diffusion.model import ACTION_KEY, DiffusionPolicy
@@ -115,7 +114,7 @@ def sample_batch(windows: SequenceSampler, obs_keys: list[str], batch_size: int,
 
 # ========================================================================================= builders
 def build_teacher(cfg: DistillConfig) -> DiffusionPolicy:
-    teacher = load_any_checkpoint(cfg.checkpoint, weights=cfg.teacher_weights)
+    teacher = load_checkpoint(cfg.checkpoint, weights="auto" if cfg.teacher_weights == "ema" else "model")
     if not isinstance(teacher, DiffusionPolicy):
         raise ConfigError(f"distill --checkpoint {cfg.checkpoint}: needs a diffusion policy teacher, got "
                           f"{type(teacher).__name__}")
@@ -262,7 +261,7 @@ def distill(cfg: DistillConfig, out: str | Path, show_progress: bool = True) -> 
     student.eval()
     summary = {"method": cfg.method, "steps": cfg.steps, "final_loss": last.get("loss"),
                "wall_s": time.perf_counter() - t0, "teacher": str(cfg.checkpoint)}
-    save_student(out, student, extra={"stage": "distill", "task": extra.get("task"), "obs_keys": obs_keys,
+    save_checkpoint(out, student, extra={"stage": "distill", "task": extra.get("task"), "obs_keys": obs_keys,
                                       "action_scale": extra.get("action_scale"),
                                       "data_paths": paths, "teacher": str(cfg.checkpoint),
                                       "teacher_weights": cfg.teacher_weights, "method": cfg.method,
