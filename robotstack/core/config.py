@@ -137,18 +137,55 @@ def apply_overrides(data: dict, overrides: list[str], where: str = "override") -
     return data
 
 
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = _yaml_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+# ------------------------------------------------------------------ `base:` include (the only include rule)
+# A YAML file may start with `base: <file>` (a path relative to the including file): the base is read first
+# (bases may chain), then this file's keys are merged over it: mappings key by key, anything else (lists,
+# scalars) replaced whole. So a per-task file holds only what differs from a shared `_base.yaml`.
+BASE_KEY = "base"
+
+
+def _merge(under: dict, over: dict) -> dict:
+    out = dict(under)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_yaml_with_base(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """The file's mapping with its `base:` chain merged in (cycles and non-string bases are errors)."""
+    path = Path(path)
+    data = _read_yaml(path)
+    if BASE_KEY not in data:
+        return data
+    ref = data.pop(BASE_KEY)
+    if not isinstance(ref, str) or not ref:
+        raise ConfigError(f"{path}: {BASE_KEY}: expected a YAML file path relative to {path.parent}, got {ref!r}")
+    base_path = (path.parent / ref).resolve()
+    if base_path in _chain or base_path == path.resolve():
+        raise ConfigError(f"{path}: {BASE_KEY}: {ref} includes itself (chain {[str(p) for p in _chain]})")
+    return _merge(read_yaml_with_base(base_path, (*_chain, path.resolve())), data)
+# ------------------------------------------------------------------------------------------------------
+
+
 def load_config(cls: type[C], path: str | Path | None, overrides: list[str] = ()) -> C:
     data: dict = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            data = _yaml_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
+        if BASE_KEY in {f.name for f in dataclasses.fields(cls)}:
+            raise ConfigError(f"{cls.__name__} has a field {BASE_KEY!r}, which YAML files reserve for includes")
+        data = read_yaml_with_base(path)
     base = to_dict(from_dict(cls, data, where=str(path or cls.__name__)))
     return from_dict(cls, apply_overrides(base, list(overrides)), where=f"{path or cls.__name__} + overrides")
 
