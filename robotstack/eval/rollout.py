@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from robotstack.core import keys as K
+from robotstack.core.progress import progress_bar
 from robotstack.eval.metrics import EpisodeResult, summarize
 
 import sim
@@ -102,13 +103,6 @@ def _predict(policy, slots: list[_Slot], keys: list[str], sampler: str, steps: i
     return policy.predict_action(obs, sampler=sampler, steps=steps, generator=generator).action.cpu().numpy()
 
 
-def _progress(total: int, description: str, enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn(f"[bold]{description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[status]}"), TimeRemainingColumn(), disable=not enabled)
-
-
 @torch.no_grad()
 def evaluate(policy, task: str, episodes: int, seed: int = 100_000, num_envs: int = 1, sampler: str | None = None,
              steps: int | None = None, max_episode_steps: int | None = None, out_dir: str | Path | None = None,
@@ -129,7 +123,7 @@ def evaluate(policy, task: str, episodes: int, seed: int = 100_000, num_envs: in
     videos: list[str] = []
     out = Path(out_dir) if out_dir is not None else None
     next_ep, env_steps, t0 = 0, 0, time.perf_counter()
-    bar = _progress(episodes, f"eval {task}", show_progress)
+    bar = progress_bar(f"eval {task}", show_progress)
     bar_task = bar.add_task("eval", total=episodes, status="")
     bar.start()
     try:
