@@ -60,7 +60,7 @@ def test_t11_target_network_and_gradients():
     student.denoiser.train()
     target = copy.deepcopy(student).requires_grad_(False)
     teacher.requires_grad_(False)
-    cfg = DistillConfig(checkpoint="x", method="ctm")
+    cfg = DistillConfig(teacher="x")
     x0 = torch.rand(4, 8, 4) * 2 - 1
     cond = teacher.encode_obs(obs_batch(teacher.config, 4), deterministic=True).cond
     teacher_d = edm.EpsTeacher(teacher.denoiser, teacher.schedule.alphas_cumprod)
@@ -136,7 +136,11 @@ def test_config_validation_names_the_key():
 
     with pytest.raises(ConfigError, match="consistency.method"):
         ConsistencyConfig(method="cd")
+    from robotstack.core.config import load_config
+
     with pytest.raises(ConfigError, match="target_ema"):
-        DistillConfig(checkpoint="x", target_ema=1.0)
+        load_config(DistillConfig, None, ["loss.target_ema=1.0"])
+    from robotstack.train.distill import build_teacher
+
     with pytest.raises(ConfigError, match="--checkpoint"):
-        DistillConfig()
+        build_teacher(DistillConfig())
