@@ -34,7 +34,7 @@ from robotstack.core.errors import ConfigError
 from robotstack.export.artifact import FORMAT, MANIFEST, SAMPLERS, VERSION, open_session, sha256_file
 from robotstack.export.graphs import ConsistencyGraph, DDIMGraph, RTIInitGraph, RTIWarmGraph
 
-from policies.checkpoint import load_checkpoint, policy_name, read_extra
+from policies.checkpoint import load_checkpoint, policy_name, read_extra, resolve_weights
 from policies.consistency.model import ConsistencyPolicy
 from policies.diffusion.model import ACTION_KEY, DiffusionPolicy
 from policies.diffusion.rti import RTIConfig, RTISampler
@@ -180,6 +180,7 @@ def export_artifact(checkpoint: str | Path, sampler: str, out: str | Path, *, st
     if sampler not in SAMPLERS:
         raise ConfigError(f"export --sampler {sampler!r}: expected one of {SAMPLERS}")
     checkpoint, out = Path(checkpoint), Path(out)
+    weights = resolve_weights(checkpoint, weights)  # "auto": EMA when present (students have none)
     policy = load_checkpoint(checkpoint, weights=weights)
     if not policy.normalizer.is_fitted():
         raise ConfigError(f"export {checkpoint}: normalizer stats are missing for some keys; refusing to export")

@@ -59,3 +59,22 @@ def test_base_include_errors_name_the_file(tmp_path):
     (tmp_path / "d.yaml").write_text("base: [x]\n")
     with pytest.raises(ConfigError, match=r"d.yaml: base: expected a YAML file path"):
         load_config(ILConfig, tmp_path / "d.yaml")
+
+
+def test_policy_sections_are_the_policies_own_configs():
+    """IL: DiffusionPolicyConfig's fields and defaults minus the two read from the store (derived, so a new
+    policy field is configurable without an edit here). distill: the student's ConsistencyConfig itself."""
+    import dataclasses
+
+    from policies.consistency.config import ConsistencyConfig
+    from policies.diffusion.config import DiffusionPolicyConfig
+    from robotstack.train.distill import DistillConfig
+    from robotstack.train.il import DATA_FIELDS, PolicySection
+
+    ours = {f.name: f for f in dataclasses.fields(PolicySection)}
+    theirs = {f.name: f for f in dataclasses.fields(DiffusionPolicyConfig) if f.name not in DATA_FIELDS}
+    assert list(ours) == list(theirs)
+    for name, f in theirs.items():
+        assert (ours[name].default, ours[name].default_factory) == (f.default, f.default_factory), name
+    assert {f.name: f.type for f in dataclasses.fields(DistillConfig)}["policy"] in (ConsistencyConfig,
+                                                                                     "ConsistencyConfig")
