@@ -29,7 +29,8 @@ Run dir (the same layout as `train il`; robotstack/train/common.py):
     RUN_DIR/config.json                     resolved DistillConfig (what `--resume` restarts from)
     RUN_DIR/metrics.csv, RUN_DIR/tb/        loss (+ loss_ctm, loss_dsm | loss_cd), lr, steps/s
     RUN_DIR/checkpoints/step_N/             the student: model.safetensors (+ ema.safetensors = the target
-                                            network when target_ema > 0), config.json (policy "consistency"),
+                                            network when target_ema > 0; eval and export with weights "auto"
+                                            then use it, as train il's EMA), config.json (policy "consistency"),
                                             optimizer.safetensors, train_state.json
     RUN_DIR/checkpoints/latest -> step_N    what `robotstack eval` / `export` open (policies.checkpoint)
 Determinism and resume: the batch, noise and bins of step s come from generators seeded with (seed, s), so a
