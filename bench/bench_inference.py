@@ -31,22 +31,24 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def actors(task: str, run: Path, distill_steps: int, method: str, seed: int):
     from policies.checkpoint import load_checkpoint
-    from policies.consistency.checkpoint import load_student
     from policies.diffusion.rti import RTIConfig, RTISampler
     from robotstack.eval.actor_rollout import TorchActor
     from robotstack.export.artifact import load_artifact
     from robotstack.export.onnx_export import export_artifact
+    from robotstack.core.config import load_config
     from robotstack.train.distill import DistillConfig, distill
 
     ckpt = run / "checkpoints" / "latest"
     policy = load_checkpoint(ckpt, weights="ema")
     c = policy.config
     keys, to = list(c.obs_shapes), c.n_obs_steps
-    student_dir = run / f"student_{method}_{distill_steps}"
+    student_run = run / f"student_{method}_{distill_steps}"
+    student_dir = student_run / "checkpoints" / "latest"
     if not (student_dir / "model.safetensors").is_file():
-        distill(DistillConfig(checkpoint=str(ckpt), method=method, steps=distill_steps, seed=seed), student_dir,
-                show_progress=False)
-    student = load_student(student_dir)
+        cfg = load_config(DistillConfig, ROOT / "configs" / "distill" / f"{method}.yaml",
+                          [f"teacher={ckpt}", f"train.steps={distill_steps}", f"train.seed={seed}"])
+        distill(cfg, student_run, show_progress=False)
+    student = load_checkpoint(student_dir)
     art_dir = run / f"artifact_cm1_{method}_{distill_steps}"
     manifest = export_artifact(student_dir, "cm1", art_dir, latency_runs=100)
     gen = torch.Generator().manual_seed(seed)

@@ -1,5 +1,9 @@
 """Checkpoint dir: `model.safetensors` + `config.json` (+ `ema.safetensors`). No pickle anywhere.
 
+The one save/load for every registered policy (diffusion teachers and consistency students alike): the
+`policy` field of config.json picks the registry entry, so eval, export and distill open any checkpoint the
+same way. Weights: "model", "ema" (the file must exist) or "auto" (EMA when the dir has it, else the model).
+
 config.json = {"format": "robotstack.policy", "version": 1, "policy": <registry name>,
                "config": <resolved config dict>, "extra": {...}}.
 The normalizer stats are buffers of the model, so they are inside model.safetensors (and ema.safetensors).
@@ -79,13 +83,37 @@ def read_config(path: str | Path) -> tuple[str, Any, dict[str, Any]]:
     return doc["policy"], config, doc.get("extra", {})
 
 
+def read_extra(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's `extra` dict (task, action_scale, stage, ...), config validated on the way."""
+    return read_config(path)[2]
+
+
+def policy_name(path: str | Path) -> str:
+    cfg_file, doc = read_checkpoint_doc(path)
+    if "policy" not in doc:
+        raise CheckpointError(f"{cfg_file}: missing key 'policy'")
+    return str(doc["policy"])
+
+
+WEIGHTS = ("model", "ema", "auto")
+
+
+def resolve_weights(path: str | Path, weights: str) -> str:
+    """"auto" -> "ema" when the dir has an EMA file, else "model"; "model" / "ema" pass through."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
+    if weights == "auto":
+        return "ema" if (Path(path) / EMA_FILE).is_file() else "model"
+    return weights
+
+
 def load_checkpoint(path: str | Path, weights: str = "model") -> nn.Module:
-    """Rebuild the policy from config.json and load `weights` ("model" or "ema"); returns it in eval mode."""
+    """Rebuild the policy from config.json and load `weights` ("model", "ema" or "auto"); returns it in eval
+    mode. Works for every registered policy."""
     path = Path(path)
     name, config, _ = read_config(path)
-    fname = {"model": MODEL_FILE, "ema": EMA_FILE}.get(weights)
-    if fname is None:
-        raise ValueError(f"weights must be 'model' or 'ema', got {weights!r}")
+    weights = resolve_weights(path, weights)
+    fname = MODEL_FILE if weights == "model" else EMA_FILE
     if not (path / fname).is_file():
         raise CheckpointError(f"{path / fname}: missing (asked for {weights!r} weights)")
     model = build_policy(name, config)

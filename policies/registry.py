@@ -12,6 +12,8 @@ from torch import nn
 
 from robotstack.core.errors import ConfigError, UnknownTaskError
 
+from policies.consistency.config import ConsistencyPolicyConfig
+from policies.consistency.model import ConsistencyPolicy
 from policies.diffusion.config import DiffusionPolicyConfig
 from policies.diffusion.model import DiffusionPolicy
 
@@ -23,6 +25,7 @@ class PolicyEntry(NamedTuple):
 
 POLICIES: dict[str, PolicyEntry] = {
     "diffusion": PolicyEntry(DiffusionPolicyConfig, DiffusionPolicy),
+    "consistency": PolicyEntry(ConsistencyPolicyConfig, ConsistencyPolicy),  # distilled student (train/distill)
 }
 
 

@@ -59,9 +59,9 @@ def main() -> None:
     run("plot", run_dir)
     # fast inference: distill to a one-step student -> export it to ONNX -> evaluate it through onnxruntime
     student, artifact = str(OUT / f"student_{TASK}"), str(OUT / f"artifact_{TASK}_cm1")
-    run("distill", "--checkpoint", f"{run_dir}/checkpoints/latest", "--method", "ctm", "--steps", "300",
+    run("distill", "--config", f"configs/distill/demo_{TASK}.yaml", f"teacher={run_dir}/checkpoints/latest",
         "--out", student)
-    run("export", "--checkpoint", student, "--sampler", "cm1", "--out", artifact)
+    run("export", "--checkpoint", f"{student}/checkpoints/latest", "--sampler", "cm1", "--out", artifact)
     run("eval-artifact", "--artifact", artifact, "--episodes", "20")
     # on the "robot": PyBullet plays the arm behind the same server a real arm would use
     deploy_on_pybullet(artifact, str(OUT / "deploy_runs.zarr"))

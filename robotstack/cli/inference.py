@@ -1,6 +1,7 @@
 """CLI verbs of the fast-inference stack :
 
-    robotstack distill --checkpoint DIR [--method ctm|rl100] [--steps N] --out DIR
+    robotstack distill --config configs/distill/ctm.yaml [dotted.key=value ...] [--out RUN_DIR] | --resume RUN_DIR
+    robotstack distill --checkpoint TEACHER [--method ctm|rl100] [--steps N] --out RUN_DIR   (flags = overrides)
     robotstack export --checkpoint DIR --sampler cm1|cm3|ddim|rti --out ARTIFACT_DIR [--steps K] [--k-start K']
     robotstack rti choose-k --checkpoint DIR --data STORE [--pairs 128]
     robotstack eval-artifact --artifact DIR --task TASK [--episodes 100]   (onnxruntime only, no torch)
@@ -21,15 +22,20 @@ def _dims(text: str, action_dim_hint: str = "") -> list[int] | None:
     return [int(d) for d in text.split(",") if d]
 
 
+# shortcut flag -> the dotted key of configs/distill/*.yaml it overrides
+DISTILL_FLAGS = {"checkpoint": "teacher", "method": "policy.method", "steps": "train.steps",
+                 "batch_size": "train.batch_size", "lr": "train.lr", "seed": "train.seed", "data": "data.paths"}
+
+
 def cmd_distill(args: argparse.Namespace) -> int:
+    from robotstack.train.common import INTERRUPTED_EXIT_CODE
     from robotstack.train.distill import main as distill_main
 
-    overrides = {"batch_size": args.batch_size, "seed": args.seed, "lr": args.lr}
-    if args.data:
-        overrides["data_paths"] = list(args.data)
-    distill_main(args.checkpoint, args.out, method=args.method, steps=args.steps, overrides=overrides,
-                 show_progress=not args.quiet)
-    return 0
+    flags = [f"{key}={json.dumps(getattr(args, flag))}" for flag, key in DISTILL_FLAGS.items()
+             if getattr(args, flag) is not None]
+    summary = distill_main(args.config, flags + list(args.overrides), resume=args.resume, out=args.out,
+                           show_progress=not args.quiet)
+    return INTERRUPTED_EXIT_CODE if summary.get("interrupted") else 0
 
 
 def _control_rate(task: str | None) -> float | None:
@@ -48,7 +54,7 @@ def _control_rate(task: str | None) -> float | None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from policies.consistency.checkpoint import read_extra
+    from policies.checkpoint import read_extra
     from policies.diffusion.rti import RTIConfig
     from robotstack.export.onnx_export import export_artifact
 
@@ -102,16 +108,21 @@ def cmd_eval_artifact(args: argparse.Namespace) -> int:
 
 
 def add_verbs(sub) -> None:
-    d = sub.add_parser("distill", help="consistency-distill a diffusion checkpoint into a one-step student")
-    d.add_argument("--checkpoint", required=True, help="teacher checkpoint dir (DiffusionPolicy)")
-    d.add_argument("--method", default="ctm", choices=["ctm", "rl100"])
-    d.add_argument("--steps", type=int, default=2000)
-    d.add_argument("--batch-size", type=int, default=64)
-    d.add_argument("--lr", type=float, default=3e-4)
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--data", nargs="*", default=None, help="episode stores (default: the teacher's)")
-    d.add_argument("--out", required=True, help="student checkpoint dir")
-    d.add_argument("--quiet", action="store_true")
+    d = sub.add_parser("distill", help="consistency-distill a diffusion checkpoint into a one-step student",
+                       description="robotstack distill --config configs/distill/ctm.yaml teacher=RUN/checkpoints/"
+                                   "latest [dotted.key=value ...]; the student is RUN_DIR/checkpoints/latest")
+    d.add_argument("--config", help="YAML config (configs/distill/*.yaml); default: DistillConfig's defaults (ctm)")
+    d.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=300 policy.method=rl100")
+    d.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue RUN_DIR from checkpoints/latest")
+    d.add_argument("--out", default=None, metavar="RUN_DIR", help="run dir (default runs/distill/<teacher>_<time>)")
+    d.add_argument("--checkpoint", default=None, help="teacher checkpoint dir (= teacher=DIR)")
+    d.add_argument("--method", default=None, choices=["ctm", "rl100"], help="= policy.method=...")
+    d.add_argument("--steps", type=int, default=None, help="= train.steps=N")
+    d.add_argument("--batch-size", type=int, default=None, help="= train.batch_size=N")
+    d.add_argument("--lr", type=float, default=None, help="= train.lr=X")
+    d.add_argument("--seed", type=int, default=None, help="= train.seed=N")
+    d.add_argument("--data", nargs="*", default=None, help="episode stores (= data.paths; default: the teacher's)")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_distill)
 
     e = sub.add_parser("export", help="export a sampler to ONNX (policy.onnx + manifest.json)")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from robotstack.core.progress import progress_bar
 from robotstack.core.timing import RateKeeper
 from robotstack.data.recorder import EpisodeRecorder
 from robotstack.data.store import EpisodeStore
@@ -41,20 +42,13 @@ def open_or_create_store(out: str | Path, zarr_format: int) -> EpisodeStore:
     return EpisodeStore.create(path, zarr_format=zarr_format)
 
 
-def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[status]}"), TimeRemainingColumn(), transient=False)
-
-
 def record_scripted(env, expert, store: EpisodeStore, task: str, episodes: int, seed: int, noise: float,
                     realtime: bool = False, show_progress: bool = True) -> RecordStats:
     control_hz = env.unwrapped.task_spec()["control_hz"]
     recorder = EpisodeRecorder(store, control_hz=control_hz)
     stats = RecordStats()
     t0 = time.monotonic()
-    progress = _progress() if show_progress else None
+    progress = progress_bar() if show_progress else None
     bar = progress.add_task("record", total=episodes, status="") if progress else None
     if progress:
         progress.start()

@@ -6,16 +6,15 @@ import argparse
 
 
 def cmd_train_il(args: argparse.Namespace) -> int:
+    from robotstack.train.common import INTERRUPTED_EXIT_CODE
     from robotstack.train.il import main as train_il
 
-    train_il(args.config, args.overrides, resume=args.resume, out=args.out, show_progress=not args.quiet)
-    return 0
+    summary = train_il(args.config, args.overrides, resume=args.resume, out=args.out, show_progress=not args.quiet)
+    return INTERRUPTED_EXIT_CODE if summary.get("interrupted") else 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
+    from robotstack.core.progress import print_summary
     from robotstack.eval.rollout import evaluate_checkpoint
 
     result, out = evaluate_checkpoint(args.checkpoint, args.episodes, ema=args.ema, task=args.task or None,
@@ -25,15 +24,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                       video_episodes=args.video_episodes if args.video else 0,
                                       show_progress=not args.quiet)
     s = result.summary()
-    table = Table(title=f"eval {args.checkpoint}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    table.add_row("success rate", f"{s['success_rate']:.1%} ({s['successes']}/{s['episodes']})")
-    table.add_row("95% CI (Wilson)", f"[{s['ci95_low']:.1%}, {s['ci95_high']:.1%}]")
-    table.add_row("mean episode length", f"{s['mean_length']:.1f}")
-    table.add_row("mean return", f"{s['mean_return']:.3f}")
-    table.add_row("wall time", f"{s['wall_s']:.1f} s ({s['env_steps_per_s']:.0f} env steps/s)")
-    Console().print(table)
+    print_summary(f"eval {args.checkpoint}", {
+        "success rate": f"{s['success_rate']:.1%} ({s['successes']}/{s['episodes']})",
+        "95% CI (Wilson)": f"[{s['ci95_low']:.1%}, {s['ci95_high']:.1%}]",
+        "mean episode length": f"{s['mean_length']:.1f}",
+        "mean return": f"{s['mean_return']:.3f}",
+        "wall time": f"{s['wall_s']:.1f} s ({s['env_steps_per_s']:.0f} env steps/s)"})
     print(f"per-episode results: {out / 'episodes.json'}"
           + (f"; videos: {out / 'videos'}" if result.videos else ""))
     return 0

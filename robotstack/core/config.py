@@ -253,9 +253,44 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
+# ------------------------------------------------------------------ `base:` include (the only include rule)
+# A YAML file may start with `base: <file>` (a path relative to the including file): the base is read first
+# (bases may chain), then this file's keys are merged over it: mappings key by key, anything else (lists,
+# scalars) replaced whole. So a per-task file holds only what differs from a shared `_base.yaml`.
+BASE_KEY = "base"
+
+
+def _merge(under: dict, over: dict) -> dict:
+    out = dict(under)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_yaml_with_base(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """The file's mapping with its `base:` chain merged in (cycles and non-string bases are errors)."""
+    path = Path(path)
+    data = read_yaml(path)
+    if BASE_KEY not in data:
+        return data
+    ref = data.pop(BASE_KEY)
+    if not isinstance(ref, str) or not ref:
+        raise ConfigError(f"{path}: {BASE_KEY}: expected a YAML file path relative to {path.parent}, got {ref!r}")
+    base_path = (path.parent / ref).resolve()
+    if base_path in _chain or base_path == path.resolve():
+        raise ConfigError(f"{path}: {BASE_KEY}: {ref} includes itself (chain {[str(p) for p in _chain]})")
+    return _merge(read_yaml_with_base(base_path, (*_chain, path.resolve())), data)
+# ------------------------------------------------------------------------------------------------------
+
+
 def load_config(cls: type[C], path: str | Path | None, overrides: list[str] = ()) -> C:
-    """`cls` from a YAML file (None: defaults only) plus `a.b=value` overrides, validated once on the result."""
-    data = read_yaml(path) if path is not None else {}
+    """`cls` from a YAML file (None: defaults only; its `base:` chain merged in) plus `a.b=value` overrides,
+    validated once on the result (so a required key may come from an override)."""
+    data: dict = {}
+    if path is not None:
+        if BASE_KEY in {f.name for f in dataclasses.fields(cls)}:
+            raise ConfigError(f"{cls.__name__} has a field {BASE_KEY!r}, which YAML files reserve for includes")
+        data = read_yaml_with_base(path)
     where = str(path) if path is not None else cls.__name__
     if overrides:
         data, where = apply_overrides(data, list(overrides)), f"{where} + overrides {list(overrides)}"

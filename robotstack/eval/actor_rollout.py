@@ -75,10 +75,9 @@ def rollout_actor(actor: Actor, task: str, episodes: int, seed: int = 100_000, m
     env = sim.make(task, **({"max_episode_steps": max_episode_steps} if max_episode_steps else {}))
     res = ActorResult([])
     t_start = time.perf_counter()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from robotstack.core.progress import progress_bar
 
-    bar = Progress(TextColumn(f"[bold]{description or 'rollout ' + task}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[status]}"), TimeRemainingColumn(), disable=not show_progress)
+    bar = progress_bar(description or f"rollout {task}", show_progress)
     bar_task = bar.add_task("rollout", total=episodes, status="")
     try:
         with bar:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from robotstack.core import keys as K
+from robotstack.core.progress import progress_bar
 from robotstack.eval.metrics import EpisodeResult, summarize
 
 import sim
@@ -102,13 +103,6 @@ def _predict(policy, slots: list[_Slot], keys: list[str], sampler: str, steps: i
     return policy.predict_action(obs, sampler=sampler, steps=steps, generator=generator).action.cpu().numpy()
 
 
-def _progress(total: int, description: str, enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn(f"[bold]{description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[status]}"), TimeRemainingColumn(), disable=not enabled)
-
-
 @torch.no_grad()
 def evaluate(policy, task: str, episodes: int, seed: int = 100_000, num_envs: int = 1, sampler: str | None = None,
              steps: int | None = None, max_episode_steps: int | None = None, out_dir: str | Path | None = None,
@@ -129,7 +123,7 @@ def evaluate(policy, task: str, episodes: int, seed: int = 100_000, num_envs: in
     videos: list[str] = []
     out = Path(out_dir) if out_dir is not None else None
     next_ep, env_steps, t0 = 0, 0, time.perf_counter()
-    bar = _progress(episodes, f"eval {task}", show_progress)
+    bar = progress_bar(f"eval {task}", show_progress)
     bar_task = bar.add_task("eval", total=episodes, status="")
     bar.start()
     try:
@@ -216,19 +210,18 @@ def write_eval(out_dir: str | Path, result: EvalResult, settings: dict[str, Any]
 
 def evaluate_checkpoint(checkpoint: str | Path, episodes: int, ema: bool | None = None, task: str | None = None,
                         out_dir: str | Path | None = None, **kwargs: Any) -> tuple[EvalResult, Path]:
-    """Load a checkpoint dir (EMA weights when present unless ema=False) and `evaluate` it in its training
+    """Load any policy's checkpoint dir (EMA weights when present unless ema=False) and `evaluate` it in its training
     task (config.json extra.task) or `task`. Results go to out_dir (default CHECKPOINT/eval)."""
-    from policies.checkpoint import EMA_FILE, CheckpointError, load_checkpoint, read_config
+    from policies.checkpoint import EMA_FILE, CheckpointError, load_checkpoint, read_extra, resolve_weights
 
     ckpt = Path(checkpoint)
-    _, _, extra = read_config(ckpt)
-    task = task or extra.get("task")
+    task = task or read_extra(ckpt).get("task")
     if not task:
         raise CheckpointError(f"{ckpt / 'config.json'}: extra.task is missing; pass --task")
-    has_ema = (ckpt / EMA_FILE).is_file()
-    if ema and not has_ema:
+    if ema and not (ckpt / EMA_FILE).is_file():
         raise CheckpointError(f"{ckpt / EMA_FILE}: missing (asked for EMA weights; use --no-ema)")
-    weights = "ema" if (has_ema if ema is None else ema) else "model"
+    # any registered policy (diffusion teacher or distilled consistency student) opens through the one loader
+    weights = resolve_weights(ckpt, "auto" if ema is None else "ema" if ema else "model")
     policy = load_checkpoint(ckpt, weights=weights)
     out = Path(out_dir) if out_dir is not None else ckpt.resolve() / "eval"
     result = evaluate(policy, task, episodes, out_dir=out, **kwargs)

@@ -33,8 +33,7 @@ def _history(arr: np.ndarray, f: int, start: int, to: int) -> np.ndarray:
 
 def choose_k(checkpoint: str | Path, store_path: str | Path, pairs: int = 128, sampler: str = "ddpm",
              steps: int | None = None, seed: int = 0) -> dict[str, Any]:
-    policy = load_checkpoint(checkpoint, weights="ema" if (Path(checkpoint) / "ema.safetensors").is_file()
-                             else "model")
+    policy = load_checkpoint(checkpoint, weights="auto")  # EMA weights when the checkpoint has them
     c = policy.config
     keys = list(c.obs_shapes)
     try:

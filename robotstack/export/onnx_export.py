@@ -34,7 +34,7 @@ from robotstack.core.errors import ConfigError
 from robotstack.export.artifact import FORMAT, MANIFEST, SAMPLERS, VERSION, open_session, sha256_file
 from robotstack.export.graphs import ConsistencyGraph, DDIMGraph, RTIInitGraph, RTIWarmGraph
 
-from policies.consistency.checkpoint import load_any_checkpoint, policy_name, read_extra
+from policies.checkpoint import load_checkpoint, policy_name, read_extra, resolve_weights
 from policies.consistency.model import ConsistencyPolicy
 from policies.diffusion.model import ACTION_KEY, DiffusionPolicy
 from policies.diffusion.rti import RTIConfig, RTISampler
@@ -175,12 +175,13 @@ def build_graphs(policy: nn.Module, sampler: str, steps: int | None, rti: RTICon
 def export_artifact(checkpoint: str | Path, sampler: str, out: str | Path, *, steps: int | None = None,
                     rti: RTIConfig | None = None, gripper_dims: Sequence[int] | None = None,
                     control_rate_hz: float | None = None, seed: int = 0, parity_trials: int = 5,
-                    latency_runs: int = 200, weights: str = "ema") -> dict[str, Any]:
+                    latency_runs: int = 200, weights: str = "auto") -> dict[str, Any]:
     """Write the artifact dir; returns the manifest. gripper_dims None = the last action dim."""
     if sampler not in SAMPLERS:
         raise ConfigError(f"export --sampler {sampler!r}: expected one of {SAMPLERS}")
     checkpoint, out = Path(checkpoint), Path(out)
-    policy = load_any_checkpoint(checkpoint, weights=weights)
+    weights = resolve_weights(checkpoint, weights)  # "auto": EMA when present (students have none)
+    policy = load_checkpoint(checkpoint, weights=weights)
     if not policy.normalizer.is_fitted():
         raise ConfigError(f"export {checkpoint}: normalizer stats are missing for some keys; refusing to export")
     c = policy.config

@@ -1,5 +1,7 @@
-"""What every training stage shares: per-step RNG, logging (CSV + TensorBoard), training-state checkpoints,
-progress bar and torch.distributed setup.
+"""The loop's plumbing, written once for every training stage (il, distill, ...): per-step RNG, logging
+(CSV + TensorBoard), lr schedule, run-dir checkpoints (`checkpoints/step_N` + `latest`) and resume, the stage
+config + run dir, Ctrl-C save, torch.distributed setup. The progress bar and the summary table live in
+robotstack/core/progress.py (eval and cli show them too).
 
 Determinism and resume: batch indices and diffusion noise for step s are drawn from generators seeded with
 (seed, s), so a run resumed at step s draws exactly what the uninterrupted run drew — the only state to
@@ -11,7 +13,11 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
+import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +26,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
+from torch import nn
+
+from robotstack.core.config import apply_overrides, from_dict, load_config
+from robotstack.core.errors import ConfigError
 
 
 # ----------------------------------------------------------------------------------------------- RNG
@@ -183,12 +193,136 @@ def load_training_state(path: Path, optimizer: torch.optim.Optimizer) -> dict:
     return meta
 
 
-# ----------------------------------------------------------------------------------------- progress
-def progress_bar(total: int, description: str, enabled: bool = True):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+# -------------------------------------------------------------------------------------- lr schedule
+def lr_at(step: int, lr: float, steps: int, warmup_steps: int = 0, schedule: str = "cosine") -> float:
+    """Linear warm-up over warmup_steps, then cosine to 0 at `steps` (or constant)."""
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr schedule {schedule!r} not in {LR_SCHEDULES}")
+    if warmup_steps and step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return lr
+    progress = (step - warmup_steps) / max(1, steps - warmup_steps)
+    return lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
-    progress = Progress(TextColumn(f"[bold]{description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                        TimeRemainingColumn(), disable=not enabled)
-    return progress
+
+LR_SCHEDULES = ("cosine", "constant")
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+# ------------------------------------------------------------------------------- run-dir checkpoints
+# RUN_DIR/checkpoints/step_N/   model.safetensors (+ ema.safetensors), config.json (policy), optimizer.safetensors,
+#                               train_state.json  — a policy checkpoint any `robotstack` verb opens, plus state
+# RUN_DIR/checkpoints/latest -> step_N   symlink, swapped atomically after each complete checkpoint
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step_{step}"
+
+
+def save_run_checkpoint(run_dir: Path, step: int, policy: nn.Module, optimizer: torch.optim.Optimizer,
+                        ema_model: nn.Module | None = None, extra: dict | None = None, state: dict | None = None,
+                        keep: int = 0) -> Path:
+    """step_N (written as step_N.tmp, then renamed) + atomic swap of `latest`; keep > 0 prunes to the newest
+    `keep` step dirs. extra goes into the policy's config.json, state into train_state.json."""
+    from policies.checkpoint import save_checkpoint
+
+    root = Path(run_dir) / "checkpoints"
+    final, tmp = checkpoint_dir(run_dir, step), root / f"step_{step}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_checkpoint(tmp, policy, ema_model, extra=extra)
+    save_training_state(tmp, step, optimizer, extra=state)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    link_tmp = root / "latest.tmp"
+    if link_tmp.is_symlink() or link_tmp.exists():
+        link_tmp.unlink()
+    os.symlink(final.name, link_tmp)
+    os.replace(link_tmp, root / "latest")
+    if keep:
+        old = sorted((p for p in root.glob("step_*") if p.is_dir() and p.name[5:].isdigit()),
+                     key=lambda p: int(p.name[5:]))
+        for p in old[:-keep]:
+            shutil.rmtree(p, ignore_errors=True)
+    return final
+
+
+def restore_run_checkpoint(run_dir: Path, policy: nn.Module, optimizer: torch.optim.Optimizer,
+                           ema_model: nn.Module | None = None) -> dict:
+    """Load weights (+ EMA weights) and optimizer state from RUN_DIR/checkpoints/latest; -> train_state.json."""
+    from policies.checkpoint import EMA_FILE, MODEL_FILE
+
+    latest = Path(run_dir) / "checkpoints" / "latest"
+    if not (latest / "train_state.json").is_file():
+        raise ConfigError(f"--resume {run_dir}: no complete checkpoint at {latest} (nothing to resume)")
+    policy.load_state_dict(load_file(str(latest / MODEL_FILE)), strict=True)
+    if ema_model is not None:
+        ema_model.load_state_dict(load_file(str(latest / EMA_FILE)), strict=True)
+    return load_training_state(latest, optimizer)
+
+
+# ------------------------------------------------------------------------------- config and run dir
+CONFIG_NAME = "config.json"
+
+
+def resolve_stage_config(cls: type, stage: str, config: str | None, overrides: list[str], resume: str | None):
+    """YAML (with `base:`) + dotted overrides; --resume RUN_DIR restarts from RUN_DIR/config.json (overrides
+    still apply, e.g. train.steps=...)."""
+    if resume:
+        path = Path(resume) / CONFIG_NAME
+        if not path.is_file():
+            raise ConfigError(f"--resume {resume}: {path} is missing (not a {stage} run dir)")
+        data = apply_overrides(json.loads(path.read_text()), overrides)
+        return from_dict(cls, data, where=f"{path} + overrides")
+    if config is None:
+        raise ConfigError(f"{stage}: --config is required (or --resume RUN_DIR)")
+    return load_config(cls, config, overrides)
+
+
+def run_dir_for(resume: str | None, out: str | None, default: Path) -> Path:
+    """The run dir of a fresh run (--out or default) or of --resume; refuses to clobber checkpoints."""
+    if resume and out and Path(out) != Path(resume):
+        raise ConfigError(f"--out {out} and --resume {resume} name different run dirs")
+    run_dir = Path(resume) if resume else Path(out) if out else default
+    if not resume and (run_dir / "checkpoints").exists():
+        raise ConfigError(f"--out {run_dir} already holds checkpoints; use --resume {run_dir} or a new --out")
+    return run_dir
+
+
+# ------------------------------------------------------------------------------------------- Ctrl-C
+class StopRequest:
+    """Ctrl-C (SIGINT) during training: the first one only sets `requested`, so the loop finishes the step in
+    progress, saves a checkpoint at that step and returns (`--resume` continues from it); a second Ctrl-C
+    interrupts at once. Outside the main thread (no signal handlers there) it is a no-op."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def any_rank(self, info: DistInfo, device: torch.device | None = None) -> bool:
+        """True on every rank once any rank was interrupted (so all ranks save and stop at the same step)."""
+        if info.world_size == 1:
+            return self.requested
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
+        dist.all_reduce(flag)
+        return bool(flag.item() > 0)
+
+
+INTERRUPTED_EXIT_CODE = 130  # what shells report for a SIGINT-terminated command

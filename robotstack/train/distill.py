@@ -25,73 +25,105 @@ Methods (rti_consistency.md §2, rl100.md §6):
 Both: the student is warm-started from the teacher (encoder and normalizer copied and frozen; ctm's new
 s-embedding columns zero-initialized); only the student's denoiser trains.
 
-Output: a checkpoint dir (model.safetensors + config.json, policy "consistency") opened by
-`policies.consistency.checkpoint.load_student` / `load_any_checkpoint`, plus metrics.csv and TensorBoard logs.
+Run dir (the same layout as `train il`; robotstack/train/common.py):
+    RUN_DIR/config.json                     resolved DistillConfig (what `--resume` restarts from)
+    RUN_DIR/metrics.csv, RUN_DIR/tb/        loss (+ loss_ctm, loss_dsm | loss_cd), lr, steps/s
+    RUN_DIR/checkpoints/step_N/             the student: model.safetensors (+ ema.safetensors = the target
+                                            network when target_ema > 0; eval and export with weights "auto"
+                                            then use it, as train il's EMA), config.json (policy "consistency"),
+                                            optimizer.safetensors, train_state.json
+    RUN_DIR/checkpoints/latest -> step_N    what `robotstack eval` / `export` open (policies.checkpoint)
+Determinism and resume: the batch, noise and bins of step s come from generators seeded with (seed, s), so a
+resumed run draws what the uninterrupted run drew.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from robotstack.core import keys as K
-from robotstack.core.config import from_dict
+from robotstack.core.config import load_config, save_config
 from robotstack.core.errors import ConfigError, StoreError
+from robotstack.core.progress import print_summary, progress_bar
 from robotstack.data.sampler import SequenceSampler, policy_padding
 from robotstack.data.store import load_stores
-from robotstack.train.common import RunLogger, numpy_rng, progress_bar, torch_gen
+from robotstack.train.common import (CONFIG_NAME, LR_SCHEDULES, RunLogger, StopRequest, lr_at, numpy_rng,
+                                     read_metrics, resolve_stage_config, restore_run_checkpoint, run_dir_for,
+                                     save_run_checkpoint, set_lr, torch_gen, truncate_metrics)
 
-from policies.checkpoint import read_config
+from policies.checkpoint import load_checkpoint, read_extra
 from policies.consistency import edm
-from policies.consistency.checkpoint import load_any_checkpoint, save_student
-from policies.consistency.config import METHODS, ConsistencyConfig, ConsistencyPolicyConfig
+from policies.consistency.config import ConsistencyConfig, ConsistencyPolicyConfig
 from policies.consistency.model import ConsistencyPolicy, warm_start_from
 from policies.diffusion.model import ACTION_KEY, DiffusionPolicy
 
 
 # =========================================================================================== config
 @dataclass
-class DistillConfig:
-    checkpoint: str = ""  # teacher checkpoint dir (a DiffusionPolicy)
-    method: str = "ctm"  # ctm | rl100
+class DataConfig:
+    paths: list[str] = field(default_factory=list)  # episode stores; [] = the teacher's training stores
+
+
+@dataclass
+class LossConfig:
+    teacher_steps: int = 0  # rl100: K of the DDIM teacher; 0 = the teacher's num_inference_steps
+    target_ema: float = 0.0  # ctm: mu of the target network
+    ctm_weight: float = 1.0
+    dsm_weight: float = 1.0
+    dsm_weighting: str = "sqrt_karras"  # sqrt_karras | karras | uniform
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.target_ema < 1.0:
+            raise ConfigError(f"config loss.target_ema: must be in [0, 1), got {self.target_ema}")
+        if self.dsm_weighting not in ("sqrt_karras", "karras", "uniform"):
+            raise ConfigError(f"config loss.dsm_weighting: {self.dsm_weighting!r} not in sqrt_karras|karras|uniform")
+
+
+@dataclass
+class TrainConfig:
     steps: int = 2000
     batch_size: int = 64
     lr: float = 3e-4
     weight_decay: float = 1e-6
-    grad_clip: float = 1.0
-    seed: int = 0
-    num_threads: int = 1
-    teacher_weights: str = "ema"  # ema (when present) | model
-    data_paths: list[str] = field(default_factory=list)  # default: the teacher's training stores
+    warmup_steps: int = 0
+    lr_schedule: str = "cosine"
+    grad_clip: float = 1.0  # 0 = off
     log_every: int = 50
-    # rl100
-    teacher_steps: int = 0  # K of the DDIM teacher; 0 = the teacher's num_inference_steps
-    # ctm
-    target_ema: float = 0.0  # mu
-    ctm_weight: float = 1.0
-    dsm_weight: float = 1.0
-    dsm_weighting: str = "sqrt_karras"  # sqrt_karras | karras | uniform
-    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+    checkpoint_every: int = 500  # 0 = only after the last step
+    keep_checkpoints: int = 0  # keep the newest k step_N dirs; 0 = keep all
+    seed: int = 0
+    num_threads: int = 1  # 0 = torch's default
+
+
+@dataclass
+class DistillConfig:
+    teacher: str = ""  # teacher checkpoint dir (a diffusion policy), e.g. runs/il/push/checkpoints/latest
+    teacher_weights: str = "ema"  # ema (when the teacher has them) | model
+    data: DataConfig = field(default_factory=DataConfig)
+    policy: ConsistencyConfig = field(default_factory=ConsistencyConfig)  # the student's own config section;
+    #                                            its `base` (obs spec, T, denoiser, ...) is the teacher's config
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        if not self.checkpoint:
-            raise ConfigError("distill: --checkpoint (the teacher checkpoint dir) is required")
-        if self.method not in METHODS:
-            raise ConfigError(f"distill method {self.method!r} not in {METHODS}")
-        if self.steps < 1 or self.batch_size < 1:
-            raise ConfigError(f"distill: steps ({self.steps}) and batch_size ({self.batch_size}) must be >= 1")
-        if not 0.0 <= self.target_ema < 1.0:
-            raise ConfigError(f"distill target_ema must be in [0, 1), got {self.target_ema}")
-        if self.dsm_weighting not in ("sqrt_karras", "karras", "uniform"):
-            raise ConfigError(f"distill dsm_weighting {self.dsm_weighting!r} not in sqrt_karras|karras|uniform")
-        self.consistency.method = self.method
+        t = self.train
+        if t.steps < 1 or t.batch_size < 1:
+            raise ConfigError(f"config train: steps ({t.steps}) and batch_size ({t.batch_size}) must be >= 1")
+        for name in ("log_every", "checkpoint_every", "warmup_steps", "keep_checkpoints"):
+            if getattr(t, name) < 0:
+                raise ConfigError(f"config train.{name}: expected >= 0, got {getattr(t, name)}")
+        if t.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"config train.lr_schedule: {t.lr_schedule!r} is not one of {LR_SCHEDULES}")
+        if self.teacher_weights not in ("ema", "model"):
+            raise ConfigError(f"config teacher_weights: {self.teacher_weights!r} is not 'ema' or 'model'")
 
 
 # ============================================================================================= data
@@ -116,17 +148,19 @@ def sample_batch(windows: SequenceSampler, obs_keys: list[str], batch_size: int,
 
 # ========================================================================================= builders
 def build_teacher(cfg: DistillConfig) -> DiffusionPolicy:
-    teacher = load_any_checkpoint(cfg.checkpoint, weights=cfg.teacher_weights)
+    if not cfg.teacher:
+        raise ConfigError("config teacher: the teacher checkpoint dir is required (--checkpoint DIR or teacher=DIR)")
+    teacher = load_checkpoint(cfg.teacher, weights="auto" if cfg.teacher_weights == "ema" else "model")
     if not isinstance(teacher, DiffusionPolicy):
-        raise ConfigError(f"distill --checkpoint {cfg.checkpoint}: needs a diffusion policy teacher, got "
+        raise ConfigError(f"config teacher {cfg.teacher}: needs a diffusion policy teacher, got "
                           f"{type(teacher).__name__}")
     teacher.eval().requires_grad_(False)
     return teacher
 
 
 def build_student(cfg: DistillConfig, teacher: DiffusionPolicy) -> ConsistencyPolicy:
-    torch.manual_seed(cfg.seed)
-    student = ConsistencyPolicy(ConsistencyPolicyConfig(base=teacher.config, consistency=cfg.consistency))
+    torch.manual_seed(cfg.train.seed)
+    student = ConsistencyPolicy(ConsistencyPolicyConfig(base=teacher.config, consistency=cfg.policy))
     warm_start_from(student, teacher)
     student.normalizer.requires_grad_(False)
     student.obs_encoder.requires_grad_(False).eval()  # frozen encoder (CP), its cond = the teacher's
@@ -174,7 +208,7 @@ def dsm_weight(sigma: torch.Tensor, cc: ConsistencyConfig, weighting: str) -> to
 def ctm_loss(student: ConsistencyPolicy, target: ConsistencyPolicy, teacher_d: edm.EpsTeacher, x0: torch.Tensor,
              cond: torch.Tensor, cfg: DistillConfig, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
     """x0 (B, T, Da) normalized data chunks, cond (B, Dc) -> alpha L_CTM + beta L_DSM."""
-    cc = cfg.consistency
+    cc = cfg.policy
     b, n = x0.shape[0], cc.bins
     sig = student.sigmas
     t_bin = torch.randint(0, n - 1, (b,), generator=gen)
@@ -193,8 +227,8 @@ def ctm_loss(student: ConsistencyPolicy, target: ConsistencyPolicy, teacher_d: e
     sigma = dsm_sigmas(cc, b, gen)
     x_s = x0 + sigma.reshape(-1, 1, 1) * torch.randn(x0.shape, generator=gen)
     den = student.ctm_jump(x_s, sigma, s_min, cond)
-    l_dsm = (dsm_weight(sigma, cc, cfg.dsm_weighting) * edm.pseudo_huber(den, x0)).mean()
-    loss = cfg.ctm_weight * l_ctm + cfg.dsm_weight * l_dsm
+    l_dsm = (dsm_weight(sigma, cc, cfg.loss.dsm_weighting) * edm.pseudo_huber(den, x0)).mean()
+    loss = cfg.loss.ctm_weight * l_ctm + cfg.loss.dsm_weight * l_dsm
     return loss, {"loss": float(loss.detach()), "loss_ctm": float(l_ctm.detach()), "loss_dsm": float(l_dsm.detach())}
 
 
@@ -207,83 +241,128 @@ def update_target(target: nn.Module, online: nn.Module, mu: float) -> None:
 
 
 # ============================================================================================= loop
-def distill(cfg: DistillConfig, out: str | Path, show_progress: bool = True) -> tuple[ConsistencyPolicy, dict]:
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+def _student_extra(cfg: DistillConfig, teacher_extra: dict, obs_keys: list[str], paths: list[str], k_teacher: int,
+                   step: int) -> dict:
+    return {"stage": "distill", "step": step, "task": teacher_extra.get("task"), "obs_keys": obs_keys,
+            "action_scale": teacher_extra.get("action_scale"), "data_paths": paths, "teacher": str(cfg.teacher),
+            "teacher_weights": cfg.teacher_weights, "method": cfg.policy.method, "teacher_ddim_steps": k_teacher}
+
+
+def distill(cfg: DistillConfig, run_dir: str | Path, resume: bool = False, show_progress: bool = True,
+            stop_at: int | None = None) -> tuple[ConsistencyPolicy, dict]:
+    """Distill (or resume) to cfg.train.steps. `stop_at` ends early right after the step-`stop_at` checkpoint
+    (as a kill after it would); Ctrl-C saves a checkpoint at the current step and returns
+    (summary["interrupted"] True). -> (student, summary)."""
+    t = cfg.train
+    if t.num_threads:
+        torch.set_num_threads(t.num_threads)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / CONFIG_NAME)
     teacher = build_teacher(cfg)
-    _, _, extra = read_config(cfg.checkpoint)
+    teacher_extra = read_extra(cfg.teacher)
     obs_keys = list(teacher.config.obs_shapes)
-    paths = cfg.data_paths or list(extra.get("data_paths", []))
+    paths = cfg.data.paths or list(teacher_extra.get("data_paths", []))
     if not paths:
-        raise ConfigError(f"distill: {cfg.checkpoint}/config.json has no extra.data_paths; pass --data")
+        raise ConfigError(f"config data.paths: {cfg.teacher}/config.json has no extra.data_paths; pass --data")
     tc = teacher.config
     windows = load_windows(paths, obs_keys, tc.n_obs_steps, tc.horizon, tc.n_action_steps)
     student = build_student(cfg, teacher)
+    mu = cfg.loss.target_ema
     target = copy.deepcopy(student).requires_grad_(False)
     teacher_d = edm.EpsTeacher(teacher.denoiser, teacher.schedule.alphas_cumprod,
                                clip=tc.scheduler.clip_sample_range if tc.scheduler.clip_sample else None)
-    k_teacher = cfg.teacher_steps or tc.scheduler.num_inference_steps
-    opt = torch.optim.AdamW(student.denoiser.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    logger = RunLogger(out / "logs")
-    bar = progress_bar(cfg.steps, f"distill {cfg.method}", show_progress)
-    task = bar.add_task("distill", total=cfg.steps, status="")
-    t0, window, last = time.perf_counter(), [], {}
+    k_teacher = cfg.loss.teacher_steps or tc.scheduler.num_inference_steps
+    opt = torch.optim.AdamW(student.denoiser.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    start, sums, n_sum = 0, {}, 0
+    if resume:
+        # the target network is the EMA file when mu > 0; with mu = 0 it is a copy of the student
+        meta = restore_run_checkpoint(run_dir, student, opt, target if mu > 0 else None)
+        if mu == 0:
+            target.load_state_dict(student.state_dict())
+        start, sums, n_sum = int(meta["step"]), dict(meta.get("log_sums", {})), int(meta.get("log_n", 0))
+        truncate_metrics(run_dir, start)
+    end = t.steps if stop_at is None else min(t.steps, stop_at)
+    logger = RunLogger(run_dir)
+    bar = progress_bar(f"distill {cfg.policy.method}", show_progress)
+    task = bar.add_task("distill", total=t.steps, completed=start, status="")
+    t0 = t_window = time.perf_counter()
+    steps_in_window, interrupted = 0, False
     student.denoiser.train()
-    with bar:
-        for step in range(cfg.steps):
-            lr = cfg.lr * 0.5 * (1 + np.cos(np.pi * step / cfg.steps))
-            for g in opt.param_groups:
-                g["lr"] = lr
-            obs, action = sample_batch(windows, obs_keys, cfg.batch_size, numpy_rng(cfg.seed, step))
-            gen = torch_gen(cfg.seed, step, stream=1)
-            with torch.no_grad():
-                cond = teacher.encode_obs(obs, deterministic=True).cond
-                x0 = teacher.normalizer.normalize(ACTION_KEY, action)
-            if cfg.method == "rl100":
-                loss, metrics = rl100_same_noise_loss(student, teacher, cond, k_teacher, gen)
-            else:
-                loss, metrics = ctm_loss(student, target, teacher_d, x0, cond, cfg, gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(student.denoiser.parameters(), cfg.grad_clip)
-            opt.step()
-            update_target(target, student, cfg.target_ema)
-            window.append(metrics)
-            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-                last = {k: float(np.mean([m[k] for m in window])) for k in window[0]} | {"lr": lr}
-                last["steps_per_s"] = (step + 1) / (time.perf_counter() - t0)
-                logger.log(step + 1, last)
-                window = []
-                bar.update(task, status=f"loss {last['loss']:.4f}")
-            bar.update(task, advance=1)
-    logger.close()
+    try:
+        with bar, StopRequest() as stop:
+            for step in range(start, end):
+                lr = lr_at(step, t.lr, t.steps, t.warmup_steps, t.lr_schedule)
+                set_lr(opt, lr)
+                obs, action = sample_batch(windows, obs_keys, t.batch_size, numpy_rng(t.seed, step))
+                gen = torch_gen(t.seed, step, stream=1)
+                with torch.no_grad():
+                    cond = teacher.encode_obs(obs, deterministic=True).cond
+                    x0 = teacher.normalizer.normalize(ACTION_KEY, action)
+                if cfg.policy.method == "rl100":
+                    loss, metrics = rl100_same_noise_loss(student, teacher, cond, k_teacher, gen)
+                else:
+                    loss, metrics = ctm_loss(student, target, teacher_d, x0, cond, cfg, gen)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if t.grad_clip:
+                    nn.utils.clip_grad_norm_(student.denoiser.parameters(), t.grad_clip)
+                opt.step()
+                update_target(target, student, mu)
+                sums = {k: sums.get(k, 0.0) + v for k, v in metrics.items()}
+                n_sum += 1
+                steps_in_window += 1
+                done = step + 1
+                if t.log_every and (done % t.log_every == 0 or done == t.steps):
+                    now = time.perf_counter()
+                    row = {k: v / n_sum for k, v in sums.items()} | {
+                        "lr": lr, "steps_per_s": steps_in_window / max(now - t_window, 1e-9)}
+                    logger.log(done, row)
+                    bar.update(task, status=f"loss {row['loss']:.4f}")
+                    sums, n_sum, steps_in_window, t_window = {}, 0, 0, now
+                bar.update(task, completed=done)
+                interrupted = stop.requested
+                if (t.checkpoint_every and done % t.checkpoint_every == 0) or done in (t.steps, end) or interrupted:
+                    student.eval()
+                    save_run_checkpoint(run_dir, done, student, opt, target if mu > 0 else None,
+                                        extra=_student_extra(cfg, teacher_extra, obs_keys, paths, k_teacher, done),
+                                        state={"seed": t.seed, "log_sums": sums, "log_n": n_sum},
+                                        keep=t.keep_checkpoints)
+                    student.denoiser.train()
+                if interrupted:
+                    end = done
+                    break
+    finally:
+        logger.close()
     student.eval()
-    summary = {"method": cfg.method, "steps": cfg.steps, "final_loss": last.get("loss"),
-               "wall_s": time.perf_counter() - t0, "teacher": str(cfg.checkpoint)}
-    save_student(out, student, extra={"stage": "distill", "task": extra.get("task"), "obs_keys": obs_keys,
-                                      "action_scale": extra.get("action_scale"),
-                                      "data_paths": paths, "teacher": str(cfg.checkpoint),
-                                      "teacher_weights": cfg.teacher_weights, "method": cfg.method,
-                                      "distill_steps": cfg.steps, "teacher_ddim_steps": k_teacher,
-                                      "final_loss": last.get("loss")})
+    losses = [r["loss"] for r in read_metrics(run_dir) if "loss" in r]
+    summary = {"run_dir": str(run_dir), "method": cfg.policy.method, "steps": end,
+               "steps_this_run": max(0, end - start), "wall_s": time.perf_counter() - t0,
+               "final_loss": losses[-1] if losses else None, "teacher": str(cfg.teacher), "interrupted": interrupted}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return student, summary
 
 
-def main(checkpoint: str, out: str, method: str = "ctm", steps: int = 2000, overrides: dict[str, Any] | None = None,
-         show_progress: bool = True) -> dict:
-    data = {"checkpoint": checkpoint, "method": method, "steps": steps, **(overrides or {})}
-    cfg = from_dict(DistillConfig, data, "distill options")
-    _, summary = distill(cfg, out, show_progress=show_progress)
-    from rich.console import Console
-    from rich.table import Table
+# ============================================================================================= main
+def resolve_config(config: str | None, overrides: list[str], resume: str | None) -> DistillConfig:
+    """Without --config (the `--checkpoint TEACHER` shortcut) the defaults are DistillConfig's (ctm)."""
+    if config is None and not resume:
+        return load_config(DistillConfig, None, overrides)
+    return resolve_stage_config(DistillConfig, "distill", config, overrides, resume)
 
-    table = Table(title=f"distill -> {out}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in summary.items():
-        table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
-    Console().print(table)
+
+def default_run_dir(cfg: DistillConfig) -> Path:
+    name = Path(cfg.teacher).resolve().parent.parent.name or "teacher"  # RUN_DIR/checkpoints/latest -> RUN_DIR
+    return Path("runs") / "distill" / f"{name}_{cfg.policy.method}_{time.strftime('%Y%m%d_%H%M%S')}"
+
+
+def main(config: str | None, overrides: list[str], resume: str | None = None, out: str | None = None,
+         show_progress: bool = True) -> dict:
+    cfg = resolve_config(config, overrides, resume)
+    run_dir = run_dir_for(resume, out, default_run_dir(cfg))
+    _, summary = distill(cfg, run_dir, resume=bool(resume), show_progress=show_progress)
+    print_summary(f"distill -> {run_dir}", summary)
+    if summary["interrupted"]:
+        print(f"interrupted: checkpoint saved at step {summary['steps']}; continue with "
+              f"`robotstack distill --resume {run_dir}`")
     return summary

@@ -27,10 +27,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import os
-import shutil
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,26 +37,25 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file
 from torch import nn
 
 from robotstack.core import keys as K
-from robotstack.core.config import apply_overrides, from_dict, load_config, save_config, to_dict
+from robotstack.core.config import save_config, to_dict
 from robotstack.core.errors import ConfigError, StoreError
+from robotstack.core.progress import print_summary, progress_bar
 from robotstack.data.sampler import SequenceSampler, policy_padding
 from robotstack.data.store import load_stores
-from robotstack.train.common import (DistInfo, init_distributed, load_training_state, numpy_rng, progress_bar,
-                                     RunLogger, save_training_state, shard, step_seed, torch_gen,
-                                     truncate_metrics)
+from robotstack.train.common import (CONFIG_NAME, LR_SCHEDULES, DistInfo, RunLogger,
+                                     StopRequest, init_distributed, lr_at, numpy_rng,
+                                     read_metrics, resolve_stage_config, restore_run_checkpoint, run_dir_for,
+                                     save_run_checkpoint, set_lr, shard, step_seed, torch_gen, truncate_metrics)
 
-from policies.checkpoint import EMA_FILE, MODEL_FILE, save_checkpoint
 from policies.common.ema import EMA
 from policies.diffusion import loss as loss_fns
-from policies.diffusion.config import DenoiserConfig, DiffusionPolicyConfig, EncoderConfig, SchedulerConfig
+from policies.diffusion.config import DiffusionPolicyConfig
 from policies.diffusion.model import DiffusionPolicy
 
 DEFAULT_OBS_KEYS = (K.EEF_POS, K.GRIPPER, K.OBJECT_STATE, K.GOAL)
-CONFIG_NAME = "config.json"
 
 
 # =========================================================================================== config
@@ -67,21 +65,21 @@ class DataConfig:
     obs_keys: list[str] = field(default_factory=lambda: list(DEFAULT_OBS_KEYS))  # store keys the policy sees
 
 
-@dataclass
-class PolicySection:
-    """DiffusionPolicyConfig without obs_shapes / action_dim, which are read from the store."""
+# The policy section IS DiffusionPolicyConfig (same fields, defaults, validation), minus the two fields read
+# from the episode store. Derived, not copied: a new policy field is configurable here without an edit.
+DATA_FIELDS = ("obs_shapes", "action_dim")
 
-    n_obs_steps: int = 2  # To
-    horizon: int = 16  # T
-    n_action_steps: int = 8  # Ta
-    action_start: int = 1  # To - 1: the chunk starts at the oldest observation
-    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    obs_norm: str = "minmax"
-    action_norm: str = "minmax"
-    beta_kl: float = 1e-3
-    beta_recon: float = 0.5
+
+def _section_of(cls: type, drop: tuple[str, ...]) -> type:
+    hints = typing.get_type_hints(cls)
+    fields = [(f.name, hints[f.name], dataclasses.field(default=f.default, default_factory=f.default_factory))
+              for f in dataclasses.fields(cls) if f.name not in drop]
+    return dataclasses.make_dataclass(f"{cls.__name__}Section", fields, namespace={"__doc__":
+                                      f"{cls.__name__} without {', '.join(drop)} (read from the store)."})
+
+
+PolicySection = _section_of(DiffusionPolicyConfig, DATA_FIELDS)
+PolicySection.__module__ = __name__
 
 
 @dataclass
@@ -138,8 +136,8 @@ class ILConfig:
         for name in ("log_every", "eval_every", "checkpoint_every", "warmup_steps", "keep_checkpoints"):
             if getattr(t, name) < 0:
                 raise ConfigError(f"config train.{name}: expected >= 0, got {getattr(t, name)}")
-        if t.lr_schedule not in ("cosine", "constant"):
-            raise ConfigError(f"config train.lr_schedule: {t.lr_schedule!r} is not 'cosine' or 'constant'")
+        if t.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"config train.lr_schedule: {t.lr_schedule!r} is not one of {LR_SCHEDULES}")
         if t.device not in ("cpu", "cuda", "auto"):
             raise ConfigError(f"config train.device: {t.device!r} is not cpu, cuda or auto")
         if self.eval.sampler not in ("ddim", "ddpm"):
@@ -216,16 +214,6 @@ def build_optimizer(cfg: ILConfig, policy: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(policy.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
 
 
-def lr_at(step: int, t: TrainConfig) -> float:
-    """Linear warm-up over warmup_steps, then cosine to 0 at `steps` (or constant)."""
-    if t.warmup_steps and step < t.warmup_steps:
-        return t.lr * (step + 1) / t.warmup_steps
-    if t.lr_schedule == "constant":
-        return t.lr
-    progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
-    return t.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
 # ============================================================================================= loss
 def diffusion_noise(policy: DiffusionPolicy, batch_size: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
     """Timesteps (B,) and noise (B, T, Da) for the global batch, drawn in the order compute_loss draws them."""
@@ -267,10 +255,6 @@ class LossModule(nn.Module):
 
 
 # ====================================================================================== checkpoints
-def checkpoint_dir(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / "checkpoints" / f"step_{step}"
-
-
 @functools.lru_cache(maxsize=None)
 def action_scale(task: str) -> dict:
     """The env's action convention, carried into checkpoints and from there into export manifests, so the on-robot
@@ -295,42 +279,19 @@ def action_scale(task: str) -> dict:
 
 def save_all(run_dir: Path, step: int, cfg: ILConfig, policy: DiffusionPolicy, ema: EMA,
              optimizer: torch.optim.Optimizer, data: TrainData, log_window: tuple[float, int] = (0.0, 0)) -> Path:
-    """step_N (written as step_N.tmp, then renamed) + atomic swap of the `latest` symlink."""
-    root = Path(run_dir) / "checkpoints"
-    final, tmp = checkpoint_dir(run_dir, step), root / f"step_{step}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     extra = {"stage": "il", "step": step, "task": cfg.task, "obs_keys": cfg.data.obs_keys,
              "data_paths": cfg.data.paths, "n_episodes": int(len(data.episode_ends)),
              "eval": to_dict(cfg.eval), "action_scale": action_scale(cfg.task)}
-    save_checkpoint(tmp, policy, ema.averaged, extra=extra)
     # the partial loss-logging window is state too: without it a resumed run logs a different mean
-    save_training_state(tmp, step, optimizer, extra={"seed": cfg.train.seed, "ema_step": ema.step,
-                                                     "log_window": list(log_window)})
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    link_tmp = root / "latest.tmp"
-    if link_tmp.is_symlink() or link_tmp.exists():
-        link_tmp.unlink()
-    os.symlink(final.name, link_tmp)
-    os.replace(link_tmp, root / "latest")
-    if cfg.train.keep_checkpoints:
-        old = sorted((p for p in root.glob("step_*") if p.is_dir() and p.name[5:].isdigit()),
-                     key=lambda p: int(p.name[5:]))
-        for p in old[:-cfg.train.keep_checkpoints]:
-            shutil.rmtree(p, ignore_errors=True)
-    return final
+    state = {"seed": cfg.train.seed, "ema_step": ema.step, "log_window": list(log_window)}
+    return save_run_checkpoint(run_dir, step, policy, optimizer, ema.averaged, extra=extra, state=state,
+                               keep=cfg.train.keep_checkpoints)
 
 
 def restore(run_dir: Path, policy: DiffusionPolicy, ema: EMA, optimizer: torch.optim.Optimizer
             ) -> tuple[int, tuple[float, int]]:
-    """Load weights, EMA weights, optimizer state from RUN_DIR/checkpoints/latest;
-    -> (the step to resume at, the partial loss-logging window (sum, count))."""
-    latest = Path(run_dir) / "checkpoints" / "latest"
-    if not (latest / "train_state.json").is_file():
-        raise ConfigError(f"--resume {run_dir}: no complete checkpoint at {latest} (nothing to resume)")
-    policy.load_state_dict(load_file(str(latest / MODEL_FILE)), strict=True)
-    ema.averaged.load_state_dict(load_file(str(latest / EMA_FILE)), strict=True)
-    meta = load_training_state(latest, optimizer)
+    """-> (the step to resume at, the partial loss-logging window (sum, count))."""
+    meta = restore_run_checkpoint(run_dir, policy, optimizer, ema.averaged)
     ema.step = int(meta.get("ema_step", meta["step"]))
     window = meta.get("log_window", [0.0, 0])
     return int(meta["step"]), (float(window[0]), int(window[1]))
@@ -357,7 +318,8 @@ def evaluate_policy(cfg: ILConfig, policy: DiffusionPolicy, ema: EMA, run_dir: P
 def train(cfg: ILConfig, run_dir: str | Path, resume: bool = False, show_progress: bool = True,
           stop_at: int | None = None) -> dict:
     """Train (or resume) to cfg.train.steps; `stop_at` ends the run early right after the step-`stop_at`
-    checkpoint, exactly as a kill after that checkpoint would (used by the resume test). -> summary dict."""
+    checkpoint, exactly as a kill after that checkpoint would (used by the resume test). Ctrl-C saves a
+    checkpoint at the current step and returns (summary["interrupted"] True). -> summary dict."""
     run_dir = Path(run_dir)
     info = init_distributed()
     t = cfg.train
@@ -389,60 +351,65 @@ def train(cfg: ILConfig, run_dir: str | Path, resume: bool = False, show_progres
     last_eval: dict = {}
     steps_in_window = 0  # steps/s counts only this process's steps
     t_window = t0 = time.perf_counter()
-    bar = progress_bar(t.steps, f"train il {cfg.task}", enabled=show_progress and info.is_main)
+    bar = progress_bar(f"train il {cfg.task}", enabled=show_progress and info.is_main)
     task_id = bar.add_task("train", total=t.steps, completed=start, status="")
     bar.start()
+    interrupted = False
     try:
-        for step in range(start, end):
-            lr = lr_at(step, t)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            idx = shard(numpy_rng(t.seed, step).integers(0, n_windows, size=t.batch_size), info)
-            batch = batch_to_torch(data.sampler.sample_batch(idx), cfg.data.obs_keys, device)
-            ts, eps = diffusion_noise(policy, t.batch_size, torch_gen(t.seed, step, stream=1))
-            ts, eps = shard(ts, info).to(device), shard(eps, info).to(device)
-            torch.manual_seed(step_seed(t.seed, step, stream=2 + info.rank))  # crop / VIB draws
-            loss, metrics = model(batch, ts, eps)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if t.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(policy.parameters(), t.grad_clip)
-            optimizer.step()
-            ema.update(policy)
-            window_loss += float(metrics["loss"])
-            window_n += 1
-            steps_in_window += 1
-            done = step + 1
+        with StopRequest() as stop:
+            for step in range(start, end):
+                lr = lr_at(step, t.lr, t.steps, t.warmup_steps, t.lr_schedule)
+                set_lr(optimizer, lr)
+                idx = shard(numpy_rng(t.seed, step).integers(0, n_windows, size=t.batch_size), info)
+                batch = batch_to_torch(data.sampler.sample_batch(idx), cfg.data.obs_keys, device)
+                ts, eps = diffusion_noise(policy, t.batch_size, torch_gen(t.seed, step, stream=1))
+                ts, eps = shard(ts, info).to(device), shard(eps, info).to(device)
+                torch.manual_seed(step_seed(t.seed, step, stream=2 + info.rank))  # crop / VIB draws
+                loss, metrics = model(batch, ts, eps)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if t.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(policy.parameters(), t.grad_clip)
+                optimizer.step()
+                ema.update(policy)
+                window_loss += float(metrics["loss"])
+                window_n += 1
+                steps_in_window += 1
+                done = step + 1
 
-            if t.log_every and (done % t.log_every == 0 or done == t.steps):
-                mean_loss = window_loss / window_n
-                if info.world_size > 1:  # report the global-batch mean
-                    buf = torch.tensor([mean_loss], dtype=torch.float64, device=device)
-                    dist.all_reduce(buf)
-                    mean_loss = float(buf) / info.world_size
-                now = time.perf_counter()
-                sps = steps_in_window / max(now - t_window, 1e-9)
-                logger.log(done, {"loss": mean_loss, "lr": lr, "steps_per_s": sps,
-                                  "samples_per_s": sps * t.batch_size})
-                bar.update(task_id, status=f"loss {mean_loss:.4f}  {sps:5.1f} steps/s")
-                window_loss, window_n, steps_in_window, t_window = 0.0, 0, 0, now
-            bar.update(task_id, completed=done)
+                if t.log_every and (done % t.log_every == 0 or done == t.steps):
+                    mean_loss = window_loss / window_n
+                    if info.world_size > 1:  # report the global-batch mean
+                        buf = torch.tensor([mean_loss], dtype=torch.float64, device=device)
+                        dist.all_reduce(buf)
+                        mean_loss = float(buf) / info.world_size
+                    now = time.perf_counter()
+                    sps = steps_in_window / max(now - t_window, 1e-9)
+                    logger.log(done, {"loss": mean_loss, "lr": lr, "steps_per_s": sps,
+                                      "samples_per_s": sps * t.batch_size})
+                    bar.update(task_id, status=f"loss {mean_loss:.4f}  {sps:5.1f} steps/s")
+                    window_loss, window_n, steps_in_window, t_window = 0.0, 0, 0, now
+                bar.update(task_id, completed=done)
 
-            is_last = done == t.steps
-            if cfg.eval.episodes and ((t.eval_every and done % t.eval_every == 0) or is_last):
-                if info.is_main:
-                    t_eval = time.perf_counter()
-                    last_eval = evaluate_policy(cfg, policy, ema, run_dir, done)
-                    logger.log(done, {"eval/success_rate": last_eval["success_rate"],
-                                      "eval/mean_length": last_eval["mean_length"]})
-                    t_window += time.perf_counter() - t_eval  # keep eval time out of steps/s
-                if info.world_size > 1:
-                    dist.barrier()
-            if (t.checkpoint_every and done % t.checkpoint_every == 0) or is_last or done == end:
-                if info.is_main:
-                    save_all(run_dir, done, cfg, policy, ema, optimizer, data, (window_loss, window_n))
-                if info.world_size > 1:
-                    dist.barrier()
+                is_last = done == t.steps
+                if cfg.eval.episodes and ((t.eval_every and done % t.eval_every == 0) or is_last):
+                    if info.is_main:
+                        t_eval = time.perf_counter()
+                        last_eval = evaluate_policy(cfg, policy, ema, run_dir, done)
+                        logger.log(done, {"eval/success_rate": last_eval["success_rate"],
+                                          "eval/mean_length": last_eval["mean_length"]})
+                        t_window += time.perf_counter() - t_eval  # keep eval time out of steps/s
+                    if info.world_size > 1:
+                        dist.barrier()
+                interrupted = stop.any_rank(info, device)
+                if (t.checkpoint_every and done % t.checkpoint_every == 0) or is_last or done == end or interrupted:
+                    if info.is_main:
+                        save_all(run_dir, done, cfg, policy, ema, optimizer, data, (window_loss, window_n))
+                    if info.world_size > 1:
+                        dist.barrier()
+                if interrupted:
+                    end = done
+                    break
     finally:
         bar.stop()
         logger.close()
@@ -451,7 +418,7 @@ def train(cfg: ILConfig, run_dir: str | Path, resume: bool = False, show_progres
     summary = {"run_dir": str(run_dir), "task": cfg.task, "steps": end, "steps_this_run": steps_run,
                "wall_s": wall, "samples_per_s": steps_run * t.batch_size / wall if wall > 0 else 0.0,
                "world_size": info.world_size, "n_windows": n_windows, "n_episodes": int(len(data.episode_ends)),
-               "final_loss": _last_logged(run_dir, "loss") if info.is_main else None}
+               "final_loss": _last_logged(run_dir, "loss") if info.is_main else None, "interrupted": interrupted}
     if last_eval:
         summary |= {f"eval_{k}": v for k, v in last_eval.items()}
     if info.is_main:
@@ -460,38 +427,13 @@ def train(cfg: ILConfig, run_dir: str | Path, resume: bool = False, show_progres
 
 
 def _last_logged(run_dir: Path, key: str) -> float | None:
-    from robotstack.train.common import read_metrics
-
     values = [row[key] for row in read_metrics(run_dir) if key in row]
     return values[-1] if values else None
 
 
-def print_summary(summary: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="train il")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in summary.items():
-        if key == "config" or isinstance(value, (dict, list)):
-            continue
-        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
-    Console().print(table)
-
-
 # ============================================================================================= main
 def resolve_config(config: str | None, overrides: list[str], resume: str | None) -> ILConfig:
-    """--resume RUN_DIR restarts from RUN_DIR/config.json (overrides still apply, e.g. train.steps=...)."""
-    if resume:
-        path = Path(resume) / CONFIG_NAME
-        if not path.is_file():
-            raise ConfigError(f"--resume {resume}: {path} is missing (not a train il run dir)")
-        data = apply_overrides(json.loads(path.read_text()), overrides)
-        return from_dict(ILConfig, data, where=f"{path} + overrides")
-    if config is None:
-        raise ConfigError("train il: --config is required (or --resume RUN_DIR)")
-    return load_config(ILConfig, config, overrides)
+    return resolve_stage_config(ILConfig, "train il", config, overrides, resume)
 
 
 def default_run_dir(cfg: ILConfig) -> Path:
@@ -501,14 +443,13 @@ def default_run_dir(cfg: ILConfig) -> Path:
 def main(config: str | None, overrides: list[str], resume: str | None = None, out: str | None = None,
          show_progress: bool = True) -> dict:
     cfg = resolve_config(config, overrides, resume)
-    run_dir = Path(resume) if resume else Path(out) if out else default_run_dir(cfg)
-    if resume and out and Path(out) != Path(resume):
-        raise ConfigError(f"--out {out} and --resume {resume} name different run dirs")
-    if not resume and (run_dir / "checkpoints").exists():
-        raise ConfigError(f"--out {run_dir} already holds checkpoints; use --resume {run_dir} or a new --out")
+    run_dir = run_dir_for(resume, out, default_run_dir(cfg))
     summary = train(cfg, run_dir, resume=bool(resume), show_progress=show_progress)
     if init_distributed().is_main:
-        print_summary(summary)
+        print_summary("train il", summary)
+        if summary["interrupted"]:
+            print(f"interrupted: checkpoint saved at step {summary['steps']}; continue with "
+                  f"`robotstack train il --resume {run_dir}`")
     if dist.is_initialized():
         dist.destroy_process_group()
     return summary

@@ -7,7 +7,7 @@ import torch
 from fast_policy_testing import obs_batch, tiny_student
 
 from policies.consistency import edm
-from policies.consistency.checkpoint import load_any_checkpoint, load_student, save_student
+from policies.checkpoint import load_checkpoint, save_checkpoint
 from policies.consistency.config import ConsistencyConfig
 from robotstack.train.distill import DistillConfig, ctm_loss, rl100_same_noise_loss, update_target
 
@@ -60,7 +60,7 @@ def test_t11_target_network_and_gradients():
     student.denoiser.train()
     target = copy.deepcopy(student).requires_grad_(False)
     teacher.requires_grad_(False)
-    cfg = DistillConfig(checkpoint="x", method="ctm")
+    cfg = DistillConfig(teacher="x")
     x0 = torch.rand(4, 8, 4) * 2 - 1
     cond = teacher.encode_obs(obs_batch(teacher.config, 4), deterministic=True).cond
     teacher_d = edm.EpsTeacher(teacher.denoiser, teacher.schedule.alphas_cumprod)
@@ -122,10 +122,10 @@ def test_sampling_shapes_chaining_and_checkpoint_round_trip(method, tmp_path):
         out = student.predict_action(obs, steps=n, generator=torch.Generator().manual_seed(0))
         assert out.action.shape == (2, 4, 4) and out.chunk.shape == (2, 8, 4)
     assert len(student.chain_points(3)) == 3
-    save_student(tmp_path / "s", student, extra={"task": "push"})
-    back = load_any_checkpoint(tmp_path / "s")
+    save_checkpoint(tmp_path / "s", student, extra={"task": "push"})
+    back = load_checkpoint(tmp_path / "s", weights="auto")
     a = student.predict_action(obs, steps=3, generator=torch.Generator().manual_seed(1)).chunk
-    b = load_student(tmp_path / "s").predict_action(obs, steps=3, generator=torch.Generator().manual_seed(1)).chunk
+    b = load_checkpoint(tmp_path / "s").predict_action(obs, steps=3, generator=torch.Generator().manual_seed(1)).chunk
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert type(back) is type(student)
     assert not list(tmp_path.glob("s/*.pt")) and not list(tmp_path.glob("s/*.pkl"))
@@ -136,7 +136,11 @@ def test_config_validation_names_the_key():
 
     with pytest.raises(ConfigError, match="consistency.method"):
         ConsistencyConfig(method="cd")
+    from robotstack.core.config import load_config
+
     with pytest.raises(ConfigError, match="target_ema"):
-        DistillConfig(checkpoint="x", target_ema=1.0)
+        load_config(DistillConfig, None, ["loss.target_ema=1.0"])
+    from robotstack.train.distill import build_teacher
+
     with pytest.raises(ConfigError, match="--checkpoint"):
-        DistillConfig()
+        build_teacher(DistillConfig())

@@ -126,30 +126,31 @@ def distill_ctm(teacher, gen: torch.Generator):
     """Mirror of robotstack.train.distill.distill's ctm loop, fed fresh toy batches."""
     from policies.consistency import edm
     from policies.diffusion.model import ACTION_KEY
-    from robotstack.train.distill import DistillConfig, build_student, ctm_loss, update_target
+    from robotstack.train.distill import DistillConfig, TrainConfig, build_student, ctm_loss, update_target
 
-    cfg = DistillConfig(checkpoint="<in-memory teacher>", method="ctm", steps=DISTILL_STEPS,
-                        batch_size=DISTILL_BATCH, lr=DISTILL_LR)
+    cfg = DistillConfig(teacher="<in-memory teacher>",
+                        train=TrainConfig(steps=DISTILL_STEPS, batch_size=DISTILL_BATCH, lr=DISTILL_LR))
+    t = cfg.train
     student = build_student(cfg, teacher)
     target = copy.deepcopy(student).requires_grad_(False)
     sc = teacher.config.scheduler
     teacher_d = edm.EpsTeacher(teacher.denoiser, teacher.schedule.alphas_cumprod,
                                clip=sc.clip_sample_range if sc.clip_sample else None)
-    opt = torch.optim.AdamW(student.denoiser.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(student.denoiser.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     student.denoiser.train()
-    for step in range(cfg.steps):
+    for step in range(t.steps):
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * 0.5 * (1 + np.cos(np.pi * step / cfg.steps))
-        obs, chunk = draw(cfg.batch_size, gen)
+            group["lr"] = t.lr * 0.5 * (1 + np.cos(np.pi * step / t.steps))
+        obs, chunk = draw(t.batch_size, gen)
         with torch.no_grad():
             cond = teacher.encode_obs(obs, deterministic=True).cond
             x0 = teacher.normalizer.normalize(ACTION_KEY, chunk)
         loss, metrics = ctm_loss(student, target, teacher_d, x0, cond, cfg, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.denoiser.parameters(), cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(student.denoiser.parameters(), t.grad_clip)
         opt.step()
-        update_target(target, student, cfg.target_ema)
+        update_target(target, student, cfg.loss.target_ema)
     return student.eval(), teacher_d, metrics
 
 

@@ -68,3 +68,23 @@ def test_eval_parallel_envs_async(checkpoint, tmp_path):
 def test_eval_unknown_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert cli(["eval", "--checkpoint", str(tmp_path / "nope"), "--episodes", "1"]) == 2
     assert "config.json" in capsys.readouterr().err
+
+
+def test_eval_cli_opens_a_consistency_student_checkpoint(checkpoint, tmp_path, capsys):
+    """The one loader: a student checkpoint (policy "consistency", no EMA file) evaluates like a teacher's.
+    (Old code: `robotstack eval` refused it with "unknown policy 'consistency'".)"""
+    from policies.checkpoint import load_checkpoint
+    from policies.consistency.config import ConsistencyConfig, ConsistencyPolicyConfig
+    from policies.consistency.model import ConsistencyPolicy, warm_start_from
+
+    teacher = load_checkpoint(checkpoint)
+    student = ConsistencyPolicy(ConsistencyPolicyConfig(base=teacher.config, consistency=ConsistencyConfig()))
+    warm_start_from(student, teacher)
+    save_checkpoint(tmp_path / "student", student, extra={"task": "reach", "stage": "distill"})
+    out = tmp_path / "ev"
+    code = cli(["eval", "--checkpoint", str(tmp_path / "student"), "--episodes", "2", "--max-episode-steps", "5",
+                "--out", str(out), "--quiet"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["episodes"] == 2 and summary["settings"]["weights"] == "model"
+    assert "95% CI (Wilson)" in capsys.readouterr().out

@@ -12,8 +12,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "distill"))
 from fast_policy_testing import tiny_student, tiny_teacher  # noqa: E402
 
-from policies.checkpoint import save_checkpoint  # noqa: E402
-from policies.consistency.checkpoint import load_any_checkpoint, save_student  # noqa: E402
+from policies.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from policies.diffusion.rti import RTIConfig, RTISampler  # noqa: E402
 from robotstack.export.artifact import ArtifactError, load_artifact, sha256_file  # noqa: E402
 from robotstack.export.onnx_export import export_artifact  # noqa: E402
@@ -27,9 +26,9 @@ def ckpts(tmp_path_factory):
     teacher = tiny_teacher()
     save_checkpoint(root / "teacher", teacher, extra={"task": "push"})
     student, _ = tiny_student("ctm")
-    save_student(root / "ctm", student, extra={"task": "push"})
+    save_checkpoint(root / "ctm", student, extra={"task": "push"})
     rl, _ = tiny_student("rl100")
-    save_student(root / "rl100", rl, extra={"task": "push"})
+    save_checkpoint(root / "rl100", rl, extra={"task": "push"})
     return root
 
 
@@ -65,12 +64,10 @@ def _hist(art, seed=0):
 
 
 def test_cm_artifact_matches_the_torch_student(ckpts, artifacts):
-    from policies.consistency.checkpoint import load_student
-
     out, _ = artifacts
     for sampler, ck, n in (("cm1", "ctm", 1), ("cm3", "rl100", 3)):
         art = load_artifact(out / sampler)
-        student = load_student(ckpts / ck)
+        student = load_checkpoint(ckpts / ck)
         h = _hist(art)
         noise = np.random.default_rng(1).standard_normal((1, n, 8, 4)).astype(np.float32)
         got = art.run_raw("policy", {**{k: v[None] for k, v in h.items()}, "noise": noise})
@@ -86,7 +83,7 @@ def test_rti_artifact_matches_the_torch_sampler_over_calls(ckpts, artifacts):
 
     out, m = artifacts
     art = load_artifact(out / "rti")
-    policy = load_any_checkpoint(ckpts / "teacher")
+    policy = load_checkpoint(ckpts / "teacher", weights="auto")
     r = RTISampler(policy, RTIConfig(k_start=2, gripper_mode="clip", factor=10.0, init_sampler="ddim", init_steps=5))
     rng = np.random.default_rng(0)
     state = None

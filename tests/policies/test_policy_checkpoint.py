@@ -77,3 +77,26 @@ def test_ema_decay_and_buffers():
     torch.testing.assert_close(sd["normalizer.stats.action.scale"], 2 * before["normalizer.stats.action.scale"])
     name = "denoiser.inp.weight"
     torch.testing.assert_close(sd[name], before[name] + 1.0)
+
+
+def test_one_loader_for_every_registered_policy_and_auto_weights(tmp_path):
+    """Teacher and consistency student go through the same save/load; "auto" picks EMA only when present."""
+    from policies.checkpoint import policy_name, read_extra, resolve_weights
+    from policies.consistency.config import ConsistencyPolicyConfig
+    from policies.registry import build_policy
+
+    teacher = tiny_policy().eval()
+    student = build_policy("consistency", ConsistencyPolicyConfig(base=teacher.config)).eval()
+    save_checkpoint(tmp_path / "t", teacher, ema_model=teacher, extra={"task": "reach"})
+    save_checkpoint(tmp_path / "s", student, extra={"task": "reach", "stage": "distill"})
+    assert (policy_name(tmp_path / "t"), policy_name(tmp_path / "s")) == ("diffusion", "consistency")
+    assert resolve_weights(tmp_path / "t", "auto") == "ema" and resolve_weights(tmp_path / "s", "auto") == "model"
+    assert read_extra(tmp_path / "s") == {"task": "reach", "stage": "distill"}
+    back = load_checkpoint(tmp_path / "s", weights="auto")
+    assert type(back) is type(student) and back.config == student.config
+    for k, v in student.state_dict().items():
+        torch.testing.assert_close(back.state_dict()[k], v, rtol=0, atol=0)
+    with pytest.raises(CheckpointError, match="ema.safetensors: missing"):
+        load_checkpoint(tmp_path / "s", weights="ema")
+    with pytest.raises(ValueError, match="weights must be one of"):
+        load_checkpoint(tmp_path / "s", weights="best")
