@@ -9,7 +9,7 @@ reach, push (`LinePushExpert`), pick_place and stack (`PickPlaceExpert`) are mem
 of the current observation restricted to the policy's obs keys (tests/sim/test_experts.py replays recorded frames
 through a fresh expert). push_t still uses a planar planner with hidden state (phase, contact, plan, random
 contact choice): making it memoryless means a new contact rule that is stable frame to frame without a plan,
-which was not done in issue 10's time box. It uses: it scores candidate contacts on the object's outline by how well
+which was not done in issue 10's time box. Its planner scores candidate contacts on the object's outline by how well
 the quasi-static motion they would cause (force along the push direction, torque about the centre of mass through
 the object's radius of gyration) matches the motion still needed (position error and, for the T, yaw error),
 lifts the closed fingers over to the best contact, pushes with the finger pair held flush to that edge, and

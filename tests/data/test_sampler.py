@@ -93,7 +93,7 @@ def test_every_frame_is_the_current_frame_of_exactly_one_window(horizon, to, ta)
     assert sorted(current_frames(s, to)) == list(range(40))
     b = s.sample_batch(np.arange(len(s)))
     last = np.flatnonzero(np.array(current_frames(s, to)) == 39)[0]
-    assert b["a"][last].tolist() == [max(390 - 10 * (to - 1 - j), 300) if j < to else 390 for j in range(horizon)]
+    assert b["a"][last].tolist() == [max(390 - 10 * (to - 1 - j), 150) if j < to else 390 for j in range(horizon)]
     for w in b["a"]:  # windows stay inside one episode
         ep = np.searchsorted(ends, w // 10, side="right")
         assert (ep == ep[0]).all()
