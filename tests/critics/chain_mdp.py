@@ -177,17 +177,25 @@ def chunk_tensor(chunks):
 # ------------------------------------------------------------------------------------------ tabular critics
 class TabularQ(nn.Module):
     """Exact ensemble table Q_i(s, a_{1:L}): obs one-hot (B, 5), actions (B, >= L, 1) in {-1, 1} -> (K, B);
-    the same call signature as policies.critics.ChunkCritic."""
+    the same call signature as policies.critics.ChunkCritic.
 
-    def __init__(self, num_qs=2, chunk_len=1, init=0.0):
+    terminal_alias: read (3, RL) as (3, RR). The data never hold (3, RL) (the episode terminates after R and the
+    sampler pads with the executed R); a network must generalise "actions after a terminal do not count", a table
+    cannot, so a test that bootstraps with a policy that plays RL at 3 tells the table explicitly.
+    """
+
+    def __init__(self, num_qs=2, chunk_len=1, init=0.0, terminal_alias=False):
         super().__init__()
-        self.chunk_len = chunk_len
+        self.chunk_len, self.terminal_alias = chunk_len, terminal_alias
         self.table = nn.Parameter(torch.full((num_qs, N_STATES, 2**chunk_len), float(init)))
 
     def forward(self, obs, actions):
         bits = (actions[:, :self.chunk_len, 0] > 0).long()
         idx = (bits * (2 ** torch.arange(self.chunk_len - 1, -1, -1))).sum(1)  # first action = major bit
-        return self.table[:, obs.argmax(1), idx]
+        s = obs.argmax(1)
+        if self.terminal_alias and self.chunk_len == 2:
+            idx = torch.where((s == 3) & (idx == 2), torch.tensor(3), idx)
+        return self.table[:, s, idx]
 
 
 class TabularV(nn.Module):
