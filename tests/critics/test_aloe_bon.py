@@ -100,7 +100,7 @@ def bandit_critic():
 def test_best_of_n_picks_the_argmax_first_on_ties():
     q, values = bandit_critic()
     cands = ALL_CHUNKS[[0, 1, 3, 2, 3]][None].expand(3, 5, 2, 1)  # LL LR RR RL RR: RR twice
-    scores = ensemble_scores(q, cm.state_obs([2, 2, 2]), cands, "mean")
+    scores = ensemble_scores(q, cm.state_obs([2, 2, 2]), cands, "mean").detach()
     assert scores[0].numpy() == pytest.approx(values[[0, 1, 3, 2, 3]], abs=1e-6)
     chosen, idx = best_of_n(scores, cands)
     assert idx.tolist() == [2, 2, 2] and torch.equal(chosen[0], ALL_CHUNKS[3])

@@ -145,6 +145,17 @@ def test_value_fit_is_the_quantile_over_dataset_actions(kappa_b, output):
     assert got.item() == pytest.approx(cm.quantile(q.numpy(), kappa_b), abs=2e-3)
 
 
+@pytest.mark.parametrize("output, kind", [("linear", "expectile"), ("linear", "quantile"),
+                                          ("sigmoid", "expectile"), ("sigmoid", "quantile")])
+def test_sample_weights_act_like_duplicated_samples(output, kind):
+    """Weight 2 on a sample = that sample twice; weight 0 = dropped (the `complete` / intervention masks)."""
+    pred = torch.tensor([[0.1, -0.4, 0.3], [0.2, 0.0, -0.1]])
+    target = torch.tensor([0.6, 0.2, 0.45])
+    weighted = regression_loss(pred, target, output, kind, 0.8, torch.tensor([2.0, 1.0, 0.0]))
+    dup = regression_loss(pred[:, [0, 0, 1]], target[[0, 0, 1]], output, kind, 0.8)
+    assert weighted.item() == pytest.approx(dup.item(), rel=1e-6)
+
+
 def test_backup_target_aggregates():
     z = torch.tensor([[0.0, 2.0], [1.0, -1.0]])
     p, logit = backup_target(z, "min", "sigmoid")
