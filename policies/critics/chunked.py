@@ -338,12 +338,13 @@ def intervention_weights(is_intervention: torch.Tensor, mode: str = "keep", weig
     """(B,) sample weights for human-intervened chunks (spec §4.3: ablation switch; ALOE's own rule is not
     stated): keep -> 1, drop -> 0, weight -> `weight` on intervened samples, 1 elsewhere."""
     flag = is_intervention.to(torch.bool)
+    ones = torch.ones(flag.shape, device=flag.device)
     if mode == "keep":
-        return torch.ones(flag.shape)
+        return ones
     if mode == "drop":
         return (~flag).float()
     if mode == "weight":
-        return torch.where(flag, torch.tensor(float(weight)), torch.tensor(1.0))
+        return torch.where(flag, ones * float(weight), ones)
     raise ValueError(f"intervention_weights: mode {mode!r}, expected keep / drop / weight")
 
 
