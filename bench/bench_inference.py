@@ -34,7 +34,8 @@ def actors(task: str, run: Path, distill_steps: int, method: str, seed: int):
     from policies.consistency.checkpoint import load_student
     from policies.diffusion.rti import RTIConfig, RTISampler
     from robotstack.eval.actor_rollout import TorchActor
-    from robotstack.export.artifact import load_artifact
+    import sim
+    from robotstack.runtime.artifact import load_artifact
     from robotstack.export.onnx_export import export_artifact
     from robotstack.train.distill import DistillConfig, distill
 
@@ -48,7 +49,8 @@ def actors(task: str, run: Path, distill_steps: int, method: str, seed: int):
                 show_progress=False)
     student = load_student(student_dir)
     art_dir = run / f"artifact_cm1_{method}_{distill_steps}"
-    manifest = export_artifact(student_dir, "cm1", art_dir, latency_runs=100)
+    manifest = export_artifact(student_dir, "cm1", art_dir, latency_runs=100,
+                               task_spec=sim.make(task).unwrapped.task_spec())
     gen = torch.Generator().manual_seed(seed)
     grip = "clip" if task == "pick_place" else "none"
 

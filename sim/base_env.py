@@ -39,6 +39,7 @@ class Task(Protocol):
     object_bodies: tuple[str, ...]  # free bodies reported in object_state (pos + quat each)
     goal_dim: int
     success_tolerance: dict  # documented in task_spec()
+    success_criterion: list | None  # is_success as data (robotstack/core/success.py), None: not from state
 
     def build(self, spec: mujoco.MjSpec) -> None: ...  # add objects and markers to the scene
 
@@ -258,6 +259,14 @@ class PandaEnv(gym.Env):
             "object_bodies": list(self.task.object_bodies),
             "success_tolerance": dict(self.task.success_tolerance),
             "randomize": dict(self.randomize),
+            # what an export manifest carries for the runtime (robotstack/core/manifest.py): the success
+            # criterion as data, the robot, and the end-effector action contract (the runtime's ActionScale fields)
+            "success": self.task.success_criterion,
+            "robot": {"dof": len(self.h.arm_qpos), "kinematics": "panda"},
+            "ee_action": {"max_step_pos": float(self.max_step_pos), "use_yaw": bool(self.task.use_yaw),
+                          "max_step_yaw": float(self.max_step_yaw if self.task.use_yaw else 0.0),
+                          "ws_lo": WS_LO.tolist(), "ws_hi": WS_HI.tolist(), "max_lead": MAX_LEAD,
+                          "yaw_limit": YAW_LIMIT},
         }
 
     # --- internals -----------------------------------------------------------------------------------------

@@ -20,7 +20,8 @@ from robotstack.core import keys as K
 from robotstack.core import kinematics as kin
 from robotstack.runtime.client import ArmClient, ArmUnavailable
 from robotstack.runtime.controller import Controller, ControllerConfig
-from robotstack.runtime.policy_runner import ArtifactError, PolicyRunner
+from robotstack.core.errors import ArtifactError
+from robotstack.runtime.policy_runner import PolicyRunner
 
 MS = 1_000_000
 
@@ -91,8 +92,8 @@ def test_server_killed_controller_stops_and_says_why(server, policies):
         if ctl.poll() is None:
             ctl.kill()
     assert ctl.returncode == 3, out
-    # whichever watchdog notices first: the stale state (100 ms) or the unanswered heartbeat
-    assert ("state_stale" in out or "did not answer heartbeat" in out) and "server down" in out, out
+    # whichever watchdog notices first: the stale state (100 ms, "arm server down") or the unanswered heartbeat
+    assert ("state_stale" in out and "server down" in out) or "did not answer heartbeat" in out, out
     assert took < 3.0
 
 
@@ -171,7 +172,7 @@ def test_artifact_that_does_not_match_the_arm_is_refused(shared_server, policies
     with pytest.raises(ArtifactError) as err:
         ctl.connect()
     text = str(err.value)
-    assert "6 joints" in text and "'image_front'" in text and "'object_state'" in text
+    assert "6 joints" in text and "'robot_joint_pos'" in text and "'object_state'" in text
     client.close()
 
 
@@ -182,7 +183,7 @@ from hardware.protocol import parse_bind
 from robotstack.runtime.client import ArmClient
 from robotstack.runtime.controller import Controller
 from robotstack.runtime.policy_runner import PolicyRunner
-ctl = Controller(ArmClient(parse_bind({shared_server.addr!r})), PolicyRunner({str(policies['reach'])!r}))
+ctl = Controller(ArmClient(parse_bind({shared_server.addr!r})), PolicyRunner({str(policies['slow_x'])!r}))
 ctl.connect()
 res = ctl.run_episode(max_steps=10)
 assert res.steps == 10, res
@@ -233,7 +234,7 @@ def test_takeover_flags_interventions_in_the_recording(shared_server, policies, 
     from robotstack.cli.deploy import save_episode
 
     client = ArmClient(parse_bind(shared_server.addr))
-    ctl = Controller(client, PolicyRunner(policies["reach"]), takeover=ScriptedDevice())
+    ctl = Controller(client, PolicyRunner(policies["slow_x"]), takeover=ScriptedDevice())
     ctl.connect()
     res = ctl.run_episode(max_steps=15)
     assert res.ok and res.interventions == 6
