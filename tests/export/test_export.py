@@ -243,3 +243,14 @@ def test_manifest_reader_is_strict(artifacts, tmp_path, edit, message):
     with pytest.raises(ArtifactError, match=message) as err:
         load_artifact(d)
     assert str(d / "manifest.json") in str(err.value)
+
+
+def test_cli_export_takes_the_task_contract_from_the_checkpoints_task(ckpts, spec, tmp_path):
+    res = subprocess.run([sys.executable, "-m", "robotstack.cli", "export", "--checkpoint", str(ckpts / "ctm"),
+                          "--sampler", "cm1", "--out", str(tmp_path / "a")], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    art = load_artifact(tmp_path / "a")
+    m = art.manifest
+    assert m.task["name"] == "reach" and m.task["success"] == spec["success"] and m.ee_action == spec["ee_action"]
+    assert m.control_rate_hz == spec["control_hz"] and m.action["names"] == spec["action_names"]
