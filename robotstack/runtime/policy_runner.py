@@ -80,9 +80,9 @@ def spec_of(artifact: ArtifactPolicy) -> PolicySpec:
     """PolicySpec of a loaded artifact (obs spec shapes carry To first)."""
     m = artifact.manifest
     where = str(artifact.path / MANIFEST)
-    act = m.action
-    return PolicySpec(path=artifact.path, obs={k: tuple(int(x) for x in v["shape"][1:]) for k, v in m.obs["spec"].items()},
-                      obs_dtypes={k: v["dtype"] for k, v in m.obs["spec"].items()}, n_obs_steps=int(act["To"]),
+    act, spec = m.action, m.obs["spec"]
+    return PolicySpec(path=artifact.path, obs={k: tuple(int(x) for x in v["shape"][1:]) for k, v in spec.items()},
+                      obs_dtypes={k: v["dtype"] for k, v in spec.items()}, n_obs_steps=int(act["To"]),
                       n_action_steps=int(act["Ta"]), horizon=int(act["T"]), control_hz=float(m.control_rate_hz),
                       action_names=list(act["names"]), ee_action=check_ee_action(m.ee_action, act["names"], where),
                       dof=int(m.robot["dof"]), task=m.task["name"], success=m.task["success"],
