@@ -96,23 +96,13 @@ def policies(tmp_path_factory, reach_spec):
 
     root = tmp_path_factory.mktemp("policies")
     mismatch_spec = dict(reach_spec, robot={"dof": 6, "kinematics": "panda"})
-    recipes = {
-        "plus_x": lambda out: export_tiny(out, reach_spec, action_range=_const(0.5)),
-        "minus_x": lambda out: export_tiny(out, reach_spec, action_range=_const(-0.5)),
-        "slow_x": lambda out: export_tiny(out, reach_spec, action_range=_const(0.1)),
+    return {
+        "plus_x": export_tiny(root / "plus_x", reach_spec, action_range=_const(0.5)),
+        "minus_x": export_tiny(root / "minus_x", reach_spec, action_range=_const(-0.5)),
+        "slow_x": export_tiny(root / "slow_x", reach_spec, action_range=_const(0.1)),
         # a corrupt normalizer stat (NaN action offset) in the checkpoint: the exported graph yields NaN actions
-        "nan": lambda out: export_tiny(out, reach_spec, poison=True),
+        "nan": export_tiny(root / "nan", reach_spec, poison=True),
         # exported for a 6-joint arm, with observations the reach arm does not provide in these shapes
-        "mismatch": lambda out: export_tiny(out, mismatch_spec, obs_shapes={"robot_eef_pos": (3,),
-                                                                            "robot_joint_pos": (6,),
-                                                                            "object_state": (9,)}),
+        "mismatch": export_tiny(root / "mismatch", mismatch_spec,
+                                obs_shapes={"robot_eef_pos": (3,), "robot_joint_pos": (6,), "object_state": (9,)}),
     }
-
-    class Artifacts(dict):
-        """Exports an artifact the first time a test asks for it, then keeps it for the session."""
-
-        def __missing__(self, name: str):
-            self[name] = recipes[name](root / name)
-            return self[name]
-
-    return Artifacts()
