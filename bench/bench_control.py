@@ -3,9 +3,10 @@
     python bench/bench_control.py [--seconds 60] [--push-episodes 20]
 
 Phase 1 (timing + reach success): `robotstack serve-arm --driver pybullet --task reach` and a controller process
-(this file with --worker) that runs an exported single-step ONNX policy for >= --seconds, episodes back to back.
-The policy is `tests/runtime/onnx_policies.py` "reach" — an analytic P-controller exported through torch.onnx
-(NOT a trained policy: no trained export artifact existed when this was written). Reported: servo period
+(this file with --worker) that runs an exported ONNX policy for >= --seconds, episodes back to back.
+The policy is `robotstack.export.tiny.export_tiny` — a tiny UNTRAINED DiffusionPolicy (DDIM-2) written by the real
+exporter (timing of the production artifact path; its reach success is not meaningful; phase 1b runs a trained
+checkpoint when runs/bench_il/reach_run exists, or pass --policy-artifact). Reported: servo period
 p50/p99/p99.9/max and late ticks (server), state->target / inference / target->applied latency (controller
 telemetry), CPU use of both processes, and reach success vs the same ONNX policy in the MuJoCo env (same seeds).
 Phase 2 (push): the sim's scripted push expert through the same runtime path (controller -> ZMQ -> servo ->
@@ -29,7 +30,6 @@ from pathlib import Path
 os.environ.setdefault("MUJOCO_GL", "egl")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "runtime"))
 
 import numpy as np  # noqa: E402
 
@@ -38,10 +38,20 @@ from bench.common import print_table, write_results  # noqa: E402
 PY = sys.executable
 
 
-def success_fn(task: str):
-    from robotstack.runtime.success import success_from_obs
+def task_spec(task: str) -> dict:
+    import sim
 
-    fn = success_from_obs(task)
+    env = sim.make(task)
+    try:
+        return env.unwrapped.task_spec()
+    finally:
+        env.close()
+
+
+def success_fn(task: str):
+    from robotstack.core.success import success_fn as judge
+
+    fn = judge(task_spec(task)["success"])  # the criterion the exporter writes into manifests
     if fn is None:
         raise ValueError(f"no state-only success criterion for task {task!r}")
     return fn
@@ -180,16 +190,18 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    from onnx_policies import build_policy
-    from conftest import free_base_port  # noqa: E402 - tests/runtime helpers
+    from hardware.protocol.transport import free_base_port
 
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         if args.policy_artifact:
             artifact, what = args.policy_artifact, f"trained policy {args.policy_artifact}"
         else:
-            artifact, what = str(build_policy(tmp / "reach_policy", "reach")), "analytic, not trained"
-        print(f"phase 1: reach, exported ONNX single-step policy ({what}), >= {args.seconds:.0f} s ...", flush=True)
+            from robotstack.export.tiny import export_tiny
+
+            artifact = str(export_tiny(tmp / "reach_policy", task_spec("reach")))
+            what = "tiny DDIM-2, NOT trained: timing only"
+        print(f"phase 1: reach, exported ONNX policy ({what}), >= {args.seconds:.0f} s ...", flush=True)
         reach = run_phase("reach", args.seconds, artifact, args.min_episodes, 400, 100, tmp, free_base_port())
         seeds = [e["seed"] for e in reach["episodes"]]
         reach_mj = mujoco_success("reach", seeds, artifact, 100)
@@ -200,7 +212,7 @@ def main() -> None:
 
             trained_art = str(tmp / "reach_ddim")
             export_artifact(ckpt, "ddim", trained_art, steps=8, control_rate_hz=20.0, latency_runs=20,
-                            parity_trials=2)
+                            parity_trials=2, task_spec=task_spec("reach"))
             print(f"phase 1b: reach, trained diffusion policy {ckpt} exported as DDIM-8 chunk (Ta=8), "
                   f"{args.trained_episodes} episodes ...", flush=True)
             trained = run_phase("reach", 0.0, trained_art, args.trained_episodes, args.trained_episodes, 100, tmp,
@@ -243,7 +255,7 @@ def main() -> None:
     def rate(xs):
         return f"{np.mean(xs):.0%} ({int(np.sum(xs))}/{len(xs)})"
 
-    succ = [["reach", f"exported ONNX single-step policy ({what})",
+    succ = [["reach", f"exported ONNX policy ({what})",
              rate([e["success"] for e in reach["episodes"]]), rate(reach_mj)]]
     if trained is not None:
         tl = trained["telemetry"]["latency_ms"]

@@ -33,7 +33,8 @@ def actors(task: str, run: Path, distill_steps: int, method: str, seed: int):
     from policies.checkpoint import load_checkpoint
     from policies.diffusion.rti import RTIConfig, RTISampler
     from robotstack.eval.actor_rollout import TorchActor
-    from robotstack.export.artifact import load_artifact
+    import sim
+    from robotstack.runtime.artifact import load_artifact
     from robotstack.export.onnx_export import export_artifact
     from robotstack.core.config import load_config
     from robotstack.train.distill import DistillConfig, distill
@@ -50,7 +51,8 @@ def actors(task: str, run: Path, distill_steps: int, method: str, seed: int):
         distill(cfg, student_run, show_progress=False)
     student = load_checkpoint(student_dir)
     art_dir = run / f"artifact_cm1_{method}_{distill_steps}"
-    manifest = export_artifact(student_dir, "cm1", art_dir, latency_runs=100)
+    manifest = export_artifact(student_dir, "cm1", art_dir, latency_runs=100,
+                               task_spec=sim.make(task).unwrapped.task_spec())
     gen = torch.Generator().manual_seed(seed)
     grip = "clip" if task == "pick_place" else "none"
 

@@ -37,6 +37,7 @@ class Task(Protocol):
     object_bodies: tuple[str, ...]  # free bodies reported in object_state (pos + quat each)
     goal_dim: int
     success_tolerance: dict  # documented in task_spec()
+    success_criterion: list | None  # is_success as data (robotstack/core/success.py), None: not from state
 
     def build(self, spec: mujoco.MjSpec) -> None: ...  # add objects and markers to the scene
 
@@ -256,6 +257,11 @@ class PandaEnv(gym.Env):
             "object_bodies": list(self.task.object_bodies),
             "success_tolerance": dict(self.task.success_tolerance),
             "randomize": dict(self.randomize),
+            # what an export manifest carries for the runtime (robotstack/core/manifest.py): the success
+            # criterion as data, the robot, and the end-effector action contract (core/ee_action.py EEActionSpec)
+            "success": self.task.success_criterion,
+            "robot": {"dof": len(self.h.arm_qpos), "kinematics": "panda"},
+            "ee_action": self.action_spec.to_dict(),
         }
 
     # --- internals -----------------------------------------------------------------------------------------

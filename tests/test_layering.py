@@ -19,8 +19,10 @@ ALLOWED = {
     "hardware": {"robotstack.core"},
     "policies": {"robotstack.core"},
     "robotstack.train": {"robotstack.core", "robotstack.data", "policies", "sim", "robotstack.eval"},
-    "robotstack.eval": {"robotstack.core", "robotstack.data", "policies", "sim"},
-    "robotstack.export": {"robotstack.core", "policies"},
+    # eval rolls out exported artifacts through the runtime's loader (eval-artifact)
+    "robotstack.eval": {"robotstack.core", "robotstack.data", "policies", "sim", "robotstack.runtime"},
+    # the exporter checks parity with the runtime's onnxruntime session (the production path)
+    "robotstack.export": {"robotstack.core", "policies", "robotstack.runtime"},
     "robotstack.runtime": {"robotstack.core", "hardware"},
     # the only top layer: anything may be imported here, and nothing below may import it
     "robotstack.cli": {"robotstack.core", "robotstack.data", "robotstack.train", "robotstack.eval",
@@ -37,8 +39,6 @@ FORBIDDEN_THIRD_PARTY = {
 # Documented exceptions: (file relative to ROOT, imported module prefix) -> why
 EXCEPTIONS = {
     ("robotstack/data/dataset.py", "torch"): "the torch Dataset wrapper is the one torch module in data/",
-    ("robotstack/runtime/policy_runner.py", "robotstack.export.artifact"):
-        "TEMPORARY: goes away when the runtime owns the only artifact loader (issue 8, item 2)",
 }
 FIRST_PARTY_TOPS = ("robotstack", "sim", "hardware", "policies", "tests", "bench", "tools")
 # packages whose modules are scanned; each module must sit in a layer (tests/, bench/, tools/ may import anything
@@ -152,8 +152,8 @@ def test_misplaced_imports_are_caught(tmp_path):
                                       ["must not import torch", "must not import policies.registry"]),
         "robotstack/core/bad.py": ("from robotstack.cli import main\n", ["must not import robotstack.cli"]),
         "sim/bad.py": ("from tests.runtime.conftest import free_base_port\n", ["developer code"]),
-        "robotstack/runtime/bad.py#2": ("from robotstack.export.artifact import load_artifact\n",
-                                        ["must not import robotstack.export.artifact"]),
+        "robotstack/runtime/bad.py#2": ("from robotstack.export.onnx_export import export_artifact\n",
+                                        ["must not import robotstack.export.onnx_export"]),
         "robotstack/newlayer/mod.py": ("import numpy\n", ["is in no layer"]),
         "hardware/bad.py": ("import robotstack.nonexistent\n", ["unknown first-party module"]),
     }

@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import ipaddress
 import logging
+import socket
 import time
 from dataclasses import dataclass
 
@@ -77,6 +78,26 @@ def parse_bind(bind: str) -> Endpoints:
         raise ValueError(f"--bind {bind!r}: expected tcp://HOST:PORT or ipc://DIR")
     host, port = rest.rsplit(":", 1)
     return Endpoints.tcp(host, int(port))
+
+
+def free_base_port(host: str = "127.0.0.1", tries: int = 50) -> int:
+    """A base port whose +1 and +2 are free too (an Endpoints.tcp triple), for tests and benchmarks on loopback."""
+    for _ in range(tries):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            base = s.getsockname()[1]
+        if base > 65000:
+            continue
+        ok = True
+        for p in (base + 1, base + 2):
+            with socket.socket() as s:
+                try:
+                    s.bind((host, p))
+                except OSError:
+                    ok = False
+        if ok:
+            return base
+    raise RuntimeError(f"no free port triple on {host} after {tries} tries")
 
 
 @dataclass(frozen=True)

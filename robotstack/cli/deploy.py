@@ -97,9 +97,9 @@ def deploy(args) -> int:
         takeover = make_device(args.takeover)
     cfg = ControllerConfig(command_hz=args.command_hz, target_expiry_s=args.target_expiry,
                            safety=SafetyConfig(max_delta=None if args.max_delta <= 0 else args.max_delta))
-    from robotstack.runtime.success import success_from_obs
+    from robotstack.core.success import success_fn
 
-    ctl = Controller(client, runner, cfg, takeover=takeover, success_fn=success_from_obs(runner.spec.task),
+    ctl = Controller(client, runner, cfg, takeover=takeover, success_fn=success_fn(runner.spec.success),
                      status_fn=None if args.quiet else _status_printer())
     store = None
     if args.record:

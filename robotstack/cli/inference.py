@@ -4,7 +4,7 @@
     robotstack distill --checkpoint TEACHER [--method ctm|rl100] [--steps N] --out RUN_DIR   (flags = overrides)
     robotstack export --checkpoint DIR --sampler cm1|cm3|ddim|rti --out ARTIFACT_DIR [--steps K] [--k-start K']
     robotstack rti choose-k --checkpoint DIR --data STORE [--pairs 128]
-    robotstack eval-artifact --artifact DIR --task TASK [--episodes 100]   (onnxruntime only, no torch)
+    robotstack eval-artifact --artifact DIR [--task TASK] [--episodes 100]   (onnxruntime only, no torch)
 Heavy imports happen inside the commands.
 """
 
@@ -38,23 +38,31 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return INTERRUPTED_EXIT_CODE if summary.get("interrupted") else 0
 
 
-def _control_rate(task: str | None) -> float | None:
-    if not task:
-        return None
-    try:
-        import sim
+def _task_spec(checkpoint: str, task: str | None) -> dict:
+    """The sim task spec the manifest's task fields come from (control rate, action contract, robot, success)."""
+    from policies.checkpoint import read_extra
+    from robotstack.core.errors import ConfigError
 
-        env = sim.make(task)
-        try:
-            return float(env.metadata.get("render_fps") or 0) or None
-        finally:
-            env.close()
-    except Exception:  # noqa: BLE001 - the rate is informational; an unknown task leaves it unset
-        return None
+    extra = read_extra(checkpoint)
+    if extra.get("task_spec"):
+        return extra["task_spec"]
+    task = task or extra.get("task")
+    if not task:
+        raise ConfigError(f"export {checkpoint}: its config.json names no task (extra.task); pass --task")
+    import sim
+
+    env = sim.make(task)
+    try:
+        spec = getattr(env.unwrapped, "task_spec", None)
+        if spec is None:
+            raise ConfigError(f"export: task {task!r} offers no task_spec() (the manifest's control rate, action "
+                              "contract, robot and success criterion come from it)")
+        return spec()
+    finally:
+        env.close()
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from policies.checkpoint import read_extra
     from policies.diffusion.rti import RTIConfig
     from robotstack.export.onnx_export import export_artifact
 
@@ -62,9 +70,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.sampler == "rti":
         rti = RTIConfig(k_start=args.k_start, gripper_mode=args.gripper_mode, factor=args.factor,
                         step_semantics=args.step_semantics, init_sampler="ddim", init_steps=args.steps)
-    rate = args.control_rate or _control_rate(read_extra(args.checkpoint).get("task"))
     m = export_artifact(args.checkpoint, args.sampler, args.out, steps=args.steps, rti=rti,
-                        gripper_dims=_dims(args.gripper_dims), control_rate_hz=rate, seed=args.seed)
+                        gripper_dims=_dims(args.gripper_dims), control_rate_hz=args.control_rate,
+                        task_spec=_task_spec(args.checkpoint, args.task), seed=args.seed)
     lat = m["latency"]["policy"]
     print(f"wrote {args.out}/policy.onnx ({m['sampler']}, NFE/call {m['nfe']['per_call']}); parity max|err| "
           f"{m['parity']['max_abs_err']:.2e}; ORT p50 {lat['ort']['p50_ms']:.3f} ms p99 {lat['ort']['p99_ms']:.3f} ms "
@@ -90,14 +98,10 @@ def cmd_rti_choose_k(args: argparse.Namespace) -> int:
 
 def cmd_eval_artifact(args: argparse.Namespace) -> int:
     from robotstack.eval.actor_rollout import rollout_actor
-    from robotstack.export.artifact import load_artifact
+    from robotstack.runtime.artifact import load_artifact
 
     art = load_artifact(args.artifact, seed=args.seed)
-    task = args.task or (art.manifest.get("source") or {}).get("task")
-    if not task:
-        from robotstack.core.errors import ConfigError
-
-        raise ConfigError(f"{args.artifact}/manifest.json has no source.task; pass --task")
+    task = args.task or art.manifest.task["name"]
     res = rollout_actor(art, task, args.episodes, seed=args.seed_env, show_progress=not args.quiet,
                         description=f"eval-artifact {task}")
     s = res.summary()
@@ -136,6 +140,8 @@ def add_verbs(sub) -> None:
     e.add_argument("--step-semantics", default="official_t_minus_1", choices=["official_t_minus_1", "jump"])
     e.add_argument("--gripper-dims", default="last", help="thresholded action dims: last | none | i,j")
     e.add_argument("--control-rate", type=float, default=None, help="Hz (default: the task's)")
+    e.add_argument("--task", default=None, help="sim task whose spec the manifest carries (default: the "
+                                                "checkpoint's task)")
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(func=cmd_export)
 
@@ -152,7 +158,7 @@ def add_verbs(sub) -> None:
 
     ea = sub.add_parser("eval-artifact", help="roll out an exported artifact in sim with onnxruntime (no torch)")
     ea.add_argument("--artifact", required=True)
-    ea.add_argument("--task", default="", help="default: the manifest's source task")
+    ea.add_argument("--task", default="", help="default: the manifest's task.name")
     ea.add_argument("--episodes", type=int, default=100)
     ea.add_argument("--seed", type=int, default=0, help="noise seed of the runtime")
     ea.add_argument("--seed-env", type=int, default=100_000, help="seed of the first episode")

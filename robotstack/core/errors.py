@@ -22,3 +22,7 @@ class UnknownTaskError(RobotstackError, KeyError):
 
 class DeviceUnavailableError(RobotstackError):
     """A teleop or hardware device is not present or its driver package is missing."""
+
+
+class ArtifactError(RobotstackError):
+    """An export artifact is missing, incomplete, tampered with, or does not match the arm it is deployed on."""

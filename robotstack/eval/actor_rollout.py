@@ -6,7 +6,7 @@ Glossary: To obs history, Ta actions returned per decision, Da action dim.
 artifact need a per-episode `reset()` and one decision at a time, which this loop provides (one env, batch 1).
 
 Actor protocol: `obs_keys` (list), `n_obs_steps` (To), `reset()`, `act(history: {key: (To, *shape)}) ->
-(n, Da)` env-unit actions (n >= 1, all executed before the next decision). `robotstack.export.artifact.
+(n, Da)` env-unit actions (n >= 1, all executed before the next decision). `robotstack.runtime.artifact.
 ArtifactPolicy` satisfies it; `TorchActor` adapts the torch samplers. Per-decision wall time is recorded.
 """
 

@@ -1,6 +1,5 @@
-"""ONNX export of fast samplers + the torch-free artifact loader.
+"""ONNX export of fast samplers: checkpoint dir -> artifact dir (policy.onnx [+ init.onnx] + manifest.json).
 
-`robotstack.export.artifact` imports only numpy, json, hashlib and onnxruntime (the on-robot runtime uses it);
-`robotstack.export.onnx_export` / `graphs` need torch and policies. Nothing is imported here, so importing the
-package never pulls in torch.
+The manifest schema is robotstack/core/manifest.py; the only loader is robotstack/runtime/artifact.py.
+`onnx_export` / `graphs` / `tiny` need torch and policies; nothing is imported here.
 """

@@ -1,7 +1,7 @@
 """torch modules that become the exported ONNX graphs (batch 1, explicit noise in, env units out).
 
 Glossary: To obs history, T horizon, Ta actions returned per call, Da action dim, n sampling steps,
-S stochastic DDPM steps of an RTI warm call. Contract of names and shapes: robotstack/export/artifact.py.
+S stochastic DDPM steps of an RTI warm call. Contract of names and shapes: robotstack/core/manifest.py.
 
 Each graph = normalize obs -> encoder -> sampler (unrolled) -> unnormalize -> executed slice -> gripper
 threshold, so normalization stats and the sampler's timesteps are constants of the graph.

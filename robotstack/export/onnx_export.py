@@ -13,6 +13,11 @@ Samplers:
 The legacy TorchScript exporter (dynamo=False, opset 17; machine_notes §5) is used: no onnxscript dependency,
 0.4 s exports; the batch is fixed to 1 (the on-robot case).
 
+The manifest is written through robotstack/core/manifest.py (the schema the runtime reads). What the runtime needs
+about the task (control rate, action names, end-effector action contract, robot, success criterion as data) comes
+from the sim's task spec (`sim.make(task).unwrapped.task_spec()`, TASK_SPEC_FIELDS): passed as `task_spec`, or
+carried by the checkpoint (extra["task_spec"]). Without it the export is refused; the runtime has no defaults.
+
 At export: torch vs onnxruntime parity (max abs error over random in-range obs + noise, every output) and
 latency (batch 1, one thread, p50/p99) of both, recorded in manifest.json.
 """
@@ -31,8 +36,10 @@ import torch
 from torch import nn
 
 from robotstack.core.errors import ConfigError
-from robotstack.export.artifact import FORMAT, MANIFEST, SAMPLERS, VERSION, open_session, sha256_file
+from robotstack.core.manifest import MANIFEST, SAMPLERS, Manifest, write_manifest
+from robotstack.core.success import check_criterion
 from robotstack.export.graphs import ConsistencyGraph, DDIMGraph, RTIInitGraph, RTIWarmGraph
+from robotstack.runtime.artifact import open_session, sha256_file
 
 from policies.checkpoint import load_checkpoint, policy_name, read_extra, resolve_weights
 from policies.consistency.model import ConsistencyPolicy
@@ -41,6 +48,24 @@ from policies.diffusion.rti import RTIConfig, RTISampler
 
 OPSET = 17
 PARITY_TOL = 1e-4
+TASK_SPEC_FIELDS = ("task", "control_hz", "action_names", "ee_action", "robot", "success")
+
+
+def task_section(task_spec: dict | None, checkpoint: Path, action_dim: int) -> dict[str, Any]:
+    """The task spec fields the manifest carries; refuses a spec that lacks one (naming it)."""
+    where = f"export {checkpoint}: task_spec"
+    if task_spec is None:
+        raise ConfigError(f"{where}: missing; pass the sim task spec (sim.make(task).unwrapped.task_spec(), which "
+                          f"`robotstack export` does for the checkpoint's task) with fields {list(TASK_SPEC_FIELDS)}")
+    missing = [k for k in TASK_SPEC_FIELDS if k not in task_spec]
+    if missing:
+        raise ConfigError(f"{where}: missing field(s) {missing}; expected {list(TASK_SPEC_FIELDS)}")
+    names = list(task_spec["action_names"])
+    if len(names) != action_dim:
+        raise ConfigError(f"{where}: action_names {names} has {len(names)} entries, the policy's action_dim is "
+                          f"{action_dim}")
+    return {k: task_spec[k] for k in TASK_SPEC_FIELDS} | {
+        "success": check_criterion(task_spec["success"], f"{where}.success")}
 
 
 def random_obs(policy: nn.Module, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -174,9 +199,10 @@ def build_graphs(policy: nn.Module, sampler: str, steps: int | None, rti: RTICon
 
 def export_artifact(checkpoint: str | Path, sampler: str, out: str | Path, *, steps: int | None = None,
                     rti: RTIConfig | None = None, gripper_dims: Sequence[int] | None = None,
-                    control_rate_hz: float | None = None, seed: int = 0, parity_trials: int = 5,
-                    latency_runs: int = 200, weights: str = "auto") -> dict[str, Any]:
-    """Write the artifact dir; returns the manifest. gripper_dims None = the last action dim."""
+                    control_rate_hz: float | None = None, task_spec: dict | None = None, seed: int = 0,
+                    parity_trials: int = 5, latency_runs: int = 200, weights: str = "auto") -> dict[str, Any]:
+    """Write the artifact dir; returns the manifest (as a dict). gripper_dims None = the last action dim;
+    task_spec None = the checkpoint's extra["task_spec"]; control_rate_hz None = the task's control rate."""
     if sampler not in SAMPLERS:
         raise ConfigError(f"export --sampler {sampler!r}: expected one of {SAMPLERS}")
     checkpoint, out = Path(checkpoint), Path(out)
@@ -185,6 +211,8 @@ def export_artifact(checkpoint: str | Path, sampler: str, out: str | Path, *, st
     if not policy.normalizer.is_fitted():
         raise ConfigError(f"export {checkpoint}: normalizer stats are missing for some keys; refusing to export")
     c = policy.config
+    extra = read_extra(checkpoint)
+    task = task_section(task_spec if task_spec is not None else extra.get("task_spec"), checkpoint, c.action_dim)
     dims = [c.action_dim - 1] if gripper_dims is None else [int(d) % c.action_dim for d in gripper_dims]
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("policy.onnx", "init.onnx", MANIFEST):
@@ -197,36 +225,34 @@ def export_artifact(checkpoint: str | Path, sampler: str, out: str | Path, *, st
     parity = {g.role: g.parity(out, rng, parity_trials) for g in graphs}
     latency = {g.role: g.latency(out, rng, latency_runs) for g in graphs}
     worst = max(parity.values())
-    extra = read_extra(checkpoint)
     n_out = graphs[-1].graph.n_out
-    manifest = {
-        "format": FORMAT, "version": VERSION, "sampler": sampler,
-        "graphs": g_docs,
-        "obs": {"keys": list(c.obs_shapes),
-                "spec": {k: {"shape": [c.n_obs_steps, *s], "dtype": "uint8" if k in c.image_keys else "float32"}
-                         for k, s in c.obs_shapes.items()},
-                "order": "oldest first; at an episode start repeat the first observation To times"},
-        "action": {"dim": c.action_dim, "T": c.horizon, "Ta": n_out, "To": c.n_obs_steps,
-                   "action_start": c.action_start, "units": "env"},
-        "control_rate_hz": control_rate_hz,
-        # the env's action convention from the training run (None for checkpoints made before it was recorded;
-        # the runtime then falls back to the sim defaults)
-        "action_scale": extra.get("action_scale"),
-        "gripper": {"dims": dims, "threshold": 0.0, "values": [-1.0, 1.0], "in_graph": True,
-                    "rule": "executed gripper dims: > 0 -> +1 (close), else -1"},
-        "normalization": {"in_graph": True, "stats": policy.normalizer.stats_dict()},
-        "opset": OPSET, "exporter": "torch.onnx.export(dynamo=False)", "torch_version": torch.__version__,
-        "parity": {"max_abs_err": worst, "per_graph": parity, "trials": parity_trials, "tolerance": PARITY_TOL,
-                   "ok": worst <= PARITY_TOL},
-        "latency": latency, "export_s": export_s,
-        "source": {"checkpoint": str(checkpoint), "policy": policy_name(checkpoint), "weights": weights,
-                   "task": extra.get("task"), "obs_keys": extra.get("obs_keys")},
-        **section,
-    }
-    manifest["noise"] = section["noise"] | {"distribution": "standard normal float32",
-                                            "drawn_by": "the runtime: numpy.random.default_rng(seed)"}
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    manifest = Manifest(
+        sampler=sampler, graphs=g_docs,
+        obs={"keys": list(c.obs_shapes),
+             "spec": {k: {"shape": [c.n_obs_steps, *s], "dtype": "uint8" if k in c.image_keys else "float32"}
+                      for k, s in c.obs_shapes.items()},
+             "order": "oldest first; at an episode start repeat the first observation To times"},
+        action={"names": task["action_names"], "dim": c.action_dim, "T": c.horizon, "Ta": n_out,
+                "To": c.n_obs_steps, "action_start": c.action_start, "units": "env"},
+        control_rate_hz=float(control_rate_hz or task["control_hz"]),
+        ee_action=dict(task["ee_action"]), robot=dict(task["robot"]),
+        task={"name": task["task"], "success": task["success"]},
+        gripper={"dims": dims, "threshold": 0.0, "values": [-1.0, 1.0], "in_graph": True,
+                 "rule": "executed gripper dims: > 0 -> +1 (close), else -1"},
+        noise=section["noise"] | {"distribution": "standard normal float32",
+                                  "drawn_by": "the runtime: numpy.random.default_rng(seed)"},
+        nfe=section["nfe"],
+        normalization={"in_graph": True, "stats": policy.normalizer.stats_dict()},
+        opset=OPSET, exporter="torch.onnx.export(dynamo=False)", torch_version=torch.__version__,
+        parity={"max_abs_err": worst, "per_graph": parity, "trials": parity_trials, "tolerance": PARITY_TOL,
+                "ok": worst <= PARITY_TOL},
+        latency=latency, export_s=export_s,
+        source={"checkpoint": str(checkpoint), "policy": policy_name(checkpoint), "weights": weights,
+                "task": extra.get("task"), "obs_keys": extra.get("obs_keys")},
+        **{k: section[k] for k in ("consistency", "ddim", "rti", "state") if k in section},
+    )
+    write_manifest(out, manifest)
     if worst > PARITY_TOL:
         raise ConfigError(f"export {out}: torch vs onnxruntime max abs error {worst:.2e} > {PARITY_TOL:.0e} "
                           f"(manifest written for inspection)")
-    return manifest
+    return manifest.to_dict()

@@ -1,6 +1,7 @@
 """On-robot controller: runs an exported ONNX policy against an arm server over the wire protocol.
 
-    policy_runner  artifact (policy.onnx + manifest.json) -> onnxruntime session, observation history (To)
+    artifact       the only artifact loader: manifest (core/manifest.py) + sha256 + graph I/O checks -> onnxruntime
+    policy_runner  loaded artifact -> PolicySpec (what the controller needs) + observation history (To)
     action_map     env actions [dx, dy, dz, (dyaw,) gripper] -> TCP target -> joint target (core.kinematics IK)
     scheduler      timestamped action scheduling: drop actions already in the past, latency compensation
     safety         policy-output checks (NaN/Inf, range), max change per step, stale state

@@ -32,7 +32,7 @@ import numpy as np
 
 from robotstack.core import keys as K
 from robotstack.core.timing import RateKeeper
-from robotstack.runtime.action_map import ActionScale, EEActionMapper
+from robotstack.runtime.action_map import EEActionMapper
 from robotstack.runtime.client import ArmClient, ArmUnavailable
 from robotstack.runtime.policy_runner import ArtifactError, PolicySpec, check_arm, state_obs
 from robotstack.runtime.safety import Safety, SafetyConfig, SafetyStop
@@ -70,10 +70,9 @@ class EpisodeResult:
 
 def teleop_spec(task_spec: dict) -> PolicySpec:
     """A PolicySpec for a person driving (record --arm): action spec and rate from the sim task spec."""
-    return PolicySpec(path=Path("."), onnx_path=Path("."), obs={}, obs_dtypes={}, n_obs_steps=1, n_action_steps=1,
-                      horizon=1, control_hz=float(task_spec["control_hz"]), action_names=list(task_spec["action_names"]),
-                      action_dim=len(task_spec["action_names"]), max_step_pos=float(task_spec["max_step_pos_m"]),
-                      max_step_yaw=float(task_spec.get("max_step_yaw_rad") or 0.15), task=task_spec.get("task", ""),
+    return PolicySpec(path=Path("."), obs={}, obs_dtypes={}, n_obs_steps=1, n_action_steps=1, horizon=1,
+                      control_hz=float(task_spec["control_hz"]), action_names=list(task_spec["action_names"]),
+                      ee_action=dict(task_spec["ee_action"]), task=task_spec["task"], success=task_spec["success"],
                       policy_id="teleop")
 
 
@@ -142,8 +141,7 @@ class Controller:
             c.reset(go_home=False)
         c.heartbeat()
         st = c.wait_state(1.0)
-        mapper = EEActionMapper(ActionScale(max_step_pos=spec.max_step_pos, max_step_yaw=spec.max_step_yaw,
-                                            use_yaw=spec.use_yaw), ik_iters=cfg.ik_iters)
+        mapper = EEActionMapper(spec.action_scale(), ik_iters=cfg.ik_iters)
         mapper.reset(st.joint_pos, None if st.gripper is None else float(st.gripper[0]))
         q_target, grip = np.array(st.joint_pos, dtype=np.float64), mapper.gripper
         if self.policy is not None:

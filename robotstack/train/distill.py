@@ -244,7 +244,7 @@ def update_target(target: nn.Module, online: nn.Module, mu: float) -> None:
 def _student_extra(cfg: DistillConfig, teacher_extra: dict, obs_keys: list[str], paths: list[str], k_teacher: int,
                    step: int) -> dict:
     return {"stage": "distill", "step": step, "task": teacher_extra.get("task"), "obs_keys": obs_keys,
-            "action_scale": teacher_extra.get("action_scale"), "data_paths": paths, "teacher": str(cfg.teacher),
+            "task_spec": teacher_extra.get("task_spec"), "data_paths": paths, "teacher": str(cfg.teacher),
             "teacher_weights": cfg.teacher_weights, "method": cfg.policy.method, "teacher_ddim_steps": k_teacher}
 
 

@@ -256,32 +256,24 @@ class LossModule(nn.Module):
 
 # ====================================================================================== checkpoints
 @functools.lru_cache(maxsize=None)
-def action_scale(task: str) -> dict:
-    """The env's action convention, carried into checkpoints and from there into export manifests, so the on-robot
-    runtime scales actions exactly as the training sim did. Panda envs: the whole end-effector contract
-    (core/ee_action.py EEActionSpec.to_dict()); other envs (Meta-World): names and step scales from the task spec."""
+def task_spec(task: str) -> dict:
+    """The env's task spec (sim base_env.task_spec(): control rate, action names, the whole end-effector contract
+    core/ee_action.py EEActionSpec.to_dict() for Panda envs, robot, success criterion as data), carried into
+    checkpoints and from there into export manifests, so the on-robot runtime acts exactly as the training sim."""
     import sim
 
     env = sim.make(task)
     try:
-        ee_spec = getattr(env.unwrapped, "action_spec", None)
-        if ee_spec is not None:
-            return ee_spec.to_dict()
-        spec = env.unwrapped.task_spec()
+        return json.loads(json.dumps(env.unwrapped.task_spec()))  # plain JSON types (tuples -> lists)
     finally:
         env.close()
-    out = {"names": list(spec.get("action_names", []))}
-    for key in ("max_step_pos_m", "max_step_yaw_rad"):
-        if spec.get(key) is not None:
-            out[key] = float(spec[key])
-    return out
 
 
 def save_all(run_dir: Path, step: int, cfg: ILConfig, policy: DiffusionPolicy, ema: EMA,
              optimizer: torch.optim.Optimizer, data: TrainData, log_window: tuple[float, int] = (0.0, 0)) -> Path:
     extra = {"stage": "il", "step": step, "task": cfg.task, "obs_keys": cfg.data.obs_keys,
              "data_paths": cfg.data.paths, "n_episodes": int(len(data.episode_ends)),
-             "eval": to_dict(cfg.eval), "action_scale": action_scale(cfg.task)}
+             "eval": to_dict(cfg.eval), "task_spec": task_spec(cfg.task)}
     # the partial loss-logging window is state too: without it a resumed run logs a different mean
     state = {"seed": cfg.train.seed, "ema_step": ema.step, "log_window": list(log_window)}
     return save_run_checkpoint(run_dir, step, policy, optimizer, ema.averaged, extra=extra, state=state,

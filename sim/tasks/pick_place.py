@@ -17,6 +17,7 @@ class PickPlaceTask:
     object_bodies = ("cube",)
     goal_dim = 3
     success_tolerance = {"cube_xy_to_target_m": TOL, "cube_height_above_rest_m": 0.01, "released": True}
+    success_criterion = None  # not judged from the published state: needs release (contact) information
 
     def build(self, spec) -> None:
         ps.add_box(spec, "cube", (CUBE_HALF,) * 3, (0.85, 0.15, 0.15, 1), mass=0.1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from robotstack.core import keys
 from sim import panda_scene as ps
 from sim.tasks.common import CUBE_HALF, sample_xy
 
@@ -21,6 +22,8 @@ class PushTask:
     object_bodies = ("cube",)
     goal_dim = 3
     success_tolerance = {"cube_xy_to_target_m": TOL}
+    # is_success as data (robotstack/core/success.py): object_state[:3] is the cube position
+    success_criterion = [{"distance": [keys.OBJECT_STATE, keys.GOAL], "dims": [0, 1], "below": TOL}]
 
     def build(self, spec) -> None:
         ps.add_box(spec, "cube", (CUBE_HALF,) * 3, (0.85, 0.15, 0.15, 1), mass=0.1)

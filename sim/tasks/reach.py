@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from robotstack.core import keys
 from sim import panda_scene as ps
 
 TOL = 0.02  # m
@@ -16,6 +17,8 @@ class ReachTask:
     object_bodies = ("target",)  # the marker's pose is the only "object"
     goal_dim = 3
     success_tolerance = {"tcp_to_target_m": TOL}
+    # is_success as data, judged from the published state (robotstack/core/success.py)
+    success_criterion = [{"distance": [keys.EEF_POS, keys.GOAL], "dims": [0, 1, 2], "below": TOL}]
 
     def build(self, spec) -> None:
         ps.add_target_marker(spec, "target", (0.1, 0.9, 0.2, 0.5), shape="sphere", size=(0.015,))

@@ -145,10 +145,11 @@ def test_sim_env_and_runtime_mapper_step_exactly_like_the_core(task):
 def test_checkpoints_carry_the_whole_contract():
     """train il writes the env's full spec into checkpoints (and so into export manifests); it reads back strictly."""
     import sim
-    from robotstack.train.il import action_scale
+    from robotstack.train.il import task_spec
 
     env = sim.make("push_t")
     try:
-        assert ee.EEActionSpec.from_dict(action_scale("push_t"), where="action_scale") == env.unwrapped.action_spec
+        stored = task_spec("push_t")["ee_action"]
+        assert ee.EEActionSpec.from_dict(stored, where="task_spec.ee_action") == env.unwrapped.action_spec
     finally:
         env.close()

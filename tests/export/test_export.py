@@ -14,28 +14,41 @@ from fast_policy_testing import tiny_student, tiny_teacher  # noqa: E402
 
 from policies.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from policies.diffusion.rti import RTIConfig, RTISampler  # noqa: E402
-from robotstack.export.artifact import ArtifactError, load_artifact, sha256_file  # noqa: E402
+from robotstack.core.errors import ArtifactError, ConfigError  # noqa: E402
+from robotstack.runtime.artifact import load_artifact, sha256_file  # noqa: E402
 from robotstack.export.onnx_export import export_artifact  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
+def spec():
+    """The sim's reach task spec (4 actions, like the tiny policies): what the manifest's task fields come from."""
+    import sim
+
+    env = sim.make("reach")
+    try:
+        return env.unwrapped.task_spec()
+    finally:
+        env.close()
+
+
+@pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpt")
     teacher = tiny_teacher()
-    save_checkpoint(root / "teacher", teacher, extra={"task": "push"})
+    save_checkpoint(root / "teacher", teacher, extra={"task": "reach"})
     student, _ = tiny_student("ctm")
-    save_checkpoint(root / "ctm", student, extra={"task": "push"})
+    save_checkpoint(root / "ctm", student, extra={"task": "reach"})
     rl, _ = tiny_student("rl100")
-    save_checkpoint(root / "rl100", rl, extra={"task": "push"})
+    save_checkpoint(root / "rl100", rl, extra={"task": "reach"})
     return root
 
 
 @pytest.fixture(scope="module")
-def artifacts(ckpts, tmp_path_factory):
+def artifacts(ckpts, spec, tmp_path_factory):
     out = tmp_path_factory.mktemp("art")
-    kw = dict(latency_runs=10, parity_trials=2)
+    kw = dict(latency_runs=10, parity_trials=2, task_spec=spec)
     m = {"cm1": export_artifact(ckpts / "ctm", "cm1", out / "cm1", **kw),
          "cm3": export_artifact(ckpts / "rl100", "cm3", out / "cm3", **kw),
          "ddim": export_artifact(ckpts / "teacher", "ddim", out / "ddim", steps=5, **kw),
@@ -45,7 +58,7 @@ def artifacts(ckpts, tmp_path_factory):
 
 
 @pytest.mark.parametrize("sampler", ["cm1", "cm3", "ddim", "rti"])
-def test_parity_and_manifest(artifacts, sampler):
+def test_parity_and_manifest(artifacts, spec, sampler):
     out, manifests = artifacts
     m = manifests[sampler]
     assert m["parity"]["ok"] and m["parity"]["max_abs_err"] <= 1e-4
@@ -53,8 +66,13 @@ def test_parity_and_manifest(artifacts, sampler):
     for role, lat in m["latency"].items():
         assert lat["ort"]["p50_ms"] > 0 and lat["ort"]["p99_ms"] >= lat["ort"]["p50_ms"], role
     assert m["obs"]["spec"]["object_state"] == {"shape": [2, 7], "dtype": "float32"}
-    assert m["action"] == {"dim": 4, "T": 8, "Ta": 1 if sampler == "rti" else 4, "To": 2, "action_start": 1,
-                           "units": "env"}
+    assert m["action"] == {"names": ["dx", "dy", "dz", "gripper"], "dim": 4, "T": 8,
+                           "Ta": 1 if sampler == "rti" else 4, "To": 2, "action_start": 1, "units": "env"}
+    # what the runtime needs about the task travels as data, from the sim's task spec
+    assert m["task"] == {"name": "reach", "success": [{"distance": ["robot_eef_pos", "goal"], "dims": [0, 1, 2],
+                                                       "below": 0.02}]}
+    assert m["ee_action"] == spec["ee_action"] and m["robot"] == {"dof": 7, "kinematics": "panda"}
+    assert m["control_rate_hz"] == 20.0
     assert m["normalization"]["in_graph"] and "action" in m["normalization"]["stats"]
 
 
@@ -166,7 +184,7 @@ def test_loader_never_imports_torch(artifacts):
     out, _ = artifacts
     code = (
         "import sys, numpy as np\n"
-        "from robotstack.export.artifact import load_artifact\n"
+        "from robotstack.runtime.artifact import load_artifact\n"
         f"for s in ('cm1', 'rti'):\n"
         f"    a = load_artifact({str(out)!r} + '/' + s)\n"
         "    h = {k: np.zeros(v[0], v[1]) for k, v in a.obs_spec.items()}\n"
@@ -178,10 +196,58 @@ def test_loader_never_imports_torch(artifacts):
     assert res.stdout.strip().endswith("CLEAN"), res.stdout
 
 
-def test_wrong_checkpoint_kind_fails_loudly(ckpts, tmp_path):
-    from robotstack.core.errors import ConfigError
-
+def test_wrong_checkpoint_kind_fails_loudly(ckpts, spec, tmp_path):
     with pytest.raises(ConfigError, match="needs a distilled checkpoint"):
-        export_artifact(ckpts / "teacher", "cm1", tmp_path / "x")
+        export_artifact(ckpts / "teacher", "cm1", tmp_path / "x", task_spec=spec)
     with pytest.raises(ConfigError, match="needs a diffusion policy checkpoint"):
-        export_artifact(ckpts / "ctm", "ddim", tmp_path / "y")
+        export_artifact(ckpts / "ctm", "ddim", tmp_path / "y", task_spec=spec)
+
+
+def test_export_without_the_task_contract_is_refused(ckpts, spec, tmp_path):
+    with pytest.raises(ConfigError, match="task_spec: missing"):
+        export_artifact(ckpts / "ctm", "cm1", tmp_path / "a")
+    with pytest.raises(ConfigError, match=r"missing field\(s\) \['ee_action'\]"):
+        export_artifact(ckpts / "ctm", "cm1", tmp_path / "b", task_spec={k: v for k, v in spec.items()
+                                                                          if k != "ee_action"})
+    bad = dict(spec, success=[{"distance": ["robot_eef_pos"], "dims": [0], "below": 0.02}])
+    with pytest.raises(ConfigError, match=r"success\[0\].distance"):
+        export_artifact(ckpts / "ctm", "cm1", tmp_path / "c", task_spec=bad)
+
+
+def _edited(src: Path, dst: Path, edit) -> Path:
+    d = _copy(src, dst)
+    doc = json.loads((d / "manifest.json").read_text())
+    edit(doc)
+    (d / "manifest.json").write_text(json.dumps(doc))
+    return d
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.pop("control_rate_hz"), "missing field 'control_rate_hz'"),
+    (lambda d: d.update(control_rate_hz=None), "'control_rate_hz' is None, expected a rate in Hz > 0"),
+    (lambda d: d.pop("ee_action"), "missing field 'ee_action'"),
+    (lambda d: d["task"].pop("success"), "missing field 'task.success'"),
+    (lambda d: d["robot"].pop("dof"), "missing field 'robot.dof'"),
+    (lambda d: d["action"].pop("names"), "missing field 'action.names'"),
+    (lambda d: d.update(version=1), "version 1, expected 'robotstack.artifact' version 2"),
+    (lambda d: d.update(action_scale={}), r"unknown field\(s\) \['action_scale'\]"),
+    (lambda d: d["task"].update(success=[{"distance": ["a", "b"], "dims": [0], "below": -1}]),
+     r"task.success\[0\].below"),
+])
+def test_manifest_reader_is_strict(artifacts, tmp_path, edit, message):
+    out, _ = artifacts
+    d = _edited(out / "cm1", tmp_path / "m", edit)
+    with pytest.raises(ArtifactError, match=message) as err:
+        load_artifact(d)
+    assert str(d / "manifest.json") in str(err.value)
+
+
+def test_cli_export_takes_the_task_contract_from_the_checkpoints_task(ckpts, spec, tmp_path):
+    res = subprocess.run([sys.executable, "-m", "robotstack.cli", "export", "--checkpoint", str(ckpts / "ctm"),
+                          "--sampler", "cm1", "--out", str(tmp_path / "a")], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    art = load_artifact(tmp_path / "a")
+    m = art.manifest
+    assert m.task["name"] == "reach" and m.task["success"] == spec["success"] and m.ee_action == spec["ee_action"]
+    assert m.control_rate_hz == spec["control_hz"] and m.action["names"] == spec["action_names"]

@@ -1,9 +1,9 @@
-"""Fixtures for runtime fault tests: real arm-server processes on loopback, ONNX test policies."""
+"""Fixtures for runtime fault tests: real arm-server processes on loopback, real exporter artifacts (tiny
+untrained policies exported by robotstack.export, so the production artifact path is the tested path)."""
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -11,31 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from hardware.protocol.transport import free_base_port
+
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
-sys.path.insert(0, str(Path(__file__).parent))
-
-from onnx_policies import build_policy  # noqa: E402
-
-
-def free_base_port() -> int:
-    """A base port whose +1 and +2 are free too."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base > 65000:
-            continue
-        ok = True
-        for p in (base + 1, base + 2):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", p))
-                except OSError:
-                    ok = False
-        if ok:
-            return base
-    raise RuntimeError("no free port triple")
 
 
 class ServerProc:
@@ -95,14 +74,35 @@ def shared_server():
 
 
 @pytest.fixture(scope="session")
-def policies(tmp_path_factory):
+def reach_spec():
+    import sim
+
+    env = sim.make("reach")
+    try:
+        return env.unwrapped.task_spec()
+    finally:
+        env.close()
+
+
+def _const(dx: float) -> list[tuple[float, float]]:
+    """Action range of a policy that pushes dx along x (+-0.01 jitter), keeps y and z, gripper open."""
+    return [(dx - 0.01, dx + 0.01), (-0.01, 0.01), (-0.01, 0.01), (-1.0, -1.0)]
+
+
+@pytest.fixture(scope="session")
+def policies(tmp_path_factory, reach_spec):
+    """Artifacts written by robotstack.export.onnx_export.export_artifact from tiny untrained DiffusionPolicies."""
+    from robotstack.export.tiny import export_tiny
+
     root = tmp_path_factory.mktemp("policies")
+    mismatch_spec = dict(reach_spec, robot={"dof": 6, "kinematics": "panda"})
     return {
-        "reach": build_policy(root / "reach", "reach"),
-        "plus_x": build_policy(root / "plus_x", "const", const=[0.5, 0.0, 0.0, -1.0]),
-        "minus_x": build_policy(root / "minus_x", "const", const=[-0.5, 0.0, 0.0, -1.0]),
-        "slow_x": build_policy(root / "slow_x", "const", const=[0.1, 0.0, 0.0, -1.0]),
-        "nan": build_policy(root / "nan", "nan"),
-        "mismatch": build_policy(root / "mismatch", "const", obs_keys={"robot_eef_pos": [3], "image_front": [96, 96, 3],
-                                                                       "object_state": [7]}, dof=6),
+        "plus_x": export_tiny(root / "plus_x", reach_spec, action_range=_const(0.5)),
+        "minus_x": export_tiny(root / "minus_x", reach_spec, action_range=_const(-0.5)),
+        "slow_x": export_tiny(root / "slow_x", reach_spec, action_range=_const(0.1)),
+        # a corrupt normalizer stat (NaN action offset) in the checkpoint: the exported graph yields NaN actions
+        "nan": export_tiny(root / "nan", reach_spec, poison=True),
+        # exported for a 6-joint arm, with observations the reach arm does not provide in these shapes
+        "mismatch": export_tiny(root / "mismatch", mismatch_spec,
+                                obs_shapes={"robot_eef_pos": (3,), "robot_joint_pos": (6,), "object_state": (9,)}),
     }

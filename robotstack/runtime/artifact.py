@@ -1,44 +1,22 @@
-"""Export artifact dir = `policy.onnx` (+ `init.onnx` for RTI) + `manifest.json`; torch-free loader.
+"""The only artifact loader: artifact dir (policy.onnx [+ init.onnx] + manifest.json) -> onnxruntime sessions.
 
-Imports: stdlib, numpy, onnxruntime, robotstack.core only (tests/export check that torch is never imported).
-
-Glossary: To obs history, T horizon (chunk), Ta actions returned per call, Da action dim, S stochastic steps.
-
-Graph contract (batch fixed to 1; all float32 unless the manifest says uint8 for a camera key):
-    inputs:  one per obs key (1, To, *shape) in env units   (normalization is inside the graph)
-             "noise"      (1, n, T, Da) standard normal      (cm: n = sampling steps; ddim: n = 1; rti init)
-             "guess"      (1, T, Da)   rti warm graph only: the previous call's "guess_out"
-             "step_noise" (1, S, T, Da) rti warm graph only when its DDPM steps are stochastic
-    outputs: "action" (1, Ta, Da) env units, gripper dims already thresholded to {-1, +1};
-             "chunk" (1, T, Da) env units; rti graphs also "guess_out" (1, T, Da) normalized state.
-Noise is drawn by the runtime from numpy's default_rng(seed) (documented stream; not torch's), so the graph
-itself is a pure function of its inputs (what the torch-vs-ORT parity check relies on).
-
-manifest.json (written by onnx_export.py, validated here): format/version, sampler, graphs{role: file, sha256,
-inputs, outputs}, obs{keys, spec}, action{dim, T, Ta, To, action_start}, control_rate_hz, gripper, noise,
-state (rti), normalization (informational: the stats are baked into the graph), opset, nfe, parity, latency.
+The manifest schema and graph contract are robotstack/core/manifest.py. Checks at load: the manifest (strict
+reader), sha256 of every graph file, and each graph's input/output names, shapes and dtypes against the manifest.
+Imports: stdlib, numpy, onnxruntime, robotstack.core only (the runtime never imports torch).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from robotstack.core.errors import RobotstackError
+from robotstack.core.errors import ArtifactError
+from robotstack.core.manifest import read_manifest
 
-FORMAT, VERSION = "robotstack.artifact", 1
-MANIFEST = "manifest.json"
-SAMPLERS = ("cm1", "cm3", "ddim", "rti")
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(int64)": "int64"}
-
-
-class ArtifactError(RobotstackError):
-    """An artifact dir is incomplete, tampered with, or its manifest disagrees with its graph."""
 
 
 def sha256_file(path: str | Path) -> str:
@@ -47,32 +25,6 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _require(doc: dict, key: str, where: str) -> Any:
-    if key not in doc:
-        raise ArtifactError(f"{where}: missing key {key!r}")
-    return doc[key]
-
-
-def read_manifest(path: str | Path) -> dict[str, Any]:
-    mf = Path(path) / MANIFEST
-    if not mf.is_file():
-        raise ArtifactError(f"{mf}: missing; an artifact dir needs {MANIFEST} and policy.onnx")
-    try:
-        doc = json.loads(mf.read_text())
-    except json.JSONDecodeError as err:
-        raise ArtifactError(f"{mf}: not valid JSON ({err})") from err
-    if doc.get("format") != FORMAT or doc.get("version") != VERSION:
-        raise ArtifactError(f"{mf}: format {doc.get('format')!r} v{doc.get('version')!r}, expected {FORMAT!r} "
-                            f"v{VERSION}")
-    for key in ("sampler", "graphs", "obs", "action", "gripper", "noise", "opset"):
-        _require(doc, key, str(mf))
-    if doc["sampler"] not in SAMPLERS:
-        raise ArtifactError(f"{mf}: sampler {doc['sampler']!r} not in {SAMPLERS}")
-    if "policy" not in doc["graphs"] or (doc["sampler"] == "rti" and "init" not in doc["graphs"]):
-        raise ArtifactError(f"{mf}: graphs must name 'policy' (and 'init' for rti), got {sorted(doc['graphs'])}")
-    return doc
 
 
 def _check_io(where: str, kind: str, actual: list, declared: list[dict]) -> None:
@@ -86,10 +38,13 @@ def open_session(path: Path, threads: int = 1):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
+    so.intra_op_num_threads = threads  # shares the cores with the servo: latency, not throughput
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise ArtifactError(f"{path}: onnxruntime cannot load it: {e}") from None
 
 
 class ArtifactPolicy:
@@ -102,16 +57,11 @@ class ArtifactPolicy:
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
         m = self.manifest
-        self.sampler = m["sampler"]
-        self.obs_keys = list(m["obs"]["keys"])
-        self.obs_spec = {k: (tuple(v["shape"]), np.dtype(v["dtype"])) for k, v in m["obs"]["spec"].items()}
-        if set(self.obs_keys) != set(self.obs_spec):
-            raise ArtifactError(f"{self.path / MANIFEST}: obs.keys {self.obs_keys} != obs.spec keys "
-                                f"{sorted(self.obs_spec)}")
+        self.sampler = m.sampler
+        self.obs_keys = list(m.obs["keys"])
+        self.obs_spec = {k: (tuple(v["shape"]), np.dtype(v["dtype"])) for k, v in m.obs["spec"].items()}
         self.sessions, self.io = {}, {}
-        for role, g in m["graphs"].items():
-            for key in ("file", "sha256", "inputs", "outputs"):
-                _require(g, key, f"{self.path / MANIFEST} graphs.{role}")
+        for role, g in m.graphs.items():
             f = self.path / g["file"]
             if not f.is_file():
                 raise ArtifactError(f"{f}: missing (manifest graphs.{role}.file)")
@@ -140,11 +90,11 @@ class ArtifactPolicy:
     # ------------------------------------------------------------------ spec
     @property
     def n_obs_steps(self) -> int:
-        return int(self.manifest["action"]["To"])
+        return int(self.manifest.action["To"])
 
     @property
     def action_dim(self) -> int:
-        return int(self.manifest["action"]["dim"])
+        return int(self.manifest.action["dim"])
 
     def reset(self) -> None:
         self.state = None

@@ -1,0 +1,179 @@
+"""The export artifact's manifest.json, written once: the schema, its writer (used by robotstack.export) and its
+strict reader (used by robotstack.runtime). stdlib + json only, so the on-robot runtime reads it without torch.
+
+Artifact dir = ``policy.onnx`` (+ ``init.onnx`` for RTI) + ``manifest.json``.
+Glossary: To obs history, T horizon (chunk), Ta actions returned per call, Da action dim, S stochastic steps.
+
+Graph contract (batch fixed to 1; float32 unless obs.spec says uint8 for a camera key):
+    inputs:  one per obs key (1, To, *shape) in env units   (normalization is inside the graph)
+             "noise"      (1, n, T, Da) standard normal      (cm: n = sampling steps; ddim: n = 1; rti init)
+             "guess"      (1, T, Da)   rti warm graph only: the previous call's "guess_out"
+             "step_noise" (1, S, T, Da) rti warm graph only when its DDPM steps are stochastic
+    outputs: "action" (1, Ta, Da) env units, gripper dims already thresholded to {-1, +1};
+             "chunk" (1, T, Da) env units; rti graphs also "guess_out" (1, T, Da) normalized state.
+Noise is drawn by the runtime from numpy's default_rng(seed), so a graph is a pure function of its inputs.
+
+Sections (every one required unless marked optional; the reader names the first missing field):
+    sampler          cm1 | cm3 | ddim | rti
+    graphs           {role: {file, sha256, inputs, outputs}}   roles: policy (+ init for rti)
+    obs              {keys, spec: {key: {shape: [To, ...], dtype}}, order}
+    action           {names, dim, T, Ta, To, action_start, units}
+    control_rate_hz  policy decisions per second (> 0)
+    ee_action        the end-effector action contract (step scales, yaw, workspace box, max lead) as a dict of
+                     the runtime's contract fields; the runtime refuses one it cannot build its contract from
+    gripper          {dims, threshold, values, in_graph, rule}
+    robot            {dof, kinematics}
+    task             {name, success}: success is a robotstack.core.success criterion or null
+    noise, nfe       the noise inputs the runtime draws; network evaluations per call
+    normalization    informational (the stats are baked into the graph)
+    opset, parity, latency, source, exporter, torch_version, export_s
+    consistency | ddim | rti | state   optional, per sampler
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from robotstack.core.errors import ArtifactError, ConfigError
+from robotstack.core.success import check_criterion
+
+FORMAT, VERSION = "robotstack.artifact", 2  # v2: task, robot and ee_action are required (v1 had sim fallbacks)
+MANIFEST = "manifest.json"
+SAMPLERS = ("cm1", "cm3", "ddim", "rti")
+NUMBER = (int, float)
+
+# section -> {field: (accepted types, what is expected)}; checked by read_manifest
+NESTED: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
+    "obs": {"keys": ((list,), "the observation keys, in graph-input order"),
+            "spec": ((dict,), "{key: {shape: [To, ...], dtype}}")},
+    "action": {"names": ((list,), "action names, e.g. ['dx', 'dy', 'dz', 'gripper']"),
+               "dim": ((int,), "Da"), "T": ((int,), "predicted horizon"), "Ta": ((int,), "actions per call"),
+               "To": ((int,), "observation history"), "action_start": ((int,), "first executed chunk index")},
+    "gripper": {"dims": ((list,), "thresholded action dims")},
+    "robot": {"dof": ((int,), "joint count of the arm it was trained for"),
+              "kinematics": ((str,), "kinematic model name, e.g. 'panda'")},
+    "task": {"name": ((str,), "the task name"),
+             "success": ((list, type(None)), "a success criterion (robotstack.core.success) or null")},
+}
+GRAPH_FIELDS = ("file", "sha256", "inputs", "outputs")
+
+
+@dataclass
+class Manifest:
+    sampler: str
+    graphs: dict[str, dict[str, Any]]
+    obs: dict[str, Any]
+    action: dict[str, Any]
+    control_rate_hz: float
+    ee_action: dict[str, Any]
+    gripper: dict[str, Any]
+    robot: dict[str, Any]
+    task: dict[str, Any]
+    noise: dict[str, Any]
+    nfe: dict[str, Any]
+    normalization: dict[str, Any]
+    opset: int
+    parity: dict[str, Any]
+    latency: dict[str, Any]
+    source: dict[str, Any]
+    exporter: str
+    torch_version: str
+    export_s: float
+    consistency: dict[str, Any] | None = None
+    ddim: dict[str, Any] | None = None
+    rti: dict[str, Any] | None = None
+    state: dict[str, Any] | None = None
+    format: str = field(default=FORMAT)
+    version: int = field(default=VERSION)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"format": self.format, "version": self.version}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name not in out and v is not None:
+                out[f.name] = v
+        return out
+
+
+OPTIONAL = {f.name for f in fields(Manifest) if f.default is None}
+
+
+def write_manifest(out_dir: str | Path, manifest: Manifest) -> Path:
+    """Validate (the same checks the runtime makes) and write out_dir/manifest.json."""
+    path = Path(out_dir) / MANIFEST
+    doc = manifest.to_dict()
+    try:
+        _check(doc, path)
+    except ArtifactError as e:
+        raise ConfigError(f"refusing to write an invalid manifest: {e}") from None
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    return path
+
+
+def read_manifest(artifact_dir: str | Path) -> Manifest:
+    """Strict reader: unknown format/version, a missing or mistyped field, or an unknown key -> ArtifactError
+    naming the file, the field and what was expected."""
+    path = Path(artifact_dir) / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(f"{path}: missing; an artifact dir needs {MANIFEST} and policy.onnx "
+                            "(written by `robotstack export`)")
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ArtifactError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(doc, dict):
+        raise ArtifactError(f"{path}: expected a JSON object, got {type(doc).__name__}")
+    _check(doc, path)
+    return Manifest(**doc)
+
+
+def _check(doc: dict[str, Any], path: Path) -> None:
+    if doc.get("format") != FORMAT or doc.get("version") != VERSION:
+        raise ArtifactError(f"{path}: format {doc.get('format')!r} version {doc.get('version')!r}, expected "
+                            f"{FORMAT!r} version {VERSION} (re-export with `robotstack export`)")
+    known = {f.name for f in fields(Manifest)}
+    unknown = sorted(set(doc) - known)
+    if unknown:
+        raise ArtifactError(f"{path}: unknown field(s) {unknown}; expected only {sorted(known)}")
+    for name in sorted(known - OPTIONAL):
+        if name not in doc:
+            raise ArtifactError(f"{path}: missing field {name!r} (the runtime needs it; re-export the artifact)")
+    for section, spec in NESTED.items():
+        if not isinstance(doc[section], dict):
+            raise ArtifactError(f"{path}: field {section!r} must be an object, got {doc[section]!r}")
+        for key, (types, what) in spec.items():
+            if key not in doc[section]:
+                raise ArtifactError(f"{path}: missing field '{section}.{key}' (expected {what})")
+            v = doc[section][key]
+            if not isinstance(v, types) or isinstance(v, bool):
+                raise ArtifactError(f"{path}: field '{section}.{key}' is {v!r}, expected {what}")
+    if doc["sampler"] not in SAMPLERS:
+        raise ArtifactError(f"{path}: field 'sampler' is {doc['sampler']!r}, expected one of {SAMPLERS}")
+    rate = doc["control_rate_hz"]
+    if not isinstance(rate, NUMBER) or isinstance(rate, bool) or not rate > 0:
+        raise ArtifactError(f"{path}: field 'control_rate_hz' is {rate!r}, expected a rate in Hz > 0 "
+                            "(export with --control-rate or from a checkpoint whose task has one)")
+    if not isinstance(doc["ee_action"], dict) or not doc["ee_action"]:
+        raise ArtifactError(f"{path}: field 'ee_action' is {doc['ee_action']!r}, expected the end-effector "
+                            "action contract as an object")
+    graphs = doc["graphs"]
+    roles = {"policy", "init"} if doc["sampler"] == "rti" else {"policy"}
+    if not isinstance(graphs, dict) or set(graphs) != roles:
+        raise ArtifactError(f"{path}: field 'graphs' has roles {sorted(graphs) if isinstance(graphs, dict) else graphs}"
+                            f", expected {sorted(roles)} for sampler {doc['sampler']!r}")
+    for role, g in graphs.items():
+        for key in GRAPH_FIELDS:
+            if key not in g:
+                raise ArtifactError(f"{path}: missing field 'graphs.{role}.{key}'")
+    if list(doc["obs"]["keys"]) != list(doc["obs"]["spec"]):
+        raise ArtifactError(f"{path}: obs.keys {doc['obs']['keys']} != obs.spec keys {list(doc['obs']['spec'])}")
+    if len(doc["action"]["names"]) != doc["action"]["dim"]:
+        raise ArtifactError(f"{path}: action.names {doc['action']['names']} has {len(doc['action']['names'])} "
+                            f"entries, action.dim is {doc['action']['dim']}")
+    try:
+        check_criterion(doc["task"]["success"], f"{path}: task.success")
+    except ConfigError as e:
+        raise ArtifactError(str(e)) from None
