@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -40,9 +41,15 @@ from hardware.drivers.base import ArmDriver
 from hardware.protocol import messages as m
 from hardware.protocol.keys import CurveServerKeys
 from hardware.protocol.transport import ControlRequest, Endpoints, Received, ServerTransport
-from hardware.servo import FUTURE, ServoConfig, ServoCore, ServoLoop, ServoTarget, TickRecord
+from hardware.servo import FUTURE, MODES, REJECT_REASONS, ServoConfig, ServoCore, ServoLoop, ServoTarget, TickRecord
 
 log = logging.getLogger("robotstack.hardware.server")
+
+
+def _name(text: str) -> str:
+    """A joint name as a protocol name ([a-z][a-z0-9_]{0,31})."""
+    s = re.sub(r"[^a-z0-9_]", "_", text.lower())[:32]
+    return s if s[:1].isalpha() else f"j{s}"[:32]
 
 
 class ClockMap:
@@ -240,6 +247,9 @@ class ArmServer:
             self._event(now, f"estop {'engaged' if msg.engage else 'released'}: {msg.reason}")
         elif isinstance(msg, m.Reset):
             ok, detail = self._reset(msg, now)
+        elif isinstance(msg, m.Describe):
+            self.transport.reply(req, self.describe(req.header.seq))
+            return
         elif isinstance(msg, m.ModeRequest):
             accepted, mode, detail = core.request_mode(msg.mode)
             if accepted:
@@ -283,6 +293,22 @@ class ArmServer:
         self.driver.reset(object_poses=poses)
         self.core.resync()
         return detail
+
+    def describe(self, reply_to: int = 0) -> m.Description:
+        c, info = self.core, self.driver.info
+        ws = c.workspace
+        reasons = list(dict.fromkeys([*m.REASONS, *REJECT_REASONS]))
+        return m.Description(
+            reply_to_seq=reply_to, arm=info.name[:m.MAX_TEXT], joint_names=[_name(n) for n in info.joint_names],
+            joint_min=c.q_lo, joint_max=c.q_hi, joint_vel_max=c.v_max, joint_acc_max=c.a_max,
+            workspace_lo=None if ws is None else ws[0], workspace_hi=None if ws is None else ws[1],
+            gripper_range=None if info.gripper_range is None else np.asarray(info.gripper_range, dtype=np.float64),
+            servo_period_ns=c.period_ns, state_period_ns=c.period_ns * self.state_every,
+            heartbeat_timeout_ns=int(c.config.heartbeat_timeout_s * 1e9),
+            require_heartbeat=bool(c.config.require_heartbeat), simulated=bool(info.simulated), modes=list(MODES),
+            mode=self.effective_mode(),
+            targets=[m.JointTarget.TYPE] + ([m.CartesianTarget.TYPE] if c._kin is not None else []),
+            reject_reasons=reasons[:m.MAX_LIST])
 
     def status(self, now: int | None = None, reply_to: int | None = None, ok: bool = True,
                detail: str = "") -> m.Status:

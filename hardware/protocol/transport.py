@@ -36,8 +36,8 @@ log = logging.getLogger("robotstack.hardware.protocol")
 
 STATE_PORT, COMMAND_PORT, CONTROL_PORT = 6510, 6511, 6512
 COMMAND_TYPES = (m.JointTarget.TYPE, m.CartesianTarget.TYPE)
-REQUEST_TYPES = (m.Heartbeat.TYPE, m.EStop.TYPE, m.Reset.TYPE, m.ModeRequest.TYPE)
-REPLY_TYPES = (m.Status.TYPE, m.ModeReply.TYPE)
+REQUEST_TYPES = (m.Heartbeat.TYPE, m.EStop.TYPE, m.Reset.TYPE, m.ModeRequest.TYPE, m.Describe.TYPE)
+REPLY_TYPES = (m.Status.TYPE, m.ModeReply.TYPE, m.Description.TYPE)
 # ZMQ_MAXMSGSIZE on command/control sockets. Every frame up to this size is received, decoded and (when over its
 # type's limit) rejected and counted as too_large; libzmq closes a connection that sends a longer frame (the
 # server counts that as a ``disconnect``). Control queues up to rcvhwm=64 requests: 64 MiB at most.
@@ -320,7 +320,7 @@ class ServerTransport:
             return None
         return ControlRequest(header, msg, now, peer, _conn(frames[-1]), _local(frames[-1]), frames[0].bytes)
 
-    def reply(self, request: ControlRequest, msg: m.ModeReply | m.Status) -> int:
+    def reply(self, request: ControlRequest, msg: m.ModeReply | m.Status | m.Description) -> int:
         seq = self._seq.next()
         try:  # a client that stopped reading must not stall the server: drop the reply instead
             self.control_sock.send_multipart([request.routing_id, b"", msg.to_bytes(self.robot_id, seq)], zmq.NOBLOCK)
@@ -394,7 +394,8 @@ class ClientTransport:
             return None
         return seq
 
-    def request(self, msg: m.Heartbeat | m.EStop | m.Reset | m.ModeRequest, timeout_s: float = 1.0) -> Received:
+    def request(self, msg: m.Heartbeat | m.EStop | m.Reset | m.ModeRequest | m.Describe,
+                timeout_s: float = 1.0) -> Received:
         """Send a control request and wait for its reply; raises ControlTimeout after timeout_s."""
         if msg.TYPE not in REQUEST_TYPES:
             raise m.ProtocolError(m.WRONG_CHANNEL, f"{msg.TYPE} is not a control request")

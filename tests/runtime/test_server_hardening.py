@@ -36,6 +36,9 @@ def srv(request, key_dir):
     curve = request.param == "curve"
     s = ServerProc(keys=str(key_dir) if curve else "")
     s.client_keys = load_client_keys(key_dir) if curve else None
+    c = client(s)
+    fresh_state(c, 10.0)  # "ready" is printed before the servo loop runs
+    c.close()
     yield s
     s.stop()
 
@@ -264,3 +267,36 @@ def test_sigterm_stops_the_server_while_an_authenticated_client_idles(key_dir):
             sock.close()
         ctx.term()
         s.stop()
+
+
+def test_describe_tells_a_client_the_limits(srv):
+    c = client(srv)
+    try:
+        fresh_state(c, 10.0)  # "ready" is printed before the servo loop starts
+        d = c.request(m.Describe(), 1.0).msg
+        assert isinstance(d, m.Description) and d.joint_min.shape == (7,) and np.all(d.joint_min < d.joint_max)
+        assert d.servo_period_ns == 1_000_000 and "joint_target" in d.targets and "future" in d.reject_reasons
+        assert d.workspace_lo is not None and np.all(d.workspace_lo < d.workspace_hi)
+    finally:
+        c.close()
+
+
+def test_plain_pyzmq_client_written_from_the_doc_drives_the_arm(srv, key_dir):
+    """tools/plain_arm_client.py imports nothing from this project (checked here) and must still work."""
+    import ast
+    import json
+    import subprocess
+
+    from conftest import PY, ROOT
+
+    src = (ROOT / "tools" / "plain_arm_client.py").read_text()
+    mods = {n.module if isinstance(n, ast.ImportFrom) else a.name for n in ast.walk(ast.parse(src))
+            if isinstance(n, (ast.Import, ast.ImportFrom)) for a in getattr(n, "names", [])}
+    assert not {x.split(".")[0] for x in mods if x} & {"hardware", "robotstack", "sim", "policies"}, mods
+    cmd = [PY, str(ROOT / "tools" / "plain_arm_client.py"), "--arm", srv.addr]
+    if srv.client_keys is not None:
+        cmd += ["--keys", str(key_dir)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["robot_id"] == "arm" and out["dof"] == 7 and out["reset_ok"]
