@@ -424,7 +424,8 @@ class ClientTransport:
             if reply.reply_to_seq == seq:
                 return Received(header, reply, now, _peer(frames[1]))
             log.debug("dropped a late reply to seq %s (waiting for %d)", reply.reply_to_seq, seq)
-        raise ControlTimeout(f"no reply to {msg.TYPE} seq {seq} within {timeout_s:.3f} s")
+        raise ControlTimeout(f"no reply to {msg.TYPE} seq {seq} within {timeout_s:.3f} s (server down or "
+                             "overloaded)")
 
     def close(self) -> None:
         for sock in (self.state_sock, self.command_sock, self.control_sock):
