@@ -119,6 +119,7 @@ class ArmServer:
         self._applied_echo: tuple[int, int, int] | None = None  # last fully applied (seq, sent_ns, applied_ns)
         self._last_watch: tuple = ()
         self._stop = threading.Event()
+        self.ready = threading.Event()  # set at the first servo tick: sockets are being served from now on
         self.events: list[tuple[int, str]] = []  # (server ns, text) watchdog / safety transitions, for status
         if self.scenes and not driver.info.simulated:
             raise ValueError("scenes are only for simulated drivers (a real arm is never teleported)")
@@ -154,6 +155,8 @@ class ArmServer:
     def _hook(self, rec: TickRecord) -> None:
         now = rec.now_ns
         tr = self.transport
+        if rec.index == 0:
+            self.ready.set()
         for conn in tr.closed_connections():  # forget their clocks and seq order (fds get reused)
             for key in [k for k in self.clocks if k[1] == conn]:
                 del self.clocks[key]

@@ -42,8 +42,15 @@ def cmd_serve_arm(args: argparse.Namespace) -> int:
                                               realtime=not args.no_realtime))
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: server.stop())
-    print(f"serve-arm: {args.driver} arm {args.robot_id!r} on {args.bind} (servo {args.rate:g} Hz, state "
-          f"{args.state_rate:g} Hz, CURVE {'on' if keys else 'off: loopback only'}) ready", flush=True)
+
+    def announce():  # "ready" once the servo loop serves the sockets (driver connected, first scene applied)
+        if server.ready.wait():
+            print(f"serve-arm: {args.driver} arm {args.robot_id!r} on {args.bind} (servo {args.rate:g} Hz, state "
+                  f"{args.state_rate:g} Hz, CURVE {'on' if keys else 'off: loopback only'}) ready", flush=True)
+
+    import threading
+
+    threading.Thread(target=announce, daemon=True).start()
     try:
         stats = server.run(args.duration or None)
     finally:

@@ -112,7 +112,9 @@ class Controller:
     def connect(self, timeout_s: float = 3.0) -> None:
         """First state, a heartbeat, and the artifact-vs-arm check (refuses a mismatch before anything moves)."""
         st = self.client.wait_state(timeout_s)
-        self.client.heartbeat()
+        # first contact: the control connection may still be in its CURVE handshake (the server's ZAP thread) after
+        # state flows, so this one request gets the whole connect timeout, later heartbeats the short one
+        self.client.heartbeat(timeout_s=timeout_s)
         if self.policy is not None:
             check_arm(self.spec, st, f"the arm at {self.client.endpoints.state}")
         elif len(st.joint_pos) != 7 or st.eef_pos is None:
