@@ -1,6 +1,8 @@
 """On-robot controller benchmark: arm server (PyBullet Panda, 1 kHz) and controller as separate processes on loopback.
 
     python bench/bench_control.py [--seconds 60] [--push-episodes 20]
+    python bench/bench_control.py --ort-knobs            # onnxruntime session options, side by side
+    python bench/bench_control.py --soak-seconds 600     # soak: CURVE controller + idle client + fuzzer
 
 Phase 1 (timing + reach success): `robotstack serve-arm --driver pybullet --task reach` and a controller process
 (this file with --worker) that runs an exported ONNX policy for >= --seconds, episodes back to back.
@@ -87,8 +89,11 @@ def worker(args) -> None:
     from robotstack.runtime.controller import Controller
     from robotstack.runtime.policy_runner import PolicyRunner
 
+    from hardware.protocol import load_client_keys
+
     policy = PolicyRunner(args.artifact) if args.artifact else ExpertPolicy(args.task)
-    ctl = Controller(ArmClient(parse_bind(args.arm)), policy, success_fn=success_fn(args.task))
+    keys = load_client_keys(args.keys) if args.keys else None
+    ctl = Controller(ArmClient(parse_bind(args.arm), keys), policy, success_fn=success_fn(args.task))
     ctl.connect()
     t0 = time.monotonic()
     eps = []
@@ -98,8 +103,13 @@ def worker(args) -> None:
                     "reason": res.stop_reason, "ok": res.ok})
         if not res.ok:
             break
+    try:
+        final = ctl.client.heartbeat(timeout_s=1.0)
+        server = {"rejects": final.rejects, "faults": final.faults, "mode": final.mode, "detail": final.detail}
+    except Exception as e:  # noqa: BLE001 - reported as such
+        server = {"error": str(e)}
     Path(args.out).write_text(json.dumps({"episodes": eps, "telemetry": ctl.telemetry.summary(),
-                                          "seconds": time.monotonic() - t0}, default=float))
+                                          "seconds": time.monotonic() - t0, "server_status": server}, default=float))
 
 
 # --- MuJoCo reference -----------------------------------------------------------------------------------------------
@@ -142,12 +152,15 @@ def rusage_wait(proc: subprocess.Popen, timeout: float) -> tuple[int, float]:
 
 
 def run_phase(task: str, seconds: float, artifact: str | None, min_eps: int, max_eps: int, max_steps: int,
-              tmp: Path, port: int) -> dict:
+              tmp: Path, port: int, keys: Path | None = None, during=None) -> dict:
+    """Server + controller worker processes; ``keys``: CURVE on (server dir with clients/); ``during(addr)``:
+    runs in this process while the worker does (the soak's idle and fuzzing clients) and returns a dict."""
     addr = f"tcp://127.0.0.1:{port}"
     seed0 = 1000
     stats_path, out_path = tmp / f"server_{task}.json", tmp / f"worker_{task}.json"
     srv = subprocess.Popen([PY, "-m", "robotstack.cli", "serve-arm", "--driver", "pybullet", "--task", task, "--bind",
-                            addr, "--seed", str(seed0), "--scenes", str(max_eps + 2), "--stats-out", str(stats_path)],
+                            addr, "--seed", str(seed0), "--scenes", str(max_eps + 2), "--stats-out", str(stats_path)]
+                           + (["--keys", str(keys)] if keys else []),
                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     for line in srv.stdout:
         if "ready" in line:
@@ -156,17 +169,199 @@ def run_phase(task: str, seconds: float, artifact: str | None, min_eps: int, max
     wk = subprocess.Popen([PY, __file__, "--worker", "--task", task, "--arm", addr, "--out", str(out_path),
                            "--seconds", str(seconds), "--min-episodes", str(min_eps), "--max-episodes", str(max_eps),
                            "--max-steps", str(max_steps), "--seed0", str(seed0)] + (["--artifact", artifact]
-                                                                                     if artifact else []), cwd=ROOT)
-    rc, wk_cpu = rusage_wait(wk, seconds + max_eps * max_steps / 20 + 120)
-    wall = time.monotonic() - t_start
-    srv.terminate()
-    _, srv_cpu = rusage_wait(srv, 15)
+                                                                                     if artifact else [])
+                          + (["--keys", str(keys)] if keys else []), cwd=ROOT)
+    try:
+        side = during(addr, wk) if during is not None else None
+        rc, wk_cpu = rusage_wait(wk, seconds + max_eps * max_steps / 20 + 120)
+        wall = time.monotonic() - t_start
+    finally:  # never leave a server running behind a failed run
+        srv.terminate()
+        _, srv_cpu = rusage_wait(srv, 15)
     if rc != 0:
         raise RuntimeError(f"controller worker for {task} exited {rc}")
     res = json.loads(out_path.read_text())
     res["server"] = json.loads(stats_path.read_text())
     res["cpu"] = {"server_core_fraction": srv_cpu / wall, "controller_core_fraction": wk_cpu / wall, "wall_s": wall}
+    res["side"] = side
     return res
+
+
+# --- onnxruntime session options, measured side by side ----------------------------------------------------------
+def ort_knobs(runs: int = 3000) -> dict:
+    """Per-call latency of the reach policy's ONNX graph under session options, interleaved round-robin so machine
+    noise hits every variant alike. The runtime's PolicyRunner uses the first row (see its session setup)."""
+    import onnxruntime as ort
+
+    from robotstack.export.tiny import export_tiny
+    from robotstack.runtime.policy_runner import PolicyRunner
+
+    with tempfile.TemporaryDirectory() as td:
+        runner = PolicyRunner(export_tiny(Path(td) / "p", task_spec("reach")))
+        path = str(runner.spec.onnx_path)
+        sess0 = runner.session
+        feed = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape],
+                                 dtype=np.float32 if "float" in i.type else np.int64) for i in sess0.get_inputs()}
+
+        def make(intra=1, spin=None, seq=True, opt=ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
+            so = ort.SessionOptions()
+            so.intra_op_num_threads, so.inter_op_num_threads = intra, 1
+            so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL if seq else ort.ExecutionMode.ORT_PARALLEL
+            so.graph_optimization_level = opt
+            if spin is not None:
+                so.add_session_config_entry("session.intra_op.allow_spinning", spin)
+            return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+        variants = {
+            "1 thread (runtime default)": make(),
+            "2 threads": make(intra=2),
+            "2 threads, no spinning": make(intra=2, spin="0"),
+            "1 thread, no spinning": make(spin="0"),
+            "1 thread, basic graph opt": make(opt=ort.GraphOptimizationLevel.ORT_ENABLE_BASIC),
+        }
+        calls = {k: (lambda s=s: s.run(None, feed)) for k, s in variants.items()}
+        bind_sess = variants["1 thread (runtime default)"]
+        io = bind_sess.io_binding()
+        for name, arr in feed.items():
+            io.bind_cpu_input(name, arr)
+        for o in bind_sess.get_outputs():
+            io.bind_output(o.name, "cpu")
+        calls["1 thread, io_binding (preallocated inputs)"] = lambda: bind_sess.run_with_iobinding(io)
+        ts = {k: [] for k in calls}
+        for _ in range(runs):
+            for k, f in calls.items():
+                t = time.perf_counter_ns()
+                f()
+                ts[k].append(time.perf_counter_ns() - t)
+    rows, out = [], {}
+    for k, v in ts.items():
+        p = np.percentile(np.array(v) / 1e3, [50, 99, 99.9])
+        out[k] = {"p50_us": p[0], "p99_us": p[1], "p999_us": p[2]}
+        rows.append([k, f"{p[0]:.1f}", f"{p[1]:.1f}", f"{p[2]:.1f}", f"{p[1] / p[0]:.1f}"])
+    t = print_table(f"onnxruntime session options, reach policy, {runs} interleaved calls each (us)",
+                    ["options", "p50", "p99", "p99.9", "p99/p50"], rows)
+    write_results("bench_control_ort", {"variants": out, "table": t})
+    return out
+
+
+# --- soak ------------------------------------------------------------------------------------------------------------
+def _fuzz_frames(rng: np.random.Generator, q: np.ndarray) -> list[tuple[int, bytes, str]]:
+    """(channel 1 command / 2 control, frame, the reject reason the server must count). Never a frame the server
+    may act on: every one is malformed, for another robot, from the future, expired, or out of range."""
+    from hardware.protocol import messages as m
+
+    now = time.monotonic_ns()
+    tgt = lambda send, **kw: m.JointTarget(q, send + 50_000_000, send + 100_000_000, **kw)  # noqa: E731
+    k = int(rng.integers(7))
+    if k == 0:
+        return [(int(rng.integers(1, 3)), rng.bytes(int(rng.integers(1, 900))), "malformed")]
+    if k == 1:
+        return [(1, tgt(now).to_bytes("other_arm", int(rng.integers(2**63)), now), "wrong_robot")]
+    if k == 2:
+        return [(1, tgt(now + 300_000_000).to_bytes("arm", int(rng.integers(2**63)), now + 300_000_000), "future")]
+    if k == 3:
+        old = now - 2_000_000_000
+        return [(1, tgt(old).to_bytes("arm", 2**64 - 1, old), "stale")]
+    if k == 4:
+        return [(1, b"\x92" + b"\x00" * 5000, "too_large")]
+    if k == 5:
+        return [(2, m.Heartbeat("fuzz").to_bytes("arm", 1, now)[:-3], "malformed")]
+    bad = m.JointTarget(q, now, now + 1).to_bytes("arm", 1, now)
+    return [(1, bad.replace(b"joint_target", b"joint_targex"), "unknown_type")]
+
+
+def soak(seconds: float) -> None:
+    """Loopback soak: the controller (CURVE) runs reach episodes back to back while a second authenticated client
+    holds every channel open and idle, and a third (authenticated) fuzzes the command and control channels at
+    ~100 Hz. Pass: no state gap over 100 ms seen by an observer, every heartbeat answered, no heartbeat_lost stop,
+    every reject accounted for by what the fuzzer sent."""
+    import zmq
+    from hardware.protocol import allow_client, keys_generate, load_client_keys, parse_bind
+    from hardware.protocol import messages as m
+    from hardware.protocol.transport import ClientTransport, client_socket, free_base_port
+    from robotstack.export.tiny import export_tiny
+
+    with tempfile.TemporaryDirectory() as td:
+        tmp = Path(td)
+        keys_generate(tmp / "keys", ("server", "client", "idle", "fuzz"))
+        for n in ("client", "idle", "fuzz"):
+            allow_client(tmp / "keys", tmp / "keys" / f"{n}.public")
+        ck = load_client_keys(tmp / "keys")
+        idle_keys = load_client_keys(tmp / "keys", name="idle")
+        fuzz_keys = load_client_keys(tmp / "keys", name="fuzz")
+        artifact = str(export_tiny(tmp / "reach_policy", task_spec("reach")))
+
+        def during(addr: str, wk) -> dict:
+            ep = parse_bind(addr)
+            ctx = zmq.Context()
+            idle = [client_socket(ctx, zmq.SUB, ep.state, idle_keys, subscribe=b"", conflate=1),
+                    client_socket(ctx, zmq.PUSH, ep.command, idle_keys, conflate=1),
+                    client_socket(ctx, zmq.DEALER, ep.control, idle_keys)]
+            fz = {1: client_socket(ctx, zmq.PUSH, ep.command, fuzz_keys), 2: client_socket(ctx, zmq.DEALER,
+                                                                                              ep.control, fuzz_keys)}
+            obs = ClientTransport("arm", ep, ck)
+            rng = np.random.default_rng(0)
+            sent: dict[str, int] = {}
+            q = np.zeros(7)
+            max_gap, hb_max, hb_fail, last_state, t_hb = 0.0, 0.0, 0, None, 0.0
+            # WNOWAIT: look without reaping, so rusage_wait still collects the worker's CPU time
+            while os.waitid(os.P_PID, wk.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+                got = obs.recv_state(0.01)
+                t = time.monotonic()
+                if got is not None:
+                    q = np.asarray(got.msg.joint_pos, dtype=np.float64)
+                    if last_state is not None:
+                        max_gap = max(max_gap, t - last_state)
+                    last_state = t
+                for ch, frame, reason in _fuzz_frames(rng, q):
+                    try:
+                        fz[ch].send_multipart([b"", frame] if ch == 2 else [frame], zmq.NOBLOCK)
+                        sent[reason] = sent.get(reason, 0) + 1
+                    except zmq.Again:
+                        pass
+                if t - t_hb > 0.5:  # an observer's describe: answered, never acted on
+                    t_hb = t
+                    t0 = time.monotonic()
+                    try:
+                        obs.request(m.Describe(), 1.0)
+                        hb_max = max(hb_max, time.monotonic() - t0)
+                    except Exception:  # noqa: BLE001 - counted
+                        hb_fail += 1
+            for s in [*idle, *fz.values()]:
+                s.close()
+            obs.close()
+            ctx.term()
+            return {"fuzz_sent": sent, "max_state_gap_s": max_gap, "max_request_s": hb_max, "request_failures": hb_fail}
+
+        print(f"soak: {seconds:.0f} s, CURVE on: controller (reach, ONNX) + idle client + fuzzer ...", flush=True)
+        # one scene per second is plenty: a reach episode lasts >= 0.5 s
+        res = run_phase("reach", seconds, artifact, 1, max(10, int(seconds)), 100, tmp, free_base_port(),
+                        keys=tmp / "keys", during=during)
+    side, server = res["side"], res.get("server_status", {})
+    counters = res["server"]["counters"]
+    rejects = server.get("rejects", {})
+    fuzz = side["fuzz_sent"]
+    unexplained = {k: v for k, v in rejects.items() if k not in fuzz}
+    eps = res["episodes"]
+    lat = res["telemetry"]["latency_ms"]
+    loop = res["server"]["loop"]
+    rows = [["episodes (all ok)", f"{len(eps)} ({all(e['ok'] for e in eps)})"],
+            ["reach success", f"{np.mean([e['success'] for e in eps]):.0%}"],
+            ["max state gap seen by an observer", f"{side['max_state_gap_s'] * 1e3:.1f} ms"],
+            ["describe requests: max reply / failures", f"{side['max_request_s'] * 1e3:.1f} ms / "
+                                                         f"{side['request_failures']}"],
+            ["server STOPs by reason", json.dumps(counters.get("stops", {}))],
+            ["servo period p99 / p99.9 / max", f"{loop['period_us']['p99']:.0f} / {loop['period_us']['p999']:.0f} / "
+                                                f"{loop['period_us']['max']:.0f} us; late {loop['late_ticks']}"],
+            ["state->target p50 / p99 / p99.9", f"{lat['state_to_target']['p50']:.2f} / "
+                                                 f"{lat['state_to_target']['p99']:.2f} / "
+                                                 f"{lat['state_to_target']['p999']:.2f} ms"],
+            ["fuzz frames sent by expected reason", json.dumps(fuzz)],
+            ["server rejects (Status)", json.dumps(rejects)],
+            ["rejects not explained by the fuzzer", json.dumps(unexplained) or "{}"]]
+    t = print_table(f"soak {res['cpu']['wall_s']:.0f} s (loopback, CURVE)", ["check", "value"], rows)
+    path = write_results("bench_control_soak", {"soak": res, "table": t})
+    print(f"wrote {path}")
 
 
 def main() -> None:
@@ -183,12 +378,22 @@ def main() -> None:
     ap.add_argument("--seed0", type=int, default=1000)
     ap.add_argument("--push-episodes", type=int, default=20)
     ap.add_argument("--trained-episodes", type=int, default=50)
+    ap.add_argument("--keys", default="", help="(worker) client CURVE key dir")
+    ap.add_argument("--ort-knobs", action="store_true", help="only measure onnxruntime session options")
+    ap.add_argument("--soak-seconds", type=float, default=0.0,
+                    help="only the soak: CURVE controller + idle authenticated client + fuzzer for this long")
     ap.add_argument("--policy-artifact", default="",
                     help="an exported trained policy (e.g. CM-1) for phase 1 instead of the analytic one; "
                          "phase 1b is then skipped")
     args = ap.parse_args()
     if args.worker:
         worker(args)
+        return
+    if args.ort_knobs:
+        ort_knobs()
+        return
+    if args.soak_seconds > 0:
+        soak(args.soak_seconds)
         return
     from hardware.protocol.transport import free_base_port
 

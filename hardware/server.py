@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -40,9 +41,15 @@ from hardware.drivers.base import ArmDriver
 from hardware.protocol import messages as m
 from hardware.protocol.keys import CurveServerKeys
 from hardware.protocol.transport import ControlRequest, Endpoints, Received, ServerTransport
-from hardware.servo import ServoConfig, ServoCore, ServoLoop, ServoTarget, TickRecord
+from hardware.servo import FUTURE, MODES, REJECT_REASONS, ServoConfig, ServoCore, ServoLoop, ServoTarget, TickRecord
 
 log = logging.getLogger("robotstack.hardware.server")
+
+
+def _name(text: str) -> str:
+    """A joint name as a protocol name ([a-z][a-z0-9_]{0,31})."""
+    s = re.sub(r"[^a-z0-9_]", "_", text.lower())[:32]
+    return s if s[:1].isalpha() else f"j{s}"[:32]
 
 
 class ClockMap:
@@ -66,6 +73,14 @@ class ClockMap:
     def to_server(self, t_client_ns: int) -> int:
         return t_client_ns + (self.offset_ns or 0)
 
+    def is_future(self, send_ns: int, recv_ns: int, tol_ns: int) -> bool:
+        """The frame claims a send time later than the estimate allows (recv - send below the minimum seen, by
+        more than tol_ns). An estimate whose samples all aged out is dropped first, so a client whose clock
+        really stepped is locked out for one window at most."""
+        if self._samples and self._samples[-1][0] < recv_ns - self.window_ns:
+            self.clear()
+        return self.offset_ns is not None and recv_ns - send_ns < self.offset_ns - tol_ns
+
     def clear(self) -> None:
         self._samples.clear()
         self.offset_ns = None
@@ -77,6 +92,10 @@ class ArmServerConfig:
     state_rate_hz: float = 200.0
     max_requests_per_tick: int = 8
     realtime: bool = True  # SCHED_FIFO for the servo thread when permitted
+    # a frame sent later than it arrived is rejected ("future"). Same host: one clock, so any send time ahead of
+    # the receive time (plus this slack) is; another host: one ahead of that connection's clock estimate.
+    future_tol_local_s: float = 0.001
+    future_tol_remote_s: float = 0.005
 
 
 class ArmServer:
@@ -93,13 +112,14 @@ class ArmServer:
         self.scenes = list(scenes or [])
         self.scene_index = -1  # the next go_home reset uses scene 0
         self.goal: np.ndarray | None = None
-        self.clock = ClockMap()
+        self.clocks: dict[tuple[str, int], ClockMap] = {}  # per command connection (peer key, fd)
         self.transport = ServerTransport(self.cfg.robot_id, endpoints, keys)  # binds now: errors surface early
         self.endpoints = endpoints
         self._accepted: tuple[int, int, int] | None = None  # (seq, client send_ns, accepted at server ns)
         self._applied_echo: tuple[int, int, int] | None = None  # last fully applied (seq, sent_ns, applied_ns)
         self._last_watch: tuple = ()
         self._stop = threading.Event()
+        self.ready = threading.Event()  # set at the first servo tick: sockets are being served from now on
         self.events: list[tuple[int, str]] = []  # (server ns, text) watchdog / safety transitions, for status
         if self.scenes and not driver.info.simulated:
             raise ValueError("scenes are only for simulated drivers (a real arm is never teleported)")
@@ -135,6 +155,12 @@ class ArmServer:
     def _hook(self, rec: TickRecord) -> None:
         now = rec.now_ns
         tr = self.transport
+        if rec.index == 0:
+            self.ready.set()
+        for conn in tr.closed_connections():  # forget their clocks and seq order (fds get reused)
+            for key in [k for k in self.clocks if k[1] == conn]:
+                del self.clocks[key]
+                self.core.forget_source(key)
         for _ in range(self.cfg.max_requests_per_tick):
             req = tr.recv_control(0)
             if req is None:
@@ -147,13 +173,34 @@ class ArmServer:
             self._publish(rec)
         self._watch(now)
 
+    def _future(self, got: Received, clock: ClockMap | None = None) -> bool:
+        """Count and log a frame sent after it arrived (a broken or hostile sender clock); True to drop it."""
+        send, recv = got.header.send_time_ns, got.recv_time_ns
+        if got.local:
+            bad = send > recv + self.cfg.future_tol_local_s * 1e9
+        else:
+            bad = clock is not None and clock.is_future(send, recv, int(self.cfg.future_tol_remote_s * 1e9))
+        if bad:
+            self.core.count_reject(FUTURE)
+            self._reject_log(FUTURE, f"{got.header.type} seq {got.header.seq} from {got.peer or 'loopback client'} "
+                                     f"sent {(send - recv) / 1e6:+.1f} ms after it arrived (clock)")
+        return bad
+
     def _submit(self, got: Received, now: int) -> None:
         h, t = got.header, got.msg
-        self.clock.update(h.send_time_ns, got.recv_time_ns)
-        cm = self.clock.to_server
+        key = (got.peer, got.conn)
+        clock = self.clocks.get(key)
+        if clock is None:
+            clock = self.clocks[key] = ClockMap()
+            if len(self.clocks) > 1024:  # bounded even if close events were missed
+                del self.clocks[next(iter(self.clocks))]
+        if self._future(got, clock):
+            return
+        clock.update(h.send_time_ns, got.recv_time_ns)
+        cm = clock.to_server
         grip = None if t.gripper is None else float(t.gripper[0])
         common = dict(seq=h.seq, sent_ns=cm(h.send_time_ns), expires_ns=cm(t.expires_ns), gripper=grip,
-                      target_time_ns=cm(t.target_time_ns))
+                      target_time_ns=cm(t.target_time_ns), source=key)
         if isinstance(t, m.JointTarget):
             st = ServoTarget.joint(np.array(t.positions, dtype=np.float64), **common)
         else:
@@ -192,7 +239,8 @@ class ArmServer:
     def _answer(self, req: ControlRequest, now: int) -> None:
         msg, core = req.msg, self.core
         ok, detail = True, ""
-        self.clock.update(req.header.send_time_ns, req.recv_time_ns)  # control frames sharpen the estimate too
+        if self._future(req):  # same host only: control requests carry no times the server acts on
+            return
         if isinstance(msg, m.Heartbeat):
             core.heartbeat(now)
         elif isinstance(msg, m.EStop):
@@ -202,6 +250,9 @@ class ArmServer:
             self._event(now, f"estop {'engaged' if msg.engage else 'released'}: {msg.reason}")
         elif isinstance(msg, m.Reset):
             ok, detail = self._reset(msg, now)
+        elif isinstance(msg, m.Describe):
+            self.transport.reply(req, self.describe(req.header.seq))
+            return
         elif isinstance(msg, m.ModeRequest):
             accepted, mode, detail = core.request_mode(msg.mode)
             if accepted:
@@ -212,6 +263,12 @@ class ArmServer:
         self.transport.reply(req, self.status(now, reply_to=req.header.seq, ok=ok, detail=detail))
 
     def _reset(self, msg: m.Reset, now: int) -> tuple[bool, str]:
+        if msg.home_joint_pos is not None:  # checked whole before anything moves, teleports included
+            bad = self.core.check_home(msg.home_joint_pos)
+            if bad is not None:
+                self.core.count_reject(bad[0])
+                self._reject_log(bad[0], f"reset refused: {bad[1]}")
+                return False, f"rejected ({bad[0]}): {bad[1]}"
         sim_teleport = msg.go_home and self.driver.info.simulated
         ok, detail = self.core.reset(clear_faults=msg.clear_faults, go_home=msg.go_home and not sim_teleport,
                                      home_q=msg.home_joint_pos, now_ns=now)
@@ -239,6 +296,22 @@ class ArmServer:
         self.driver.reset(object_poses=poses)
         self.core.resync()
         return detail
+
+    def describe(self, reply_to: int = 0) -> m.Description:
+        c, info = self.core, self.driver.info
+        ws = c.workspace
+        reasons = list(dict.fromkeys([*m.REASONS, *REJECT_REASONS]))
+        return m.Description(
+            reply_to_seq=reply_to, arm=info.name[:m.MAX_TEXT], joint_names=[_name(n) for n in info.joint_names],
+            joint_min=c.q_lo, joint_max=c.q_hi, joint_vel_max=c.v_max, joint_acc_max=c.a_max,
+            workspace_lo=None if ws is None else ws[0], workspace_hi=None if ws is None else ws[1],
+            gripper_range=None if info.gripper_range is None else np.asarray(info.gripper_range, dtype=np.float64),
+            servo_period_ns=c.period_ns, state_period_ns=c.period_ns * self.state_every,
+            heartbeat_timeout_ns=int(c.config.heartbeat_timeout_s * 1e9),
+            require_heartbeat=bool(c.config.require_heartbeat), simulated=bool(info.simulated), modes=list(MODES),
+            mode=self.effective_mode(),
+            targets=[m.JointTarget.TYPE] + ([m.CartesianTarget.TYPE] if c._kin is not None else []),
+            reject_reasons=reasons[:m.MAX_LIST])
 
     def status(self, now: int | None = None, reply_to: int | None = None, ok: bool = True,
                detail: str = "") -> m.Status:
@@ -280,6 +353,11 @@ class ArmServer:
             text = f"{c.mode}/{c.state} ({c.hold_reason})"
             log.info(text)
         self._event(now, text)
+
+    def _reject_log(self, reason: str, text: str) -> None:
+        n = self.core.counters.rejected.get(reason, 0)
+        if n <= 3 or n % 100 == 0:  # a flood of bad frames must not flood the log (or slow the servo thread)
+            log.warning("%s (%s, %d so far)", text, reason, n)
 
     def _event(self, now: int, text: str) -> None:
         self.events.append((now, text))

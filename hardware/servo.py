@@ -48,8 +48,10 @@ MODES = ("servo", "hold", "stop")  # servo: follow targets; hold: hold, refuse t
 STOPPED, MODE_HOLD, NO_HEARTBEAT, INVALID, STALE, OUT_OF_ORDER = (
     "stopped", "mode_hold", "no_heartbeat", "invalid", "stale", "out_of_order")
 NO_KINEMATICS, ORIENTATION, IK_FAILED, WORKSPACE = "no_kinematics", "orientation", "ik_failed", "workspace"
+# requests (not targets): a home pose outside the joint range, an unknown mode; FUTURE: sent after it arrived
+JOINT_LIMIT, UNKNOWN_MODE, FUTURE = "joint_limit", "unknown_mode", "future"
 REJECT_REASONS = (STOPPED, MODE_HOLD, NO_HEARTBEAT, INVALID, STALE, OUT_OF_ORDER, NO_KINEMATICS, ORIENTATION,
-                  IK_FAILED, WORKSPACE)
+                  IK_FAILED, WORKSPACE, JOINT_LIMIT, UNKNOWN_MODE, FUTURE)
 # limit clamps, counted per tick (or per target for target_*)
 CLAMP_KINDS = ("target_joint_limit", "target_workspace", "acceleration", "max_step", "lead", "joint_limit",
                "workspace")
@@ -126,19 +128,21 @@ class ServoTarget:
     yaw: float | None = None
     gripper: float | None = None
     target_time_ns: int | None = None
+    source: Any = None  # who sent it (the server passes its connection): seq order is kept per source
 
     @classmethod
     def joint(cls, q, *, seq: int, sent_ns: int, expires_ns: int, gripper: float | None = None,
-              target_time_ns: int | None = None) -> "ServoTarget":
+              target_time_ns: int | None = None, source: Any = None) -> "ServoTarget":
         return cls(seq=seq, sent_ns=sent_ns, expires_ns=expires_ns, q=np.asarray(q, dtype=np.float64),
-                   gripper=gripper, target_time_ns=target_time_ns)
+                   gripper=gripper, target_time_ns=target_time_ns, source=source)
 
     @classmethod
     def cartesian(cls, pos, *, seq: int, sent_ns: int, expires_ns: int, quat=None, yaw: float | None = None,
-                  gripper: float | None = None, target_time_ns: int | None = None) -> "ServoTarget":
+                  gripper: float | None = None, target_time_ns: int | None = None,
+                  source: Any = None) -> "ServoTarget":
         return cls(seq=seq, sent_ns=sent_ns, expires_ns=expires_ns, pos=np.asarray(pos, dtype=np.float64),
                    quat=None if quat is None else np.asarray(quat, dtype=np.float64), yaw=yaw, gripper=gripper,
-                   target_time_ns=target_time_ns)
+                   target_time_ns=target_time_ns, source=source)
 
     @property
     def kind(self) -> str:
@@ -240,8 +244,9 @@ class ServoCore:
         self.hold_reason = "no_target"
         self.state = "holding"
         self._active: _Active | None = None
-        self._last_seq: int | None = None
-        self._last_sent_ns: int | None = None
+        # source -> (seq, sent_ns) of its last accepted target. Per source: a restarted client (a new connection)
+        # starts at any seq, and one sender's seq 2**64-1 cannot lock the others out.
+        self._order: dict[Any, tuple[int, int]] = {}
         self._last_hb_ns: int | None = None
         self._q_cmd: np.ndarray | None = None
         self._v_cmd = np.zeros(info.dof)
@@ -280,9 +285,10 @@ class ServoCore:
             return self._reject(NO_HEARTBEAT, "no heartbeat received yet")
         if now >= t.expires_ns:
             return self._reject(STALE, f"expired {(now - t.expires_ns) / 1e6:.1f} ms ago")
-        if self._last_seq is not None and (t.seq <= self._last_seq or t.sent_ns < self._last_sent_ns):
-            return self._reject(OUT_OF_ORDER, f"seq {t.seq} / sent {t.sent_ns} not newer than seq {self._last_seq} "
-                                              f"/ sent {self._last_sent_ns}")
+        last = self._order.get(t.source)
+        if last is not None and (t.seq <= last[0] or t.sent_ns < last[1]):
+            return self._reject(OUT_OF_ORDER, f"seq {t.seq} / sent {t.sent_ns} not newer than seq {last[0]} "
+                                              f"/ sent {last[1]} from the same sender")
         grip = None
         if t.gripper is not None:
             if not np.isfinite(t.gripper):
@@ -310,7 +316,9 @@ class ServoCore:
                                                f"{self._box_str()}")
         self._active = _Active(q=q_c, gripper=grip, expires_ns=t.expires_ns, target_time_ns=t.target_time_ns,
                                seq=t.seq)
-        self._last_seq, self._last_sent_ns = t.seq, t.sent_ns
+        self._order[t.source] = (t.seq, t.sent_ns)
+        if len(self._order) > 1024:  # bounded when sources churn without forget_source
+            del self._order[next(iter(self._order))]
         self.last_target_seq, self.last_target_sent_ns = t.seq, t.sent_ns
         return Verdict(True, q=q_c.copy())
 
@@ -369,26 +377,52 @@ class ServoCore:
         with self._lock:
             if self.estop_engaged:
                 return False, "e-stop is engaged; release it before reset"
+            if go_home and home_q is not None:
+                bad = self.check_home(home_q)
+                if bad is not None:
+                    return False, bad[1]
             if clear_faults:
                 self.faults.clear()
             elif self.faults:
                 return False, f"faults {sorted(self.faults)} remain (reset with clear_faults=True)"
             self.mode = self.config.initial_mode
             self._active = None
-            self._last_seq = self._last_sent_ns = None
+            self._order.clear()
             self._last_hb_ns = None
             if go_home:
                 home = self.home_q if home_q is None else np.asarray(home_q, dtype=np.float64).reshape(-1)
-                if home.shape != (self.info.dof,) or not np.all(np.isfinite(home)):
-                    return False, f"home_q shape {home.shape}, expected ({self.info.dof},)"
                 self._active = _Active(q=np.clip(home, self.q_lo, self.q_hi), gripper=None, expires_ns=None,
                                        target_time_ns=None, seq=None)
             return True, "reset" + (" and going home" if go_home else "")
+
+    def check_home(self, home_q) -> tuple[str, str] | None:
+        """(reason, detail) when a requested home pose is not Dq finite joint angles inside the servo's joint range
+        (hardware range minus the margin); None when it is fine. Checked whole, before anything moves."""
+        home = np.asarray(home_q, dtype=np.float64).reshape(-1)
+        if home.shape != (self.info.dof,) or not np.all(np.isfinite(home)):
+            return INVALID, f"home_joint_pos has shape {home.shape} or non-finite values; expected ({self.info.dof},)"
+        out = np.flatnonzero((home < self.q_lo) | (home > self.q_hi))
+        if out.size:
+            j = int(out[0])
+            return JOINT_LIMIT, (f"home_joint_pos[{j}]={home[j]:.4g} rad outside [{self.q_lo[j]:.4g}, "
+                                 f"{self.q_hi[j]:.4g}] (joint range minus the {self.config.joint_margin} rad margin)")
+        return None
+
+    def count_reject(self, reason: str) -> None:
+        """Count a request rejected outside submit() (the server's request and clock checks)."""
+        with self._lock:
+            self.counters.rejected[reason] = self.counters.rejected.get(reason, 0) + 1
+
+    def forget_source(self, source: Any) -> None:
+        """A sender went away (its connection closed): its seq order is dropped."""
+        with self._lock:
+            self._order.pop(source, None)
 
     def request_mode(self, mode: str) -> tuple[bool, str, str]:
         """-> (accepted, mode in force, detail). Leaving STOP this way clears the heartbeat fault."""
         with self._lock:
             if mode not in MODES:
+                self.counters.rejected[UNKNOWN_MODE] += 1
                 return False, self.mode, f"unknown mode {mode!r}; expected one of {list(MODES)}"
             if mode == "stop":
                 self._enter_stop("requested")
@@ -400,7 +434,7 @@ class ServoCore:
                 self.faults.discard("requested")
                 if self.faults:
                     return False, self.mode, f"faults {sorted(self.faults)} need a reset"
-                self._last_seq = self._last_sent_ns = None
+                self._order.clear()
                 self._last_hb_ns = None
             self.mode = mode
             if mode == "hold":

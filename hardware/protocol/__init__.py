@@ -8,11 +8,11 @@
 docs/protocol.md is the language-neutral reference.
 """
 
-from hardware.protocol.keys import (CurveClientKeys, CurveServerKeys, KeyFileError, Keypair, generate_keys,
+from hardware.protocol.keys import (CurveClientKeys, allow_client, CurveServerKeys, KeyFileError, Keypair, generate_keys,
                                     keys_generate, load_allowlist, load_client_keys, load_keypair,
                                     load_server_keys)
 from hardware.protocol.messages import (MESSAGE_TYPES, PROTOCOL_VERSION, REASONS, CameraFrame, CartesianTarget,
-                                        EStop, Header, Heartbeat, JointTarget, Message, ModeReply, ModeRequest,
+                                        Describe, Description, EStop, Header, Heartbeat, JointTarget, Message, ModeReply, ModeRequest,
                                         ProtocolError, Reset, RobotState, Status, decode, encode)
 from hardware.protocol.transport import (ClientTransport, ControlRequest, ControlTimeout, Endpoints,
                                          InsecureEndpointError, Received, ServerTransport, clock_offset_ns,
@@ -20,9 +20,9 @@ from hardware.protocol.transport import (ClientTransport, ControlRequest, Contro
 
 __all__ = [
     "CameraFrame", "CartesianTarget", "ClientTransport", "ControlRequest", "ControlTimeout", "CurveClientKeys",
-    "CurveServerKeys", "EStop", "Endpoints", "Header", "Heartbeat", "InsecureEndpointError", "JointTarget",
+    "CurveServerKeys", "Describe", "Description", "EStop", "Endpoints", "Header", "Heartbeat", "InsecureEndpointError", "JointTarget",
     "KeyFileError", "Keypair", "MESSAGE_TYPES", "Message", "ModeReply", "ModeRequest", "PROTOCOL_VERSION",
     "ProtocolError", "REASONS", "parse_bind", "Received", "Reset", "RobotState", "ServerTransport", "Status",
-    "clock_offset_ns", "decode", "encode", "generate_keys", "is_loopback_endpoint", "keys_generate",
+    "allow_client", "clock_offset_ns", "decode", "encode", "generate_keys", "is_loopback_endpoint", "keys_generate",
     "load_allowlist", "load_client_keys", "load_keypair", "load_server_keys",
 ]

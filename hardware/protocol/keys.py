@@ -91,6 +91,16 @@ def keys_generate(out_dir: str | os.PathLike, names: list[str] | tuple[str, ...]
     return written
 
 
+def allow_client(server_dir: str | os.PathLike, public: str | os.PathLike, name: str | None = None) -> Path:
+    """Put a client's public key on a server's allow-list: ``<server_dir>/clients/<name>.public`` (0644)."""
+    key = load_public(public)
+    clients = Path(server_dir) / "clients"
+    clients.mkdir(parents=True, exist_ok=True, mode=0o700)
+    dest = clients / f"{name or Path(public).stem}.public"
+    _write(dest, key + b"\n", 0o644, overwrite=True)
+    return dest
+
+
 def generate_keys(out_dir: str | os.PathLike, overwrite: bool = False) -> dict[str, tuple[Path, Path]]:
     """The usual pair: ``server`` and ``client`` keypairs in ``out_dir``."""
     return keys_generate(out_dir, ("server", "client"), overwrite=overwrite)

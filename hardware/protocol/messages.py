@@ -28,7 +28,7 @@ import numpy as np
 
 from robotstack.core.errors import RobotstackError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: describe / description added
 
 # --- reject reasons ---------------------------------------------------------------------------------------
 TOO_LARGE = "too_large"  # frame longer than the limit of its message type (or the global limit)
@@ -510,8 +510,58 @@ class Status(Message):
     detail: str = ""
 
 
+@dataclass
+class Describe(Message):
+    """Client -> server request (control channel); reply Description. Needs nothing but the robot id, which every
+    state frame's header carries."""
+
+    TYPE = "describe"
+    MAX_BYTES = 512
+    SCHEMA: ClassVar[dict[str, Any]] = {}
+
+
+@dataclass
+class Description(Message):
+    """Server -> client: what the arm accepts, so a client needs no out-of-band configuration. Limits are the ones
+    the servo enforces (hardware range minus its margin, its velocity/acceleration scales), not the datasheet."""
+
+    TYPE = "description"
+    MAX_BYTES = 8 * KIB
+    SCHEMA = {"reply_to_seq": Int(0, U64_MAX), "arm": Str(), "joint_names": NameList(),
+              "joint_min": Arr(("Dq",)), "joint_max": Arr(("Dq",)), "joint_vel_max": Arr(("Dq",)),
+              "joint_acc_max": Arr(("Dq",)), "workspace_lo": Arr((3,), optional=True),
+              "workspace_hi": Arr((3,), optional=True), "gripper_range": Arr((2,), optional=True),
+              "servo_period_ns": Int(1), "state_period_ns": Int(1), "heartbeat_timeout_ns": Int(1),
+              "require_heartbeat": Bool(), "simulated": Bool(), "modes": NameList(), "mode": Str(NAME_RE),
+              "targets": NameList(), "reject_reasons": NameList()}
+    reply_to_seq: int
+    arm: str
+    joint_names: list[str]
+    joint_min: np.ndarray  # (Dq,) rad
+    joint_max: np.ndarray
+    joint_vel_max: np.ndarray  # (Dq,) rad/s
+    joint_acc_max: np.ndarray  # (Dq,) rad/s^2
+    servo_period_ns: int
+    state_period_ns: int
+    heartbeat_timeout_ns: int
+    require_heartbeat: bool
+    simulated: bool
+    modes: list[str]
+    mode: str
+    targets: list[str]  # target message types the server takes
+    reject_reasons: list[str]  # every reason that can show up in Status.rejects
+    workspace_lo: np.ndarray | None = None  # (3,) m, TCP box in the base frame
+    workspace_hi: np.ndarray | None = None
+    gripper_range: np.ndarray | None = None  # (2,) m, finger opening (min, max)
+
+    def _check(self, header: Header) -> None:
+        if (self.workspace_lo is None) != (self.workspace_hi is None):
+            raise ProtocolError(MISSING_FIELD, "description: workspace_lo and workspace_hi go together")
+
+
 MESSAGE_TYPES: dict[str, type[Message]] = {c.TYPE: c for c in (
-    RobotState, JointTarget, CartesianTarget, Heartbeat, EStop, Reset, ModeRequest, ModeReply, Status)}
+    RobotState, JointTarget, CartesianTarget, Heartbeat, EStop, Reset, ModeRequest, ModeReply, Status, Describe,
+    Description)}
 
 
 # --- encode / decode --------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import collections
 import ipaddress
 import logging
 import socket
+import struct
 import time
 from dataclasses import dataclass
 
@@ -36,9 +37,13 @@ log = logging.getLogger("robotstack.hardware.protocol")
 
 STATE_PORT, COMMAND_PORT, CONTROL_PORT = 6510, 6511, 6512
 COMMAND_TYPES = (m.JointTarget.TYPE, m.CartesianTarget.TYPE)
-REQUEST_TYPES = (m.Heartbeat.TYPE, m.EStop.TYPE, m.Reset.TYPE, m.ModeRequest.TYPE)
-REPLY_TYPES = (m.Status.TYPE, m.ModeReply.TYPE)
-SMALL_MAX = 64 * m.KIB  # ZMQ_MAXMSGSIZE on command/control sockets: libzmq drops a peer that sends more
+REQUEST_TYPES = (m.Heartbeat.TYPE, m.EStop.TYPE, m.Reset.TYPE, m.ModeRequest.TYPE, m.Describe.TYPE)
+REPLY_TYPES = (m.Status.TYPE, m.ModeReply.TYPE, m.Description.TYPE)
+# ZMQ_MAXMSGSIZE on command/control sockets. Every frame up to this size is received, decoded and (when over its
+# type's limit) rejected and counted as too_large; libzmq closes a connection that sends a longer frame (the
+# server counts that as a ``disconnect``). Control queues up to rcvhwm=64 requests: 64 MiB at most.
+SMALL_MAX = 1 * m.MIB
+SRCFD = 2  # zmq_msg_get(ZMQ_SRCFD): the file descriptor of the connection a frame came in on
 ZAP_DOMAIN = b"robotstack"
 
 
@@ -106,6 +111,8 @@ class Received:
     msg: m.Message
     recv_time_ns: int  # receiver's time.monotonic_ns() right after the frame arrived
     peer: str = ""  # sender's CURVE public key (z85) when CURVE is on, else ""
+    conn: int = -1  # the connection it came in on (its file descriptor on the receiver; -1 unknown)
+    local: bool = True  # the sender is on this host (loopback tcp, ipc): its clock is ours
 
 
 @dataclass(frozen=True)
@@ -207,22 +214,63 @@ def _peer(frame: zmq.Frame) -> str:
         return ""
 
 
+def _conn(frame: zmq.Frame) -> int:
+    try:
+        return int(frame.get(SRCFD))
+    except zmq.ZMQError:
+        return -1
+
+
+def _local(frame: zmq.Frame) -> bool:
+    try:
+        addr = frame.get("Peer-Address")
+    except zmq.ZMQError:  # ipc / inproc carry no address
+        return True
+    return addr.startswith("127.") or addr in ("::1", "")
+
+
+def recv_nowait(sock: zmq.Socket, timeout_s: float = 0.0, multipart: bool = False):
+    """One frame (or multipart message) waiting at most timeout_s, or None. The receive itself never blocks:
+    poll() can report POLLIN while the frame is not yet receivable (a CURVE connection that completed its
+    handshake but sent nothing, on a CONFLATE socket), and a blocking recv() then waits forever inside libzmq,
+    deaf to signals. So: NOBLOCK, and zmq.Again means "nothing yet"."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if multipart:
+                return sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            return sock.recv(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            pass
+        left = deadline - time.monotonic()
+        if left <= 0 or not sock.poll(max(1, int(left * 1000))):
+            return None
+
+
+def _check_size(n: int, allowed: tuple[str, ...]) -> None:
+    """Longer than any message this channel carries: too_large, before spending time on unpacking it."""
+    limit = max(m.MESSAGE_TYPES[t].MAX_BYTES for t in allowed)
+    if n > limit:
+        raise m.ProtocolError(m.TOO_LARGE, f"{n} bytes > {limit}, the largest of {list(allowed)}")
+
+
 def _receive(sock: zmq.Socket, timeout_s: float, allowed: tuple[str, ...], robot_id: str | None,
              rejects: RejectCounter) -> Received | None:
     """One frame within timeout_s (0 = do not wait), decoded and validated; None if nothing valid came."""
-    if not sock.poll(max(0, int(timeout_s * 1000))):
+    frame = recv_nowait(sock, timeout_s)
+    if frame is None:
         return None
-    frame = sock.recv(copy=False)
     now = time.monotonic_ns()
     peer = _peer(frame)
     try:
+        _check_size(len(frame), allowed)
         header, msg = m.decode(frame.buffer, robot_id=robot_id)
         if header.type not in allowed:
             raise m.ProtocolError(m.WRONG_CHANNEL, f"{header.type} is not carried here (only {list(allowed)})")
     except m.ProtocolError as e:
         rejects.add(e, peer)
         return None
-    return Received(header, msg, now, peer)
+    return Received(header, msg, now, peer, _conn(frame), _local(frame))
 
 
 class _Sequencer:
@@ -242,6 +290,8 @@ class ServerTransport:
             check_endpoint(ep, keys)
         self.robot_id = robot_id
         self.rejects = RejectCounter(f"server {robot_id}")
+        self.dropped_sends = 0  # state frames / replies dropped because a send would have blocked
+        self.disconnects = 0  # command connections closed (by the client, or by libzmq for an oversized frame)
         self._seq = _Sequencer()
         self.ctx = zmq.Context()  # own context: its ZAP handler belongs to this server alone
         self.auth = None
@@ -252,13 +302,19 @@ class ServerTransport:
                                               maxmsgsize=SMALL_MAX)
             self.control_sock = server_socket(self.ctx, zmq.ROUTER, endpoints.control, keys, rcvhwm=64,
                                               maxmsgsize=SMALL_MAX)
+            # connection ends on the command socket, so per-connection sequencing forgets a closed connection
+            # before its file descriptor is reused by the next one
+            self._monitor = self.command_sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED)
         except BaseException:
             self.close()
             raise
 
     def publish_state(self, state: m.RobotState, send_time_ns: int | None = None) -> int:
         seq = self._seq.next()
-        self.state_sock.send(state.to_bytes(self.robot_id, seq, send_time_ns), copy=False)
+        try:  # PUB never blocks by design; NOBLOCK makes sure of it (a full queue drops the frame)
+            self.state_sock.send(state.to_bytes(self.robot_id, seq, send_time_ns), zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self.dropped_sends += 1
         return seq
 
     def recv_command(self, timeout_s: float = 0.0) -> Received | None:
@@ -267,29 +323,46 @@ class ServerTransport:
 
     def recv_control(self, timeout_s: float = 0.0) -> ControlRequest | None:
         """Next control request (queued, never conflated); answer it with ``reply``."""
-        if not self.control_sock.poll(max(0, int(timeout_s * 1000))):
+        frames = recv_nowait(self.control_sock, timeout_s, multipart=True)
+        if frames is None:
             return None
-        frames = self.control_sock.recv_multipart(copy=False)
         now = time.monotonic_ns()
         peer = _peer(frames[-1])
         try:
             if len(frames) != 3 or frames[1].bytes != b"":
                 raise m.ProtocolError(m.BAD_ENVELOPE, f"control request of {len(frames) - 1} frames; expected an "
                                                       "empty delimiter frame then one message frame")
+            _check_size(len(frames[2]), REQUEST_TYPES)
             header, msg = m.decode(frames[2].buffer, robot_id=self.robot_id)
             if header.type not in REQUEST_TYPES:
                 raise m.ProtocolError(m.WRONG_CHANNEL, f"{header.type} is not a control request")
         except m.ProtocolError as e:
             self.rejects.add(e, peer)
             return None
-        return ControlRequest(header, msg, now, peer, frames[0].bytes)
+        return ControlRequest(header, msg, now, peer, _conn(frames[-1]), _local(frames[-1]), frames[0].bytes)
 
-    def reply(self, request: ControlRequest, msg: m.ModeReply | m.Status) -> int:
+    def reply(self, request: ControlRequest, msg: m.ModeReply | m.Status | m.Description) -> int:
         seq = self._seq.next()
-        self.control_sock.send_multipart([request.routing_id, b"", msg.to_bytes(self.robot_id, seq)])
+        try:  # a client that stopped reading must not stall the server: drop the reply instead
+            self.control_sock.send_multipart([request.routing_id, b"", msg.to_bytes(self.robot_id, seq)], zmq.NOBLOCK)
+        except zmq.Again:
+            self.dropped_sends += 1
         return seq
 
+    def closed_connections(self) -> list[int]:
+        """Command connections (``Received.conn``) closed since the last call; never blocks."""
+        out = []
+        while (ev := recv_nowait(self._monitor, 0.0, multipart=True)) is not None:
+            event, value = struct.unpack("=HI", ev[0].bytes[:6])
+            if event in (zmq.EVENT_DISCONNECTED, zmq.EVENT_CLOSED):
+                out.append(value)
+                self.disconnects += 1
+        return out
+
     def close(self) -> None:
+        if getattr(self, "_monitor", None) is not None:
+            self.command_sock.disable_monitor()
+            self._monitor.close()
         for name in ("state_sock", "command_sock", "control_sock"):
             sock = getattr(self, name, None)
             if sock is not None:
@@ -342,7 +415,8 @@ class ClientTransport:
             return None
         return seq
 
-    def request(self, msg: m.Heartbeat | m.EStop | m.Reset | m.ModeRequest, timeout_s: float = 1.0) -> Received:
+    def request(self, msg: m.Heartbeat | m.EStop | m.Reset | m.ModeRequest | m.Describe,
+                timeout_s: float = 1.0) -> Received:
         """Send a control request and wait for its reply; raises ControlTimeout after timeout_s."""
         if msg.TYPE not in REQUEST_TYPES:
             raise m.ProtocolError(m.WRONG_CHANNEL, f"{msg.TYPE} is not a control request")
@@ -355,9 +429,9 @@ class ClientTransport:
         self.control_sock.send_multipart([b"", msg.to_bytes(self.robot_id, seq, self.last_request_sent_ns)],
                                          zmq.NOBLOCK)
         while (left := deadline - time.monotonic()) > 0:
-            if not self.control_sock.poll(max(1, int(left * 1000))):
+            frames = recv_nowait(self.control_sock, left, multipart=True)
+            if frames is None:
                 break
-            frames = self.control_sock.recv_multipart(copy=False)
             now = time.monotonic_ns()
             try:
                 if len(frames) != 2 or frames[0].bytes != b"":
@@ -371,7 +445,8 @@ class ClientTransport:
             if reply.reply_to_seq == seq:
                 return Received(header, reply, now, _peer(frames[1]))
             log.debug("dropped a late reply to seq %s (waiting for %d)", reply.reply_to_seq, seq)
-        raise ControlTimeout(f"no reply to {msg.TYPE} seq {seq} within {timeout_s:.3f} s")
+        raise ControlTimeout(f"no reply to {msg.TYPE} seq {seq} within {timeout_s:.3f} s (server down or "
+                             "overloaded)")
 
     def close(self) -> None:
         for sock in (self.state_sock, self.command_sock, self.control_sock):

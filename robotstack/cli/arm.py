@@ -42,8 +42,15 @@ def cmd_serve_arm(args: argparse.Namespace) -> int:
                                               realtime=not args.no_realtime))
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: server.stop())
-    print(f"serve-arm: {args.driver} arm {args.robot_id!r} on {args.bind} (servo {args.rate:g} Hz, state "
-          f"{args.state_rate:g} Hz, CURVE {'on' if keys else 'off: loopback only'}) ready", flush=True)
+
+    def announce():  # "ready" once the servo loop serves the sockets (driver connected, first scene applied)
+        if server.ready.wait():
+            print(f"serve-arm: {args.driver} arm {args.robot_id!r} on {args.bind} (servo {args.rate:g} Hz, state "
+                  f"{args.state_rate:g} Hz, CURVE {'on' if keys else 'off: loopback only'}) ready", flush=True)
+
+    import threading
+
+    threading.Thread(target=announce, daemon=True).start()
     try:
         stats = server.run(args.duration or None)
     finally:
@@ -66,14 +73,17 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_generate(args: argparse.Namespace) -> int:
-    from hardware.protocol import keys_generate
+    from hardware.protocol import allow_client, keys_generate
 
     names = tuple(n for n in args.names.split(",") if n)
     written = keys_generate(args.out, names=names, overwrite=args.overwrite)
     for name, (public, secret) in written.items():
         print(f"{name}: {public} {secret}")
-    print(f"CURVE keypairs {', '.join(names)} written to {args.out} (secrets are 0600; copy client public keys "
-          f"into the server's {args.out}/clients/ allow-list)")
+    # the server's allow-list: every generated client key is admitted, so `serve-arm --keys OUT` works as is
+    allowed = [allow_client(args.out, pub) for name, (pub, _) in written.items() if name != "server"]
+    print(f"CURVE keypairs {', '.join(names)} written to {args.out} (secrets are 0600). Allow-list "
+          f"{Path(args.out) / 'clients'}: {', '.join(p.name for p in allowed) or 'unchanged'}. Server: serve-arm "
+          f"--keys {args.out}; a client on another host needs its <name>.secret and server.public only.")
     return 0
 
 

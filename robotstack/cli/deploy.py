@@ -78,6 +78,44 @@ def run_controller(controller: Controller, *, episodes: int, duration_s: float |
     return results
 
 
+def final_table(results: list[EpisodeResult], telemetry, server_status=None) -> str:
+    """One table per run: each episode (success, why it ended, interventions, safety events), totals with every
+    safety event explained (limits apart from stops), latency percentiles and the server's own counters."""
+    from robotstack.runtime.safety import event_kind
+
+    lines = ["", "deploy: run summary",
+             f"{'ep':>3} {'steps':>6} {'s':>6} {'success':>7} {'interv':>6}  {'ended by':<34} safety events"]
+    for i, r in enumerate(results):
+        ev = ", ".join(f"{k} {v}" for k, v in sorted(r.safety.items())) or "-"
+        lines.append(f"{i + 1:>3} {r.steps:>6} {r.seconds:>6.1f} {str(r.success):>7} {r.interventions:>6}  "
+                     f"{r.stop_reason[:34]:<34} {ev}")
+    judged = [r.success for r in results if r.success is not None]
+    total: dict[str, int] = {}
+    for r in results:
+        for k, v in r.safety.items():
+            total[k] = total.get(k, 0) + v
+    lines.append(f"success {sum(judged)}/{len(judged)} judged episodes; interventions "
+                 f"{sum(r.interventions for r in results)}")
+    for kind in ("stop", "limit", "info"):
+        for k, v in sorted(total.items()):
+            if event_kind(k)[0] == kind:
+                lines.append(f"  {kind:5s} {k:22s} {v:6d}  {event_kind(k)[1]}")
+    s = telemetry.summary()
+    lines.append(f"latency (ms)         {'p50':>8} {'p99':>8} {'p99.9':>8} {'max':>8}      n")
+    for k in ("state_to_target", "inference", "target_to_applied", "state_to_applied"):
+        v = s["latency_ms"].get(k, {})
+        if v.get("n"):
+            lines.append(f"  {k:18s} {v['p50']:8.3f} {v['p99']:8.3f} {v['p999']:8.3f} {v['max']:8.3f} {v['n']:6d}")
+    if server_status is not None:
+        rej = ", ".join(f"{k} {v}" for k, v in sorted(server_status.rejects.items())) or "none"
+        lines.append(f"server: mode {server_status.mode}, faults {server_status.faults or 'none'}, rejected "
+                     f"frames: {rej}")
+        lines.append(f"  {server_status.detail}")
+    else:
+        lines.append("server: no answer to a final heartbeat (its counters are unknown)")
+    return "\n".join(lines)
+
+
 def deploy(args) -> int:
     from hardware.protocol import load_client_keys
     from hardware.protocol import parse_bind
@@ -123,6 +161,7 @@ def deploy(args) -> int:
     signal.signal(signal.SIGHUP, reload)
     signal.signal(signal.SIGTERM, lambda *_: ctl.request_estop("SIGTERM"))
     code = 0
+    results: list[EpisodeResult] = []
     try:
         ctl.connect()
         spec = runner.spec
@@ -145,7 +184,11 @@ def deploy(args) -> int:
             keys_reader.close()
         if takeover is not None:
             takeover.close()
-        print("\n" + ctl.telemetry.format_summary(), file=sys.stderr)
+        try:
+            server_status = client.heartbeat(timeout_s=0.3)
+        except Exception:  # noqa: BLE001 - the table says the server did not answer
+            server_status = None
+        print(final_table(results, ctl.telemetry, server_status), file=sys.stderr)
         if store is not None:
             store.close()
         client.close()

@@ -53,6 +53,12 @@ class ControllerConfig:
     # At a policy step, wait up to this long for a state published after the decision point instead of acting on
     # the one polled at the top of the tick (up to a tick + a publish period old): this is most of state->target.
     fresh_state_wait_s: float = 0.006
+    # Chunk policies (Ta > 1): infer the next chunk right after the target of the step that emptied the schedule
+    # is sent, from that step's observation, so no later step waits for inference (state->target is then
+    # recv + action map + send). The first action of a chunk inferred this way is past when the next step comes and
+    # is dropped by the scheduler like any late action: Ta - 1 actions are used per chunk. Single-step policies
+    # (Ta = 1) must react to the newest state, so their inference stays on the step.
+    infer_ahead: bool = True
     safety: SafetyConfig = field(default_factory=SafetyConfig)
 
 
@@ -66,6 +72,7 @@ class EpisodeResult:
     frames: dict[str, np.ndarray] | None = None
     source: str = "policy"
     ok: bool = True  # False when a stop (safety, e-stop, lost arm) ended it
+    safety: dict[str, int] = field(default_factory=dict)  # safety events of this episode, by code
 
 
 def teleop_spec(task_spec: dict) -> PolicySpec:
@@ -104,7 +111,9 @@ class Controller:
     def connect(self, timeout_s: float = 3.0) -> None:
         """First state, a heartbeat, and the artifact-vs-arm check (refuses a mismatch before anything moves)."""
         st = self.client.wait_state(timeout_s)
-        self.client.heartbeat()
+        # first contact: the control connection may still be in its CURVE handshake (the server's ZAP thread) after
+        # state flows, so this one request gets the whole connect timeout, later heartbeats the short one
+        self.client.heartbeat(timeout_s=timeout_s)
         if self.policy is not None:
             check_arm(self.spec, st, f"the arm at {self.client.endpoints.state}")
         elif len(st.joint_pos) != 7 or st.eef_pos is None:
@@ -147,6 +156,7 @@ class Controller:
         if self.policy is not None:
             self.policy.reset()
         self.safety.reset()
+        self._events_at_start = dict(self.safety.events)
         sched = ActionScheduler(1.0 / spec.control_hz, cfg.exec_latency_s)
         dt_ns = int(round(1e9 / spec.control_hz))
         tele = self.telemetry
@@ -246,6 +256,10 @@ class Controller:
                 if pending_row is not None:
                     tele.sent(pending_row, seq, time.monotonic_ns())
                     pending_row = None
+                    if (cfg.infer_ahead and self.policy is not None and spec.n_action_steps > 1 and len(sched) == 0
+                            and not intervention and self._pending is None):
+                        chunk = self.safety.check_output(self._infer(), "policy")  # ahead of need, off the step
+                        sched.load(chunk, t_state, time.monotonic_ns())
                 if reason == "success":
                     break
                 if max_steps is not None and step >= max_steps:
@@ -316,9 +330,11 @@ class Controller:
 
     def _finish(self, frames, t0, step, success, reason, interventions, ok) -> EpisodeResult:
         source = "human" if self.human_only else ("intervention" if interventions else "policy")
+        start = getattr(self, "_events_at_start", {})
+        events = {k: v - start.get(k, 0) for k, v in self.safety.events.items() if v - start.get(k, 0)}
         res = EpisodeResult(steps=step, success=success, stop_reason=reason, interventions=interventions,
                             seconds=(time.monotonic_ns() - t0) * 1e-9, frames=self._frames(frames, t0), source=source,
-                            ok=ok)
+                            ok=ok, safety=events)
         return res
 
     def _frames(self, frames: list[dict], t0: int) -> dict[str, np.ndarray] | None:

@@ -17,6 +17,24 @@ import numpy as np
 from robotstack.core.errors import RobotstackError
 
 
+# what each event code means, for the final report: a "limit" shaped an action and the run went on; a "stop"
+# ended the episode; "info" is bookkeeping. Limits during a normal run are expected (a reach policy's first
+# step from rest often changes by more than max_delta), so they are reported apart from stops.
+EVENT_KINDS = {
+    "max_change_limited": ("limit", "policy action changed by more than max_delta in one step; spread over steps"),
+    "nonfinite_output": ("stop", "policy produced NaN/Inf"),
+    "out_of_range_output": ("stop", "policy output beyond abs_max"),
+    "state_stale": ("stop", "no arm state within state_timeout_s"),
+    "server_stop": ("stop", "the arm server was in STOP (e-stop, heartbeat lost)"),
+    "estop": ("stop", "operator e-stop (key, Ctrl-C, SIGTERM)"),
+    "hot_swap": ("info", "policy reloaded (SIGHUP)"),
+}
+
+
+def event_kind(code: str) -> tuple[str, str]:
+    return EVENT_KINDS.get(code, ("stop", code))
+
+
 class SafetyStop(RobotstackError):
     """The controller must hold and stop. ``code`` is a short name for logs and telemetry."""
 

@@ -42,6 +42,11 @@ def full_messages() -> list[m.Message]:
         m.Status(3, True, "idle", False, T0, faults=["joint_limit", "comm_timeout"], last_target_seq=9,
                  rejects={"not_finite": 2, "too_large": 1}, detail="ok"),
         m.Status(None, False, "hold", True, T0),
+        m.Describe(),
+        m.Description(4, "pybullet_panda", [f"joint{i}" for i in range(7)], -_f32(7), _f32(7) + 1, _f32(7) + 2,
+                      _f32(7) + 3, 1_000_000, 5_000_000, 500_000_000, True, True, ["servo", "hold", "stop"], "hold",
+                      ["joint_target"], ["stale", "future"], workspace_lo=np.zeros(3), workspace_hi=np.ones(3),
+                      gripper_range=np.array([0.0, 0.08])),
     ]
 
 
@@ -118,7 +123,7 @@ def _targeted(rng: random.Random, valid: list[m.Message]):
     jt = _raw(m.JointTarget(np.zeros(7), T0, T0 + 10_000_000, velocities=np.zeros(7)))
     body = jt[5]
     if kind == "version":
-        jt[0] = rng.choice([0, 2, 255, -1, "1", 1.0, True])
+        jt[0] = rng.choice([0, 1, 3, 255, -1, "2", 2.0, True])
         return _pack(jt), m.VERSION
     if kind == "dtype":
         body["positions"]["dtype"] = rng.choice(["object", "float16", "<f8", "complex64", "O", "", "U8"])
@@ -152,7 +157,7 @@ def _targeted(rng: random.Random, valid: list[m.Message]):
         jt[1] = rng.choice(["torque_target", "", "STATE", 3])
         return _pack(jt), m.UNKNOWN_TYPE
     if kind == "envelope":
-        return _pack(rng.choice([jt[:5], jt + [0], {"type": "state"}, "x", 3, None, [1, "heartbeat", "a", 1, 1, []]])), \
+        return _pack(rng.choice([jt[:5], jt + [0], {"type": "state"}, "x", 3, None, [m.PROTOCOL_VERSION, "heartbeat", "a", 1, 1, []]])), \
             m.BAD_ENVELOPE
     if kind == "header":
         i, v = rng.choice([(2, ""), (2, "a" * 65), (2, "robot id"), (2, 7), (3, -1), (3, -(2**63)), (3, 1.0),
