@@ -19,8 +19,8 @@ Sections (every one required unless marked optional; the reader names the first 
     obs              {keys, spec: {key: {shape: [To, ...], dtype}}, order}
     action           {names, dim, T, Ta, To, action_start, units}
     control_rate_hz  policy decisions per second (> 0)
-    ee_action        the end-effector action contract (step scales, yaw, workspace box, max lead) as a dict of
-                     the runtime's contract fields; the runtime refuses one it cannot build its contract from
+    ee_action        the end-effector action contract, core/ee_action.py EEActionSpec.to_dict(); the runtime
+                     reads it with EEActionSpec.from_dict (strict: a missing or unknown key is refused)
     gripper          {dims, threshold, values, in_graph, rule}
     robot            {dof, kinematics}
     task             {name, success}: success is a robotstack.core.success criterion or null
