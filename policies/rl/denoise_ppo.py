@@ -67,12 +67,12 @@ class DenoisePPOConfig:
 
 
 def rl100_scheduler(sigma_max: float | None = 0.8, sigma_min: float = 0.01, **overrides) -> SchedulerConfig:
-    """The RL-100 code's DDIM grid (steps_offset 1, prev clamp -> timesteps 91..1, last step to abar_0), eta 1.
+    """The RL-100 code's DDIM grid (leading spacing + steps_offset 1, prev clamp -> timesteps 91..1, last step to abar_0), eta 1.
 
     sigma_min 0.01 is the paper's value (code: 0.0067), spec §13 [inferred]. sigma_max: 0.8 single-action,
     0.1 for chunks / Meta-World (paper).
     """
-    return SchedulerConfig(steps_offset=1, prev_timestep_clamp=True, rl_eta=1.0, sigma_min=sigma_min,
+    return SchedulerConfig(steps_offset=1, timestep_spacing="leading", prev_timestep_clamp=True, rl_eta=1.0, sigma_min=sigma_min,
                            sigma_max=sigma_max, **overrides)
 
 

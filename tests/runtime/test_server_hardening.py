@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 import zmq
-from conftest import ServerProc
+from conftest import PY, ROOT, ServerProc  # at import time: later conftests reuse the module name
 
 from hardware.protocol import keys_generate, load_client_keys, parse_bind
 from hardware.protocol import messages as m
@@ -287,7 +287,6 @@ def test_plain_pyzmq_client_written_from_the_doc_drives_the_arm(srv, key_dir):
     import json
     import subprocess
 
-    from conftest import PY, ROOT
 
     src = (ROOT / "tools" / "plain_arm_client.py").read_text()
     mods = {n.module if isinstance(n, ast.ImportFrom) else a.name for n in ast.walk(ast.parse(src))
