@@ -112,13 +112,13 @@ def cmd_eval_artifact(args: argparse.Namespace) -> int:
 
 
 def add_verbs(sub) -> None:
+    from robotstack.cli.train import add_stage_arguments
+
     d = sub.add_parser("distill", help="consistency-distill a diffusion checkpoint into a one-step student",
                        description="robotstack distill --config configs/distill/ctm.yaml teacher=RUN/checkpoints/"
                                    "latest [dotted.key=value ...]; the student is RUN_DIR/checkpoints/latest")
-    d.add_argument("--config", help="YAML config (configs/distill/*.yaml); default: DistillConfig's defaults (ctm)")
-    d.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=300 policy.method=rl100")
-    d.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue RUN_DIR from checkpoints/latest")
-    d.add_argument("--out", default=None, metavar="RUN_DIR", help="run dir (default runs/distill/<teacher>_<time>)")
+    add_stage_arguments(d, config_help="YAML config (configs/distill/*.yaml); default: DistillConfig's defaults (ctm)",
+                        example="train.steps=300 policy.method=rl100", default_run="runs/distill/<teacher>_<time>")
     d.add_argument("--checkpoint", default=None, help="teacher checkpoint dir (= teacher=DIR)")
     d.add_argument("--method", default=None, choices=["ctm", "rl100"], help="= policy.method=...")
     d.add_argument("--steps", type=int, default=None, help="= train.steps=N")

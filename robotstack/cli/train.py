@@ -43,16 +43,22 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_stage_arguments(parser, *, config_help: str, example: str, default_run: str) -> None:
+    """What every training stage takes (design.md §7): --config, dotted overrides, --resume, --out."""
+    parser.add_argument("--config", help=config_help)
+    parser.add_argument("overrides", nargs="*", help=f"dotted overrides, e.g. {example}")
+    parser.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue RUN_DIR from checkpoints/latest")
+    parser.add_argument("--out", default=None, metavar="RUN_DIR", help=f"run dir (default {default_run})")
+
+
 def add_verbs(sub) -> None:
     train = sub.add_parser("train", help="training stages")
     train_sub = train.add_subparsers(dest="train_verb", required=True)
     il = train_sub.add_parser("il", help="imitation learning of a diffusion policy from an episode store",
                               description="robotstack train il --config configs/il/push.yaml [dotted.key=value ...]"
                                           " ; under torchrun the same command trains with DDP")
-    il.add_argument("--config", help="YAML config (configs/il/*.yaml); not needed with --resume")
-    il.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=500 train.lr=3e-4")
-    il.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue RUN_DIR from checkpoints/latest")
-    il.add_argument("--out", default=None, metavar="RUN_DIR", help="run dir (default runs/il/<task>_<time>)")
+    add_stage_arguments(il, config_help="YAML config (configs/il/*.yaml); not needed with --resume",
+                        example="train.steps=500 train.lr=3e-4", default_run="runs/il/<task>_<time>")
     il.add_argument("--quiet", action="store_true", help="no progress bar")
     il.set_defaults(func=cmd_train_il)
 
