@@ -21,6 +21,7 @@ import numpy as np
 
 from robotstack.core import keys
 from robotstack.core.config import from_dict as read_config, to_dict
+from robotstack.core.ee_action import GRIPPER_CLOSED, GRIPPER_OPEN
 from robotstack.core.errors import ConfigError, DeviceUnavailableError, RobotstackError
 # re-exported: the vendor drivers convert their SDK's orientation with these
 from robotstack.core.rotations import quat_wxyz_to_xyzw, quat_xyzw_to_wxyz, rotvec_to_quat, rpy_to_quat  # noqa: F401
@@ -30,6 +31,8 @@ from robotstack.core.rotations import quat_wxyz_to_xyzw, quat_xyzw_to_wxyz, rotv
 PANDA_JOINTS = tuple(f"panda_joint{i}" for i in range(1, 8))
 PANDA_DQ_MAX = np.array([2.175, 2.175, 2.175, 2.175, 2.61, 2.61, 2.61])
 PANDA_DDQ_MAX = np.array([15.0, 7.5, 10.0, 12.5, 15.0, 20.0, 20.0])
+# the Franka Hand, in the one gripper unit (total opening of both fingers, m; robotstack/core/ee_action.py)
+PANDA_GRIPPER_RANGE = (GRIPPER_CLOSED, GRIPPER_OPEN)
 
 
 class DriverError(RobotstackError):
@@ -243,7 +246,7 @@ class AsyncGripper:
 
 
 def panda_info(name: str, *, simulated: bool, object_names=(), vendor: str = "", rate_hz: float = 1000.0,
-               q_min=None, q_max=None, gripper_range=(0.0, 0.08)) -> ArmInfo:
+               q_min=None, q_max=None, gripper_range=PANDA_GRIPPER_RANGE) -> ArmInfo:
     """ArmInfo of a Franka Panda; joint range defaults to the URDF's (robotstack.core.kinematics)."""
     from robotstack.core import kinematics as kin
 

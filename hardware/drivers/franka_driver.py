@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from hardware.drivers.base import (ArmState, AsyncGripper, DriverError, SentCommand, as_joint_vector, clip_gripper,
-                                   clip_to_range, import_sdk, now_ns, panda_info, quat_xyzw_to_wxyz)
+from hardware.drivers.base import (PANDA_GRIPPER_RANGE, ArmState, AsyncGripper, DriverError, SentCommand,
+                                   as_joint_vector, clip_gripper, clip_to_range, import_sdk, now_ns, panda_info,
+                                   quat_xyzw_to_wxyz)
 
 # Franka datasheet joint range (rad)
 FRANKA_Q_MIN = np.array([-2.8973, -1.7628, -2.8973, -3.0718, -2.8973, -0.0175, -2.8973])
@@ -30,7 +31,7 @@ class FrankaDriver:
                  name: str = "franka_panda"):
         self.host, self.use_gripper, self.gripper_speed = host, bool(gripper), float(gripper_speed)
         self.info = panda_info(name, simulated=False, vendor="panda-python", rate_hz=rate_hz, q_min=FRANKA_Q_MIN,
-                               q_max=FRANKA_Q_MAX, gripper_range=(0.0, 0.08) if gripper else None)
+                               q_max=FRANKA_Q_MAX, gripper_range=PANDA_GRIPPER_RANGE if gripper else None)
         self._panda: Any = None
         self._ctrl: Any = None
         self._hand: Any = None

@@ -18,13 +18,15 @@ import numpy as np
 
 from hardware.drivers.base import (ArmInfo, ArmState, DriverError, SentCommand, as_joint_vector, clip_gripper,
                                    clip_to_range, now_ns, panda_info, pose_of)
+from robotstack.core.ee_action import per_finger_opening
 
 
 class MujocoArmDriver:
     """ArmDriver over a caller-owned (model, data).
 
     arm_joints / arm_actuators: names, in arm order (Dq each). finger_joints / finger_actuators: 0, 1 or 2 names;
-    with two fingers each gets half the requested opening (the Panda convention), with one it gets all of it.
+    openings are totals (robotstack/core/ee_action.py): a symmetric pair gets ``per_finger_opening`` each (the
+    Panda), a single finger joint the whole opening; the reported opening is the sum of the finger joints.
     tcp_site: site reported as eef pose. object_bodies: free bodies reported in object_state (pos + quat wxyz).
     kinematics="panda" declares that robotstack.core.kinematics applies (the servo then checks the workspace
     box and accepts Cartesian targets) and fills missing limits from the Panda datasheet.
@@ -65,9 +67,8 @@ class MujocoArmDriver:
         lo = np.where(model.jnt_limited[jid], model.jnt_range[jid, 0], -2 * np.pi)
         hi = np.where(model.jnt_limited[jid], model.jnt_range[jid, 1], 2 * np.pi)
         grip_range = None
-        if fid:
-            n = len(fid)
-            grip_range = (float(n * model.jnt_range[fid[0], 0]), float(n * model.jnt_range[fid[0], 1]))
+        if fid:  # total opening = sum of the finger joints (as read_state reports it)
+            grip_range = tuple(float(v) for v in model.jnt_range[fid].sum(axis=0))
         vendor = f"mujoco {mujoco.__version__}"
         if kinematics == "panda":
             if dof != 7:
@@ -93,6 +94,10 @@ class MujocoArmDriver:
         if i < 0:
             raise DriverError(f"no {what} named {name!r} in the model")
         return int(i)
+
+    def _per_finger(self, opening: float) -> float:
+        """Total opening (m) -> each finger joint's target: a pair splits it, a single finger takes all."""
+        return per_finger_opening(opening) if len(self._finger_qpos) == 2 else opening
 
     # --- lifecycle ----------------------------------------------------------------------------------------
     @property
@@ -126,7 +131,7 @@ class MujocoArmDriver:
         d.qpos[self._arm_qpos] = self.home_q
         d.qvel[self._arm_dof] = 0.0
         if self.info.gripper_range is not None:
-            d.qpos[self._finger_qpos] = self.info.gripper_range[1] / len(self._finger_qpos)
+            d.qpos[self._finger_qpos] = self._per_finger(self.info.gripper_range[1])
         self._substep_debt = 0.0
         self.command_joints(self.home_q, None if self.info.gripper_range is None else self.info.gripper_range[1])
         mujoco.mj_forward(m, d)
@@ -138,7 +143,7 @@ class MujocoArmDriver:
         self.data.ctrl[self._arm_act] = q
         grip = clip_gripper(gripper_target, self.info)
         if grip is not None and len(self._finger_act):
-            self.data.ctrl[self._finger_act] = grip / len(self._finger_act)
+            self.data.ctrl[self._finger_act] = self._per_finger(grip)
         return SentCommand(q=q, gripper=grip, time_ns=now_ns(), clipped=clipped)
 
     def step(self, dt: float) -> None:

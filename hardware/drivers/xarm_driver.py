@@ -24,7 +24,8 @@ DEG = np.pi / 180
 # xArm datasheet joint ranges (deg) and 180 deg/s joint speed
 XARM7_RANGE = np.array([[-360, 360], [-118, 120], [-360, 360], [-11, 225], [-360, 360], [-97, 180], [-360, 360]])
 XARM6_RANGE = np.array([[-360, 360], [-118, 120], [-225, 11], [-360, 360], [-97, 180], [-360, 360]])
-GRIPPER_UNITS_PER_M = 850 / 0.085
+XARM_GRIPPER_MAX = 0.085  # m, total opening of the xArm Gripper (850 SDK units)
+GRIPPER_UNITS_PER_M = 850 / XARM_GRIPPER_MAX
 MODE_SERVO, STATE_READY, STATE_STOP = 1, 0, 4
 
 
@@ -38,7 +39,7 @@ class XArmDriver:
         self.info = ArmInfo(
             name=name or f"xarm{dof}", dof=dof, joint_names=tuple(f"joint{i}" for i in range(1, dof + 1)),
             q_min=rng[:, 0], q_max=rng[:, 1], dq_max=np.full(dof, np.pi), ddq_max=np.full(dof, 10.0),
-            gripper_range=(0.0, 0.085) if gripper else None, nominal_rate_hz=self.rate_hz, simulated=False,
+            gripper_range=(0.0, XARM_GRIPPER_MAX) if gripper else None, nominal_rate_hz=self.rate_hz, simulated=False,
             kinematics=None, vendor="xarm-python-sdk",
         )
         self._arm: Any = None
