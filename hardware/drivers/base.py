@@ -186,6 +186,27 @@ def clip_gripper(width: float | None, info: ArmInfo) -> float | None:
     return float(min(max(float(width), lo), hi))
 
 
+def send_command(info: ArmInfo, q_target: Any, gripper_target: float | None, send_q: Callable[[np.ndarray], Any],
+                 send_gripper: Callable[[float], Any] | None = None) -> SentCommand:
+    """The body of every driver's ``command_joints``, written once: the final hardware clamp, the backend's
+    joint call (``send_q``), the clamped gripper opening to ``send_gripper`` (None: no gripper to drive), and
+    the record of what was actually sent. Backends differ only in the two callables."""
+    q, clipped = clip_to_range(as_joint_vector(q_target, info.dof, "command_joints q_target"), info)
+    send_q(q)
+    grip = clip_gripper(gripper_target, info)
+    if grip is not None and send_gripper is not None:
+        send_gripper(grip)
+    return SentCommand(q=q, gripper=grip, time_ns=now_ns(), clipped=clipped)
+
+
+def read_only_reset(driver: "ArmDriver", vendor: str, object_poses: dict | None) -> ArmState:
+    """``reset`` of a real arm: it is never teleported, so reset only reads the state (go home through the
+    servo, under its limits); object poses are refused."""
+    if object_poses:
+        raise DriverError(f"{vendor}: object_poses cannot be set on a real robot")
+    return driver.read_state()
+
+
 class AsyncGripper:
     """Runs a slow, blocking gripper API off the servo thread.
 

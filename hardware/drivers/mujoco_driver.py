@@ -16,8 +16,8 @@ from typing import Any, Sequence
 import mujoco
 import numpy as np
 
-from hardware.drivers.base import (ArmInfo, ArmState, DriverError, SentCommand, as_joint_vector, clip_gripper,
-                                   clip_to_range, now_ns, panda_info, pose_of)
+from hardware.drivers.base import (ArmInfo, ArmState, DriverError, SentCommand, as_joint_vector, now_ns, panda_info,
+                                   pose_of, send_command)
 from robotstack.core.ee_action import per_finger_opening
 
 
@@ -139,12 +139,14 @@ class MujocoArmDriver:
 
     def command_joints(self, q_target, gripper_target: float | None = None) -> SentCommand:
         self._check()
-        q, clipped = clip_to_range(as_joint_vector(q_target, self.info.dof, "command_joints q_target"), self.info)
+        return send_command(self.info, q_target, gripper_target, self._send_arm,
+                            self._send_fingers if len(self._finger_act) else None)
+
+    def _send_arm(self, q: np.ndarray) -> None:
         self.data.ctrl[self._arm_act] = q
-        grip = clip_gripper(gripper_target, self.info)
-        if grip is not None and len(self._finger_act):
-            self.data.ctrl[self._finger_act] = self._per_finger(grip)
-        return SentCommand(q=q, gripper=grip, time_ns=now_ns(), clipped=clipped)
+
+    def _send_fingers(self, opening: float) -> None:
+        self.data.ctrl[self._finger_act] = self._per_finger(opening)
 
     def step(self, dt: float) -> None:
         self._check()

@@ -22,8 +22,8 @@ import pybullet as pb
 import pybullet_data
 
 from hardware.drivers.base import (PANDA_JOINTS, ArmState, DriverError, ObjectSpec, SentCommand, as_joint_vector,
-                                   clip_gripper, clip_to_range, now_ns, panda_info, parse_objects, pose_of,
-                                   quat_wxyz_to_xyzw, quat_xyzw_to_wxyz)
+                                   now_ns, panda_info, parse_objects, pose_of, quat_wxyz_to_xyzw, quat_xyzw_to_wxyz,
+                                   send_command)
 from robotstack.core import kinematics as kin
 from robotstack.core.ee_action import GRIPPER_OPEN, per_finger_opening
 
@@ -180,22 +180,23 @@ class PyBulletPandaDriver:
         return self.read_state()
 
     def command_joints(self, q_target, gripper_target: float | None = None) -> SentCommand:
-        cid = self._client()
-        q, clipped = clip_to_range(as_joint_vector(q_target, 7, "command_joints q_target"), self.info)
+        self._client()
+        return send_command(self.info, q_target, gripper_target, self._send_arm, self._send_fingers)
+
+    def _send_arm(self, q: np.ndarray) -> None:
         pb.setJointMotorControlArray(
             self._robot, self._arm_idx, pb.POSITION_CONTROL, targetPositions=q.tolist(),
             targetVelocities=[0.0] * 7, forces=self.arm_force.tolist(), positionGains=[self.position_gain] * 7,
-            velocityGains=[self.velocity_gain] * 7, physicsClientId=cid,
+            velocityGains=[self.velocity_gain] * 7, physicsClientId=self._cid,
         )
         self._q_cmd = q
-        grip = clip_gripper(gripper_target, self.info)
-        if grip is not None:
-            self._grip_cmd = grip
-            pb.setJointMotorControlArray(
-                self._robot, self._finger_idx, pb.POSITION_CONTROL, targetPositions=[per_finger_opening(grip)] * 2,
-                forces=[self.finger_force] * 2, physicsClientId=cid,
-            )
-        return SentCommand(q=q, gripper=grip, time_ns=now_ns(), clipped=clipped)
+
+    def _send_fingers(self, opening: float) -> None:
+        self._grip_cmd = opening
+        pb.setJointMotorControlArray(
+            self._robot, self._finger_idx, pb.POSITION_CONTROL, targetPositions=[per_finger_opening(opening)] * 2,
+            forces=[self.finger_force] * 2, physicsClientId=self._cid,
+        )
 
     def step(self, dt: float) -> None:
         cid = self._client()

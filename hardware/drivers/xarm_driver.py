@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from hardware.drivers.base import (ArmInfo, ArmState, AsyncGripper, DriverError, SentCommand, as_joint_vector,
-                                   clip_gripper, clip_to_range, import_sdk, now_ns, rpy_to_quat)
+from hardware.drivers.base import (ArmInfo, ArmState, AsyncGripper, DriverError, SentCommand, import_sdk, now_ns,
+                                   read_only_reset, rpy_to_quat, send_command)
 
 DEG = np.pi / 180
 # xArm datasheet joint ranges (deg) and 180 deg/s joint speed
@@ -120,12 +120,11 @@ class XArmDriver:
 
     def command_joints(self, q_target, gripper_target: float | None = None) -> SentCommand:
         self._check()
-        q, clipped = clip_to_range(as_joint_vector(q_target, self.info.dof, "command_joints q_target"), self.info)
+        return send_command(self.info, q_target, gripper_target, self._servo_j,
+                            self._gripper.request if self._gripper is not None else None)
+
+    def _servo_j(self, q: np.ndarray) -> None:
         self._ok(self._arm.set_servo_angle_j(q.tolist(), is_radian=True), "set_servo_angle_j")
-        grip = clip_gripper(gripper_target, self.info)
-        if grip is not None and self._gripper is not None:
-            self._gripper.request(grip)
-        return SentCommand(q=q, gripper=grip, time_ns=now_ns(), clipped=clipped)
 
     def step(self, dt: float) -> None:
         return None
@@ -135,7 +134,4 @@ class XArmDriver:
             self._arm.set_state(STATE_STOP)
 
     def reset(self, seed: int | None = None, object_poses: dict | None = None) -> ArmState:
-        """Reads the state only (a real arm is never teleported); go home through the servo."""
-        if object_poses:
-            raise DriverError("xArm: object_poses cannot be set on a real robot")
-        return self.read_state()
+        return read_only_reset(self, "xArm", object_poses)
