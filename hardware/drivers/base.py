@@ -186,6 +186,12 @@ def clip_gripper(width: float | None, info: ArmInfo) -> float | None:
     return float(min(max(float(width), lo), hi))
 
 
+def check_connected(connected: bool, info: ArmInfo) -> None:
+    """The one error every driver raises when used before ``connect()``."""
+    if not connected:
+        raise DriverError(f"{info.name}: not connected; call connect() first")
+
+
 def send_command(info: ArmInfo, q_target: Any, gripper_target: float | None, send_q: Callable[[np.ndarray], Any],
                  send_gripper: Callable[[float], Any] | None = None) -> SentCommand:
     """The body of every driver's ``command_joints``, written once: the final hardware clamp, the backend's

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from hardware.drivers.base import (PANDA_GRIPPER_RANGE, ArmState, AsyncGripper, DriverError, SentCommand,
-                                   import_sdk, now_ns, panda_info, quat_xyzw_to_wxyz, read_only_reset, send_command)
+                                   check_connected, import_sdk, now_ns, panda_info, quat_xyzw_to_wxyz, read_only_reset,
+                                   send_command)
 
 # Franka datasheet joint range (rad)
 FRANKA_Q_MIN = np.array([-2.8973, -1.7628, -2.8973, -3.0718, -2.8973, -0.0175, -2.8973])
@@ -76,8 +77,7 @@ class FrankaDriver:
                 self._panda = self._ctrl = self._hand = None
 
     def _check(self) -> None:
-        if self._panda is None:
-            raise DriverError(f"{self.info.name}: not connected; call connect() first")
+        check_connected(self._panda is not None, self.info)
 
     def read_state(self) -> ArmState:
         self._check()

@@ -16,8 +16,8 @@ from typing import Any, Sequence
 import mujoco
 import numpy as np
 
-from hardware.drivers.base import (ArmInfo, ArmState, DriverError, SentCommand, as_joint_vector, now_ns, panda_info,
-                                   pose_of, send_command)
+from hardware.drivers.base import (ArmInfo, ArmState, DriverError, SentCommand, as_joint_vector, check_connected,
+                                   now_ns, panda_info, pose_of, send_command)
 from robotstack.core.ee_action import per_finger_opening
 
 
@@ -112,8 +112,7 @@ class MujocoArmDriver:
         self._connected = False
 
     def _check(self) -> None:
-        if not self._connected:
-            raise DriverError(f"{self.info.name}: not connected; call connect() first")
+        check_connected(self._connected, self.info)
 
     # --- ArmDriver -----------------------------------------------------------------------------------------
     def reset(self, seed: int | None = None, object_poses: dict[str, Any] | None = None) -> ArmState:

@@ -22,8 +22,8 @@ import pybullet as pb
 import pybullet_data
 
 from hardware.drivers.base import (PANDA_JOINTS, ArmState, DriverError, ObjectSpec, SentCommand, as_joint_vector,
-                                   now_ns, panda_info, parse_objects, pose_of, quat_wxyz_to_xyzw, quat_xyzw_to_wxyz,
-                                   send_command)
+                                   check_connected, now_ns, panda_info, parse_objects, pose_of, quat_wxyz_to_xyzw,
+                                   quat_xyzw_to_wxyz, send_command)
 from robotstack.core import kinematics as kin
 from robotstack.core.ee_action import GRIPPER_OPEN, per_finger_opening
 
@@ -110,8 +110,7 @@ class PyBulletPandaDriver:
         self._cid = None
 
     def _client(self) -> int:
-        if not self.is_connected:
-            raise DriverError(f"{self.info.name}: not connected; call connect() first")
+        check_connected(self.is_connected, self.info)
         return self._cid
 
     # --- scene ---------------------------------------------------------------------------------------------

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from hardware.drivers.base import (ArmInfo, ArmState, DriverError, SentCommand, import_sdk, now_ns, read_only_reset,
-                                   rotvec_to_quat, send_command)
+from hardware.drivers.base import (ArmInfo, ArmState, DriverError, SentCommand, check_connected, import_sdk, now_ns,
+                                   read_only_reset, rotvec_to_quat, send_command)
 
 UR_JOINTS = ("shoulder_pan", "shoulder_lift", "elbow", "wrist_1", "wrist_2", "wrist_3")
 # UR e-Series datasheet: every joint +-360 deg; speeds 180 deg/s (UR3e/UR5e; UR10e/UR16e base and shoulder 120).
@@ -79,8 +79,7 @@ class URRtdeDriver:
             self._ctrl = self._recv = None
 
     def _check(self) -> None:
-        if self._ctrl is None:
-            raise DriverError(f"{self.info.name}: not connected; call connect() first")
+        check_connected(self._ctrl is not None, self.info)
 
     def read_state(self) -> ArmState:
         self._check()

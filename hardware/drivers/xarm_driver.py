@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from hardware.drivers.base import (ArmInfo, ArmState, AsyncGripper, DriverError, SentCommand, import_sdk, now_ns,
-                                   read_only_reset, rpy_to_quat, send_command)
+from hardware.drivers.base import (ArmInfo, ArmState, AsyncGripper, DriverError, SentCommand, check_connected,
+                                   import_sdk, now_ns, read_only_reset, rpy_to_quat, send_command)
 
 DEG = np.pi / 180
 # xArm datasheet joint ranges (deg) and 180 deg/s joint speed
@@ -101,8 +101,7 @@ class XArmDriver:
             self._arm = None
 
     def _check(self) -> None:
-        if self._arm is None:
-            raise DriverError(f"{self.info.name}: not connected; call connect() first")
+        check_connected(self._arm is not None, self.info)
 
     def read_state(self) -> ArmState:
         self._check()
