@@ -42,6 +42,8 @@ from hardware.protocol import messages as m
 from hardware.protocol.keys import CurveServerKeys
 from hardware.protocol.transport import ControlRequest, Endpoints, Received, ServerTransport
 from hardware.servo import FUTURE, MODES, REJECT_REASONS, ServoConfig, ServoCore, ServoLoop, ServoTarget, TickRecord
+from robotstack.core.config import from_dict as read_config
+from robotstack.core.errors import ConfigError
 
 log = logging.getLogger("robotstack.hardware.server")
 
@@ -88,6 +90,8 @@ class ClockMap:
 
 @dataclass
 class ArmServerConfig:
+    """Read by the one strict reader (robotstack.core.config); ``__post_init__`` holds only the domain checks."""
+
     robot_id: str = "arm"
     state_rate_hz: float = 200.0
     max_requests_per_tick: int = 8
@@ -97,15 +101,33 @@ class ArmServerConfig:
     future_tol_local_s: float = 0.001
     future_tol_remote_s: float = 0.005
 
+    @classmethod
+    def from_dict(cls, d: dict | None, where: str = "arm server config") -> "ArmServerConfig":
+        return read_config(cls, d or {}, where)
+
+    def __post_init__(self) -> None:
+        def bad(key: str, expected: str) -> None:
+            raise ConfigError(f"arm server config: {key}={getattr(self, key)!r}: expected {expected}")
+
+        if not m.ROBOT_ID_RE.fullmatch(self.robot_id):
+            bad("robot_id", f"a protocol robot id ({m.ROBOT_ID_RE.pattern})")
+        if not self.state_rate_hz > 0:
+            bad("state_rate_hz", "> 0")
+        if not self.max_requests_per_tick >= 1:
+            bad("max_requests_per_tick", ">= 1")
+        for key in ("future_tol_local_s", "future_tol_remote_s"):
+            if not getattr(self, key) >= 0:
+                bad(key, ">= 0")
+
 
 class ArmServer:
     """``ArmServer(driver, endpoints, keys).run()`` blocks until ``stop()`` (or ``duration_s``)."""
 
     def __init__(self, driver: ArmDriver, endpoints: Endpoints = Endpoints(), keys: CurveServerKeys | None = None, *,
-                 servo: ServoConfig | dict | None = None, config: ArmServerConfig | None = None,
+                 servo: ServoConfig | dict | None = None, config: ArmServerConfig | dict | None = None,
                  scenes: list[dict[str, Any]] | None = None):
         self.driver = driver
-        self.cfg = config or ArmServerConfig()
+        self.cfg = config if isinstance(config, ArmServerConfig) else ArmServerConfig.from_dict(config)
         self.core = ServoCore(driver.info, servo, home_q=getattr(driver, "home_q", None))
         self.loop = ServoLoop(driver, self.core, hook=self._hook, realtime=self.cfg.realtime)
         self.state_every = max(1, int(round(self.core.config.rate_hz / self.cfg.state_rate_hz)))

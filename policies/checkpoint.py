@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from robotstack.core.errors import RobotstackError
+from robotstack.core.jsondoc import check_format, read_object
 
 from policies.registry import build_policy, get_entry, name_of
 
@@ -59,15 +60,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, ema_model: nn.Module | N
 def read_checkpoint_doc(path: str | Path) -> tuple[Path, dict[str, Any]]:
     """-> (config.json path, its parsed document), with format/version checked; shared by every loader."""
     cfg_file = Path(path) / CONFIG_FILE
-    if not cfg_file.is_file():
-        raise CheckpointError(f"{cfg_file}: missing; a checkpoint dir needs {CONFIG_FILE} and {MODEL_FILE}")
-    try:
-        doc = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{cfg_file}: not valid JSON ({err})") from err
-    if doc.get("format") != FORMAT or doc.get("version") != VERSION:
-        raise CheckpointError(f"{cfg_file}: format {doc.get('format')!r} v{doc.get('version')!r}, expected "
-                              f"{FORMAT!r} v{VERSION}")
+    doc = read_object(cfg_file, CheckpointError, f"a checkpoint dir needs {CONFIG_FILE} and {MODEL_FILE}")
+    check_format(doc, cfg_file, FORMAT, VERSION, CheckpointError)
     return cfg_file, doc
 
 

@@ -10,6 +10,7 @@ Observation keys come from robotstack.core.keys (see docs/CONTRACTS.md).
 from __future__ import annotations
 
 import collections
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import gymnasium as gym
@@ -20,12 +21,41 @@ from robotstack.core import ee_action as ee
 from robotstack.core import keys
 from robotstack.core import kinematics as kin
 from robotstack.core import rotations as rot
+from robotstack.core.config import from_dict, to_dict
 from robotstack.core.errors import ConfigError
 from sim import panda_scene as ps
 
 YAW_LIMIT = ee.YAW_LIMIT  # the experts plan yaws inside it
 
-RANDOMIZE_KEYS = ("object_pose", "friction", "mass", "action_latency_steps", "obs_noise")
+
+
+@dataclass(frozen=True)
+class Randomize:
+    """Domain-randomization knobs (``sim.make(..., randomize={...})``), all off by default; read strictly by
+    robotstack.core.config (unknown keys and wrong types fail naming the key).
+
+    object_pose: extra uniform xy jitter (m) on object start poses; friction: relative range of the sliding
+    friction scale (0.2 -> x U[0.8, 1.2]); mass: relative range of object mass scale; action_latency_steps:
+    actions take effect this many control steps late; obs_noise: Gaussian std added to state observations.
+    """
+
+    object_pose: float = 0.0
+    friction: float = 0.0
+    mass: float = 0.0
+    action_latency_steps: int = 0
+    obs_noise: float = 0.0
+
+    def __post_init__(self) -> None:  # domain checks; keys and types are the reader's job
+        for k, v in to_dict(self).items():
+            if not v >= 0:
+                raise ConfigError(f"randomize: {k}={v!r}: expected a non-negative number")
+        for k in ("friction", "mass"):
+            if getattr(self, k) >= 1:
+                raise ConfigError(f"randomize: {k}={getattr(self, k)!r}: expected a relative range < 1")
+
+    @classmethod
+    def read(cls, randomize: "dict | Randomize | None") -> "Randomize":
+        return randomize if isinstance(randomize, cls) else from_dict(cls, randomize or {}, "randomize")
 
 
 class Task(Protocol):
@@ -63,7 +93,7 @@ class PandaEnv(gym.Env):
         control_hz: float = 20.0,
         physics_hz: float = 500.0,
         max_episode_steps: int | None = None,
-        randomize: dict | None = None,
+        randomize: dict | Randomize | None = None,
         shaped_reward: bool = False,
         max_step_pos: float = ee.MAX_STEP_POS,
         max_step_yaw: float = ee.MAX_STEP_YAW,
@@ -80,7 +110,7 @@ class PandaEnv(gym.Env):
         if self.n_substeps < 1 or abs(self.n_substeps * control_hz - physics_hz) > 1e-6 * physics_hz:
             raise ConfigError(f"physics_hz={physics_hz} must be an integer multiple of control_hz={control_hz}")
         self.max_episode_steps = int(max_episode_steps or task.max_episode_steps)
-        self.randomize = _validate_randomize(randomize)
+        self.randomize = Randomize.read(randomize)
         self.use_shaped_reward = bool(shaped_reward)
         self.max_step_pos = float(max_step_pos)
         self.max_step_yaw = float(max_step_yaw)
@@ -159,7 +189,7 @@ class PandaEnv(gym.Env):
         mujoco.mj_forward(m, d)
         mujoco.mj_step(m, d, nstep=10)  # let resting contacts settle (20 ms)
         self.steps = 0
-        lat = int(self.randomize.get("action_latency_steps", 0))
+        lat = self.randomize.action_latency_steps
         idle = np.zeros(self.action_space.shape, np.float64)
         idle[-1] = -1.0
         self._latency_queue = collections.deque([idle] * lat)
@@ -256,7 +286,7 @@ class PandaEnv(gym.Env):
             "image_size": self.image_size,
             "object_bodies": list(self.task.object_bodies),
             "success_tolerance": dict(self.task.success_tolerance),
-            "randomize": dict(self.randomize),
+            "randomize": to_dict(self.randomize),
             # what an export manifest carries for the runtime (robotstack/core/manifest.py): the success
             # criterion as data, the robot, and the end-effector action contract (core/ee_action.py EEActionSpec)
             "success": self.task.success_criterion,
@@ -292,7 +322,7 @@ class PandaEnv(gym.Env):
             keys.OBJECT_STATE: obj,
             keys.GOAL: np.asarray(self.task.goal(self), np.float64),
         }
-        std = float(self.randomize.get("obs_noise", 0.0))
+        std = self.randomize.obs_noise
         out = {}
         for k, v in obs.items():
             v = np.array(v, dtype=np.float32)
@@ -311,18 +341,18 @@ class PandaEnv(gym.Env):
         m.geom_friction[:] = self._nominal_friction
         m.body_mass[:] = self._nominal_mass
         m.body_inertia[:] = self._nominal_inertia
-        f = float(self.randomize.get("friction", 0.0))
+        f = self.randomize.friction
         if f > 0:  # scale sliding friction of objects and the table
             geoms = self._obj_geoms + [m.geom("table").id]
             m.geom_friction[geoms, 0] *= rng.uniform(1 - f, 1 + f, len(geoms))
-        s = float(self.randomize.get("mass", 0.0))
+        s = self.randomize.mass
         if s > 0:
             scale = rng.uniform(1 - s, 1 + s, len(self._obj_body))
             m.body_mass[self._obj_body] *= scale
             m.body_inertia[self._obj_body] *= scale[:, None]
 
     def _jitter_object_poses(self, rng: np.random.Generator) -> None:
-        j = float(self.randomize.get("object_pose", 0.0))
+        j = self.randomize.object_pose
         if j <= 0:
             return
         for name in self.task.object_bodies:
@@ -331,22 +361,3 @@ class PandaEnv(gym.Env):
             adr = ps.free_joint_qpos_adr(self.model, name)
             self.data.qpos[adr : adr + 2] += rng.uniform(-j, j, 2)
 
-
-def _validate_randomize(randomize: dict | None) -> dict:
-    """Domain-randomization knobs, all off by default.
-
-    object_pose: extra uniform xy jitter (m) on object start poses; friction: relative range of the sliding
-    friction scale (0.2 -> x U[0.8, 1.2]); mass: relative range of object mass scale; action_latency_steps:
-    actions take effect this many control steps late; obs_noise: Gaussian std added to state observations.
-    """
-    out = dict(randomize or {})
-    unknown = sorted(set(out) - set(RANDOMIZE_KEYS))
-    if unknown:
-        raise ConfigError(f"randomize: unknown key(s) {unknown}; expected a subset of {list(RANDOMIZE_KEYS)}")
-    for k, v in out.items():
-        if not isinstance(v, (int, float)) or v < 0:
-            raise ConfigError(f"randomize.{k}={v!r}: expected a non-negative number")
-    for k in ("friction", "mass"):
-        if out.get(k, 0) >= 1:
-            raise ConfigError(f"randomize.{k}={out[k]!r}: expected a relative range < 1")
-    return out

@@ -21,6 +21,7 @@ import numpy as np
 
 from robotstack.core import keys
 from robotstack.core.config import from_dict as read_config, to_dict
+from robotstack.core.ee_action import GRIPPER_CLOSED, GRIPPER_OPEN
 from robotstack.core.errors import ConfigError, DeviceUnavailableError, RobotstackError
 # re-exported: the vendor drivers convert their SDK's orientation with these
 from robotstack.core.rotations import quat_wxyz_to_xyzw, quat_xyzw_to_wxyz, rotvec_to_quat, rpy_to_quat  # noqa: F401
@@ -30,6 +31,8 @@ from robotstack.core.rotations import quat_wxyz_to_xyzw, quat_xyzw_to_wxyz, rotv
 PANDA_JOINTS = tuple(f"panda_joint{i}" for i in range(1, 8))
 PANDA_DQ_MAX = np.array([2.175, 2.175, 2.175, 2.175, 2.61, 2.61, 2.61])
 PANDA_DDQ_MAX = np.array([15.0, 7.5, 10.0, 12.5, 15.0, 20.0, 20.0])
+# the Franka Hand, in the one gripper unit (total opening of both fingers, m; robotstack/core/ee_action.py)
+PANDA_GRIPPER_RANGE = (GRIPPER_CLOSED, GRIPPER_OPEN)
 
 
 class DriverError(RobotstackError):
@@ -183,6 +186,33 @@ def clip_gripper(width: float | None, info: ArmInfo) -> float | None:
     return float(min(max(float(width), lo), hi))
 
 
+def check_connected(connected: bool, info: ArmInfo) -> None:
+    """The one error every driver raises when used before ``connect()``."""
+    if not connected:
+        raise DriverError(f"{info.name}: not connected; call connect() first")
+
+
+def send_command(info: ArmInfo, q_target: Any, gripper_target: float | None, send_q: Callable[[np.ndarray], Any],
+                 send_gripper: Callable[[float], Any] | None = None) -> SentCommand:
+    """The body of every driver's ``command_joints``, written once: the final hardware clamp, the backend's
+    joint call (``send_q``), the clamped gripper opening to ``send_gripper`` (None: no gripper to drive), and
+    the record of what was actually sent. Backends differ only in the two callables."""
+    q, clipped = clip_to_range(as_joint_vector(q_target, info.dof, "command_joints q_target"), info)
+    send_q(q)
+    grip = clip_gripper(gripper_target, info)
+    if grip is not None and send_gripper is not None:
+        send_gripper(grip)
+    return SentCommand(q=q, gripper=grip, time_ns=now_ns(), clipped=clipped)
+
+
+def read_only_reset(driver: "ArmDriver", vendor: str, object_poses: dict | None) -> ArmState:
+    """``reset`` of a real arm: it is never teleported, so reset only reads the state (go home through the
+    servo, under its limits); object poses are refused."""
+    if object_poses:
+        raise DriverError(f"{vendor}: object_poses cannot be set on a real robot")
+    return driver.read_state()
+
+
 class AsyncGripper:
     """Runs a slow, blocking gripper API off the servo thread.
 
@@ -243,7 +273,7 @@ class AsyncGripper:
 
 
 def panda_info(name: str, *, simulated: bool, object_names=(), vendor: str = "", rate_hz: float = 1000.0,
-               q_min=None, q_max=None, gripper_range=(0.0, 0.08)) -> ArmInfo:
+               q_min=None, q_max=None, gripper_range=PANDA_GRIPPER_RANGE) -> ArmInfo:
     """ArmInfo of a Franka Panda; joint range defaults to the URDF's (robotstack.core.kinematics)."""
     from robotstack.core import kinematics as kin
 

@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from hardware.drivers.base import (ArmState, AsyncGripper, DriverError, SentCommand, as_joint_vector, clip_gripper,
-                                   clip_to_range, import_sdk, now_ns, panda_info, quat_xyzw_to_wxyz)
+from hardware.drivers.base import (PANDA_GRIPPER_RANGE, ArmState, AsyncGripper, DriverError, SentCommand,
+                                   check_connected, import_sdk, now_ns, panda_info, quat_xyzw_to_wxyz, read_only_reset,
+                                   send_command)
 
 # Franka datasheet joint range (rad)
 FRANKA_Q_MIN = np.array([-2.8973, -1.7628, -2.8973, -3.0718, -2.8973, -0.0175, -2.8973])
@@ -30,7 +31,7 @@ class FrankaDriver:
                  name: str = "franka_panda"):
         self.host, self.use_gripper, self.gripper_speed = host, bool(gripper), float(gripper_speed)
         self.info = panda_info(name, simulated=False, vendor="panda-python", rate_hz=rate_hz, q_min=FRANKA_Q_MIN,
-                               q_max=FRANKA_Q_MAX, gripper_range=(0.0, 0.08) if gripper else None)
+                               q_max=FRANKA_Q_MAX, gripper_range=PANDA_GRIPPER_RANGE if gripper else None)
         self._panda: Any = None
         self._ctrl: Any = None
         self._hand: Any = None
@@ -76,8 +77,7 @@ class FrankaDriver:
                 self._panda = self._ctrl = self._hand = None
 
     def _check(self) -> None:
-        if self._panda is None:
-            raise DriverError(f"{self.info.name}: not connected; call connect() first")
+        check_connected(self._panda is not None, self.info)
 
     def read_state(self) -> ArmState:
         self._check()
@@ -92,12 +92,8 @@ class FrankaDriver:
 
     def command_joints(self, q_target, gripper_target: float | None = None) -> SentCommand:
         self._check()
-        q, clipped = clip_to_range(as_joint_vector(q_target, 7, "command_joints q_target"), self.info)
-        self._ctrl.set_control(q)
-        grip = clip_gripper(gripper_target, self.info)
-        if grip is not None and self._gripper is not None:
-            self._gripper.request(grip)
-        return SentCommand(q=q, gripper=grip, time_ns=now_ns(), clipped=clipped)
+        return send_command(self.info, q_target, gripper_target, self._ctrl.set_control,
+                            self._gripper.request if self._gripper is not None else None)
 
     def step(self, dt: float) -> None:
         return None
@@ -108,7 +104,4 @@ class FrankaDriver:
             self._ctrl.set_control(np.asarray(self._panda.get_state().q, float))
 
     def reset(self, seed: int | None = None, object_poses: dict | None = None) -> ArmState:
-        """Reads the state only (a real arm is never teleported); go home through the servo."""
-        if object_poses:
-            raise DriverError("Franka: object_poses cannot be set on a real robot")
-        return self.read_state()
+        return read_only_reset(self, "Franka", object_poses)

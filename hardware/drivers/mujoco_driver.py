@@ -16,15 +16,17 @@ from typing import Any, Sequence
 import mujoco
 import numpy as np
 
-from hardware.drivers.base import (ArmInfo, ArmState, DriverError, SentCommand, as_joint_vector, clip_gripper,
-                                   clip_to_range, now_ns, panda_info, pose_of)
+from hardware.drivers.base import (ArmInfo, ArmState, DriverError, SentCommand, as_joint_vector, check_connected,
+                                   now_ns, panda_info, pose_of, send_command)
+from robotstack.core.ee_action import per_finger_opening
 
 
 class MujocoArmDriver:
     """ArmDriver over a caller-owned (model, data).
 
     arm_joints / arm_actuators: names, in arm order (Dq each). finger_joints / finger_actuators: 0, 1 or 2 names;
-    with two fingers each gets half the requested opening (the Panda convention), with one it gets all of it.
+    openings are totals (robotstack/core/ee_action.py): a symmetric pair gets ``per_finger_opening`` each (the
+    Panda), a single finger joint the whole opening; the reported opening is the sum of the finger joints.
     tcp_site: site reported as eef pose. object_bodies: free bodies reported in object_state (pos + quat wxyz).
     kinematics="panda" declares that robotstack.core.kinematics applies (the servo then checks the workspace
     box and accepts Cartesian targets) and fills missing limits from the Panda datasheet.
@@ -65,9 +67,8 @@ class MujocoArmDriver:
         lo = np.where(model.jnt_limited[jid], model.jnt_range[jid, 0], -2 * np.pi)
         hi = np.where(model.jnt_limited[jid], model.jnt_range[jid, 1], 2 * np.pi)
         grip_range = None
-        if fid:
-            n = len(fid)
-            grip_range = (float(n * model.jnt_range[fid[0], 0]), float(n * model.jnt_range[fid[0], 1]))
+        if fid:  # total opening = sum of the finger joints (as read_state reports it)
+            grip_range = tuple(float(v) for v in model.jnt_range[fid].sum(axis=0))
         vendor = f"mujoco {mujoco.__version__}"
         if kinematics == "panda":
             if dof != 7:
@@ -94,6 +95,10 @@ class MujocoArmDriver:
             raise DriverError(f"no {what} named {name!r} in the model")
         return int(i)
 
+    def _per_finger(self, opening: float) -> float:
+        """Total opening (m) -> each finger joint's target: a pair splits it, a single finger takes all."""
+        return per_finger_opening(opening) if len(self._finger_qpos) == 2 else opening
+
     # --- lifecycle ----------------------------------------------------------------------------------------
     @property
     def is_connected(self) -> bool:
@@ -107,8 +112,7 @@ class MujocoArmDriver:
         self._connected = False
 
     def _check(self) -> None:
-        if not self._connected:
-            raise DriverError(f"{self.info.name}: not connected; call connect() first")
+        check_connected(self._connected, self.info)
 
     # --- ArmDriver -----------------------------------------------------------------------------------------
     def reset(self, seed: int | None = None, object_poses: dict[str, Any] | None = None) -> ArmState:
@@ -126,7 +130,7 @@ class MujocoArmDriver:
         d.qpos[self._arm_qpos] = self.home_q
         d.qvel[self._arm_dof] = 0.0
         if self.info.gripper_range is not None:
-            d.qpos[self._finger_qpos] = self.info.gripper_range[1] / len(self._finger_qpos)
+            d.qpos[self._finger_qpos] = self._per_finger(self.info.gripper_range[1])
         self._substep_debt = 0.0
         self.command_joints(self.home_q, None if self.info.gripper_range is None else self.info.gripper_range[1])
         mujoco.mj_forward(m, d)
@@ -134,12 +138,14 @@ class MujocoArmDriver:
 
     def command_joints(self, q_target, gripper_target: float | None = None) -> SentCommand:
         self._check()
-        q, clipped = clip_to_range(as_joint_vector(q_target, self.info.dof, "command_joints q_target"), self.info)
+        return send_command(self.info, q_target, gripper_target, self._send_arm,
+                            self._send_fingers if len(self._finger_act) else None)
+
+    def _send_arm(self, q: np.ndarray) -> None:
         self.data.ctrl[self._arm_act] = q
-        grip = clip_gripper(gripper_target, self.info)
-        if grip is not None and len(self._finger_act):
-            self.data.ctrl[self._finger_act] = grip / len(self._finger_act)
-        return SentCommand(q=q, gripper=grip, time_ns=now_ns(), clipped=clipped)
+
+    def _send_fingers(self, opening: float) -> None:
+        self.data.ctrl[self._finger_act] = self._per_finger(opening)
 
     def step(self, dt: float) -> None:
         self._check()

@@ -5,7 +5,7 @@ wire protocol a real arm uses. The task's objects come in as a plain list of dic
 hardware/drivers/base.py) that the caller derives from the MuJoCo task, so this module never imports sim/.
 
 Control: position control of the 7 arm joints (pybullet's motor constraint, forces capped at the URDF efforts
-times ``force_scale``) and of both fingers (each gets half the requested opening). Physics runs at
+times ``force_scale``) and of both fingers (each gets ``per_finger_opening`` of the requested total opening). Physics runs at
 ``physics_hz`` (default 1 kHz); ``step(dt)`` runs as many substeps as fit in ``dt`` and carries the remainder,
 so a 1 kHz servo gets one substep per tick and a 240 Hz engine setting gets 240 per simulated second.
 State is read back through pybullet (joint states, the hand link pose) — never from the command.
@@ -22,9 +22,10 @@ import pybullet as pb
 import pybullet_data
 
 from hardware.drivers.base import (PANDA_JOINTS, ArmState, DriverError, ObjectSpec, SentCommand, as_joint_vector,
-                                   clip_gripper, clip_to_range, now_ns, panda_info, parse_objects, pose_of,
-                                   quat_wxyz_to_xyzw, quat_xyzw_to_wxyz)
+                                   check_connected, now_ns, panda_info, parse_objects, pose_of, quat_wxyz_to_xyzw,
+                                   quat_xyzw_to_wxyz, send_command)
 from robotstack.core import kinematics as kin
+from robotstack.core.ee_action import GRIPPER_OPEN, per_finger_opening
 
 ARM_JOINTS = PANDA_JOINTS
 FINGER_JOINTS = ("panda_finger_joint1", "panda_finger_joint2")
@@ -51,8 +52,7 @@ class PyBulletPandaDriver:
         self._specs = specs
         self._dynamic = [s for s in specs if s.dynamic]
         self.info = panda_info(name, simulated=True, object_names=[s.name for s in self._dynamic],
-                               vendor=f"pybullet {pb.getAPIVersion()}", rate_hz=1000.0,
-                               gripper_range=(0.0, 2 * kin.FINGER_MAX))
+                               vendor=f"pybullet {pb.getAPIVersion()}", rate_hz=1000.0)
         if physics_hz <= 0:
             raise DriverError(f"physics_hz={physics_hz}: expected > 0")
         self.physics_hz = float(physics_hz)
@@ -69,7 +69,7 @@ class PyBulletPandaDriver:
         self._substep_debt = 0.0
         self.sim_steps = 0
         self._q_cmd = self.home_q.copy()
-        self._grip_cmd = 2 * kin.FINGER_MAX
+        self._grip_cmd = GRIPPER_OPEN
 
     # --- lifecycle ----------------------------------------------------------------------------------------
     @property
@@ -110,8 +110,7 @@ class PyBulletPandaDriver:
         self._cid = None
 
     def _client(self) -> int:
-        if not self.is_connected:
-            raise DriverError(f"{self.info.name}: not connected; call connect() first")
+        check_connected(self.is_connected, self.info)
         return self._cid
 
     # --- scene ---------------------------------------------------------------------------------------------
@@ -169,33 +168,34 @@ class PyBulletPandaDriver:
         for j, q in zip(self._arm_idx, self.home_q):
             pb.resetJointState(self._robot, j, float(q), 0.0, physicsClientId=cid)
         for j in self._finger_idx:
-            pb.resetJointState(self._robot, j, kin.FINGER_MAX, 0.0, physicsClientId=cid)
+            pb.resetJointState(self._robot, j, per_finger_opening(GRIPPER_OPEN), 0.0, physicsClientId=cid)
         for s in self._specs:
             pose = poses.get(s.name, s.pose)
             pb.resetBasePositionAndOrientation(self._bodies[s.name], list(pose[:3]),
                                                list(quat_wxyz_to_xyzw(pose[3:])), physicsClientId=cid)
             pb.resetBaseVelocity(self._bodies[s.name], [0, 0, 0], [0, 0, 0], physicsClientId=cid)
         self._substep_debt = 0.0
-        self.command_joints(self.home_q, 2 * kin.FINGER_MAX)
+        self.command_joints(self.home_q, GRIPPER_OPEN)
         return self.read_state()
 
     def command_joints(self, q_target, gripper_target: float | None = None) -> SentCommand:
-        cid = self._client()
-        q, clipped = clip_to_range(as_joint_vector(q_target, 7, "command_joints q_target"), self.info)
+        self._client()
+        return send_command(self.info, q_target, gripper_target, self._send_arm, self._send_fingers)
+
+    def _send_arm(self, q: np.ndarray) -> None:
         pb.setJointMotorControlArray(
             self._robot, self._arm_idx, pb.POSITION_CONTROL, targetPositions=q.tolist(),
             targetVelocities=[0.0] * 7, forces=self.arm_force.tolist(), positionGains=[self.position_gain] * 7,
-            velocityGains=[self.velocity_gain] * 7, physicsClientId=cid,
+            velocityGains=[self.velocity_gain] * 7, physicsClientId=self._cid,
         )
         self._q_cmd = q
-        grip = clip_gripper(gripper_target, self.info)
-        if grip is not None:
-            self._grip_cmd = grip
-            pb.setJointMotorControlArray(
-                self._robot, self._finger_idx, pb.POSITION_CONTROL, targetPositions=[grip / 2, grip / 2],
-                forces=[self.finger_force] * 2, physicsClientId=cid,
-            )
-        return SentCommand(q=q, gripper=grip, time_ns=now_ns(), clipped=clipped)
+
+    def _send_fingers(self, opening: float) -> None:
+        self._grip_cmd = opening
+        pb.setJointMotorControlArray(
+            self._robot, self._finger_idx, pb.POSITION_CONTROL, targetPositions=[per_finger_opening(opening)] * 2,
+            forces=[self.finger_force] * 2, physicsClientId=self._cid,
+        )
 
     def step(self, dt: float) -> None:
         cid = self._client()

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from hardware.drivers.base import (ArmInfo, ArmState, DriverError, SentCommand, as_joint_vector, clip_to_range,
-                                   import_sdk, now_ns, rotvec_to_quat)
+from hardware.drivers.base import (ArmInfo, ArmState, DriverError, SentCommand, check_connected, import_sdk, now_ns,
+                                   read_only_reset, rotvec_to_quat, send_command)
 
 UR_JOINTS = ("shoulder_pan", "shoulder_lift", "elbow", "wrist_1", "wrist_2", "wrist_3")
 # UR e-Series datasheet: every joint +-360 deg; speeds 180 deg/s (UR3e/UR5e; UR10e/UR16e base and shoulder 120).
@@ -79,8 +79,7 @@ class URRtdeDriver:
             self._ctrl = self._recv = None
 
     def _check(self) -> None:
-        if self._ctrl is None:
-            raise DriverError(f"{self.info.name}: not connected; call connect() first")
+        check_connected(self._ctrl is not None, self.info)
 
     def read_state(self) -> ArmState:
         self._check()
@@ -94,11 +93,12 @@ class URRtdeDriver:
 
     def command_joints(self, q_target, gripper_target: float | None = None) -> SentCommand:
         self._check()
-        q, clipped = clip_to_range(as_joint_vector(q_target, 6, "command_joints q_target"), self.info)
+        return send_command(self.info, q_target, gripper_target, self._servo_j)  # no gripper: gripper=None
+
+    def _servo_j(self, q: np.ndarray) -> None:
         ok = self._ctrl.servoJ(q.tolist(), 0.0, 0.0, 1.0 / self.rate_hz, self.lookahead_time, self.gain)
         if ok is False:
             raise DriverError(f"UR at {self.host}: servoJ refused the command (protective stop or script ended?)")
-        return SentCommand(q=q, gripper=None, time_ns=now_ns(), clipped=clipped)
 
     def step(self, dt: float) -> None:  # real arm: time passes by itself
         return None
@@ -108,7 +108,4 @@ class URRtdeDriver:
             self._ctrl.servoStop()
 
     def reset(self, seed: int | None = None, object_poses: dict | None = None) -> ArmState:
-        """A real arm is not teleported: reset only reads the state. Go home through the servo (rate-limited)."""
-        if object_poses:
-            raise DriverError("UR: object_poses cannot be set on a real robot")
-        return self.read_state()
+        return read_only_reset(self, "UR", object_poses)

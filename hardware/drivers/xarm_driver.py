@@ -17,14 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from hardware.drivers.base import (ArmInfo, ArmState, AsyncGripper, DriverError, SentCommand, as_joint_vector,
-                                   clip_gripper, clip_to_range, import_sdk, now_ns, rpy_to_quat)
+from hardware.drivers.base import (ArmInfo, ArmState, AsyncGripper, DriverError, SentCommand, check_connected,
+                                   import_sdk, now_ns, read_only_reset, rpy_to_quat, send_command)
 
 DEG = np.pi / 180
 # xArm datasheet joint ranges (deg) and 180 deg/s joint speed
 XARM7_RANGE = np.array([[-360, 360], [-118, 120], [-360, 360], [-11, 225], [-360, 360], [-97, 180], [-360, 360]])
 XARM6_RANGE = np.array([[-360, 360], [-118, 120], [-225, 11], [-360, 360], [-97, 180], [-360, 360]])
-GRIPPER_UNITS_PER_M = 850 / 0.085
+XARM_GRIPPER_MAX = 0.085  # m, total opening of the xArm Gripper (850 SDK units)
+GRIPPER_UNITS_PER_M = 850 / XARM_GRIPPER_MAX
 MODE_SERVO, STATE_READY, STATE_STOP = 1, 0, 4
 
 
@@ -38,7 +39,7 @@ class XArmDriver:
         self.info = ArmInfo(
             name=name or f"xarm{dof}", dof=dof, joint_names=tuple(f"joint{i}" for i in range(1, dof + 1)),
             q_min=rng[:, 0], q_max=rng[:, 1], dq_max=np.full(dof, np.pi), ddq_max=np.full(dof, 10.0),
-            gripper_range=(0.0, 0.085) if gripper else None, nominal_rate_hz=self.rate_hz, simulated=False,
+            gripper_range=(0.0, XARM_GRIPPER_MAX) if gripper else None, nominal_rate_hz=self.rate_hz, simulated=False,
             kinematics=None, vendor="xarm-python-sdk",
         )
         self._arm: Any = None
@@ -100,8 +101,7 @@ class XArmDriver:
             self._arm = None
 
     def _check(self) -> None:
-        if self._arm is None:
-            raise DriverError(f"{self.info.name}: not connected; call connect() first")
+        check_connected(self._arm is not None, self.info)
 
     def read_state(self) -> ArmState:
         self._check()
@@ -119,12 +119,11 @@ class XArmDriver:
 
     def command_joints(self, q_target, gripper_target: float | None = None) -> SentCommand:
         self._check()
-        q, clipped = clip_to_range(as_joint_vector(q_target, self.info.dof, "command_joints q_target"), self.info)
+        return send_command(self.info, q_target, gripper_target, self._servo_j,
+                            self._gripper.request if self._gripper is not None else None)
+
+    def _servo_j(self, q: np.ndarray) -> None:
         self._ok(self._arm.set_servo_angle_j(q.tolist(), is_radian=True), "set_servo_angle_j")
-        grip = clip_gripper(gripper_target, self.info)
-        if grip is not None and self._gripper is not None:
-            self._gripper.request(grip)
-        return SentCommand(q=q, gripper=grip, time_ns=now_ns(), clipped=clipped)
 
     def step(self, dt: float) -> None:
         return None
@@ -134,7 +133,4 @@ class XArmDriver:
             self._arm.set_state(STATE_STOP)
 
     def reset(self, seed: int | None = None, object_poses: dict | None = None) -> ArmState:
-        """Reads the state only (a real arm is never teleported); go home through the servo."""
-        if object_poses:
-            raise DriverError("xArm: object_poses cannot be set on a real robot")
-        return self.read_state()
+        return read_only_reset(self, "xArm", object_poses)

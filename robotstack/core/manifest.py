@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from robotstack.core.errors import ArtifactError, ConfigError
+from robotstack.core.jsondoc import check_format, read_object
 from robotstack.core.success import check_criterion
 
 FORMAT, VERSION = "robotstack.artifact", 2  # v2: task, robot and ee_action are required (v1 had sim fallbacks)
@@ -117,23 +118,14 @@ def read_manifest(artifact_dir: str | Path) -> Manifest:
     """Strict reader: unknown format/version, a missing or mistyped field, or an unknown key -> ArtifactError
     naming the file, the field and what was expected."""
     path = Path(artifact_dir) / MANIFEST
-    if not path.is_file():
-        raise ArtifactError(f"{path}: missing; an artifact dir needs {MANIFEST} and policy.onnx "
-                            "(written by `robotstack export`)")
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ArtifactError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(doc, dict):
-        raise ArtifactError(f"{path}: expected a JSON object, got {type(doc).__name__}")
+    doc = read_object(path, ArtifactError, f"an artifact dir needs {MANIFEST} and policy.onnx (written by "
+                      "`robotstack export`)")
     _check(doc, path)
     return Manifest(**doc)
 
 
 def _check(doc: dict[str, Any], path: Path) -> None:
-    if doc.get("format") != FORMAT or doc.get("version") != VERSION:
-        raise ArtifactError(f"{path}: format {doc.get('format')!r} version {doc.get('version')!r}, expected "
-                            f"{FORMAT!r} version {VERSION} (re-export with `robotstack export`)")
+    check_format(doc, path, FORMAT, VERSION, ArtifactError, "re-export with `robotstack export`")
     known = {f.name for f in fields(Manifest)}
     unknown = sorted(set(doc) - known)
     if unknown:

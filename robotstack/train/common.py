@@ -21,6 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -206,12 +207,59 @@ def lr_at(step: int, lr: float, steps: int, warmup_steps: int = 0, schedule: str
     return lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-LR_SCHEDULES = ("cosine", "constant")
+LrSchedule = Literal["cosine", "constant"]
+LR_SCHEDULES = get_args(LrSchedule)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+# ------------------------------------------------------------------------------------ the loop's config
+@dataclass
+class LoopConfig:
+    """The `train:` fields every stage's loop reads, with their checks, written once.
+
+    A stage's TrainConfig is a flat subclass (YAML keys stay `train.<name>`): it adds its own fields and
+    redeclares only the defaults it wants different. Defaults here are `train il`'s. Read by the one strict reader
+    (robotstack.core.config), so unknown keys, wrong types and an unknown `lr_schedule` fail there, naming the key.
+    """
+
+    steps: int = 3000
+    batch_size: int = 64  # global batch B (split evenly over DDP ranks)
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    warmup_steps: int = 100  # linear warm-up, then `lr_schedule`
+    lr_schedule: LrSchedule = "cosine"  # cosine (to 0 at `steps`) | constant
+    grad_clip: float = 0.0  # max grad norm; 0 = off
+    log_every: int = 50  # 0 = no periodic log rows
+    checkpoint_every: int = 500  # 0 = only after the last step
+    keep_checkpoints: int = 0  # keep the newest k step_N dirs; 0 = keep all
+    seed: int = 0
+    num_threads: int = 2  # torch intra-op threads per process; 0 = torch's default
+
+    def __post_init__(self) -> None:  # domain checks; keys and types are the reader's job
+        self.check_at_least(1, "steps", "batch_size")
+        self.check_at_least(0, "log_every", "checkpoint_every", "warmup_steps", "keep_checkpoints")
+
+    def check_at_least(self, lo: int, *names: str) -> None:
+        for name in names:
+            if getattr(self, name) < lo:
+                raise ConfigError(f"{name}: expected >= {lo}, got {getattr(self, name)}")
+
+    def lr_at(self, step: int) -> float:
+        return lr_at(step, self.lr, self.steps, self.warmup_steps, self.lr_schedule)
+
+    def log_due(self, done: int) -> bool:
+        """A log row after `done` steps: every `log_every` and after the last step."""
+        return bool(self.log_every) and (done % self.log_every == 0 or done == self.steps)
+
+    def checkpoint_due(self, done: int, end: int, interrupted: bool) -> bool:
+        """A checkpoint after `done` steps: every `checkpoint_every`, at the last step, where this run stops
+        (`end`, from --stop-at) and on Ctrl-C."""
+        periodic = bool(self.checkpoint_every) and done % self.checkpoint_every == 0
+        return periodic or done in (self.steps, end) or interrupted
 
 
 # ------------------------------------------------------------------------------- run-dir checkpoints

@@ -55,7 +55,7 @@ from robotstack.core.errors import ConfigError, StoreError
 from robotstack.core.progress import print_summary, progress_bar
 from robotstack.data.sampler import SequenceSampler, policy_padding
 from robotstack.data.store import load_stores
-from robotstack.train.common import (CONFIG_NAME, LR_SCHEDULES, RunLogger, StopRequest, lr_at, numpy_rng,
+from robotstack.train.common import (CONFIG_NAME, LoopConfig, RunLogger, StopRequest, numpy_rng,
                                      read_metrics, resolve_stage_config, restore_run_checkpoint, run_dir_for,
                                      save_run_checkpoint, set_lr, torch_gen, truncate_metrics)
 
@@ -88,19 +88,14 @@ class LossConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(LoopConfig):
+    """The shared loop fields (train/common.py LoopConfig); only the defaults that differ from `train il`'s."""
+
     steps: int = 2000
-    batch_size: int = 64
     lr: float = 3e-4
-    weight_decay: float = 1e-6
     warmup_steps: int = 0
-    lr_schedule: str = "cosine"
-    grad_clip: float = 1.0  # 0 = off
-    log_every: int = 50
-    checkpoint_every: int = 500  # 0 = only after the last step
-    keep_checkpoints: int = 0  # keep the newest k step_N dirs; 0 = keep all
-    seed: int = 0
-    num_threads: int = 1  # 0 = torch's default
+    grad_clip: float = 1.0
+    num_threads: int = 1
 
 
 @dataclass
@@ -114,14 +109,6 @@ class DistillConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        t = self.train
-        if t.steps < 1 or t.batch_size < 1:
-            raise ConfigError(f"config train: steps ({t.steps}) and batch_size ({t.batch_size}) must be >= 1")
-        for name in ("log_every", "checkpoint_every", "warmup_steps", "keep_checkpoints"):
-            if getattr(t, name) < 0:
-                raise ConfigError(f"config train.{name}: expected >= 0, got {getattr(t, name)}")
-        if t.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(f"config train.lr_schedule: {t.lr_schedule!r} is not one of {LR_SCHEDULES}")
         if self.teacher_weights not in ("ema", "model"):
             raise ConfigError(f"config teacher_weights: {self.teacher_weights!r} is not 'ema' or 'model'")
 
@@ -292,7 +279,7 @@ def distill(cfg: DistillConfig, run_dir: str | Path, resume: bool = False, show_
     try:
         with bar, StopRequest() as stop:
             for step in range(start, end):
-                lr = lr_at(step, t.lr, t.steps, t.warmup_steps, t.lr_schedule)
+                lr = t.lr_at(step)
                 set_lr(opt, lr)
                 obs, action = sample_batch(windows, obs_keys, t.batch_size, numpy_rng(t.seed, step))
                 gen = torch_gen(t.seed, step, stream=1)
@@ -313,7 +300,7 @@ def distill(cfg: DistillConfig, run_dir: str | Path, resume: bool = False, show_
                 n_sum += 1
                 steps_in_window += 1
                 done = step + 1
-                if t.log_every and (done % t.log_every == 0 or done == t.steps):
+                if t.log_due(done):
                     now = time.perf_counter()
                     row = {k: v / n_sum for k, v in sums.items()} | {
                         "lr": lr, "steps_per_s": steps_in_window / max(now - t_window, 1e-9)}
@@ -322,7 +309,7 @@ def distill(cfg: DistillConfig, run_dir: str | Path, resume: bool = False, show_
                     sums, n_sum, steps_in_window, t_window = {}, 0, 0, now
                 bar.update(task, completed=done)
                 interrupted = stop.requested
-                if (t.checkpoint_every and done % t.checkpoint_every == 0) or done in (t.steps, end) or interrupted:
+                if t.checkpoint_due(done, end, interrupted):
                     student.eval()
                     save_run_checkpoint(run_dir, done, student, opt, target if mu > 0 else None,
                                         extra=_student_extra(cfg, teacher_extra, obs_keys, paths, k_teacher, done),

@@ -32,7 +32,7 @@ import time
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -45,8 +45,8 @@ from robotstack.core.errors import ConfigError, StoreError
 from robotstack.core.progress import print_summary, progress_bar
 from robotstack.data.sampler import SequenceSampler, policy_padding
 from robotstack.data.store import load_stores
-from robotstack.train.common import (CONFIG_NAME, LR_SCHEDULES, DistInfo, RunLogger,
-                                     StopRequest, init_distributed, lr_at, numpy_rng,
+from robotstack.train.common import (CONFIG_NAME, DistInfo, LoopConfig, RunLogger,
+                                     StopRequest, init_distributed, numpy_rng,
                                      read_metrics, resolve_stage_config, restore_run_checkpoint, run_dir_for,
                                      save_run_checkpoint, set_lr, shard, step_seed, torch_gen, truncate_metrics)
 
@@ -83,24 +83,18 @@ PolicySection.__module__ = __name__
 
 
 @dataclass
-class TrainConfig:
-    steps: int = 3000
-    batch_size: int = 64  # global batch B (split evenly over DDP ranks)
-    lr: float = 1e-3
-    weight_decay: float = 1e-6
+class TrainConfig(LoopConfig):
+    """The shared loop fields (train/common.py LoopConfig, whose defaults are this stage's) plus IL's own."""
+
     betas: tuple[float, float] = (0.95, 0.999)
-    warmup_steps: int = 100  # linear warm-up, then `lr_schedule`
-    lr_schedule: str = "cosine"  # cosine (to 0 at `steps`) | constant
-    grad_clip: float = 0.0  # max grad norm; 0 = off
     ema_decay: float = 0.9999  # max EMA decay (diffusion_policy's warm-up schedule, power 0.75)
     ema_power: float = 0.75
-    log_every: int = 50
     eval_every: int = 0  # 0 = evaluate only after the last step (if eval.episodes > 0)
-    checkpoint_every: int = 500  # 0 = only after the last step
-    keep_checkpoints: int = 0  # keep the newest k step_N dirs; 0 = keep all
-    seed: int = 0
-    num_threads: int = 2  # torch intra-op threads per process; 0 = torch's default
-    device: str = "cpu"  # cpu | cuda | auto
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check_at_least(0, "eval_every")
 
 
 @dataclass
@@ -129,17 +123,6 @@ class ILConfig:
             raise ConfigError("config data.paths: at least one episode store path is required")
         if not self.data.obs_keys:
             raise ConfigError("config data.obs_keys: at least one observation key is required")
-        t = self.train
-        for name in ("steps", "batch_size"):
-            if getattr(t, name) < 1:
-                raise ConfigError(f"config train.{name}: expected >= 1, got {getattr(t, name)}")
-        for name in ("log_every", "eval_every", "checkpoint_every", "warmup_steps", "keep_checkpoints"):
-            if getattr(t, name) < 0:
-                raise ConfigError(f"config train.{name}: expected >= 0, got {getattr(t, name)}")
-        if t.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(f"config train.lr_schedule: {t.lr_schedule!r} is not one of {LR_SCHEDULES}")
-        if t.device not in ("cpu", "cuda", "auto"):
-            raise ConfigError(f"config train.device: {t.device!r} is not cpu, cuda or auto")
         if self.eval.sampler not in ("ddim", "ddpm"):
             raise ConfigError(f"config eval.sampler: {self.eval.sampler!r} is not 'ddim' or 'ddpm'")
         if self.eval.episodes < 0 or self.eval.num_envs < 1 or self.eval.steps < 1:
@@ -350,7 +333,7 @@ def train(cfg: ILConfig, run_dir: str | Path, resume: bool = False, show_progres
     try:
         with StopRequest() as stop:
             for step in range(start, end):
-                lr = lr_at(step, t.lr, t.steps, t.warmup_steps, t.lr_schedule)
+                lr = t.lr_at(step)
                 set_lr(optimizer, lr)
                 idx = shard(numpy_rng(t.seed, step).integers(0, n_windows, size=t.batch_size), info)
                 batch = batch_to_torch(data.sampler.sample_batch(idx), cfg.data.obs_keys, device)
@@ -369,7 +352,7 @@ def train(cfg: ILConfig, run_dir: str | Path, resume: bool = False, show_progres
                 steps_in_window += 1
                 done = step + 1
 
-                if t.log_every and (done % t.log_every == 0 or done == t.steps):
+                if t.log_due(done):
                     mean_loss = window_loss / window_n
                     if info.world_size > 1:  # report the global-batch mean
                         buf = torch.tensor([mean_loss], dtype=torch.float64, device=device)
@@ -394,7 +377,7 @@ def train(cfg: ILConfig, run_dir: str | Path, resume: bool = False, show_progres
                     if info.world_size > 1:
                         dist.barrier()
                 interrupted = stop.any_rank(info, device)
-                if (t.checkpoint_every and done % t.checkpoint_every == 0) or is_last or done == end or interrupted:
+                if t.checkpoint_due(done, end, interrupted):
                     if info.is_main:
                         save_all(run_dir, done, cfg, policy, ema, optimizer, data, (window_loss, window_n))
                     if info.world_size > 1:

@@ -20,6 +20,7 @@ from hardware.servo import ServoConfig, ServoCore, ServoLoop, ServoTarget
 from robotstack.core import keys
 from robotstack.core import kinematics as kin
 from robotstack.core.errors import ConfigError, DeviceUnavailableError
+from robotstack.core.ee_action import GRIPPER_OPEN, per_finger_opening
 
 SEC = 1_000_000_000
 CUBE = {"name": "cube", "shape": "box", "size": [0.02, 0.02, 0.02], "pose": [0.5, 0.0, 0.021], "mass": 0.1,
@@ -151,6 +152,10 @@ def test_mujoco_twin_over_the_training_sim():
     state = driver.read_state()
     np.testing.assert_allclose(state.joint_pos, obs[keys.JOINT_POS], atol=1e-6)
     np.testing.assert_allclose(state.object_state, obs[keys.OBJECT_STATE], atol=1e-6)
+    # the one gripper unit (total opening, core/ee_action.py): reset opens fully, each finger gets half
+    assert driver.reset().gripper == pytest.approx(GRIPPER_OPEN)
+    assert driver.command_joints(kin.HOME_Q, 0.03).gripper == pytest.approx(0.03)
+    np.testing.assert_allclose(env.data.ctrl[driver._finger_act], [per_finger_opening(0.03)] * 2)
     driver.reset()
     loop = servo_for(driver)
     q_goal = kin.HOME_Q + np.array([0.2, 0.15, -0.1, 0.2, 0.0, -0.1, 0.2])

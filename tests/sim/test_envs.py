@@ -110,11 +110,22 @@ def test_gripper_closes_on_positive_action(env_factory):
 
 
 def test_randomize_knobs(env_factory):
-    with pytest.raises(ConfigError, match="unknown"):
+    with pytest.raises(ConfigError, match="unknown key 'fricton'.*allowed keys.*friction"):
         sim.make("push", randomize={"fricton": 0.1})
+    # read by the one strict reader (core/config.py): wrong types and domain errors name the key and value
+    with pytest.raises(ConfigError, match=r"randomize: key 'action_latency_steps' = 1\.5: expected int"):
+        sim.make("push", randomize={"action_latency_steps": 1.5})
+    with pytest.raises(ConfigError, match=r"randomize: key 'obs_noise' = '0\.1': expected float"):
+        sim.make("push", randomize={"obs_noise": "0.1"})
+    with pytest.raises(ConfigError, match=r"randomize: mass=1\.0: expected a relative range < 1"):
+        sim.make("push", randomize={"mass": 1.0})
+    with pytest.raises(ConfigError, match=r"randomize: object_pose=-0\.01: expected a non-negative number"):
+        sim.make("push", randomize={"object_pose": -0.01})
     env = env_factory("push", randomize={"friction": 0.3, "mass": 0.3, "object_pose": 0.02,
                                           "action_latency_steps": 2, "obs_noise": 0.001})
     u = env.unwrapped
+    assert u.task_spec()["randomize"] == {"object_pose": 0.02, "friction": 0.3, "mass": 0.3,
+                                          "action_latency_steps": 2, "obs_noise": 0.001}
     cube = u.model.body("cube").id
     env.reset(seed=0)
     m1 = u.model.body_mass[cube]

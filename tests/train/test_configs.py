@@ -1,6 +1,7 @@
 """Stage configs: every configs/il/<task>.yaml (a `base: _base.yaml` file plus what differs) loads to exactly
 the config it resolved to when each was a stand-alone file (tests/train/data/il_configs_resolved.json, taken
-before the refactor; regenerate only on a deliberate config change)."""
+before the refactor; regenerate only on a deliberate config change). Likewise configs/distill/*.yaml
+(distill_configs_resolved.json, taken before the shared `train:` fields moved to train/common.py LoopConfig)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,17 @@ import pytest
 
 from robotstack.core.config import load_config, to_dict
 from robotstack.core.errors import ConfigError
+from robotstack.train.common import LoopConfig
+from robotstack.train.distill import DistillConfig
+from robotstack.train.distill import TrainConfig as DistillTrainConfig
 from robotstack.train.il import ILConfig
+from robotstack.train.il import TrainConfig as ILTrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 SNAPSHOT = json.loads((Path(__file__).parent / "data" / "il_configs_resolved.json").read_text())
 TASK_FILES = sorted(p for p in (ROOT / "configs" / "il").glob("*.yaml") if not p.name.startswith("_"))
+DISTILL_SNAPSHOT = json.loads((Path(__file__).parent / "data" / "distill_configs_resolved.json").read_text())
+DISTILL_FILES = sorted((ROOT / "configs" / "distill").glob("*.yaml"))
 
 
 def il_view(cfg: ILConfig) -> dict:
@@ -78,3 +85,40 @@ def test_policy_sections_are_the_policies_own_configs():
         assert (ours[name].default, ours[name].default_factory) == (f.default, f.default_factory), name
     assert {f.name: f.type for f in dataclasses.fields(DistillConfig)}["policy"] in (ConsistencyConfig,
                                                                                      "ConsistencyConfig")
+
+
+def test_distill_configs_resolve_as_before():
+    assert sorted(p.name for p in DISTILL_FILES) == sorted(DISTILL_SNAPSHOT)
+    for path in DISTILL_FILES:
+        assert to_dict(load_config(DistillConfig, path)) == DISTILL_SNAPSHOT[path.name], path.name
+
+
+def test_stage_train_sections_share_one_loop_config():
+    """The loop fields and their checks are LoopConfig's (train/common.py), once; each stage adds its own."""
+    import dataclasses
+
+    loop = [f.name for f in dataclasses.fields(LoopConfig)]
+    for cls in (ILTrainConfig, DistillTrainConfig):
+        assert issubclass(cls, LoopConfig) and [f.name for f in dataclasses.fields(cls)][:len(loop)] == loop
+    assert [f.name for f in dataclasses.fields(DistillTrainConfig)] == loop  # distill adds no field
+    cases = [  # (stage, overrides, message): the same checks and messages in both stages
+        ("train.steps=0", r"in 'train': steps: expected >= 1, got 0"),
+        ("train.batch_size=0", r"in 'train': batch_size: expected >= 1, got 0"),
+        ("train.keep_checkpoints=-1", r"in 'train': keep_checkpoints: expected >= 0, got -1"),
+        ("train.lr_schedule=linear", r"key 'train.lr_schedule' = 'linear': expected one of \['cosine', 'constant'\]"),
+        ("train.lr=fast", r"key 'train.lr' = 'fast': expected float"),
+    ]
+    for override, match in cases:
+        with pytest.raises(ConfigError, match=match):
+            load_config(DistillConfig, ROOT / "configs/distill/ctm.yaml", [override])
+        with pytest.raises(ConfigError, match=match):
+            load_config(ILConfig, TASK_FILES[0], [override])
+    with pytest.raises(ConfigError, match=r"in 'train': eval_every: expected >= 0, got -1"):  # IL's own field
+        load_config(ILConfig, TASK_FILES[0], ["train.eval_every=-1"])
+    with pytest.raises(ConfigError, match=r"key 'train.device' = 'gpu': expected one of"):
+        load_config(ILConfig, TASK_FILES[0], ["train.device=gpu"])
+    t = DistillTrainConfig(steps=10, warmup_steps=2, log_every=4, checkpoint_every=0)
+    assert t.lr_at(0) == pytest.approx(t.lr / 2) and t.lr_at(10) == pytest.approx(0.0)
+    assert [d for d in range(1, 11) if t.log_due(d)] == [4, 8, 10]
+    assert [d for d in range(1, 11) if t.checkpoint_due(d, end=7, interrupted=False)] == [7, 10]
+    assert t.checkpoint_due(3, end=7, interrupted=True)
