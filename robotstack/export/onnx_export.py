@@ -229,8 +229,9 @@ def sampler_path_parity(policy: nn.Module, sampler: str, steps: int | None, rti:
 
 
 def rti_for_export(rti: RTIConfig | None, steps: int | None) -> RTIConfig:
-    """The exported RTI always starts with deterministic DDIM(steps) (init.onnx)."""
-    rti = rti or RTIConfig()
+    """The exported RTI always starts with deterministic DDIM(steps) (init.onnx); the default gripper handling is
+    "auto" (policies/diffusion/rti.py: scale for a scale-trained policy, else clip with factor 10)."""
+    rti = rti or RTIConfig(gripper_mode="auto")
     return RTIConfig(**{**rti.__dict__, "init_sampler": "ddim", "init_steps": steps or rti.init_steps})
 
 
@@ -255,8 +256,8 @@ def build_graphs(policy: nn.Module, sampler: str, steps: int | None, rti: RTICon
         g = _GraphExport(DDIMGraph(policy, k, gripper_dims), "policy", "policy.onnx", {"noise": (1, 1, *chunk)})
         return [g], {"nfe": {"per_call": k}, "ddim": {"steps": k, "eta": 0.0},
                      "noise": {"policy": {"input": "noise", "shape": [1, 1, *chunk]}}}
-    rti = rti_for_export(rti, steps)
-    r = RTISampler(policy, rti)
+    r = RTISampler(policy, rti_for_export(rti, steps))
+    rti = r.config  # gripper "auto" resolved
     s = r.n_step_noise()
     warm_extra = {"guess": (1, *chunk)} | ({"step_noise": (1, s, *chunk)} if s else {})
     gi = _GraphExport(RTIInitGraph(r, gripper_dims), "init", "init.onnx", {"noise": (1, 1, *chunk)})
@@ -265,7 +266,8 @@ def build_graphs(policy: nn.Module, sampler: str, steps: int | None, rti: RTICon
                "rti": {"steps": r.steps, "k_start": r.steps[0] if r.steps else None,
                        "step_semantics": rti.step_semantics, "stochastic": rti.stochastic,
                        "init": f"ddim:{r.init_steps}", "n_exec": rti.n_exec, "gripper_mode": rti.gripper_mode,
-                       "gripper_dims": list(rti.gripper_dims), "factor": rti.factor},
+                       "gripper_dims": list(rti.gripper_dims), "factor": rti.factor,
+                       "gripper_reason": r.gripper_reason},
                "state": {"input": "guess", "output": "guess_out", "shape": [1, *chunk], "space": "normalized",
                          "first_call_graph": "init", "reset": "drop the state: the next call runs init"},
                "noise": {"init": {"input": "noise", "shape": [1, 1, *chunk]}}

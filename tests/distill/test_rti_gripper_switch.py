@@ -108,3 +108,17 @@ def test_rti_clip_on_a_plus_minus_1_policy_freezes_the_gripper(mode, factor):
     for k in (3, 5):
         grip = executed_gripper(RTIConfig(k_start=k, gripper_mode=mode, factor=factor), factor=1.0)
         assert switch_after(grip) is None and set(grip) == {-1.0}, grip
+
+
+def test_auto_gripper_mode_resolves_from_the_policy():
+    from policies.diffusion.rti import resolve_gripper_mode, trained_gripper_factor
+
+    scaled, plain = mixture_policy(10.0), tiny_teacher()
+    assert trained_gripper_factor(scaled, [GRIP]) == 10.0 and trained_gripper_factor(plain, [GRIP]) is None
+    r = RTISampler(scaled, RTIConfig(gripper_mode="auto"))
+    assert (r.config.gripper_mode, r.config.factor, r.config.gripper_dims) == ("scale", 10.0, (GRIP,))
+    cfg, why = resolve_gripper_mode(plain, RTIConfig(gripper_mode="auto", gripper_dims=(GRIP,)))
+    assert (cfg.gripper_mode, cfg.factor) == ("clip", 10.0) and "retrain" in why
+    # auto on the switching scenario behaves as scale mode
+    grip = executed_gripper(RTIConfig(k_start=3, gripper_mode="auto"), 10.0)
+    assert switch_after(grip) is not None

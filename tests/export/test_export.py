@@ -295,3 +295,16 @@ def test_export_refuses_a_graph_that_differs_from_the_benchmarked_sampler(tmp_pa
     assert max(m["parity"]["per_graph"].values()) <= 1e-4  # the graph alone looks fine
     assert m["parity"]["sampler_path"]["max_abs_err"] > 1e-2 and not m["parity"]["ok"]
     assert m["parity"]["sampler_path"]["gripper_mismatches"] + m["parity"]["sampler_path"]["near_threshold"] > 0
+
+
+def test_rti_export_default_gripper_mode_is_auto(tmp_path, spec):
+    """Without an RTIConfig the export resolves "auto": scale for a scale-trained policy (recorded with why)."""
+    from policies.diffusion.rti import scale_gripper_normalizer
+
+    teacher = tiny_teacher()
+    scale_gripper_normalizer(teacher, [3], 10.0)
+    save_checkpoint(tmp_path / "scaled", teacher, extra={"task": "reach"})
+    m = export_artifact(tmp_path / "scaled", "rti", tmp_path / "art", steps=3, task_spec=spec, latency_runs=2,
+                        parity_trials=1)
+    assert (m["rti"]["gripper_mode"], m["rti"]["factor"], m["rti"]["gripper_dims"]) == ("scale", 10.0, [3])
+    assert "trained with the gripper / 10" in m["rti"]["gripper_reason"] and m["parity"]["ok"]
