@@ -19,6 +19,14 @@ Discrete dims (the gripper, last action dim in our sim):
 - gripper_mode "scale" (retrained): the policy is trained with its action normalizer mapping the gripper dim to
   env/factor (`scale_gripper_normalizer`), so it lives at +-1/factor in model space; the guess is not clipped
   (RTI-C `main` branch). Unnormalizing maps back to env units.
+- gripper_mode "auto" (the export default), resolved against the policy by `resolve_gripper_mode`: "scale" with
+  the trained factor when the policy's action normalizer shows scale training (gripper dims at env/factor,
+  factor >= 2), else "clip" with factor 10 (the paper's setting for pre-trained policies).
+  Why: at K' <= 5 the noise std is 0.06-0.11, and a policy trained with the gripper at +-1 snaps any guess back
+  to the nearest mode - clip with factor 1 (the old benchmark setting) feeds a clean +-1 and can never switch the
+  gripper; scale training puts the modes 0.2 apart and RTI follows a flip within a few decisions
+  (tests/distill/test_rti_gripper_switch.py). Clip 10 on a +-1 policy is only the least-bad fallback: with an
+  ideal denoiser it freezes too, so `resolve_gripper_mode` says so (its reason string; the CLI prints it).
 Defaults reuse the policy's own (training) schedule, not the official eval's silent linear-beta override.
 Stepping of listed timesteps: see policies/diffusion/samplers.py (`step_semantics`).
 """
@@ -36,7 +44,8 @@ from policies.diffusion.model import ACTION_KEY, ActionPrediction, DiffusionPoli
 from policies.diffusion.samplers import (STEP_SEMANTICS, check_steps, count_nfe, listed_prev, n_stochastic_steps,
                                          run_chain, sample_chunk)
 
-GRIPPER_MODES = ("none", "clip", "scale")
+GRIPPER_MODES = ("none", "clip", "scale", "auto")
+AUTO_CLIP_FACTOR = 10.0
 
 
 @dataclass
@@ -101,6 +110,32 @@ def scale_gripper_normalizer(policy: DiffusionPolicy, dims: Sequence[int], facto
     policy.normalizer.set_stats(ACTION_KEY, scale=scale, offset=offset)
 
 
+def trained_gripper_factor(policy: DiffusionPolicy, dims: Sequence[int]) -> float | None:
+    """factor when the action normalizer maps every dim in dims to env / factor (scale training, factor >= 2)."""
+    st = policy.normalizer.stats[ACTION_KEY]
+    scale, offset = st.scale.detach().double().numpy(), st.offset.detach().double().numpy()
+    factors = set()
+    for d in dims:
+        if offset[d] != 0 or not 0 < scale[d] <= 0.5:
+            return None
+        factors.add(round(1.0 / float(scale[d]), 6))
+    return factors.pop() if len(factors) == 1 else None
+
+
+def resolve_gripper_mode(policy: DiffusionPolicy, config: RTIConfig) -> tuple[RTIConfig, str]:
+    """"auto" -> scale (trained factor) or clip (factor 10); other modes unchanged. -> (config, reason)."""
+    if config.gripper_mode != "auto":
+        return config, f"gripper_mode {config.gripper_mode} as configured"
+    factor = trained_gripper_factor(policy, config.gripper_dims)
+    if factor is not None:
+        return (dataclasses.replace(config, gripper_mode="scale", factor=factor),
+                f"auto -> scale: the policy was trained with the gripper / {factor:g}")
+    return (dataclasses.replace(config, gripper_mode="clip", factor=AUTO_CLIP_FACTOR),
+            f"auto -> clip, factor {AUTO_CLIP_FACTOR:g}: the policy was trained with the gripper at +-1, where RTI "
+            f"at small K' may never switch the gripper (tests/distill/test_rti_gripper_switch.py); retrain with "
+            f"the gripper scaled (scale_gripper_normalizer) for a switchable RTI gripper")
+
+
 # ------------------------------------------------------------------------------ the sampler
 class RTISampler:
     """Stateful RTI wrapper: `__call__(obs) -> ActionPrediction(action (B, n, Da), chunk (B, T, Da))`.
@@ -114,6 +149,7 @@ class RTISampler:
         c = policy.config
         if config.gripper_mode != "none" and not config.gripper_dims:
             config = dataclasses.replace(config, gripper_dims=(c.action_dim - 1,))
+        config, self.gripper_reason = resolve_gripper_mode(policy, config)
         self.config = config
         self.steps = check_steps(self.config.step_list(), c.scheduler.num_train_timesteps)
         self.prev = listed_prev(self.steps, self.config.step_semantics)

@@ -73,6 +73,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     m = export_artifact(args.checkpoint, args.sampler, args.out, steps=args.steps, rti=rti,
                         gripper_dims=_dims(args.gripper_dims), control_rate_hz=args.control_rate,
                         task_spec=_task_spec(args.checkpoint, args.task), seed=args.seed)
+    if m.get("rti"):
+        print(f"rti gripper: {m['rti']['gripper_reason']}")
     lat = m["latency"]["policy"]
     print(f"wrote {args.out}/policy.onnx ({m['sampler']}, NFE/call {m['nfe']['per_call']}); parity max|err| "
           f"{m['parity']['max_abs_err']:.2e}; ORT p50 {lat['ort']['p50_ms']:.3f} ms p99 {lat['ort']['p99_ms']:.3f} ms "
@@ -135,8 +137,10 @@ def add_verbs(sub) -> None:
     e.add_argument("--out", required=True, help="artifact dir")
     e.add_argument("--steps", type=int, default=None, help="DDIM steps (ddim; rti's first call)")
     e.add_argument("--k-start", type=int, default=2, help="rti: K' (steps K'..0)")
-    e.add_argument("--gripper-mode", default="clip", choices=["none", "clip", "scale"], help="rti guess handling")
-    e.add_argument("--factor", type=float, default=1.0, help="rti gripper factor")
+    e.add_argument("--gripper-mode", default="auto", choices=["auto", "none", "clip", "scale"],
+                   help="rti guess handling; auto = scale for a policy trained with the gripper scaled, else clip "
+                        "with factor 10 (clip with factor 1 freezes the gripper at small K')")
+    e.add_argument("--factor", type=float, default=10.0, help="rti gripper factor (clip/scale; auto picks its own)")
     e.add_argument("--step-semantics", default="official_t_minus_1", choices=["official_t_minus_1", "jump"])
     e.add_argument("--gripper-dims", default="last", help="thresholded action dims: last | none | i,j")
     e.add_argument("--control-rate", type=float, default=None, help="Hz (default: the task's)")

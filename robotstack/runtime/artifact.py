@@ -84,6 +84,7 @@ class ArtifactPolicy:
             self.io[role]["__names__"] = names
         self.seed = seed
         self.rng = np.random.default_rng(seed)
+        self._resets = 0
         self.state: np.ndarray | None = None  # RTI guess (1, T, Da), normalized
         self.last_latency_s = 0.0
 
@@ -96,8 +97,14 @@ class ArtifactPolicy:
     def action_dim(self) -> int:
         return int(self.manifest.action["dim"])
 
-    def reset(self) -> None:
+    def reset(self, seed: int | None = None) -> None:
+        """New episode: drop the RTI state and reseed the noise. reset(seed) draws from default_rng(seed) (two
+        episodes after reset(s) with the same s and observations give identical actions); reset() gives the
+        n-th reset its own reproducible stream default_rng([self.seed, n]), so episodes differ but a rerun with
+        the same constructor seed repeats them."""
         self.state = None
+        self._resets += 1
+        self.rng = np.random.default_rng(seed if seed is not None else [self.seed, self._resets])
 
     # ------------------------------------------------------------------ inference
     def _feeds(self, role: str, obs_history: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -11,7 +11,9 @@ Methods (rti_consistency.md §2, rl100.md §6):
   chain x_K = z .. x_0 (no grad); the student predicts x_0 from (x_k, t_k) in one call, MSE on the chunk.
   k = 0 (RL-100's exact objective: from the pure noise) half of the time, else a uniform grid point, so the
   chained (3-step) student is also trained at the re-noised points. RL-100 takes the MSE over the executed
-  slice; we use the whole chunk (a superset; it keeps chaining and RTI-style reuse meaningful).
+  slice; we use the whole chunk (a superset; it keeps chaining and RTI-style reuse meaningful). The student
+  outputs epsilon read through the teacher's x0 formula (policies/consistency/model.py), so the MSE is weighted
+  by min(1, SNR_t) (`rl100_weight`), which keeps the gradient bounded at the pure-noise step.
 - "ctm" (Consistency Policy, CTM-local): the teacher is the DDPM epsilon-model read as an EDM denoiser
   (`edm.EpsTeacher`); t ~ U{0..N-2}, u = t+1 (adjacent bins), s ~ U{u..N-1};
       x_t = x0 + sigma_t z;  x_u = Heun(teacher, x_t, sigma_t -> sigma_u)                    (no grad)
@@ -23,7 +25,9 @@ Methods (rti_consistency.md §2, rl100.md §6):
   d is ~ an L2 norm (not squared), so the matching weight is sqrt(lambda) (`dsm_weighting: sqrt_karras`).
   CP's student dropout (0.2) is not used: the MLP denoiser has no dropout layer.
 Both: the student is warm-started from the teacher (encoder and normalizer copied and frozen; ctm's new
-s-embedding columns zero-initialized); only the student's denoiser trains.
+s-embedding columns zero-initialized); only the student's denoiser trains. Both parameterizations read the
+network as the teacher reads its epsilon-model, so the student at step 0 equals the teacher's x0 prediction
+(tests/distill/test_student_init.py) and distillation starts from the teacher, not from an unrelated function.
 
 Run dir (the same layout as `train il`; robotstack/train/common.py):
     RUN_DIR/config.json                     resolved DistillConfig (what `--resume` restarts from)
@@ -79,6 +83,7 @@ class LossConfig:
     ctm_weight: float = 1.0
     dsm_weight: float = 1.0
     dsm_weighting: str = "sqrt_karras"  # sqrt_karras | karras | uniform
+    eps_balance: bool = True  # ctm: x sigma_d / sqrt(sigma_t^2 + sigma_d^2) on both terms (see `eps_balance`)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.target_ema < 1.0:
@@ -173,8 +178,18 @@ def rl100_same_noise_loss(student: ConsistencyPolicy, teacher: DiffusionPolicy, 
     x_in = torch.stack(chain[:-1], 1)[torch.arange(b), k]  # (B, T, Da)
     t_in = torch.tensor(ts)[k]
     pred = student.rl100_jump(x_in, t_in, cond)
-    loss = torch.mean((pred - target) ** 2)
+    loss = torch.mean(rl100_weight(student, t_in) * (pred - target) ** 2)
     return loss, {"loss": float(loss.detach()), "loss_cd": float(loss.detach())}
+
+
+def rl100_weight(student: ConsistencyPolicy, t: torch.Tensor) -> torch.Tensor:
+    """(B,) steps -> (B, 1, 1) min(1, SNR_t), SNR = abar / (1 - abar) (min-SNR weighting, gamma = 1).
+
+    The student reads x0 through the teacher's formula x0 = (x_t - sqrt(1-abar) F) / sqrt(abar), so an error in F
+    costs 1 / SNR in x0 (4e6 at t = 99 of the cosine schedule): x0-MSE weighted by SNR there is the plain
+    epsilon-MSE, bounded, while at clean steps (SNR > 1) the loss stays RL-100's x0-MSE."""
+    a = student.schedule.abar(t)
+    return (a / (1.0 - a)).clamp(max=1.0)
 
 
 def dsm_sigmas(cc: ConsistencyConfig, b: int, gen: torch.Generator) -> torch.Tensor:
@@ -185,6 +200,15 @@ def dsm_sigmas(cc: ConsistencyConfig, b: int, gen: torch.Generator) -> torch.Ten
     logn = torch.exp(-1.2 + 1.2 * torch.randn(b, generator=gen, dtype=torch.float64))
     half = torch.rand(b, generator=gen) < 0.5
     return torch.where(half, grid, logn).clamp(cc.sigma_min, cc.sigma_max).float()
+
+
+def eps_balance(sigma: torch.Tensor, cc: ConsistencyConfig) -> torch.Tensor:
+    """(B,) -> (B,) sigma_d / sqrt(sigma^2 + sigma_d^2) = EDM's c_out(sigma) / sigma.
+
+    The student reads its network as the teacher's epsilon (x0 = x - sigma F), so d(loss)/dF grows with sigma
+    (x80 at sigma_max), where EDM's c_out caps it at sigma_d; without this factor the large-sigma jumps dominate
+    every batch. With it, the per-sigma gradient scale on F is EDM's again (and DSM's weight becomes ~1/sigma)."""
+    return cc.sigma_data / (sigma ** 2 + cc.sigma_data ** 2).sqrt()
 
 
 def dsm_weight(sigma: torch.Tensor, cc: ConsistencyConfig, weighting: str) -> torch.Tensor:
@@ -209,12 +233,14 @@ def ctm_loss(student: ConsistencyPolicy, target: ConsistencyPolicy, teacher_d: e
         x_u = edm.heun_step(teacher_d, x_t, s_t, s_u)
         tgt = target.ctm_jump(target.ctm_jump(x_u, s_u, s_s, cond), s_s, s_min, cond)
     pred = target.ctm_jump(student.ctm_jump(x_t, s_t, s_s, cond), s_s, s_min, cond)  # grads via the inner jump
-    l_ctm = edm.pseudo_huber(pred, tgt).mean()
+    bal = eps_balance(s_t, cc) if cfg.loss.eps_balance else torch.ones_like(s_t)
+    l_ctm = (bal * edm.pseudo_huber(pred, tgt)).mean()
 
     sigma = dsm_sigmas(cc, b, gen)
     x_s = x0 + sigma.reshape(-1, 1, 1) * torch.randn(x0.shape, generator=gen)
     den = student.ctm_jump(x_s, sigma, s_min, cond)
-    l_dsm = (dsm_weight(sigma, cc, cfg.loss.dsm_weighting) * edm.pseudo_huber(den, x0)).mean()
+    bal = eps_balance(sigma, cc) if cfg.loss.eps_balance else torch.ones_like(sigma)
+    l_dsm = (bal * dsm_weight(sigma, cc, cfg.loss.dsm_weighting) * edm.pseudo_huber(den, x0)).mean()
     loss = cfg.loss.ctm_weight * l_ctm + cfg.loss.dsm_weight * l_dsm
     return loss, {"loss": float(loss.detach()), "loss_ctm": float(l_ctm.detach()), "loss_dsm": float(l_dsm.detach())}
 
