@@ -190,7 +190,8 @@ def run_phase(task: str, seconds: float, artifact: str | None, min_eps: int, max
 # --- onnxruntime session options, measured side by side ----------------------------------------------------------
 def ort_knobs(runs: int = 3000) -> dict:
     """Per-call latency of the reach policy's ONNX graph under session options, interleaved round-robin so machine
-    noise hits every variant alike. The runtime's PolicyRunner uses the first row (see its session setup)."""
+    noise hits every variant alike. The runtime (artifact.open_session + its _Bound buffers) is the last two rows:
+    the bare bound graph, and the whole PolicyRunner.infer call (history, noise, run, output copy)."""
     import onnxruntime as ort
 
     from robotstack.export.tiny import export_tiny
@@ -198,8 +199,9 @@ def ort_knobs(runs: int = 3000) -> dict:
 
     with tempfile.TemporaryDirectory() as td:
         runner = PolicyRunner(export_tiny(Path(td) / "p", task_spec("reach")))
-        path = str(runner.spec.onnx_path)
-        sess0 = runner.session
+        art = runner.artifact
+        path = str(art.path / art.manifest.graphs["policy"]["file"])
+        sess0 = art.sessions["policy"]
         feed = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape],
                                  dtype=np.float32 if "float" in i.type else np.int64) for i in sess0.get_inputs()}
 
@@ -213,20 +215,24 @@ def ort_knobs(runs: int = 3000) -> dict:
             return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
         variants = {
-            "1 thread (runtime default)": make(),
+            "1 thread, session.run (runtime before)": make(),
             "2 threads": make(intra=2),
             "2 threads, no spinning": make(intra=2, spin="0"),
             "1 thread, no spinning": make(spin="0"),
             "1 thread, basic graph opt": make(opt=ort.GraphOptimizationLevel.ORT_ENABLE_BASIC),
         }
         calls = {k: (lambda s=s: s.run(None, feed)) for k, s in variants.items()}
-        bind_sess = variants["1 thread (runtime default)"]
+        bind_sess = variants["1 thread, session.run (runtime before)"]
         io = bind_sess.io_binding()
         for name, arr in feed.items():
             io.bind_cpu_input(name, arr)
         for o in bind_sess.get_outputs():
             io.bind_output(o.name, "cpu")
         calls["1 thread, io_binding (preallocated inputs)"] = lambda: bind_sess.run_with_iobinding(io)
+        calls["runtime: open_session, bound in+out buffers (graph only)"] = art.bound["policy"].run
+        # the whole runtime call (feeds from the history, noise, run, outputs) as PolicyRunner.infer does it
+        runner.push({k: np.zeros(shape, np.float32) for k, shape in runner.spec.obs.items()})
+        calls["runtime: PolicyRunner.infer (open_session + its buffers)"] = runner.infer
         ts = {k: [] for k in calls}
         for _ in range(runs):
             for k, f in calls.items():
