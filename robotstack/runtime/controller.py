@@ -167,6 +167,7 @@ class Controller:
         next_policy, last_hb, last_status = t0, t0, t0
         last_state_ns = t0
         step, interventions = 0, 0
+        taken_over = False
         pending_row = None
         frames: list[dict[str, Any]] = []
         success: bool | None = None if self.success_fn is None else False
@@ -229,8 +230,12 @@ class Controller:
                         interventions += int(intervention)
                         tele.interventions += int(intervention)
                         sched.clear()
+                        taken_over = True
                     else:
                         intervention = False
+                        if taken_over:  # the person let go: the policy starts from the arm where it is now
+                            self._end_takeover()
+                            taken_over = False
                         if len(sched) == 0:
                             chunk = self.safety.check_output(self._infer(), "policy")
                             sched.load(chunk, t_state, now)
@@ -297,6 +302,16 @@ class Controller:
             if self._blend_k >= self.cfg.blend_steps:
                 self._old = None
         return a
+
+    def _end_takeover(self) -> None:
+        """After a human takeover: RTI's warm start (the previous chunk, denoised partway) describes a path from
+        before the person moved the arm; start the next call from noise. The observation history is kept (it was
+        pushed on every takeover step, so it shows the arm as the person left it)."""
+        for p in (self.policy, self._old):
+            reset = getattr(p, "reset_warm_start", None)
+            if reset is not None:
+                reset()
+        self.safety.count("takeover_end")
 
     def _maybe_swap(self) -> None:
         with self._swap_lock:

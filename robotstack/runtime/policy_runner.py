@@ -159,6 +159,10 @@ class PolicyRunner:
         self._filled = False
         self.artifact.reset()
 
+    def reset_warm_start(self) -> None:
+        """Forget RTI's warm-start state only (after a human takeover); the history stays."""
+        self.artifact.reset()
+
     def push(self, obs: dict[str, np.ndarray]) -> None:
         # fixed arrays shifted in place (To is 1-3): infer() hands them to the artifact without a per-step stack
         for k, h in self.history.items():

@@ -28,6 +28,7 @@ EVENT_KINDS = {
     "server_stop": ("stop", "the arm server was in STOP (e-stop, heartbeat lost)"),
     "estop": ("stop", "operator e-stop (key, Ctrl-C, SIGTERM)"),
     "hot_swap": ("info", "policy reloaded (SIGHUP)"),
+    "takeover_end": ("info", "a person handed back control; the policy's warm start (RTI) was reset"),
 }
 
 
