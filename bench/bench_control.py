@@ -453,7 +453,9 @@ def main() -> None:
         v = lat[k]
         rows.append([f"{k} (per policy step)", f"{v['p50']:.3f}", f"{v['p99']:.3f}", f"{v['p999']:.3f}",
                      f"{v['max']:.3f}", f"n={v['n']}" + (f", misses > {tel['deadline_ms']:.0f} ms: "
-                                                         f"{tel['deadline_misses']}" if k == "state_to_target" else "")])
+                                                         f"{tel['deadline_misses']}; IK ahead {tel.get('ik_ahead', 0)}, "
+                                                         f"on the step {tel.get('ik_on_step', 0)}"
+                                                         if k == "state_to_target" else "")])
     rows += [["polymetis control loop (published, mock Franka, joint PD)", "avg 0.224", "-", "-", "4.131", "reference"],
              ["diffusion_policy RTDE loop rate (published)", "8.0 (125 Hz)", "-", "-", "-", "reference"],
              ["deoxys interpolation loop rate (published)", "2.0 (500 Hz)", "-", "-", "-", "reference"]]
