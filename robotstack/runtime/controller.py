@@ -273,8 +273,8 @@ class Controller:
                     if cfg.ik_ahead and not intervention and self.policy is not None:
                         nxt = sched.peek_due(next_policy)
                         if nxt is not None:
-                            mapper.prepare([self.safety.preview_change(a) for a in nxt[0]],
-                                           self.safety.preview_change(nxt[1]), st.eef_pos)
+                            *skipped, a_next = self.safety.preview_changes([*nxt[0], nxt[1]])
+                            mapper.prepare(skipped, a_next, st.eef_pos)
                 if reason == "success":
                     break
                 if max_steps is not None and step >= max_steps:

@@ -71,13 +71,17 @@ class Safety:
                                                     f"[-{self.cfg.abs_max}, {self.cfg.abs_max}]")
         return np.clip(a, -1.0, 1.0)
 
-    def preview_change(self, action: np.ndarray) -> np.ndarray:
-        """What limit_change(action) would return now, without counting or remembering it (IK ahead)."""
-        a = np.asarray(action, dtype=np.float64).copy()
-        if self.cfg.max_delta is not None and self._prev is not None:
-            d = self.cfg.max_delta
-            a[:-1] = np.clip(a[:-1], self._prev[:-1] - d, self._prev[:-1] + d)
-        return a
+    def preview_changes(self, actions: list[np.ndarray]) -> list[np.ndarray]:
+        """What limit_change would return for these actions in turn, without counting or remembering (IK ahead)."""
+        prev, out = self._prev, []
+        for action in actions:
+            a = np.asarray(action, dtype=np.float64).copy()
+            if self.cfg.max_delta is not None and prev is not None:
+                d = self.cfg.max_delta
+                a[:-1] = np.clip(a[:-1], prev[:-1] - d, prev[:-1] + d)
+            out.append(a)
+            prev = a
+        return out
 
     def limit_change(self, action: np.ndarray) -> np.ndarray:
         """Bound the change of the motion dims (all but the last, the gripper) from the previous applied action."""
