@@ -188,6 +188,35 @@ def run_phase(task: str, seconds: float, artifact: str | None, min_eps: int, max
 
 
 # --- onnxruntime session options, measured side by side ----------------------------------------------------------
+def _path_items(runner) -> dict:
+    """The rest of what can sit between state arrival and target send, timed beside inference: decoding the state
+    frame, IK on the step (8 iterations, warm start one step away) vs IK computed ahead (the step only checks the
+    plan's inputs and copies it), encoding the joint target."""
+    from hardware.protocol import messages as m
+    from robotstack.core import kinematics as kin
+    from robotstack.runtime.action_map import EEActionMapper
+
+    q0 = np.array([0.0, -0.3, 0.0, -2.2, 0.0, 2.0, 0.8])
+    z = np.zeros(7)
+    frame = m.RobotState(q0, z, 1, "servo", False, z, np.zeros(1), np.zeros(3), np.array([1.0, 0, 0, 0]),
+                         np.zeros(7), np.zeros(3), None, 5, 6, 7).to_bytes("arm", 1, 1)
+    tcp = kin.forward_kinematics(q0)[2]
+    a = np.array([0.5, -0.3, 0.2, -1.0])
+    mapper = EEActionMapper(runner.spec.action_scale())
+
+    def ik(ahead: bool):
+        mapper.reset(q0, 0.04)
+        if ahead:
+            mapper.prepare([], a, tcp)  # done after the previous send, not timed here
+        t = time.perf_counter_ns()
+        mapper.step(a, tcp)
+        return time.perf_counter_ns() - t
+
+    return {"state frame decode (msgpack + validation)": lambda: m.decode(frame, robot_id="arm"),
+            "IK on the step (8 iters)": lambda: ik(False), "IK ahead: plan check + copy": lambda: ik(True),
+            "joint target encode": lambda: m.JointTarget(q0, 1, 2).to_bytes("arm", 1, 0)}
+
+
 def ort_knobs(runs: int = 3000) -> dict:
     """Per-call latency of the reach policy's ONNX graph under session options, interleaved round-robin so machine
     noise hits every variant alike. The runtime (artifact.open_session + its _Bound buffers) is the last two rows:
@@ -233,18 +262,20 @@ def ort_knobs(runs: int = 3000) -> dict:
         # the whole runtime call (feeds from the history, noise, run, outputs) as PolicyRunner.infer does it
         runner.push({k: np.zeros(shape, np.float32) for k, shape in runner.spec.obs.items()})
         calls["runtime: PolicyRunner.infer (open_session + its buffers)"] = runner.infer
+        calls.update(_path_items(runner))
         ts = {k: [] for k in calls}
         for _ in range(runs):
             for k, f in calls.items():
                 t = time.perf_counter_ns()
-                f()
-                ts[k].append(time.perf_counter_ns() - t)
+                r = f()
+                ts[k].append(r if k.startswith("IK ") else time.perf_counter_ns() - t)  # IK rows time themselves
     rows, out = [], {}
     for k, v in ts.items():
         p = np.percentile(np.array(v) / 1e3, [50, 99, 99.9])
         out[k] = {"p50_us": p[0], "p99_us": p[1], "p999_us": p[2]}
         rows.append([k, f"{p[0]:.1f}", f"{p[1]:.1f}", f"{p[2]:.1f}", f"{p[1] / p[0]:.1f}"])
-    t = print_table(f"onnxruntime session options, reach policy, {runs} interleaved calls each (us)",
+    t = print_table(f"onnxruntime session options, reach policy, and the other items of a controller step, {runs} "
+                    "interleaved calls each (us)",
                     ["options", "p50", "p99", "p99.9", "p99/p50"], rows)
     write_results("bench_control_ort", {"variants": out, "table": t})
     return out
