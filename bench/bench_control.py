@@ -493,7 +493,7 @@ def main() -> None:
     t1 = print_table("control loop timing (ms), server + controller processes on loopback, "
                      f"{reach['cpu']['wall_s']:.0f} s", ["what", "p50", "p99", "p99.9", "max", "note"], rows)
     cpu = [["arm server (pybullet, 1 kHz)", f"{reach['cpu']['server_core_fraction']:.2f}"],
-           ["controller (ONNX + IK, 100 Hz loop, 20 Hz policy)", f"{reach['cpu']['controller_core_fraction']:.2f}"]]
+           ["controller (ONNX + IK, event-driven, 20 Hz policy)", f"{reach['cpu']['controller_core_fraction']:.2f}"]]
     t2 = print_table("CPU use (cores, user+sys / wall)", ["process", "cores"], cpu)
 
     def rate(xs):
