@@ -188,9 +188,39 @@ def run_phase(task: str, seconds: float, artifact: str | None, min_eps: int, max
 
 
 # --- onnxruntime session options, measured side by side ----------------------------------------------------------
+def _path_items(runner) -> dict:
+    """The rest of what can sit between state arrival and target send, timed beside inference: decoding the state
+    frame, IK on the step (8 iterations, warm start one step away) vs IK computed ahead (the step only checks the
+    plan's inputs and copies it), encoding the joint target."""
+    from hardware.protocol import messages as m
+    from robotstack.core import kinematics as kin
+    from robotstack.runtime.action_map import EEActionMapper
+
+    q0 = np.array([0.0, -0.3, 0.0, -2.2, 0.0, 2.0, 0.8])
+    z = np.zeros(7)
+    frame = m.RobotState(q0, z, 1, "servo", False, z, np.zeros(1), np.zeros(3), np.array([1.0, 0, 0, 0]),
+                         np.zeros(7), np.zeros(3), None, 5, 6, 7).to_bytes("arm", 1, 1)
+    tcp = kin.forward_kinematics(q0)[2]
+    a = np.array([0.5, -0.3, 0.2, -1.0])
+    mapper = EEActionMapper(runner.spec.action_scale())
+
+    def ik(ahead: bool):
+        mapper.reset(q0, 0.04)
+        if ahead:
+            mapper.prepare([], a, tcp)  # done after the previous send, not timed here
+        t = time.perf_counter_ns()
+        mapper.step(a, tcp)
+        return time.perf_counter_ns() - t
+
+    return {"state frame decode (msgpack + validation)": lambda: m.decode(frame, robot_id="arm"),
+            "IK on the step (8 iters)": lambda: ik(False), "IK ahead: plan check + copy": lambda: ik(True),
+            "joint target encode": lambda: m.JointTarget(q0, 1, 2).to_bytes("arm", 1, 0)}
+
+
 def ort_knobs(runs: int = 3000) -> dict:
     """Per-call latency of the reach policy's ONNX graph under session options, interleaved round-robin so machine
-    noise hits every variant alike. The runtime's PolicyRunner uses the first row (see its session setup)."""
+    noise hits every variant alike. The runtime (artifact.open_session + its _Bound buffers) is the last two rows:
+    the bare bound graph, and the whole PolicyRunner.infer call (history, noise, run, output copy)."""
     import onnxruntime as ort
 
     from robotstack.export.tiny import export_tiny
@@ -198,8 +228,9 @@ def ort_knobs(runs: int = 3000) -> dict:
 
     with tempfile.TemporaryDirectory() as td:
         runner = PolicyRunner(export_tiny(Path(td) / "p", task_spec("reach")))
-        path = str(runner.spec.onnx_path)
-        sess0 = runner.session
+        art = runner.artifact
+        path = str(art.path / art.manifest.graphs["policy"]["file"])
+        sess0 = art.sessions["policy"]
         feed = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape],
                                  dtype=np.float32 if "float" in i.type else np.int64) for i in sess0.get_inputs()}
 
@@ -213,32 +244,38 @@ def ort_knobs(runs: int = 3000) -> dict:
             return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
         variants = {
-            "1 thread (runtime default)": make(),
+            "1 thread, session.run (runtime before)": make(),
             "2 threads": make(intra=2),
             "2 threads, no spinning": make(intra=2, spin="0"),
             "1 thread, no spinning": make(spin="0"),
             "1 thread, basic graph opt": make(opt=ort.GraphOptimizationLevel.ORT_ENABLE_BASIC),
         }
         calls = {k: (lambda s=s: s.run(None, feed)) for k, s in variants.items()}
-        bind_sess = variants["1 thread (runtime default)"]
+        bind_sess = variants["1 thread, session.run (runtime before)"]
         io = bind_sess.io_binding()
         for name, arr in feed.items():
             io.bind_cpu_input(name, arr)
         for o in bind_sess.get_outputs():
             io.bind_output(o.name, "cpu")
         calls["1 thread, io_binding (preallocated inputs)"] = lambda: bind_sess.run_with_iobinding(io)
+        calls["runtime: open_session, bound in+out buffers (graph only)"] = art.bound["policy"].run
+        # the whole runtime call (feeds from the history, noise, run, outputs) as PolicyRunner.infer does it
+        runner.push({k: np.zeros(shape, np.float32) for k, shape in runner.spec.obs.items()})
+        calls["runtime: PolicyRunner.infer (open_session + its buffers)"] = runner.infer
+        calls.update(_path_items(runner))
         ts = {k: [] for k in calls}
         for _ in range(runs):
             for k, f in calls.items():
                 t = time.perf_counter_ns()
-                f()
-                ts[k].append(time.perf_counter_ns() - t)
+                r = f()
+                ts[k].append(r if k.startswith("IK ") else time.perf_counter_ns() - t)  # IK rows time themselves
     rows, out = [], {}
     for k, v in ts.items():
         p = np.percentile(np.array(v) / 1e3, [50, 99, 99.9])
         out[k] = {"p50_us": p[0], "p99_us": p[1], "p999_us": p[2]}
         rows.append([k, f"{p[0]:.1f}", f"{p[1]:.1f}", f"{p[2]:.1f}", f"{p[1] / p[0]:.1f}"])
-    t = print_table(f"onnxruntime session options, reach policy, {runs} interleaved calls each (us)",
+    t = print_table(f"onnxruntime session options, reach policy, and the other items of a controller step, {runs} "
+                    "interleaved calls each (us)",
                     ["options", "p50", "p99", "p99.9", "p99/p50"], rows)
     write_results("bench_control_ort", {"variants": out, "table": t})
     return out
@@ -439,7 +476,7 @@ def main() -> None:
         ["servo work per tick", f"{loop['work_us']['p50'] / 1e3:.3f}", f"{loop['work_us']['p99'] / 1e3:.3f}",
          f"{loop['work_us']['p999'] / 1e3:.3f}", f"{loop['work_us']['max'] / 1e3:.3f}",
          f"SCHED_FIFO {loop['realtime']}"],
-        ["controller loop period (100 Hz)", f"{tel['loop_period_ms']['p50']:.3f}", f"{tel['loop_period_ms']['p99']:.3f}",
+        ["controller wake-ups (state arrival or 100 Hz re-send)", f"{tel['loop_period_ms']['p50']:.3f}", f"{tel['loop_period_ms']['p99']:.3f}",
          f"{tel['loop_period_ms']['p999']:.3f}", f"{tel['loop_period_ms']['max']:.3f}",
          f"late {tel['late_ticks']} ticks"],
     ]
@@ -447,14 +484,16 @@ def main() -> None:
         v = lat[k]
         rows.append([f"{k} (per policy step)", f"{v['p50']:.3f}", f"{v['p99']:.3f}", f"{v['p999']:.3f}",
                      f"{v['max']:.3f}", f"n={v['n']}" + (f", misses > {tel['deadline_ms']:.0f} ms: "
-                                                         f"{tel['deadline_misses']}" if k == "state_to_target" else "")])
+                                                         f"{tel['deadline_misses']}; IK ahead {tel.get('ik_ahead', 0)}, "
+                                                         f"on the step {tel.get('ik_on_step', 0)}"
+                                                         if k == "state_to_target" else "")])
     rows += [["polymetis control loop (published, mock Franka, joint PD)", "avg 0.224", "-", "-", "4.131", "reference"],
              ["diffusion_policy RTDE loop rate (published)", "8.0 (125 Hz)", "-", "-", "-", "reference"],
              ["deoxys interpolation loop rate (published)", "2.0 (500 Hz)", "-", "-", "-", "reference"]]
     t1 = print_table("control loop timing (ms), server + controller processes on loopback, "
                      f"{reach['cpu']['wall_s']:.0f} s", ["what", "p50", "p99", "p99.9", "max", "note"], rows)
     cpu = [["arm server (pybullet, 1 kHz)", f"{reach['cpu']['server_core_fraction']:.2f}"],
-           ["controller (ONNX + IK, 100 Hz loop, 20 Hz policy)", f"{reach['cpu']['controller_core_fraction']:.2f}"]]
+           ["controller (ONNX + IK, event-driven, 20 Hz policy)", f"{reach['cpu']['controller_core_fraction']:.2f}"]]
     t2 = print_table("CPU use (cores, user+sys / wall)", ["process", "cores"], cpu)
 
     def rate(xs):

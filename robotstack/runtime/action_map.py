@@ -26,6 +26,8 @@ class EEActionMapper:
         self.target_yaw = 0.0
         self.q_target: np.ndarray | None = None
         self.gripper = scale.gripper_open
+        self._plan: tuple | None = None  # (q start, target pos, target yaw, IK result) computed ahead
+        self.ik_ahead_hits = self.ik_on_step = 0
 
     def reset(self, q_measured: np.ndarray, gripper: float | None = None) -> None:
         """Start from where the arm is: the target is the measured TCP (no jump at the first step)."""
@@ -35,10 +37,34 @@ class EEActionMapper:
         t = ee.initial_target(self.s, p, kin.tcp_yaw(R), gripper)
         self.target_pos, self.target_yaw, self.gripper = t.pos, t.yaw, t.gripper
         self.q_target = q.copy()
+        self._plan = None
+
+    def advance(self, a: np.ndarray, tcp_measured: np.ndarray) -> None:
+        """Integrate a skipped action into the TCP target without IK (the next step's IK starts from there)."""
+        t = ee.step_target(self.s, ee.EETarget(self.target_pos, self.target_yaw, self.gripper), a, tcp_measured)
+        self.target_pos, self.target_yaw, self.gripper = t.pos, t.yaw, t.gripper
 
     def step(self, a: np.ndarray, tcp_measured: np.ndarray) -> tuple[np.ndarray, float]:
         """Apply one action; returns (joint target (Dq,), gripper opening m, total of both fingers)."""
         t = ee.step_target(self.s, ee.EETarget(self.target_pos, self.target_yaw, self.gripper), a, tcp_measured)
         self.target_pos, self.target_yaw, self.gripper = t.pos, t.yaw, t.gripper
-        self.q_target = kin.solve_ik(self.q_target, self.target_pos, self.target_yaw, iters=self.ik_iters)
+        plan, self._plan = self._plan, None
+        if (plan is not None and np.array_equal(plan[0], self.q_target) and np.array_equal(plan[1], t.pos)
+                and plan[2] == t.yaw):  # the same inputs: solve_ik would return exactly plan[3]
+            self.q_target = plan[3].copy()
+            self.ik_ahead_hits += 1
+        else:
+            self.q_target = kin.solve_ik(self.q_target, self.target_pos, self.target_yaw, iters=self.ik_iters)
+            self.ik_on_step += 1
         return self.q_target.copy(), self.gripper
+
+    def prepare(self, skipped: list[np.ndarray], a: np.ndarray, tcp_guess: np.ndarray) -> None:
+        """IK ahead: solve for the target that advance(skipped...) then step(a, tcp) would set, with the TCP measured
+        now standing in for the one measured at the step (the TCP only matters when the max-lead clamp binds).
+        step() uses the result only if its own IK inputs turn out identical, so the joint target is bit-for-bit
+        what IK on the step gives."""
+        t = ee.EETarget(self.target_pos, self.target_yaw, self.gripper)
+        for x in [*skipped, a]:
+            t = ee.step_target(self.s, t, x, tcp_guess)
+        q = kin.solve_ik(self.q_target, t.pos, t.yaw, iters=self.ik_iters)
+        self._plan = (self.q_target.copy(), t.pos.copy(), t.yaw, q)

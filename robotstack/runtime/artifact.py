@@ -35,16 +35,44 @@ def _check_io(where: str, kind: str, actual: list, declared: list[dict]) -> None
 
 
 def open_session(path: Path, threads: int = 1):
+    """The one onnxruntime session setup, tuned for tail latency on cores shared with the servo loop (measured side
+    by side by ``bench/bench_control.py --ort-knobs``): 1 intra-op thread (the caller's thread runs the graph: no
+    pool hand-off, 2 threads was slower at p50 and p99 on the policy graphs), 1 inter-op thread and sequential
+    execution (a tiny graph has no parallel branches worth a thread), spinning off (with 1 thread there is no pool
+    to spin; with more, a spinning pool burns the core the servo shares). Buffers: see ``_Bound``."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.intra_op_num_threads = threads  # shares the cores with the servo: latency, not throughput
+    so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     so.log_severity_level = 3
     try:
         return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
         raise ArtifactError(f"{path}: onnxruntime cannot load it: {e}") from None
+
+
+class _Bound:
+    """One graph with preallocated input and output buffers bound once by pointer (io_binding): a call copies the
+    observation into ``inp`` and runs; onnxruntime writes straight into ``out``. No per-call allocation of feeds or
+    outputs (measured by --ort-knobs: p50 and p99 below ``session.run`` with fresh arrays). The buffers are
+    reused, so callers copy what they keep."""
+
+    def __init__(self, sess, inputs: list[dict], outputs: list[dict]):
+        self.sess = sess
+        self.binding = sess.io_binding()
+        self.inp = {d["name"]: np.zeros(d["shape"], d["dtype"]) for d in inputs}
+        self.out = {d["name"]: np.zeros(d["shape"], d["dtype"]) for d in outputs}
+        for name, a in self.inp.items():
+            self.binding.bind_input(name, "cpu", 0, a.dtype, list(a.shape), a.ctypes.data)
+        for name, a in self.out.items():
+            self.binding.bind_output(name, "cpu", 0, a.dtype, list(a.shape), a.ctypes.data)
+
+    def run(self) -> None:
+        self.sess.run_with_iobinding(self.binding)
 
 
 class ArtifactPolicy:
@@ -60,7 +88,7 @@ class ArtifactPolicy:
         self.sampler = m.sampler
         self.obs_keys = list(m.obs["keys"])
         self.obs_spec = {k: (tuple(v["shape"]), np.dtype(v["dtype"])) for k, v in m.obs["spec"].items()}
-        self.sessions, self.io = {}, {}
+        self.sessions, self.io, self.bound = {}, {}, {}
         for role, g in m.graphs.items():
             f = self.path / g["file"]
             if not f.is_file():
@@ -80,6 +108,7 @@ class ArtifactPolicy:
                     raise ArtifactError(f"{f}: obs input {k!r} is {decl} in the graph, manifest obs.spec says "
                                         f"shape {want}")
             self.sessions[role] = sess
+            self.bound[role] = _Bound(sess, g["inputs"], g["outputs"])
             self.io[role] = {d["name"]: (tuple(d["shape"]), d["dtype"]) for d in g["inputs"]}
             self.io[role]["__names__"] = names
         self.seed = seed
@@ -107,34 +136,33 @@ class ArtifactPolicy:
         self.rng = np.random.default_rng(seed if seed is not None else [self.seed, self._resets])
 
     # ------------------------------------------------------------------ inference
-    def _feeds(self, role: str, obs_history: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feeds = {}
+    def _fill(self, role: str, obs_history: dict[str, np.ndarray]) -> _Bound:
+        """Write the observation history and fresh noise into the role's bound input buffers."""
+        b = self.bound[role]
         for k in self.obs_keys:
             if k not in obs_history:
                 raise ArtifactError(f"act: obs_history is missing key {k!r}; expected {self.obs_keys}")
-            shape, dtype = self.obs_spec[k]
             x = np.asarray(obs_history[k])
-            if x.shape != shape:
-                raise ArtifactError(f"act: obs_history[{k!r}] has shape {x.shape}, expected {shape}")
-            feeds[k] = x.astype(dtype, copy=False)[None]
-        io = self.io[role]
+            if x.shape != self.obs_spec[k][0]:
+                raise ArtifactError(f"act: obs_history[{k!r}] has shape {x.shape}, expected {self.obs_spec[k][0]}")
+            b.inp[k][0] = x  # casts to the graph's dtype
         for name in ("noise", "step_noise"):
-            if name in io:
-                feeds[name] = self.rng.standard_normal(io[name][0], dtype=np.float32)
-        if "guess" in io:
-            feeds["guess"] = self.state
-        return feeds
+            if name in b.inp:  # same stream as standard_normal(shape, float32): seeds give the same actions
+                self.rng.standard_normal(dtype=np.float32, out=b.inp[name])
+        # "guess" (RTI): the policy graph's input buffer already holds the last guess_out (see act)
+        return b
 
     def act(self, obs_history: dict[str, np.ndarray]) -> np.ndarray:
         role = "init" if self.sampler == "rti" and self.state is None else "policy"
-        feeds = self._feeds(role, obs_history)
+        b = self._fill(role, obs_history)
         t0 = time.perf_counter()
-        outs = self.sessions[role].run(None, feeds)
+        b.run()
         self.last_latency_s = time.perf_counter() - t0
-        named = dict(zip([o.name for o in self.sessions[role].get_outputs()], outs))
-        if "guess_out" in named:
-            self.state = named["guess_out"]
-        return named["action"][0]
+        if "guess_out" in b.out:
+            guess = self.bound["policy"].inp["guess"]
+            guess[...] = b.out["guess_out"]
+            self.state = guess  # RTI's warm start: the next call's bound input (reset() forgets it)
+        return b.out["action"][0].copy()
 
     def run_raw(self, role: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one graph on explicit feeds (parity checks)."""

@@ -1,15 +1,20 @@
 """The control core: one loop that runs a policy against an arm server, with safety, takeover, hot swap, telemetry.
 
-Loop (``command_hz``, default 100 Hz, absolute deadlines via core.timing.RateKeeper):
-  every tick    newest state (conflated SUB) -> stale-state check -> heartbeat every ``heartbeat_every_s`` ->
-                re-send the current joint target with a short validity (``target_expiry_s``, default 30 ms): if this
-                process dies the server's target goes stale within that and the servo holds
-  policy step   at the policy's ``control_hz``: push the observation into the history (To); a teleop device that
+Loop: event-driven. It sleeps on the state socket (poll with a timeout) and wakes when a state arrives, or at the
+latest when the current target is due for a re-send (``command_hz``, default 100 Hz) or a heartbeat is due:
+  every wake    newest state (conflated SUB) -> stale-state check -> heartbeat every ``heartbeat_every_s`` ->
+                re-send the current joint target every 1/``command_hz`` with a short validity (``target_expiry_s``,
+                default 30 ms): if this process dies the server's target goes stale within that and the servo holds
+  policy step   on the first state that arrives at or after the policy's next slot (``control_hz`` grid), at once:
+                push the observation into the history (To); a teleop device that
                 is engaged overrides the policy (the step is flagged as an intervention); otherwise take the next
                 scheduled action, inferring a new chunk when the schedule is empty (runtime/scheduler.py: actions
                 timestamped from the observation time, those already past dropped, ``exec_latency_s`` latency
                 compensation) -> safety (NaN/Inf or out of range -> hold and stop; max change per step) ->
-                action_map (TCP target, IK) -> joint target reached at the action's time
+                action_map (TCP target, IK) -> joint target reached at the action's time, sent at once
+  off the path  after the step's target is sent: chunk policies infer the next chunk when the schedule is empty and
+                the IK of the next scheduled action is computed ahead (action_map.prepare); at the step it is used
+                only when its inputs turn out identical (bit-exact), else IK runs on the step
   stops         e-stop request (terminal key, Ctrl-C) -> EStop to the server; safety stop -> mode hold; state
                 stale or the server stopping -> the loop ends and says why
   hot swap      ``request_swap(runner)``: at the next policy step the new policy takes over the observation history
@@ -31,7 +36,6 @@ from typing import Any, Callable
 import numpy as np
 
 from robotstack.core import keys as K
-from robotstack.core.timing import RateKeeper
 from robotstack.runtime.action_map import EEActionMapper
 from robotstack.runtime.client import ArmClient, ArmUnavailable
 from robotstack.runtime.policy_runner import ArtifactError, PolicySpec, check_arm, state_obs
@@ -50,9 +54,8 @@ class ControllerConfig:
     blend_steps: int = 5
     status_every_s: float = 0.5
     ik_iters: int = 8
-    # At a policy step, wait up to this long for a state published after the decision point instead of acting on
-    # the one polled at the top of the tick (up to a tick + a publish period old): this is most of state->target.
-    fresh_state_wait_s: float = 0.006
+    # IK of the next scheduled action computed after a step's target is sent (chunk policies), not on the step
+    ik_ahead: bool = True
     # Chunk policies (Ta > 1): infer the next chunk right after the target of the step that emptied the schedule
     # is sent, from that step's observation, so no later step waits for inference (state->target is then
     # recv + action map + send). The first action of a chunk inferred this way is past when the next step comes and
@@ -150,7 +153,7 @@ class Controller:
             c.reset(go_home=False)
         c.heartbeat()
         st = c.wait_state(1.0)
-        mapper = EEActionMapper(spec.action_scale(), ik_iters=cfg.ik_iters)
+        mapper = self._mapper = EEActionMapper(spec.action_scale(), ik_iters=cfg.ik_iters)
         mapper.reset(st.joint_pos, None if st.gripper is None else float(st.gripper[0]))
         q_target, grip = np.array(st.joint_pos, dtype=np.float64), mapper.gripper
         if self.policy is not None:
@@ -160,30 +163,33 @@ class Controller:
         sched = ActionScheduler(1.0 / spec.control_hz, cfg.exec_latency_s)
         dt_ns = int(round(1e9 / spec.control_hz))
         tele = self.telemetry
-        rk = RateKeeper(cfg.command_hz)
+        tick_ns = int(round(1e9 / cfg.command_hz))
+        hb_ns = int(cfg.heartbeat_every_s * 1e9)
         tele._last_tick_ns = None  # the pause between episodes is not a loop period
         t0 = time.monotonic_ns()
         t_target = t0
         next_policy, last_hb, last_status = t0, t0, t0
         last_state_ns = t0
         step, interventions = 0, 0
+        taken_over = False
         pending_row = None
         frames: list[dict[str, Any]] = []
         success: bool | None = None if self.success_fn is None else False
         reason, ok = "", True
         expiry_ns = int(cfg.target_expiry_s * 1e9)
-        rk.reset()
+        last_sent = time.monotonic_ns() - tick_ns  # send a target at once
         try:
             while True:
-                on_time = rk.wait()
+                # block on the state socket: a state wakes us at once; otherwise the re-send or heartbeat deadline
+                wake_by = min(last_sent + tick_ns, last_hb + hb_ns)
+                new = c.poll_state(max(0, wake_by - time.monotonic_ns()) * 1e-9)
                 now = time.monotonic_ns()
-                tele.tick(now, on_time)
+                tele.tick(now, new is not None or now - wake_by <= tick_ns // 2)
                 if self._estop.is_set():
                     c.estop(self._estop_reason or "operator e-stop")
                     self.safety.count("estop")
                     reason, ok = f"e-stop: {self._estop_reason or 'operator'}", False
                     break
-                new = c.poll_state(0)
                 if new is not None:
                     last_state_ns = now
                     if new.last_target_seq is not None:
@@ -195,18 +201,9 @@ class Controller:
                         break
                 else:
                     self.safety.check_state_age((now - last_state_ns) * 1e-9)
-                if now - last_hb >= cfg.heartbeat_every_s * 1e9:
-                    c.heartbeat(timeout_s=0.1)
-                    last_hb = now
-                if now >= next_policy:
-                    fresh = c.poll_state(cfg.fresh_state_wait_s) if cfg.fresh_state_wait_s > 0 else None
-                    if fresh is not None:
-                        now = last_state_ns = time.monotonic_ns()
-                        if fresh.estop or fresh.mode == "stop":
-                            self.safety.count("server_stop")
-                            reason, ok = (f"arm server stopped ({'e-stop' if fresh.estop else 'stop'}): "
-                                          f"{self._server_detail()}"), False
-                            break
+                stepped = False
+                if new is not None and now >= next_policy:  # the policy step acts on the state that just arrived
+                    stepped = True
                     st = c.state
                     obs = state_obs(st)
                     t_state, t_recv = c.to_local(st.state_time_ns), c.state_recv_ns
@@ -229,15 +226,19 @@ class Controller:
                         interventions += int(intervention)
                         tele.interventions += int(intervention)
                         sched.clear()
+                        taken_over = True
                     else:
                         intervention = False
+                        if taken_over:  # the person let go: the policy starts from the arm where it is now
+                            self._end_takeover()
+                            taken_over = False
                         if len(sched) == 0:
                             chunk = self.safety.check_output(self._infer(), "policy")
                             sched.load(chunk, t_state, now)
                         dropped, action, t_act = sched.pop_due(now)
                         raw = action.copy()
-                        for a in dropped:  # keep the predicted path: integrate the skipped steps too
-                            mapper.step(self.safety.limit_change(a), st.eef_pos)
+                        for a in dropped:  # keep the predicted path: integrate the skipped steps (no IK)
+                            mapper.advance(self.safety.limit_change(a), st.eef_pos)
                     t_infer = time.monotonic_ns()
                     action = self.safety.limit_change(action)
                     q_target, grip = mapper.step(action, st.eef_pos)
@@ -252,7 +253,16 @@ class Controller:
                         next_policy += dt_ns
                     if self.success_fn is not None and self.success_fn(obs):
                         success, reason = True, "success"
+                if not stepped and now - last_sent < tick_ns:
+                    if now - last_hb >= hb_ns:
+                        c.heartbeat(timeout_s=0.1)
+                        last_hb = now
+                    continue
                 seq = c.send_joint_target(q_target, grip, max(t_target, now), now + expiry_ns, now)
+                last_sent = now
+                if now - last_hb >= hb_ns:  # after the target: a heartbeat round trip never delays a step's send
+                    c.heartbeat(timeout_s=0.1)
+                    last_hb = now
                 if pending_row is not None:
                     tele.sent(pending_row, seq, time.monotonic_ns())
                     pending_row = None
@@ -260,6 +270,11 @@ class Controller:
                             and not intervention and self._pending is None):
                         chunk = self.safety.check_output(self._infer(), "policy")  # ahead of need, off the step
                         sched.load(chunk, t_state, time.monotonic_ns())
+                    if cfg.ik_ahead and not intervention and self.policy is not None:
+                        nxt = sched.peek_due(next_policy)
+                        if nxt is not None:
+                            *skipped, a_next = self.safety.preview_changes([*nxt[0], nxt[1]])
+                            mapper.prepare(skipped, a_next, st.eef_pos)
                 if reason == "success":
                     break
                 if max_steps is not None and step >= max_steps:
@@ -298,6 +313,16 @@ class Controller:
                 self._old = None
         return a
 
+    def _end_takeover(self) -> None:
+        """After a human takeover: RTI's warm start (the previous chunk, denoised partway) describes a path from
+        before the person moved the arm; start the next call from noise. The observation history is kept (it was
+        pushed on every takeover step, so it shows the arm as the person left it)."""
+        for p in (self.policy, self._old):
+            reset = getattr(p, "reset_warm_start", None)
+            if reset is not None:
+                reset()
+        self.safety.count("takeover_end")
+
     def _maybe_swap(self) -> None:
         with self._swap_lock:
             new, self._pending = self._pending, None
@@ -329,6 +354,11 @@ class Controller:
             return str(e)
 
     def _finish(self, frames, t0, step, success, reason, interventions, ok) -> EpisodeResult:
+        m = getattr(self, "_mapper", None)
+        if m is not None:
+            self.telemetry.ik_ahead += m.ik_ahead_hits
+            self.telemetry.ik_on_step += m.ik_on_step
+            m.ik_ahead_hits = m.ik_on_step = 0
         source = "human" if self.human_only else ("intervention" if interventions else "policy")
         start = getattr(self, "_events_at_start", {})
         events = {k: v - start.get(k, 0) for k, v in self.safety.events.items() if v - start.get(k, 0)}

@@ -9,7 +9,6 @@ Glossary: To observation history, Ta executed actions per inference, T predicted
 
 from __future__ import annotations
 
-import collections
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,7 +144,8 @@ class PolicyRunner:
         self.artifact = ArtifactPolicy(artifact_dir, seed=seed, threads=threads)
         self.spec = spec = spec_of(self.artifact)
         self._dtypes = {k: np.dtype(spec.obs_dtypes[k]) for k in spec.obs}
-        self.history: dict[str, collections.deque] = {}
+        self.history: dict[str, np.ndarray] = {}  # key -> (To, *shape), oldest first
+        self._filled = False
         self.reset()
         self.push({k: np.zeros(shape, self._dtypes[k]) for k, shape in spec.obs.items()})
         self.infer()  # warm-up: the first run allocates (tens of ms), not the first control step
@@ -154,25 +154,37 @@ class PolicyRunner:
     def reset(self) -> None:
         """Forget the history (the next push fills all To slots, diffusion_policy pads by repeating) and RTI's
         warm-start state."""
-        self.history = {k: collections.deque(maxlen=self.spec.n_obs_steps) for k in self.spec.obs}
+        self.history = {k: np.zeros((self.spec.n_obs_steps, *shape), self._dtypes[k])
+                        for k, shape in self.spec.obs.items()}
+        self._filled = False
+        self.artifact.reset()
+
+    def reset_warm_start(self) -> None:
+        """Forget RTI's warm-start state only (after a human takeover); the history stays."""
         self.artifact.reset()
 
     def push(self, obs: dict[str, np.ndarray]) -> None:
-        for k, dq in self.history.items():
+        # fixed arrays shifted in place (To is 1-3): infer() hands them to the artifact without a per-step stack
+        for k, h in self.history.items():
             v = np.asarray(obs[k], dtype=self._dtypes[k]).reshape(self.spec.obs[k])
-            if not dq:
-                dq.extend([v] * self.spec.n_obs_steps)
+            if not self._filled:
+                h[:] = v
             else:
-                dq.append(v)
+                h[:-1] = h[1:]
+                h[-1] = v
+        self._filled = True
 
     def copy_history_from(self, other: "PolicyRunner") -> bool:
         """Take over another runner's history when keys, shapes and To agree (hot swap without a warm-up)."""
         if other.spec.obs != self.spec.obs or other.spec.n_obs_steps != self.spec.n_obs_steps:
             return False
-        self.history = {k: collections.deque(list(v), maxlen=self.spec.n_obs_steps) for k, v in other.history.items()}
+        self.history = {k: v.copy() for k, v in other.history.items()}
+        self._filled = other._filled
         return True
 
     def infer(self) -> np.ndarray:
         """Actions to execute: (Ta, Da) float64."""
-        out = self.artifact.act({k: np.stack(dq) for k, dq in self.history.items()})
+        if not self._filled:
+            raise ArtifactError(f"{self.spec.path}: infer() before any push() (no observation yet)")
+        out = self.artifact.act(self.history)
         return np.asarray(out, dtype=np.float64)[: self.spec.n_action_steps]

@@ -28,6 +28,7 @@ EVENT_KINDS = {
     "server_stop": ("stop", "the arm server was in STOP (e-stop, heartbeat lost)"),
     "estop": ("stop", "operator e-stop (key, Ctrl-C, SIGTERM)"),
     "hot_swap": ("info", "policy reloaded (SIGHUP)"),
+    "takeover_end": ("info", "a person handed back control; the policy's warm start (RTI) was reset"),
 }
 
 
@@ -69,6 +70,18 @@ class Safety:
             raise SafetyStop("out_of_range_output", f"{where} output {np.round(a, 3).tolist()} outside "
                                                     f"[-{self.cfg.abs_max}, {self.cfg.abs_max}]")
         return np.clip(a, -1.0, 1.0)
+
+    def preview_changes(self, actions: list[np.ndarray]) -> list[np.ndarray]:
+        """What limit_change would return for these actions in turn, without counting or remembering (IK ahead)."""
+        prev, out = self._prev, []
+        for action in actions:
+            a = np.asarray(action, dtype=np.float64).copy()
+            if self.cfg.max_delta is not None and prev is not None:
+                d = self.cfg.max_delta
+                a[:-1] = np.clip(a[:-1], prev[:-1] - d, prev[:-1] + d)
+            out.append(a)
+            prev = a
+        return out
 
     def limit_change(self, action: np.ndarray) -> np.ndarray:
         """Bound the change of the motion dims (all but the last, the gripper) from the previous applied action."""

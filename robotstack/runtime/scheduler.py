@@ -45,6 +45,16 @@ class ActionScheduler:
             self._queue.clear()
             self._queue.append((now_ns + self.dt_ns, last))
 
+    def peek_due(self, now_ns: int) -> tuple[list[np.ndarray], np.ndarray] | None:
+        """(dropped, action) as pop_due(now_ns) would return them, popping nothing; None when empty."""
+        if not self._queue:
+            return None
+        horizon = now_ns + self.latency_ns
+        n = 0
+        while n < len(self._queue) - 1 and self._queue[n][0] < horizon:
+            n += 1
+        return [a for _, a in list(self._queue)[:n]], self._queue[n][1]
+
     def pop_due(self, now_ns: int) -> tuple[list[np.ndarray], np.ndarray, int] | None:
         """-> (dropped actions in order, the action to apply now, its target time), or None when empty."""
         horizon = now_ns + self.latency_ns

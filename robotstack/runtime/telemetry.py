@@ -45,6 +45,8 @@ class Telemetry:
     deadline_misses: int = 0
     safety: dict = field(default_factory=dict)
     interventions: int = 0
+    ik_ahead: int = 0  # steps whose IK was computed ahead, off the state->target path (action_map.prepare)
+    ik_on_step: int = 0  # steps that ran IK between state arrival and target send
     _seq_row: dict = field(default_factory=dict)  # first target seq of a step -> row
     _last_tick_ns: int | None = None
     _t0: float = field(default_factory=time.monotonic)
@@ -100,7 +102,7 @@ class Telemetry:
                 "loop_rate_hz": float(1e3 / periods.mean()) if len(periods) else 0.0,
                 "late_ticks": self.late_ticks, "deadline_misses": self.deadline_misses,
                 "deadline_ms": self.deadline_s * 1e3, "safety_events": dict(self.safety),
-                "interventions": self.interventions,
+                "interventions": self.interventions, "ik_ahead": self.ik_ahead, "ik_on_step": self.ik_on_step,
                 "applied_unmatched": int(np.isnan(self.rows[: self.n, 4]).sum())}
 
     def status_line(self, extra: str = "") -> str:

@@ -74,3 +74,21 @@ def test_poisoned_checkpoint_exports_a_nan_graph(policies):
     r.push({k: np.zeros(s, np.float32) for k, s in r.spec.obs.items()})
     a = r.infer()
     assert np.isnan(a[:, :3]).all() and np.all(a[:, 3] == -1.0)
+
+
+def test_bound_buffers_give_the_plain_session_result_on_every_call(policies):
+    """ArtifactPolicy.act runs through preallocated io_binding buffers; each call must see that call's observation
+    and noise (a binding that copied its inputs once would repeat the first answer), matching session.run."""
+    runner = PolicyRunner(policies["plus_x"], seed=5)
+    art = runner.artifact
+    ref_rng = np.random.default_rng(5)
+    art.rng = np.random.default_rng(5)
+    for call in range(3):
+        h = {k: np.random.default_rng(call).uniform(-1, 1, shape).astype(dt)
+             for k, (shape, dt) in art.obs_spec.items()}
+        got = art.act(h)
+        noise = ref_rng.standard_normal(art.bound["policy"].inp["noise"].shape, dtype=np.float32)
+        ref = art.run_raw("policy", {**{k: v[None] for k, v in h.items()}, "noise": noise})
+        np.testing.assert_array_equal(got, ref["action"][0])
+        got[:] = 99.0  # the caller's copy; the next call must not see it
+    assert not np.any(art.bound["policy"].out["action"] == 99.0)

@@ -236,6 +236,35 @@ class ScriptedDevice:
         pass
 
 
+def test_takeover_end_resets_the_warm_start_before_the_next_inference(shared_server, policies):
+    """Issue 10.6: after a human takeover the RTI warm start (a chunk from before the person moved the arm) must be
+    dropped: the artifact's reset() runs once, after the last takeover step and before the next inference."""
+    events = []
+
+    class Device(ScriptedDevice):
+        def poll(self):
+            cmd = super().poll()
+            events.append("human" if cmd.engaged else "poll")
+            return cmd
+
+    runner = PolicyRunner(policies["slow_x"])
+    art_reset, art_act = runner.artifact.reset, runner.artifact.act
+    runner.artifact.reset = lambda: (events.append("reset"), art_reset())[1]
+    runner.artifact.act = lambda h: (events.append("act"), art_act(h))[1]
+    client = ArmClient(parse_bind(shared_server.addr))
+    try:
+        ctl = Controller(client, runner, takeover=Device())
+        ctl.connect()
+        res = ctl.run_episode(max_steps=15)
+    finally:
+        client.close()
+    assert res.ok and res.interventions == 6 and res.safety.get("takeover_end") == 1
+    first, last_human = events.index("poll"), len(events) - 1 - events[::-1].index("human")
+    assert "reset" not in events[first:last_human]  # the policy keeps its warm start while it drives
+    after = events[last_human + 1:]
+    assert after.index("reset") < after.index("act") and after.count("reset") == 1
+
+
 def test_takeover_flags_interventions_in_the_recording(shared_server, policies, tmp_path):
     from robotstack.data.store import EpisodeStore
     from robotstack.cli.deploy import save_episode
