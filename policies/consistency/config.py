@@ -34,9 +34,7 @@ class ConsistencyConfig:
     rho: float = 7.0
     bins: int = 80
     s_embed_dim: int = 32  # width of the target-time (s) embedding appended to the condition
-    init: str = "sigma_max"  # first sample x = z * start sigma (standard) | "unit": x = z (CP's low-variance start)
-    sample_sigma: float = 0.0  # ctm: noise level of the first sampling step; 0 = sigma_max. Lower (~2) suits the
-    #                            epsilon-read student, whose error grows with sigma (model.py docstring)
+    init: str = "sigma_max"  # first sample x = z * sigma_max (standard) | "unit": x = z (CP's low-variance start)
     gripper_dims: tuple[int, ...] = ()  # executed dims thresholded to {-1, +1} (> 0 -> +1); () = none
 
     def __post_init__(self) -> None:
@@ -46,9 +44,6 @@ class ConsistencyConfig:
             raise ConfigError(f"config consistency.init: {self.init!r} not in {INITS}")
         if not 0 < self.sigma_min < self.sigma_max or self.bins < 2 or self.sigma_data <= 0:
             raise ConfigError("config consistency: need 0 < sigma_min < sigma_max, bins >= 2, sigma_data > 0")
-        if self.sample_sigma and not self.sigma_min < self.sample_sigma <= self.sigma_max:
-            raise ConfigError(f"config consistency.sample_sigma: {self.sample_sigma} not in (sigma_min "
-                              f"{self.sigma_min}, sigma_max {self.sigma_max}] (or 0 = sigma_max)")
         if self.default_steps < 1 or self.s_embed_dim % 2 or self.s_embed_dim < 4:
             raise ConfigError("config consistency: need default_steps >= 1 and an even s_embed_dim >= 4")
 

@@ -29,9 +29,8 @@ method "ctm" (variance-exploding view x_sigma = x0 + sigma z, i.e. x_vp = x_sigm
     amplifies an error in F by sigma (80x at sigma_max), where EDM's c_out caps it at sigma_data; the one-step
     sample from sigma_max = 80 barely improves over the teacher's own one-step x0, while starting at sigma ~ 2
     matches the old EDM student. distill.py's `eps_balance` restores EDM's per-sigma gradient scale.
-     sample:   x = G(z * s_0, s_0, sigma_min) with s_0 = sample_sigma or sigma_max; chained:
-               x <- G(x + sqrt(s_k^2 - smin^2) z_k, s_k, smin) at s_k = karras grid bins round(b_0 + i (N - b_0) / n),
-               i = 1..n-1, b_0 = the (fractional) bin of s_0 (= round(i N / n) from sigma_max) (CP uses bins 27, 54 of 80; its code
+     sample:   x = G(z * sigma_max, sigma_max, sigma_min); chained: x <- G(x + sqrt(s_k^2 - smin^2) z_k, s_k, smin)
+               at s_k = karras grid bins round(i N / n), i = 1..n-1 (CP uses bins 27, 54 of 80; its code
                feeds those numbers as raw sigmas - a quirk we do not copy).
 method "rl100": x0 = (x_t - sqrt(1 - abar_t) F(x_t, t, cond)) / sqrt(abar_t) - the teacher's own x0 formula on an
      epsilon-output; one step at t = the first DDIM timestep; chained: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) z
@@ -148,11 +147,8 @@ class ConsistencyPolicy(nn.Module):
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         if self.method == "ctm":
-            cc = self.config.consistency
-            n, start = cc.bins, cc.sample_sigma or cc.sigma_max
-            b0 = float(edm.sigma_to_bin(torch.tensor(start), n, cc.sigma_min, cc.sigma_max, cc.rho))
-            return [start] + [float(self.sigmas[min(n - 1, round(b0 + i * (n - b0) / steps))])
-                              for i in range(1, steps)]
+            n = self.config.consistency.bins
+            return [float(self.sigmas[min(n - 1, round(i * n / steps))]) for i in range(steps)]
         ts, _ = self.schedule.timesteps("ddim", self.config.base.scheduler.num_inference_steps)
         return [ts[min(len(ts) - 1, round(i * len(ts) / steps))] for i in range(steps)]
 
@@ -167,7 +163,7 @@ class ConsistencyPolicy(nn.Module):
                 sig = torch.full((b,), p, dtype=cond.dtype, device=cond.device)
                 smin = torch.full((b,), cc.sigma_min, dtype=cond.dtype, device=cond.device)
                 if k == 0:
-                    x_t = z * (p if cc.init == "sigma_max" else 1.0)
+                    x_t = z * (cc.sigma_max if cc.init == "sigma_max" else 1.0)
                 else:
                     x_t = x + (p ** 2 - cc.sigma_min ** 2) ** 0.5 * z
                 x = self.ctm_jump(x_t, sig, smin, cond)

@@ -68,29 +68,3 @@ def test_rl100_student_at_init_equals_teacher_x0_prediction():
         t0 = torch.full((b,), student.chain_points(1)[0])
         torch.testing.assert_close(student.sample_normalized(cond, [z]),
                                    _teacher_x0(teacher, z, t0, cond).clamp(-1, 1), rtol=1e-5, atol=1e-5)
-
-
-def test_sample_sigma_sets_where_sampling_starts():
-    import dataclasses
-
-    import pytest
-
-    from policies.consistency.config import ConsistencyConfig
-    from robotstack.core.errors import ConfigError
-
-    student, teacher = tiny_student("ctm", perturb=False)
-    default = student.chain_points(3)
-    assert default[0] == student.config.consistency.sigma_max
-    assert default[1:] == [float(student.sigmas[27]), float(student.sigmas[53])]  # round(i * 80 / 3)
-    student.config.consistency = dataclasses.replace(student.config.consistency, sample_sigma=2.0)
-    pts = student.chain_points(3)
-    assert pts[0] == 2.0 and 2.0 > pts[1] > pts[2] > student.config.consistency.sigma_min
-    cond = student.encode_obs(obs_batch(student.config, 3))
-    z = torch.randn(3, 8, 4, generator=torch.Generator().manual_seed(0))
-    teacher_d = edm.EpsTeacher(teacher.denoiser, teacher.schedule.alphas_cumprod, clip=None)
-    teacher_d.cond = cond
-    with torch.no_grad():
-        torch.testing.assert_close(student.sample_normalized(cond, [z]),
-                                   teacher_d(z * 2.0, torch.full((3,), 2.0)).clamp(-1, 1), rtol=1e-4, atol=1e-4)
-    with pytest.raises(ConfigError, match="sample_sigma"):
-        ConsistencyConfig(sample_sigma=100.0)
