@@ -25,10 +25,6 @@ method "ctm" (variance-exploding view x_sigma = x0 + sigma z, i.e. x_vp = x_sigm
   - G is CTM's Euler jump of the PF-ODE with g as the denoiser, measured from sigma_min (consistency models
     treat x at sigma_min as data): G(x, t, t) = x, and the one-step output G(x, sigma, sigma_min) = g(x, sigma)
     = the teacher's x0 prediction at init.
-  - Cost (measured on the T13 toy, tests/distill/test_t13_multimodal.py): at large sigma x0 = x - sigma F
-    amplifies an error in F by sigma (80x at sigma_max), where EDM's c_out caps it at sigma_data; the one-step
-    sample from sigma_max = 80 barely improves over the teacher's own one-step x0, while starting at sigma ~ 2
-    matches the old EDM student. distill.py's `eps_balance` restores EDM's per-sigma gradient scale.
      sample:   x = G(z * sigma_max, sigma_max, sigma_min); chained: x <- G(x + sqrt(s_k^2 - smin^2) z_k, s_k, smin)
                at s_k = karras grid bins round(i N / n), i = 1..n-1 (CP uses bins 27, 54 of 80; its code
                feeds those numbers as raw sigmas - a quirk we do not copy).
