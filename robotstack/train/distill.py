@@ -83,7 +83,6 @@ class LossConfig:
     ctm_weight: float = 1.0
     dsm_weight: float = 1.0
     dsm_weighting: str = "sqrt_karras"  # sqrt_karras | karras | uniform
-    eps_balance: bool = True  # ctm: x sigma_d / sqrt(sigma_t^2 + sigma_d^2) on both terms (see `eps_balance`)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.target_ema < 1.0:
@@ -202,15 +201,6 @@ def dsm_sigmas(cc: ConsistencyConfig, b: int, gen: torch.Generator) -> torch.Ten
     return torch.where(half, grid, logn).clamp(cc.sigma_min, cc.sigma_max).float()
 
 
-def eps_balance(sigma: torch.Tensor, cc: ConsistencyConfig) -> torch.Tensor:
-    """(B,) -> (B,) sigma_d / sqrt(sigma^2 + sigma_d^2) = EDM's c_out(sigma) / sigma.
-
-    The student reads its network as the teacher's epsilon (x0 = x - sigma F), so d(loss)/dF grows with sigma
-    (x80 at sigma_max), where EDM's c_out caps it at sigma_d; without this factor the large-sigma jumps dominate
-    every batch. With it, the per-sigma gradient scale on F is EDM's again (and DSM's weight becomes ~1/sigma)."""
-    return cc.sigma_data / (sigma ** 2 + cc.sigma_data ** 2).sqrt()
-
-
 def dsm_weight(sigma: torch.Tensor, cc: ConsistencyConfig, weighting: str) -> torch.Tensor:
     lam = edm.karras_weight(sigma, cc.sigma_data)
     return {"karras": lam, "sqrt_karras": lam.sqrt(), "uniform": torch.ones_like(lam)}[weighting]
@@ -233,14 +223,12 @@ def ctm_loss(student: ConsistencyPolicy, target: ConsistencyPolicy, teacher_d: e
         x_u = edm.heun_step(teacher_d, x_t, s_t, s_u)
         tgt = target.ctm_jump(target.ctm_jump(x_u, s_u, s_s, cond), s_s, s_min, cond)
     pred = target.ctm_jump(student.ctm_jump(x_t, s_t, s_s, cond), s_s, s_min, cond)  # grads via the inner jump
-    bal = eps_balance(s_t, cc) if cfg.loss.eps_balance else torch.ones_like(s_t)
-    l_ctm = (bal * edm.pseudo_huber(pred, tgt)).mean()
+    l_ctm = edm.pseudo_huber(pred, tgt).mean()
 
     sigma = dsm_sigmas(cc, b, gen)
     x_s = x0 + sigma.reshape(-1, 1, 1) * torch.randn(x0.shape, generator=gen)
     den = student.ctm_jump(x_s, sigma, s_min, cond)
-    bal = eps_balance(sigma, cc) if cfg.loss.eps_balance else torch.ones_like(sigma)
-    l_dsm = (bal * dsm_weight(sigma, cc, cfg.loss.dsm_weighting) * edm.pseudo_huber(den, x0)).mean()
+    l_dsm = (dsm_weight(sigma, cc, cfg.loss.dsm_weighting) * edm.pseudo_huber(den, x0)).mean()
     loss = cfg.loss.ctm_weight * l_ctm + cfg.loss.dsm_weight * l_dsm
     return loss, {"loss": float(loss.detach()), "loss_ctm": float(l_ctm.detach()), "loss_dsm": float(l_dsm.detach())}
 
