@@ -7,31 +7,14 @@ Modules and state-dict names mirror DiffusionPolicy (`normalizer`, `obs_encoder`
 student is warm-started by copying the teacher's tensors (`warm_start_from`). Everything is in normalized
 action space until `_unnormalize`.
 
-Parameterization (issue 10 item 5): the student's network F is read exactly as the teacher reads its
-epsilon-network, so that AT INITIALIZATION (F = the teacher's weights, ctm's new s-columns zero) the student's
-one-step output IS the teacher's x0 prediction. An earlier version fed F through EDM's c_skip/c_out/c_in with a
-time input c_noise = 250 ln(sigma) (values -980..1100, far outside the teacher's trained steps 0..99), so the
-warm-started student was an unrelated function at step 0 and distillation had to relearn the denoiser.
-
-method "ctm" (variance-exploding view x_sigma = x0 + sigma z, i.e. x_vp = x_sigma / sqrt(1 + sigma^2)):
-     t(sigma)   = the teacher's training step whose sigma_t = sqrt((1 - abar_t) / abar_t) is nearest in log space
-     g(x, sigma, s) = x - sigma * ramp(sigma) * F(x / sqrt(1 + sigma^2), t(sigma), [cond | emb(c_noise(s))])
-     ramp(sigma) = clamp((sigma - sigma_min) / (sigma_b - sigma_min), 0, 1), sigma_b = the smallest teacher
-                   sigma_t above sigma_min (0.025 = t 0 for the cosine-100 schedule and sigma_min 0.02)
-     G(x, t, s) = r x + (1 - r) g(x, t, s),  r = (s - sigma_min) / (t - sigma_min)  (r = 1 when s = t)
-  - g is exactly `edm.EpsTeacher` (unclipped) for sigma >= sigma_b, i.e. x0_hat = (x_vp - sqrt(1 - abar) eps)
-    / sqrt(abar) at the teacher's own step, and the identity at sigma_min (ramp 0): the consistency boundary
-    condition f(x, sigma_min) = x holds exactly for any weights.
-  - G is CTM's Euler jump of the PF-ODE with g as the denoiser, measured from sigma_min (consistency models
-    treat x at sigma_min as data): G(x, t, t) = x, and the one-step output G(x, sigma, sigma_min) = g(x, sigma)
-    = the teacher's x0 prediction at init.
+method "ctm":  g = c_skip(t) x + c_out(t) F(c_in(t) x, round(c_noise(t)), [cond | emb(c_noise(s))])
+               G(x, t, s) = (s/t) x + (1 - s/t) g            -> G(x, t, t) = x and G(x, sigma_min, s) = x
      sample:   x = G(z * sigma_max, sigma_max, sigma_min); chained: x <- G(x + sqrt(s_k^2 - smin^2) z_k, s_k, smin)
                at s_k = karras grid bins round(i N / n), i = 1..n-1 (CP uses bins 27, 54 of 80; its code
                feeds those numbers as raw sigmas - a quirk we do not copy).
-method "rl100": x0 = (x_t - sqrt(1 - abar_t) F(x_t, t, cond)) / sqrt(abar_t) - the teacher's own x0 formula on an
-     epsilon-output; one step at t = the first DDIM timestep; chained: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) z
-     at DDIM grid points round(i K / n). (No boundary condition: rl100 jumps only between DDIM grid points.)
-Outputs are clamped to [-1, 1] (the normalized action range) at every sampling step, as the teacher's clip_sample.
+method "rl100": x0 = F(x_t, t, cond) (prediction_type "sample"); one step at t = first DDIM timestep;
+     chained:  x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) z at DDIM grid points round(i K / n).
+Outputs are clamped to [-1, 1] (the normalized action range) at every sampling step.
 """
 
 from __future__ import annotations
@@ -66,7 +49,6 @@ class ConsistencyPolicy(nn.Module):
         self.register_buffer("sigmas", edm.karras_sigmas(cc.bins, cc.sigma_min, cc.sigma_max, cc.rho).float(),
                              persistent=False)
         self._schedule: NoiseSchedule | None = None
-        self._teacher_sigmas: tuple[torch.Tensor, float] | None = None
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -100,43 +82,21 @@ class ConsistencyPolicy(nn.Module):
         return self.obs_encoder(normed, deterministic=True).cond
 
     # ------------------------------------------------------------------ the jumps
-    def teacher_sigmas(self) -> tuple[torch.Tensor, float]:
-        """(log sigma_t (N,) of the teacher's training steps, sigma_b) - see the module docstring."""
-        if self._teacher_sigmas is None:
-            ac = self.schedule.alphas_cumprod.to(torch.float64)
-            sig = ((1 - ac) / ac).sqrt()
-            smin = self.config.consistency.sigma_min
-            above = sig[sig > smin]
-            if not len(above):
-                raise ValueError(f"consistency.sigma_min {smin} is above every teacher noise level "
-                                 f"(max sigma_t {float(sig.max()):.3g}); expected a smaller sigma_min")
-            self._teacher_sigmas = (sig.log().float(), float(above.min()))
-        return self._teacher_sigmas
-
-    def eps_denoise(self, x: torch.Tensor, sigma: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
-        """g(x, sigma): x (B, T, Da) VE sample, sigma (B,), ctx (B, Dc[+Ds]) -> x0 estimate (B, T, Da)."""
-        cc = self.config.consistency
-        log_sig, sigma_b = self.teacher_sigmas()
-        t = edm.nearest_timestep(sigma, log_sig.to(sigma.device))
-        s = sigma.reshape(-1, 1, 1)
-        eps = self.denoiser(x / (1.0 + s ** 2).sqrt(), t, ctx)
-        ramp = ((s - cc.sigma_min) / (sigma_b - cc.sigma_min)).clamp(0.0, 1.0)
-        return x - s * ramp * eps
-
     def ctm_jump(self, x: torch.Tensor, sigma_t: torch.Tensor, sigma_s: torch.Tensor,
                  cond: torch.Tensor) -> torch.Tensor:
         """G(x_t, t, s): x (B, T, Da), sigma_t / sigma_s (B,) -> (B, T, Da)."""
-        smin = self.config.consistency.sigma_min
+        cc = self.config.consistency
         st, ss = sigma_t.reshape(-1, 1, 1), sigma_s.reshape(-1, 1, 1)
+        t_in = edm.c_noise(sigma_t).round()
         ctx = torch.cat([cond, self.s_emb(edm.c_noise(sigma_s))], dim=-1)
-        g = self.eps_denoise(x, sigma_t, ctx)
-        r = torch.where(st > ss, (ss - smin) / (st - smin).clamp(min=1e-12), torch.ones_like(st))
+        f = self.denoiser(edm.c_in(st, cc.sigma_data) * x, t_in, ctx)
+        g = edm.c_skip(st, cc.sigma_min, cc.sigma_data) * x + edm.c_out(st, cc.sigma_min, cc.sigma_data) * f
+        r = ss / st
         return r * x + (1.0 - r) * g
 
     def rl100_jump(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """x0 = (x_t - sqrt(1 - abar_t) F(x_t, t, cond)) / sqrt(abar_t): x (B, T, Da), t (B,) long -> (B, T, Da)."""
-        a = self.schedule.abar(t)
-        return (x - (1.0 - a).sqrt() * self.denoiser(x, t, cond)) / a.sqrt()
+        """x0 = F(x_t, t, cond): x (B, T, Da), t (B,) long -> (B, T, Da)."""
+        return self.denoiser(x, t, cond)
 
     def chain_points(self, steps: int) -> list[float] | list[int]:
         """ctm: sigmas [sigma_max, s_1, ..]; rl100: DDIM timesteps [t_0, t_1, ..] (one per step)."""

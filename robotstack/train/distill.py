@@ -11,9 +11,7 @@ Methods (rti_consistency.md §2, rl100.md §6):
   chain x_K = z .. x_0 (no grad); the student predicts x_0 from (x_k, t_k) in one call, MSE on the chunk.
   k = 0 (RL-100's exact objective: from the pure noise) half of the time, else a uniform grid point, so the
   chained (3-step) student is also trained at the re-noised points. RL-100 takes the MSE over the executed
-  slice; we use the whole chunk (a superset; it keeps chaining and RTI-style reuse meaningful). The student
-  outputs epsilon read through the teacher's x0 formula (policies/consistency/model.py), so the MSE is weighted
-  by min(1, SNR_t) (`rl100_weight`), which keeps the gradient bounded at the pure-noise step.
+  slice; we use the whole chunk (a superset; it keeps chaining and RTI-style reuse meaningful).
 - "ctm" (Consistency Policy, CTM-local): the teacher is the DDPM epsilon-model read as an EDM denoiser
   (`edm.EpsTeacher`); t ~ U{0..N-2}, u = t+1 (adjacent bins), s ~ U{u..N-1};
       x_t = x0 + sigma_t z;  x_u = Heun(teacher, x_t, sigma_t -> sigma_u)                    (no grad)
@@ -25,9 +23,7 @@ Methods (rti_consistency.md §2, rl100.md §6):
   d is ~ an L2 norm (not squared), so the matching weight is sqrt(lambda) (`dsm_weighting: sqrt_karras`).
   CP's student dropout (0.2) is not used: the MLP denoiser has no dropout layer.
 Both: the student is warm-started from the teacher (encoder and normalizer copied and frozen; ctm's new
-s-embedding columns zero-initialized); only the student's denoiser trains. Both parameterizations read the
-network as the teacher reads its epsilon-model, so the student at step 0 equals the teacher's x0 prediction
-(tests/distill/test_student_init.py) and distillation starts from the teacher, not from an unrelated function.
+s-embedding columns zero-initialized); only the student's denoiser trains.
 
 Run dir (the same layout as `train il`; robotstack/train/common.py):
     RUN_DIR/config.json                     resolved DistillConfig (what `--resume` restarts from)
@@ -177,18 +173,8 @@ def rl100_same_noise_loss(student: ConsistencyPolicy, teacher: DiffusionPolicy, 
     x_in = torch.stack(chain[:-1], 1)[torch.arange(b), k]  # (B, T, Da)
     t_in = torch.tensor(ts)[k]
     pred = student.rl100_jump(x_in, t_in, cond)
-    loss = torch.mean(rl100_weight(student, t_in) * (pred - target) ** 2)
+    loss = torch.mean((pred - target) ** 2)
     return loss, {"loss": float(loss.detach()), "loss_cd": float(loss.detach())}
-
-
-def rl100_weight(student: ConsistencyPolicy, t: torch.Tensor) -> torch.Tensor:
-    """(B,) steps -> (B, 1, 1) min(1, SNR_t), SNR = abar / (1 - abar) (min-SNR weighting, gamma = 1).
-
-    The student reads x0 through the teacher's formula x0 = (x_t - sqrt(1-abar) F) / sqrt(abar), so an error in F
-    costs 1 / SNR in x0 (4e6 at t = 99 of the cosine schedule): x0-MSE weighted by SNR there is the plain
-    epsilon-MSE, bounded, while at clean steps (SNR > 1) the loss stays RL-100's x0-MSE."""
-    a = student.schedule.abar(t)
-    return (a / (1.0 - a)).clamp(max=1.0)
 
 
 def dsm_sigmas(cc: ConsistencyConfig, b: int, gen: torch.Generator) -> torch.Tensor:

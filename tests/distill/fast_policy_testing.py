@@ -17,7 +17,7 @@ def tiny_teacher(seed: int = 0):
     return policy.eval()
 
 
-def tiny_student(method: str = "ctm", seed: int = 0, perturb: bool = True):
+def tiny_student(method: str = "ctm", seed: int = 0):
     from policies.consistency.config import ConsistencyConfig, ConsistencyPolicyConfig
     from policies.consistency.model import ConsistencyPolicy, warm_start_from
 
@@ -26,8 +26,6 @@ def tiny_student(method: str = "ctm", seed: int = 0, perturb: bool = True):
     student = ConsistencyPolicy(ConsistencyPolicyConfig(base=teacher.config,
                                                         consistency=ConsistencyConfig(method=method)))
     warm_start_from(student, teacher)
-    if not perturb:  # the student exactly as distillation starts it
-        return student.eval(), teacher
     # perturb so the zero-initialized s-columns and copied weights are not a special case
     with torch.no_grad():
         for p in student.denoiser.parameters():
