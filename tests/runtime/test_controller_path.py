@@ -4,7 +4,6 @@ the step gives; the scheduler's peek agrees with its pop; the controller reacts 
 from __future__ import annotations
 
 import numpy as np
-from conftest import ServerProc  # noqa: F401  (fixtures)
 
 from hardware.protocol import parse_bind
 from robotstack.core import kinematics as kin
