@@ -218,8 +218,11 @@ class ArmServer:
                 del self.clocks[next(iter(self.clocks))]
         if self._future(got, clock):
             return
-        clock.update(h.send_time_ns, got.recv_time_ns)
-        cm = clock.to_server
+        if got.local:  # one CLOCK_MONOTONIC on the same host (docs/protocol.md §5): an old frame stays old
+            cm = int
+        else:
+            clock.update(h.send_time_ns, got.recv_time_ns)
+            cm = clock.to_server
         grip = None if t.gripper is None else float(t.gripper[0])
         common = dict(seq=h.seq, sent_ns=cm(h.send_time_ns), expires_ns=cm(t.expires_ns), gripper=grip,
                       target_time_ns=cm(t.target_time_ns), source=key)

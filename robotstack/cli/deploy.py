@@ -68,8 +68,9 @@ def run_controller(controller: Controller, *, episodes: int, duration_s: float |
         results.append(res)
         idx = None
         if store is not None and not (controller.human_only and res.stop_reason == "device_discard"):
-            idx = save_episode(store, res, task=task, seed=seed0 + ep, control_hz=controller.spec.control_hz,
-                               policy_id=controller._policy_id())
+            with controller.keep_alive():  # the arm server's watchdog keeps seeing us while the store commits
+                idx = save_episode(store, res, task=task, seed=seed0 + ep, control_hz=controller.spec.control_hz,
+                                   policy_id=controller._policy_id())
         print_fn(f"\nepisode {ep + 1}/{episodes}: {res.steps} steps in {res.seconds:.1f} s, ended by "
                  f"{res.stop_reason}, success {res.success}, interventions {res.interventions}"
                  + (f", saved as episode {idx}" if idx is not None else ""))

@@ -27,6 +27,7 @@ output), targets, intervention flags and the measured timestamps of runtime/tele
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -141,6 +142,28 @@ class Controller:
             self._pending = new_policy
 
     # --- one episode ------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def keep_alive(self):
+        """Heartbeats while the caller does slow work between episodes (e.g. saving the episode to the store: a
+        zarr commit can take longer than the server's heartbeat timeout on a busy machine), so the server's
+        watchdog does not STOP the arm between episodes. The client is used only by this thread meanwhile."""
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(self.cfg.heartbeat_every_s):
+                try:
+                    self.client.heartbeat(timeout_s=0.2)
+                except ArmUnavailable:
+                    return  # the next episode's reset reports the lost arm
+
+        thread = threading.Thread(target=beat, name="keep-alive", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+
     def run_episode(self, *, duration_s: float | None = None, max_steps: int | None = None, reset: bool = True,
                     seed: int | None = None) -> EpisodeResult:
         c, cfg, spec = self.client, self.cfg, self.spec

@@ -190,6 +190,28 @@ def test_future_dated_target_is_rejected_and_locks_nobody_out(srv):
         ctx.term()
 
 
+def test_old_target_from_a_same_host_client_is_stale_not_executed(srv):
+    """A loopback client shares the server's clock: a target whose times are all 2.5 s old has expired and must be
+    dropped as stale (the per-connection offset estimate used to read it as clock skew and execute it)."""
+    ctx = zmq.Context()
+    c = client(srv)
+    a = raw(srv, ctx, zmq.PUSH, 1)
+    try:
+        q = ready_to_servo(c)
+        n0 = status(c).rejects.get("stale", 0)
+        time.sleep(0.2)
+        a.send(target_frame(q, 11, time.monotonic_ns() - 2500 * MS))  # expires_ns = send + 2 s: 0.5 s ago
+        deadline = time.monotonic() + 1.0
+        while status(c).rejects.get("stale", 0) == n0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert status(c).rejects.get("stale", 0) == n0 + 1
+        assert status(c).last_target_seq != 11
+    finally:
+        c.close()
+        a.close()
+        ctx.term()
+
+
 def test_sequence_numbers_are_per_connection(srv):
     """Issue 9 #5: without CURVE every client counted as one sender, so a restarted client at seq 0 (or anyone
     after a seq 2**64-1) was rejected out_of_order until a reset."""
