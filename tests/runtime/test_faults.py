@@ -288,3 +288,17 @@ def test_takeover_flags_interventions_in_the_recording(shared_server, policies, 
     assert np.all(np.diff(ep[K.CAPTURE_TIME]) > 0)
     store.close()
     client.close()
+
+
+def test_keep_alive_between_episodes_holds_off_the_heartbeat_watchdog(shared_server, policies):
+    """deploy saves each episode while `keep_alive` heartbeats: a save slower than the server's heartbeat timeout
+    (0.5 s) must not STOP the arm between episodes (it did in the demo on a loaded machine)."""
+    ctl = controller_for(shared_server, policies["slow_x"])
+    try:
+        ctl.run_episode(max_steps=3)
+        with ctl.keep_alive():
+            time.sleep(1.2)  # a slow store commit
+        status = ctl.client.heartbeat()
+        assert status.mode != "stop" and "heartbeat_lost" not in status.faults, status
+    finally:
+        ctl.client.close()
