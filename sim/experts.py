@@ -24,7 +24,8 @@ import numpy as np
 from robotstack.core import keys
 from sim import panda_scene as ps
 from sim.base_env import YAW_LIMIT, PandaEnv
-from sim.tasks.common import CUBE_HALF, quat_yaw, wrap_angle
+from robotstack.core.rotations import quat_yaw, wrap_angle
+from sim.tasks.common import CUBE_HALF
 
 Z_SAFE = 0.08  # TCP height for travel over objects (fingertips ~7 cm above the table)
 

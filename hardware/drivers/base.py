@@ -24,7 +24,6 @@ from robotstack.core.config import from_dict as read_config, to_dict
 from robotstack.core.ee_action import GRIPPER_CLOSED, GRIPPER_OPEN
 from robotstack.core.errors import ConfigError, DeviceUnavailableError, RobotstackError
 # re-exported: the vendor drivers convert their SDK's orientation with these
-from robotstack.core.rotations import quat_wxyz_to_xyzw, quat_xyzw_to_wxyz, rotvec_to_quat, rpy_to_quat  # noqa: F401
 
 
 # Franka Panda datasheet velocity / acceleration limits (shared by the pybullet, MuJoCo-twin and franka drivers)

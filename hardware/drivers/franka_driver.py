@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from hardware.drivers.base import (PANDA_GRIPPER_RANGE, ArmState, AsyncGripper, DriverError, SentCommand,
-                                   check_connected, import_sdk, now_ns, panda_info, quat_xyzw_to_wxyz, read_only_reset,
-                                   send_command)
+                                   check_connected, import_sdk, now_ns, panda_info, read_only_reset, send_command)
+from robotstack.core.rotations import quat_xyzw_to_wxyz
 
 # Franka datasheet joint range (rad)
 FRANKA_Q_MIN = np.array([-2.8973, -1.7628, -2.8973, -3.0718, -2.8973, -0.0175, -2.8973])

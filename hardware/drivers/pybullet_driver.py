@@ -22,8 +22,8 @@ import pybullet as pb
 import pybullet_data
 
 from hardware.drivers.base import (PANDA_JOINTS, ArmState, DriverError, ObjectSpec, SentCommand, as_joint_vector,
-                                   check_connected, now_ns, panda_info, parse_objects, pose_of, quat_wxyz_to_xyzw,
-                                   quat_xyzw_to_wxyz, send_command)
+                                   check_connected, now_ns, panda_info, parse_objects, pose_of, send_command)
+from robotstack.core.rotations import quat_wxyz_to_xyzw, quat_xyzw_to_wxyz
 from robotstack.core import kinematics as kin
 from robotstack.core.ee_action import GRIPPER_OPEN, per_finger_opening
 

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from hardware.drivers.base import (ArmInfo, ArmState, DriverError, SentCommand, check_connected, import_sdk, now_ns,
-                                   read_only_reset, rotvec_to_quat, send_command)
+                                   read_only_reset, send_command)
+from robotstack.core.rotations import rotvec_to_quat
 
 UR_JOINTS = ("shoulder_pan", "shoulder_lift", "elbow", "wrist_1", "wrist_2", "wrist_3")
 # UR e-Series datasheet: every joint +-360 deg; speeds 180 deg/s (UR3e/UR5e; UR10e/UR16e base and shoulder 120).

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from hardware.drivers.base import (ArmInfo, ArmState, AsyncGripper, DriverError, SentCommand, check_connected,
-                                   import_sdk, now_ns, read_only_reset, rpy_to_quat, send_command)
+                                   import_sdk, now_ns, read_only_reset, send_command)
+from robotstack.core.rotations import rpy_to_quat
 
 DEG = np.pi / 180
 # xArm datasheet joint ranges (deg) and 180 deg/s joint speed

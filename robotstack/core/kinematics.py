@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from robotstack.core.rotations import mat_to_quat, mat_yaw, rot_x, rot_z
+from robotstack.core.rotations import mat_yaw, rot_x, rot_z
 
 # --- model constants ---------------------------------------------------------------------------------
 # modified DH rows (a_{i-1}, d_i, alpha_{i-1}) for joints 1..7, then the fixed flange row
@@ -117,10 +117,6 @@ def jacobian(q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     J[2] = a[0] * r[1] - a[1] * r[0]
     J[3:] = a
     return J, tcp, R
-
-
-# kept names: the hardware layer and tests call kin.rot_to_quat / kin.tcp_yaw; the math lives in core.rotations
-rot_to_quat = mat_to_quat
 
 
 def down_rotation(yaw: float) -> np.ndarray:

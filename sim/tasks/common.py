@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from robotstack.core.rotations import quat_yaw, wrap_angle  # noqa: F401  (re-exported for the tasks and experts)
 
 CUBE_HALF = 0.02  # 4 cm cubes
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from sim import panda_scene as ps
-from sim.tasks.common import wrap_angle
+from robotstack.core.rotations import wrap_angle
 
 TOL_POS = 0.02  # m
 TOL_YAW = np.deg2rad(10.0)

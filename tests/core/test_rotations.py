@@ -51,17 +51,17 @@ def test_random_round_trips_and_yaw_agree():
         assert rot.mat_yaw(rot.rot_z(y)) == pytest.approx(y, abs=1e-12)
 
 
-def test_former_copies_are_the_core_functions():
-    """The five former homes of these helpers now import them (no second implementation to drift)."""
-    from hardware import servo
-    from hardware.drivers import base
-    from robotstack.core import kinematics as kin
-    from sim import panda_scene
-    from sim.tasks import common
+def test_former_homes_define_no_rotation_helpers():
+    """The five former homes of these helpers define none of them (one implementation, nothing to drift)."""
+    import ast
+    from pathlib import Path
 
-    assert kin.rot_to_quat is rot.mat_to_quat
-    assert servo.quat_to_mat is rot.quat_to_mat
-    for name in ("quat_xyzw_to_wxyz", "quat_wxyz_to_xyzw", "rotvec_to_quat", "rpy_to_quat"):
-        assert getattr(base, name) is getattr(rot, name)
-    assert common.quat_yaw is rot.quat_yaw and common.wrap_angle is rot.wrap_angle
-    assert panda_scene.rot is rot
+    root = Path(__file__).resolve().parents[2]
+    helpers = {n for n in dir(rot) if not n.startswith("_") and callable(getattr(rot, n))} | {"rot_to_quat"}
+    for rel in ("robotstack/core/kinematics.py", "hardware/servo.py", "hardware/drivers/base.py",
+                "sim/tasks/common.py", "sim/panda_scene.py"):
+        tree = ast.parse((root / rel).read_text())
+        defined = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+        defined |= {t.id for n in ast.walk(tree) if isinstance(n, ast.Assign) for t in n.targets
+                    if isinstance(t, ast.Name)}
+        assert not defined & helpers, f"{rel} redefines {sorted(defined & helpers)}"

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from hardware.drivers import ArmDriver, DriverError, make_driver
-from hardware.drivers.base import rotvec_to_quat, rpy_to_quat
+from robotstack.core.rotations import mat_to_quat, rotvec_to_quat, rpy_to_quat
 from hardware.servo import ServoConfig, ServoCore, ServoLoop, ServoTarget
 from robotstack.core import keys
 from robotstack.core import kinematics as kin
@@ -86,7 +86,7 @@ def test_pybullet_reaches_ik_cartesian_target(pb_driver):
     state = pb_driver.read_state()
     assert np.linalg.norm(state.eef_pos - goal) < 0.005
     R = kin.down_rotation(0.3)
-    q_meas = kin.rot_to_quat(R)
+    q_meas = mat_to_quat(R)
     assert abs(abs(float(np.dot(q_meas, state.eef_quat))) - 1) < 1e-3  # pointing down, yaw 0.3
 
 

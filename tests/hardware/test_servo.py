@@ -16,6 +16,7 @@ from hardware.drivers.base import ArmState, SentCommand, panda_info
 from hardware.servo import PANDA_WORKSPACE, ServoConfig, ServoCore, ServoLoop, ServoTarget
 from robotstack.core import kinematics as kin
 from robotstack.core.errors import ConfigError
+from robotstack.core.rotations import mat_to_quat
 
 SEC = 1_000_000_000
 MS = 1_000_000
@@ -224,7 +225,7 @@ def test_invalid_targets():
     tilted = [np.cos(0.4), np.sin(0.4), 0.0, 0.0]  # 0.8 rad off pointing-down
     v = core.submit(ServoTarget.cartesian([0.5, 0, 0.2], quat=tilted, seq=3, sent_ns=0, expires_ns=SEC), 0)
     assert v.reason == "orientation"
-    down = kin.rot_to_quat(kin.down_rotation(0.4))
+    down = mat_to_quat(kin.down_rotation(0.4))
     v = core.submit(ServoTarget.cartesian([0.5, 0, 0.2], quat=down, seq=4, sent_ns=0, expires_ns=SEC), 0)
     assert v.accepted
     _, big = make(workspace=((-2, -2, -2), (2, 2, 2)))
