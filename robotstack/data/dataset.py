@@ -25,7 +25,7 @@ class WindowDataset(torch.utils.data.Dataset):
         self.sampler = sampler
 
     @classmethod
-    def from_store(cls, path: str | os.PathLike, horizon: int, n_obs_steps: int, n_action_steps: int,
+    def from_store(cls, path: str | os.PathLike, horizon: int, n_obs_steps: int,
                    obs_keys: Sequence[str], action_keys: Sequence[str] = (K.ACTION,), val_ratio: float = 0.0,
                    split_seed: int = 0, split: str = "train") -> WindowDataset:
         """Load `obs_keys + action_keys` of a store into RAM and window them (`policy_padding`: every frame is

@@ -114,8 +114,7 @@ class DistillConfig:
 
 
 # ============================================================================================= data
-def load_windows(paths: list[str], obs_keys: list[str], to: int, horizon: int, ta: int
-                 ) -> SequenceSampler:
+def load_windows(paths: list[str], obs_keys: list[str], to: int, horizon: int) -> SequenceSampler:
     """Windows of the teacher's training data (obs keys (To, D), action (T, Da)), as in `train il`."""
     keys = [*obs_keys, K.ACTION]
     try:
@@ -253,7 +252,7 @@ def distill(cfg: DistillConfig, run_dir: str | Path, resume: bool = False, show_
     if not paths:
         raise ConfigError(f"config data.paths: {cfg.teacher}/config.json has no extra.data_paths; pass --data")
     tc = teacher.config
-    windows = load_windows(paths, obs_keys, tc.n_obs_steps, tc.horizon, tc.n_action_steps)
+    windows = load_windows(paths, obs_keys, tc.n_obs_steps, tc.horizon)
     student = build_student(cfg, teacher)
     mu = cfg.loss.target_ema
     target = copy.deepcopy(student).requires_grad_(False)

@@ -111,9 +111,9 @@ def test_training_consumers_cover_every_frame(tmp_path):
         st.append_episode({"robot_eef_pos": np.full((t, 3), i, np.float32),
                            "action": np.arange(t * 2, dtype=np.float32).reshape(t, 2)},
                           EpisodeMeta("scripted", "reach", i, True))
-    ds = WindowDataset.from_store(path, horizon=8, n_obs_steps=2, n_action_steps=4, obs_keys=["robot_eef_pos"])
+    ds = WindowDataset.from_store(path, horizon=8, n_obs_steps=2, obs_keys=["robot_eef_pos"])
     assert sorted(current_frames(ds.sampler, 2)) == list(range(26))
-    w = load_windows([str(path)], ["robot_eef_pos"], to=2, horizon=8, ta=4)
+    w = load_windows([str(path)], ["robot_eef_pos"], to=2, horizon=8)
     assert sorted(current_frames(w, 2)) == list(range(26))
 
 
@@ -153,7 +153,7 @@ def test_window_dataset_from_store(tmp_path):
                            "image_front": np.full((t, 4, 4, 3), i, np.uint8),
                            "action": np.arange(t * 2, dtype=np.float32).reshape(t, 2)},
                           EpisodeMeta("scripted", "reach", i, True))
-    kw = dict(horizon=8, n_obs_steps=2, n_action_steps=4, obs_keys=["robot_eef_pos", "image_front"],
+    kw = dict(horizon=8, n_obs_steps=2, obs_keys=["robot_eef_pos", "image_front"],
               val_ratio=0.34, split_seed=0)
     train = WindowDataset.from_store(path, **kw)
     val = WindowDataset.from_store(path, split="val", **kw)
