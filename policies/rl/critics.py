@@ -146,3 +146,51 @@ def clipped_value_loss(v_new: torch.Tensor, v_old: torch.Tensor, v_target: torch
         v_clip = v_old + (v_new - v_old).clamp(-clip_eps, clip_eps)
         loss = torch.maximum(loss, (v_clip - v_target) ** 2)
     return 0.5 * loss.mean()
+
+
+# ------------------------------------------------------------------------------------------ on disk
+# DIR/critics.json       {"feat_dim", "action_size", "hidden", "layer_norm", "gamma", "n_c", "expectile"}
+# DIR/q.safetensors      DoubleQ state dict;   DIR/v.safetensors   ValueNet state dict
+# Written by `train offline-rl` (RUN_DIR/critics/); `train online-rl` warm-starts its V from it (rl100.md §5).
+CRITICS_META = "critics.json"
+
+
+def save_iql_critics(path, q: DoubleQ, v: ValueNet, meta: dict) -> None:
+    """Both critics + the shape/discount facts needed to rebuild them (meta must hold feat_dim, action_size,
+    hidden, layer_norm; gamma, n_c, expectile are recorded for the reader)."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    need = {"feat_dim", "action_size", "hidden", "layer_norm"}
+    if need - set(meta):
+        raise ValueError(f"save_iql_critics: meta lacks {sorted(need - set(meta))}")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({k: t.detach().contiguous().clone() for k, t in q.state_dict().items()}, str(path / "q.safetensors"))
+    save_file({k: t.detach().contiguous().clone() for k, t in v.state_dict().items()}, str(path / "v.safetensors"))
+    (path / CRITICS_META).write_text(json.dumps(meta, indent=2))
+
+
+def load_iql_critics(path) -> tuple[DoubleQ, ValueNet, dict]:
+    """-> (DoubleQ, ValueNet, meta) from a save_iql_critics dir; a missing file or a shape mismatch fails naming it."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta_file = path / CRITICS_META
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"{meta_file}: not an IQL critics dir (written by `robotstack train offline-rl`)")
+    meta = json.loads(meta_file.read_text())
+    hidden, ln = tuple(meta["hidden"]), bool(meta["layer_norm"])
+    q = DoubleQ(int(meta["feat_dim"]), int(meta["action_size"]), hidden, ln)
+    v = ValueNet(int(meta["feat_dim"]), hidden, ln)
+    for name, net in (("q.safetensors", q), ("v.safetensors", v)):
+        try:
+            net.load_state_dict(load_file(str(path / name)), strict=True)
+        except (RuntimeError, FileNotFoundError) as e:
+            raise ValueError(f"{path / name}: does not match {meta_file} ({e})") from e
+    return q, v, meta
