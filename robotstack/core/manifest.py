@@ -28,6 +28,17 @@ Sections (every one required unless marked optional; the reader names the first 
     normalization    informational (the stats are baked into the graph)
     opset, parity, latency, source, exporter, torch_version, export_s
     consistency | ddim | rti | state   optional, per sampler
+    critic           optional (version 3): a best-of-N scorer graph, see below
+
+Critic section (format version 3; a version-2 manifest has none, so older artifacts load unchanged and an older
+runtime refuses a critic artifact by its version instead of ignoring the critic):
+    critic = {file, sha256, inputs, outputs, n, h_a, aggregate, obs_keys[, parity, latency, source]}
+    graph:   inputs  one per critic obs key (1, To, *shape) env units (a subset of obs.keys, same spec)
+                     "actions" (1, "N", h_a, Da) env units: the first h_a *executed* actions of each candidate
+             outputs "scores" (1, "N"), higher = better (the scorer's `aggregate` over its ensemble)
+    n        the default best-of-N (candidates per decision; the runtime may be given another N >= 1)
+    With a critic, the policy graph has a dynamic batch axis "B" (first dim of every input and output) so the
+    runtime samples N candidates in one call; the sampler must draw independent candidates (cm1, cm3, ddim).
 """
 
 from __future__ import annotations
@@ -42,6 +53,8 @@ from robotstack.core.jsondoc import check_format, read_object
 from robotstack.core.success import check_criterion
 
 FORMAT, VERSION = "robotstack.artifact", 2  # v2: task, robot and ee_action are required (v1 had sim fallbacks)
+CRITIC_VERSION = 3  # v3 = v2 + a critic section; the writer uses it only when the artifact carries a critic
+READABLE = (VERSION, CRITIC_VERSION)
 MANIFEST = "manifest.json"
 SAMPLERS = ("cm1", "cm3", "ddim", "rti")
 NUMBER = (int, float)
@@ -60,6 +73,20 @@ NESTED: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
              "success": ((list, type(None)), "a success criterion (robotstack.core.success) or null")},
 }
 GRAPH_FIELDS = ("file", "sha256", "inputs", "outputs")
+BATCH_AXIS, CANDIDATE_AXIS = "B", "N"  # symbolic dims of a best-of-N artifact's policy and critic graphs
+CRITIC_AGGREGATES = ("min", "mean")
+# critic field -> (accepted types, what is expected); "parity", "latency", "source" are informational
+CRITIC_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "file": ((str,), "the scorer graph's file name, e.g. 'critic.onnx'"),
+    "sha256": ((str,), "the graph file's sha256"),
+    "inputs": ((list,), "[{name, shape, dtype}]: the critic obs keys, then 'actions'"),
+    "outputs": ((list,), "[{name: 'scores', shape: [1, 'N'], dtype}]"),
+    "n": ((int,), "the default best-of-N, >= 1"),
+    "h_a": ((int,), "scored executed actions per candidate, 1 <= h_a <= action.Ta"),
+    "aggregate": ((str,), f"the ensemble aggregate, one of {CRITIC_AGGREGATES}"),
+    "obs_keys": ((list,), "the observation keys the critic reads (a subset of obs.keys)"),
+}
+CRITIC_INFO = ("parity", "latency", "source")
 
 
 @dataclass
@@ -87,6 +114,7 @@ class Manifest:
     ddim: dict[str, Any] | None = None
     rti: dict[str, Any] | None = None
     state: dict[str, Any] | None = None
+    critic: dict[str, Any] | None = None
     format: str = field(default=FORMAT)
     version: int = field(default=VERSION)
 
@@ -125,7 +153,9 @@ def read_manifest(artifact_dir: str | Path) -> Manifest:
 
 
 def _check(doc: dict[str, Any], path: Path) -> None:
-    check_format(doc, path, FORMAT, VERSION, ArtifactError, "re-export with `robotstack export`")
+    version = doc.get("version") if doc.get("version") in READABLE else VERSION
+    check_format(doc, path, FORMAT, version, ArtifactError,
+                 f"or version {CRITIC_VERSION} with a critic section; re-export with `robotstack export`")
     known = {f.name for f in fields(Manifest)}
     unknown = sorted(set(doc) - known)
     if unknown:
@@ -169,3 +199,36 @@ def _check(doc: dict[str, Any], path: Path) -> None:
         check_criterion(doc["task"]["success"], f"{path}: task.success")
     except ConfigError as e:
         raise ArtifactError(str(e)) from None
+    if "critic" in doc and doc["version"] != CRITIC_VERSION:
+        raise ArtifactError(f"{path}: a 'critic' section needs version {CRITIC_VERSION}, the manifest says "
+                            f"version {doc['version']}")
+    if "critic" in doc:
+        _check_critic(doc, path)
+
+
+def _check_critic(doc: dict[str, Any], path: Path) -> None:
+    """The critic section's fields (module docstring); the graph file itself is checked by the runtime loader."""
+    c = doc["critic"]
+    if not isinstance(c, dict):
+        raise ArtifactError(f"{path}: field 'critic' must be an object, got {c!r}")
+    unknown = sorted(set(c) - set(CRITIC_FIELDS) - set(CRITIC_INFO))
+    if unknown:
+        raise ArtifactError(f"{path}: unknown field(s) {['critic.' + k for k in unknown]}; expected "
+                            f"{sorted(CRITIC_FIELDS)} (+ optional {list(CRITIC_INFO)})")
+    for key, (types, what) in CRITIC_FIELDS.items():
+        if key not in c:
+            raise ArtifactError(f"{path}: missing field 'critic.{key}' (expected {what})")
+        if not isinstance(c[key], types) or isinstance(c[key], bool):
+            raise ArtifactError(f"{path}: field 'critic.{key}' is {c[key]!r}, expected {what}")
+    if doc["sampler"] == "rti":
+        raise ArtifactError(f"{path}: a critic section with sampler 'rti': best-of-N needs independent candidates "
+                            "per decision (cm1, cm3 or ddim), RTI carries one warm-start state")
+    ta = doc["action"]["Ta"]
+    checks = [("n", c["n"] >= 1, "the default best-of-N, >= 1"),
+              ("h_a", 1 <= c["h_a"] <= ta, f"1 <= h_a <= action.Ta = {ta}"),
+              ("aggregate", c["aggregate"] in CRITIC_AGGREGATES, f"one of {CRITIC_AGGREGATES}"),
+              ("obs_keys", bool(c["obs_keys"]) and set(c["obs_keys"]) <= set(doc["obs"]["keys"]),
+               f"a non-empty subset of obs.keys {doc['obs']['keys']}")]
+    for key, ok, what in checks:
+        if not ok:
+            raise ArtifactError(f"{path}: field 'critic.{key}' is {c[key]!r}, expected {what}")

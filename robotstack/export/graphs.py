@@ -115,3 +115,22 @@ class RTIWarmGraph(_Graph):
         x = r.refine(shift_guess(guess, r.config.n_exec), cond, step_noise=step_noise)
         r.store(x)
         return (*self.finish(x), r.guess)
+
+
+class CriticGraph(nn.Module):
+    """Best-of-N scorer: obs... (1, To, *shape), actions (1, N, h_a, Da) env units -> scores (1, N). The scorer
+    (CONTRACT.md: forward(obs dict, actions) -> (B, N)) owns its normalisation, so the graph needs no stats."""
+
+    outputs = ("scores",)
+
+    def __init__(self, scorer: nn.Module, obs_keys: Sequence[str]):
+        super().__init__()
+        self.scorer = scorer
+        self.obs_keys = list(obs_keys)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [*self.obs_keys, "actions"]
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        return self.scorer(dict(zip(self.obs_keys, args[:-1])), args[-1])

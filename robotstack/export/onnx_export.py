@@ -29,6 +29,14 @@ At export, recorded in manifest.json:
   RTI guess, a gripper that flips) fails the export. Gripper values within 1e-3 of the threshold are counted
   as `near_threshold`, not as mismatches (float noise may flip them);
 - latency (batch 1, one thread, p50/p99) of torch graph and onnxruntime.
+
+Best-of-N (`critic=` a scorer module, CONTRACT.md "Critic scorer for best-of-N"; `robotstack export --critic DIR`):
+the policy graph gets a dynamic batch axis "B" (the runtime samples N candidates in one call, each row with its
+own noise) and the scorer becomes critic.onnx (obs..., actions (1, N, h_a, Da) -> scores (1, N), dynamic N),
+described by the manifest's critic section (format version 3, robotstack/core/manifest.py). Checked at export:
+scorer torch vs onnxruntime at N = 1 and N = best_of_n, and the batched policy graph row by row against batch-1
+calls with the same noise (a graph that mixes rows or bakes the batch size fails the export). The scorer's
+metadata is read from `scorer.config`: obs_shapes, n_obs_steps, action_dim, chunk_len (h_a), agg.
 """
 
 from __future__ import annotations
@@ -45,9 +53,10 @@ import torch
 from torch import nn
 
 from robotstack.core.errors import ConfigError
-from robotstack.core.manifest import MANIFEST, SAMPLERS, Manifest, write_manifest
+from robotstack.core.manifest import (BATCH_AXIS, CANDIDATE_AXIS, CRITIC_AGGREGATES, CRITIC_VERSION, MANIFEST,
+                                      SAMPLERS, VERSION, Manifest, write_manifest)
 from robotstack.core.success import check_criterion
-from robotstack.export.graphs import ConsistencyGraph, DDIMGraph, RTIInitGraph, RTIWarmGraph
+from robotstack.export.graphs import ConsistencyGraph, CriticGraph, DDIMGraph, RTIInitGraph, RTIWarmGraph
 from robotstack.runtime.artifact import open_session, sha256_file
 
 from policies.checkpoint import load_checkpoint, policy_name, read_extra, resolve_weights
@@ -93,8 +102,12 @@ def random_obs(policy: nn.Module, rng: np.random.Generator) -> dict[str, np.ndar
     return out
 
 
-def _spec(name: str, arr: np.ndarray) -> dict[str, Any]:
-    return {"name": name, "shape": list(arr.shape), "dtype": str(arr.dtype)}
+def _spec(name: str, arr: np.ndarray, axes: dict[int, str] | None = None) -> dict[str, Any]:
+    """{name, shape, dtype}; `axes` {dim: symbol} marks dynamic dims (e.g. {0: "B"})."""
+    shape: list[int | str] = list(arr.shape)
+    for dim, symbol in (axes or {}).items():
+        shape[dim] = symbol
+    return {"name": name, "shape": shape, "dtype": str(arr.dtype)}
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:
@@ -105,8 +118,10 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
 class _GraphExport:
     """One graph: example inputs, torch reference, ONNX file, parity and latency."""
 
-    def __init__(self, graph: nn.Module, role: str, file: str, extra_shapes: dict[str, tuple[int, ...]]):
+    def __init__(self, graph: nn.Module, role: str, file: str, extra_shapes: dict[str, tuple[int, ...]],
+                 batch_axis: bool = False):
         self.graph, self.role, self.file, self.extra_shapes = graph.eval(), role, file, extra_shapes
+        self.axes = {0: BATCH_AXIS} if batch_axis else None  # best-of-N: every input and output batched
 
     def example(self, rng: np.random.Generator, state: np.ndarray | None = None) -> dict[str, np.ndarray]:
         feeds = random_obs(self.graph.policy, rng)
@@ -125,15 +140,12 @@ class _GraphExport:
     def export(self, out_dir: Path, rng: np.random.Generator) -> dict[str, Any]:
         feeds = self.example(rng)
         path = out_dir / self.file
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(self.graph, tuple(torch.from_numpy(feeds[n]) for n in self.graph.input_names),
-                              str(path), dynamo=False, opset_version=OPSET, input_names=self.graph.input_names,
-                              output_names=list(self.graph.outputs), do_constant_folding=True)
+        names = [*self.graph.input_names, *self.graph.outputs]
+        _onnx_export(self.graph, feeds, path, {n: self.axes for n in names} if self.axes else None)
         ref = self.torch_run(feeds)
         return {"file": self.file, "sha256": sha256_file(path),
-                "inputs": [_spec(n, feeds[n]) for n in self.graph.input_names],
-                "outputs": [_spec(n, ref[n]) for n in self.graph.outputs]}
+                "inputs": [_spec(n, feeds[n], self.axes) for n in self.graph.input_names],
+                "outputs": [_spec(n, ref[n], self.axes) for n in self.graph.outputs]}
 
     def parity(self, out_dir: Path, rng: np.random.Generator, trials: int) -> float:
         sess = open_session(out_dir / self.file)
@@ -164,6 +176,115 @@ class _GraphExport:
         finally:
             torch.set_num_threads(threads)
         return res | {"threads": 1, "batch": 1}
+
+
+def _onnx_export(graph: nn.Module, feeds: dict[str, np.ndarray], path: Path,
+                 dynamic: dict[str, dict[int, str]] | None) -> None:
+    """torch.onnx.export of a graph module (positional inputs named graph.input_names); dynamic = {name: {dim:
+    symbol}} for dynamic axes (None: every shape fixed, the plain artifact)."""
+    names, outputs = graph.input_names, list(graph.outputs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(graph, tuple(torch.from_numpy(feeds[n]) for n in names), str(path), dynamo=False,
+                          opset_version=OPSET, input_names=names, output_names=outputs, do_constant_folding=True,
+                          dynamic_axes=dynamic)
+
+
+# ---------------------------------------------------------------------------------------------- best-of-N critic
+CRITIC_FILE = "critic.onnx"
+
+
+class _CriticExport:
+    """The scorer as critic.onnx: obs... (1, To, *shape), actions (1, N, h_a, Da) -> scores (1, N), N dynamic."""
+
+    def __init__(self, scorer: nn.Module, policy: nn.Module, n_default: int, n_exec: int):
+        c = policy.config
+        sc = getattr(scorer, "config", None)
+        fields = ("obs_shapes", "n_obs_steps", "action_dim", "chunk_len", "agg")
+        missing = [f for f in fields if not hasattr(sc, f)]
+        if missing:
+            raise ConfigError(f"export --critic: the scorer ({type(scorer).__name__}) has no config.{missing[0]}; "
+                              f"expected scorer.config with {list(fields)} (policies/critics/scorer.py)")
+        keys = list(sc.obs_shapes)
+        bad = [k for k in keys if tuple(c.obs_shapes.get(k, ())) != tuple(sc.obs_shapes[k])]
+        problems = [(bool(keys) and not bad, f"obs keys {dict(sc.obs_shapes)} within the policy's "
+                                             f"{dict(c.obs_shapes)} (same shapes)"),
+                    (sc.n_obs_steps == c.n_obs_steps, f"n_obs_steps = the policy's To {c.n_obs_steps}"),
+                    (sc.action_dim == c.action_dim, f"action_dim = the policy's Da {c.action_dim}"),
+                    (1 <= sc.chunk_len <= n_exec, f"1 <= chunk_len (h_a) <= the executed actions Ta {n_exec}"),
+                    (sc.agg in CRITIC_AGGREGATES, f"agg in {CRITIC_AGGREGATES}"),
+                    (n_default >= 1, f"best_of_n >= 1 (got {n_default})")]
+        for ok, what in problems:
+            if not ok:
+                raise ConfigError(f"export --critic: the scorer does not fit the policy: expected {what}; scorer "
+                                  f"config {sc}")
+        self.scorer, self.policy, self.n, self.h_a = scorer.eval(), policy, n_default, sc.chunk_len
+        self.graph = CriticGraph(self.scorer, keys).eval()
+        self.keys, self.agg = keys, sc.agg
+
+    def example(self, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+        """In-range obs and candidate actions (the policy normaliser's range, as random_obs does for obs)."""
+        obs = random_obs(self.policy, rng)
+        feeds = {k: obs[k] for k in self.keys}
+        st = self.policy.normalizer.stats[ACTION_KEY]
+        u = rng.uniform(-1.0, 1.0, (1, n, self.h_a, self.policy.config.action_dim))
+        feeds["actions"] = ((u - st.offset.numpy()) / st.scale.numpy()).astype(np.float32)
+        return feeds
+
+    @torch.no_grad()
+    def torch_run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return self.graph(*[torch.from_numpy(feeds[n]) for n in self.graph.input_names]).numpy()
+
+    def export(self, out_dir: Path, rng: np.random.Generator) -> dict[str, Any]:
+        feeds = self.example(rng, self.n)
+        path = out_dir / CRITIC_FILE
+        names = self.graph.input_names
+        _onnx_export(self.graph, feeds, path, {"actions": {1: CANDIDATE_AXIS}, "scores": {1: CANDIDATE_AXIS}})
+        scores = self.torch_run(feeds)
+        return {"file": CRITIC_FILE, "sha256": sha256_file(path),
+                "inputs": [_spec(n, feeds[n], {1: CANDIDATE_AXIS} if n == "actions" else None) for n in names],
+                "outputs": [_spec("scores", scores, {1: CANDIDATE_AXIS})],
+                "n": self.n, "h_a": self.h_a, "aggregate": self.agg, "obs_keys": self.keys}
+
+    def parity(self, out_dir: Path, rng: np.random.Generator, trials: int) -> dict[str, Any]:
+        """torch vs onnxruntime scores at N = 1 and N = best_of_n (a baked candidate count fails here)."""
+        sess = open_session(out_dir / CRITIC_FILE)
+        err = 0.0
+        sizes = sorted({1, self.n, self.n + 3})
+        for _ in range(trials):
+            for n in sizes:
+                feeds = self.example(rng, n)
+                err = max(err, float(np.abs(self.torch_run(feeds) - sess.run(None, feeds)[0]).max()))
+        return {"max_abs_err": err, "candidates": sizes, "trials": trials, "tolerance": PARITY_TOL,
+                "ok": err <= PARITY_TOL}
+
+    def latency(self, out_dir: Path, rng: np.random.Generator, runs: int) -> dict[str, Any]:
+        sess = open_session(out_dir / CRITIC_FILE, threads=1)
+        feeds = self.example(rng, self.n)
+        for _ in range(5):
+            sess.run(None, feeds)
+        ts = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            sess.run(None, feeds)
+            ts.append(time.perf_counter() - t0)
+        return {"ort": _percentiles(ts), "threads": 1, "candidates": self.n}
+
+
+def batch_parity(g: _GraphExport, out_dir: Path, rng: np.random.Generator, n: int) -> float:
+    """Max |row i of one batched call - the batch-1 call with row i's noise| over the chunk output: the batched
+    policy graph must treat rows independently (candidates of one decision share the obs, not the noise)."""
+    sess = open_session(out_dir / g.file)
+    single = g.example(rng)
+    rows = [g.example(rng) for _ in range(n)]
+    batched = {k: np.concatenate([single[k] if k in g.graph.obs_keys else r[k] for r in rows]) for k in single}
+    got = dict(zip(g.graph.outputs, sess.run(None, batched)))["chunk"]
+    err = 0.0
+    for i, r in enumerate(rows):
+        feeds = {k: single[k] if k in g.graph.obs_keys else r[k] for k in single}
+        ref = dict(zip(g.graph.outputs, sess.run(None, feeds)))["chunk"]
+        err = max(err, float(np.abs(got[i] - ref[0]).max()))
+    return err
 
 
 GRIPPER_AMBIGUOUS = 1e-3
@@ -236,8 +357,8 @@ def rti_for_export(rti: RTIConfig | None, steps: int | None) -> RTIConfig:
 
 
 def build_graphs(policy: nn.Module, sampler: str, steps: int | None, rti: RTIConfig | None,
-                 gripper_dims: Sequence[int]) -> tuple[list[_GraphExport], dict[str, Any]]:
-    """-> graph exports and the sampler section of the manifest (nfe, state, noise)."""
+                 gripper_dims: Sequence[int], batch_axis: bool = False) -> tuple[list[_GraphExport], dict[str, Any]]:
+    """-> graph exports and the sampler section of the manifest (nfe, state, noise); batch_axis: best-of-N."""
     c = policy.config
     chunk = (c.horizon, c.action_dim)
     if sampler in ("cm1", "cm3"):
@@ -245,7 +366,8 @@ def build_graphs(policy: nn.Module, sampler: str, steps: int | None, rti: RTICon
             raise ConfigError(f"export --sampler {sampler}: needs a distilled checkpoint (`robotstack distill`), got "
                               f"a {type(policy).__name__}")
         n = 1 if sampler == "cm1" else 3
-        g = _GraphExport(ConsistencyGraph(policy, n, gripper_dims), "policy", "policy.onnx", {"noise": (1, n, *chunk)})
+        g = _GraphExport(ConsistencyGraph(policy, n, gripper_dims), "policy", "policy.onnx", {"noise": (1, n, *chunk)},
+                         batch_axis)
         return [g], {"nfe": {"per_call": n}, "noise": {"policy": {"input": "noise", "shape": [1, n, *chunk]}},
                      "consistency": {"method": policy.method, "chain_points": policy.chain_points(n)}}
     if not isinstance(policy, DiffusionPolicy):
@@ -253,9 +375,13 @@ def build_graphs(policy: nn.Module, sampler: str, steps: int | None, rti: RTICon
                           f"{type(policy).__name__}")
     if sampler == "ddim":
         k = steps or c.scheduler.num_inference_steps
-        g = _GraphExport(DDIMGraph(policy, k, gripper_dims), "policy", "policy.onnx", {"noise": (1, 1, *chunk)})
+        g = _GraphExport(DDIMGraph(policy, k, gripper_dims), "policy", "policy.onnx", {"noise": (1, 1, *chunk)},
+                         batch_axis)
         return [g], {"nfe": {"per_call": k}, "ddim": {"steps": k, "eta": 0.0},
                      "noise": {"policy": {"input": "noise", "shape": [1, 1, *chunk]}}}
+    if batch_axis:
+        raise ConfigError("export --sampler rti --critic: best-of-N needs independent candidates per decision "
+                          "(cm1, cm3 or ddim); RTI carries one warm-start state between calls")
     r = RTISampler(policy, rti_for_export(rti, steps))
     rti = r.config  # gripper "auto" resolved
     s = r.n_step_noise()
@@ -278,9 +404,11 @@ def build_graphs(policy: nn.Module, sampler: str, steps: int | None, rti: RTICon
 def export_artifact(checkpoint: str | Path, sampler: str, out: str | Path, *, steps: int | None = None,
                     rti: RTIConfig | None = None, gripper_dims: Sequence[int] | None = None,
                     control_rate_hz: float | None = None, task_spec: dict | None = None, seed: int = 0,
-                    parity_trials: int = 5, latency_runs: int = 200, weights: str = "auto") -> dict[str, Any]:
+                    parity_trials: int = 5, latency_runs: int = 200, weights: str = "auto",
+                    critic: nn.Module | None = None, best_of_n: int = 32) -> dict[str, Any]:
     """Write the artifact dir; returns the manifest (as a dict). gripper_dims None = the last action dim;
-    task_spec None = the checkpoint's extra["task_spec"]; control_rate_hz None = the task's control rate."""
+    task_spec None = the checkpoint's extra["task_spec"]; control_rate_hz None = the task's control rate.
+    critic: a best-of-N scorer module (module docstring), exported as critic.onnx with default N = best_of_n."""
     if sampler not in SAMPLERS:
         raise ConfigError(f"export --sampler {sampler!r}: expected one of {SAMPLERS}")
     checkpoint, out = Path(checkpoint), Path(out)
@@ -293,18 +421,27 @@ def export_artifact(checkpoint: str | Path, sampler: str, out: str | Path, *, st
     task = task_section(task_spec if task_spec is not None else extra.get("task_spec"), checkpoint, c.action_dim)
     dims = [c.action_dim - 1] if gripper_dims is None else [int(d) % c.action_dim for d in gripper_dims]
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("policy.onnx", "init.onnx", MANIFEST):
+    for stale in ("policy.onnx", "init.onnx", CRITIC_FILE, MANIFEST):
         (out / stale).unlink(missing_ok=True)
-    graphs, section = build_graphs(policy, sampler, steps, rti, dims)
+    graphs, section = build_graphs(policy, sampler, steps, rti, dims, batch_axis=critic is not None)
+    n_out = graphs[-1].graph.n_out
+    scorer = _CriticExport(critic, policy, best_of_n, n_out) if critic is not None else None
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
     g_docs = {g.role: g.export(out, rng) for g in graphs}
+    critic_doc = scorer.export(out, rng) if scorer else None
     export_s = time.perf_counter() - t0
     parity = {g.role: g.parity(out, rng, parity_trials) for g in graphs}
     path = sampler_path_parity(policy, sampler, steps, rti, dims, out, rng, episodes=parity_trials)
     latency = {g.role: g.latency(out, rng, latency_runs) for g in graphs}
     worst = max(*parity.values(), path["max_abs_err"])
-    n_out = graphs[-1].graph.n_out
+    critic_ok = True
+    if scorer:
+        rows = batch_parity(graphs[-1], out, rng, max(best_of_n, 2))
+        critic_doc |= {"parity": scorer.parity(out, rng, parity_trials) | {"policy_batch_rows_max_abs_err": rows},
+                       "latency": scorer.latency(out, rng, latency_runs),
+                       "source": {"scorer": type(critic).__name__}}
+        critic_ok = critic_doc["parity"]["ok"] and rows <= PARITY_TOL
     manifest = Manifest(
         sampler=sampler, graphs=g_docs,
         obs={"keys": list(c.obs_shapes),
@@ -329,8 +466,15 @@ def export_artifact(checkpoint: str | Path, sampler: str, out: str | Path, *, st
         source={"checkpoint": str(checkpoint), "policy": policy_name(checkpoint), "weights": weights,
                 "task": extra.get("task"), "obs_keys": extra.get("obs_keys")},
         **{k: section[k] for k in ("consistency", "ddim", "rti", "state") if k in section},
+        critic=critic_doc, version=CRITIC_VERSION if critic_doc else VERSION,
     )
     write_manifest(out, manifest)
+    if not critic_ok:
+        p = critic_doc["parity"]
+        raise ConfigError(f"export {out}: best-of-N critic parity failed: scorer torch vs onnxruntime max abs error "
+                          f"{p['max_abs_err']:.2e}, batched policy rows vs batch-1 calls "
+                          f"{p['policy_batch_rows_max_abs_err']:.2e} (tolerance {PARITY_TOL:.0e}; manifest written "
+                          "for inspection)")
     if not manifest.parity["ok"]:
         raise ConfigError(f"export {out}: torch vs onnxruntime max abs error {worst:.2e} (tolerance "
                           f"{PARITY_TOL:.0e}), {path['gripper_mismatches']} executed gripper mismatches against "

@@ -5,21 +5,32 @@ The action normalizer's fitted range decides what such a policy can output (DDIM
 [-1, 1]), so `action_range` gives a policy with a known behaviour: e.g. dx in [0.49, 0.51] is "push +x at half
 speed" whatever the random weights do. `poison=True` sets the action normalizer's offset to NaN (a corrupt
 checkpoint): the exported graph then yields NaN actions (the gripper dim, thresholded in the graph, stays finite).
+
+`tiny_scorer` is a best-of-N critic scorer of the CONTRACT.md interface (forward(obs {key: (B, To, D)}, actions
+(B, N, h_a, Da)) -> (B, N), env units in, normalisation inside), built from policies.critics.chunked.ChunkCritic +
+a Normalizer and untrained: the artifact tests and bench/bench_best_of_n.py export it beside a tiny policy without
+depending on a trained critic (policies/critics/scorer.py). `prefer` adds a known linear preference over the
+normalised executed actions (+ sum_t prefer . a_t), so a test knows which candidate region must win.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from robotstack.core import keys as K
 from robotstack.export.onnx_export import export_artifact
 
 from policies.checkpoint import save_checkpoint
+from policies.common.normalizer import Normalizer
+from policies.critics.chunked import ChunkCritic, aggregate
 from policies.diffusion import DiffusionPolicy, DiffusionPolicyConfig
 from policies.diffusion.config import DenoiserConfig, EncoderConfig
 
@@ -50,13 +61,63 @@ def tiny_policy(action_dim: int, obs_shapes: dict[str, tuple[int, ...]] | None =
     return policy.eval()
 
 
+@dataclasses.dataclass(frozen=True)
+class TinyScorerConfig:
+    """The scorer metadata the exporter reads (same field names as policies/critics/scorer.py ScorerConfig)."""
+
+    obs_shapes: dict[str, tuple[int, ...]]
+    n_obs_steps: int  # To
+    action_dim: int  # Da
+    chunk_len: int  # h_a
+    agg: str = "min"
+
+
+class TinyScorer(nn.Module):
+    """obs {key: (B, To, D)}, actions (B, N, >= h_a, Da), env units -> (B, N): agg_i Q_i(s, a[:h_a]) + preference."""
+
+    def __init__(self, config: TinyScorerConfig, hidden: Sequence[int] = (32, 32), num_qs: int = 2):
+        super().__init__()
+        self.config = c = config
+        shapes = {**c.obs_shapes, K.ACTION: (c.action_dim,)}
+        self.normalizer = Normalizer(shapes, {k: "minmax" for k in shapes})
+        obs_dim = c.n_obs_steps * sum(int(np.prod(s)) for s in c.obs_shapes.values())
+        self.critic = ChunkCritic(obs_dim, c.action_dim, c.chunk_len, num_qs, hidden)
+        self.register_buffer("prefer", torch.zeros(c.action_dim))
+
+    def forward(self, obs: dict[str, torch.Tensor], actions: torch.Tensor) -> torch.Tensor:
+        b, n = actions.shape[:2]
+        feat = torch.cat([self.normalizer.normalize(k, obs[k].float()).reshape(b, -1) for k in self.config.obs_shapes],
+                         -1)
+        a = self.normalizer.normalize(K.ACTION, actions[:, :, :self.config.chunk_len].float())
+        q = self.critic(feat.repeat_interleave(n, 0), a.reshape(b * n, -1, a.shape[-1]))  # (K, B*N)
+        return aggregate(q, self.config.agg).reshape(b, n) + (a * self.prefer).sum((-1, -2))
+
+
+def tiny_scorer(policy: DiffusionPolicy, h_a: int | None = None, prefer: Sequence[float] | None = None,
+                agg: str = "min", seed: int = 0) -> TinyScorer:
+    """A TinyScorer fitted to `policy`'s obs keys, To, Da and action range (its normaliser's stats); h_a defaults to
+    the policy's Ta; `prefer` (Da,) weights the preference term (default 0: a plain critic ensemble)."""
+    torch.manual_seed(seed)
+    c = policy.config
+    scorer = TinyScorer(TinyScorerConfig({k: tuple(s) for k, s in c.obs_shapes.items() if not K.is_image_key(k)},
+                                         c.n_obs_steps, c.action_dim, h_a or c.n_action_steps, agg))
+    for key in scorer.normalizer.keys():
+        st = policy.normalizer.stats[key]
+        scorer.normalizer.set_stats(key, scale=st.scale.numpy(), offset=st.offset.numpy())
+    if prefer is not None:
+        scorer.prefer.copy_(torch.as_tensor(prefer, dtype=torch.float32))
+    return scorer.eval().requires_grad_(False)
+
+
 def export_tiny(out: str | Path, task_spec: dict[str, Any], *, obs_shapes: dict[str, tuple[int, ...]] | None = None,
                 action_range: list[tuple[float, float]] | None = None, poison: bool = False, seed: int = 0,
-                ddim_steps: int = 2) -> Path:
-    """Build a tiny policy for `task_spec` (a sim task spec) and export it (ddim) to `out`; returns `out`."""
+                ddim_steps: int = 2, critic_prefer: Sequence[float] | None = None, best_of_n: int = 0) -> Path:
+    """Build a tiny policy for `task_spec` (a sim task spec) and export it (ddim) to `out`; returns `out`.
+    best_of_n > 0 also exports a tiny_scorer (with `critic_prefer`) as the artifact's critic, default N best_of_n."""
     policy = tiny_policy(len(task_spec["action_names"]), obs_shapes, action_range, poison, seed)
+    critic = tiny_scorer(policy, prefer=critic_prefer, seed=seed) if best_of_n > 0 else None
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = save_checkpoint(Path(tmp) / "checkpoint", policy, extra={"task": task_spec["task"]})
         export_artifact(ckpt, "ddim", out, steps=ddim_steps, task_spec=task_spec, seed=seed, parity_trials=1,
-                        latency_runs=5)
+                        latency_runs=5, critic=critic, best_of_n=best_of_n or 1)
     return Path(out)
