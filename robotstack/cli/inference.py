@@ -3,8 +3,9 @@
     robotstack distill --config configs/distill/ctm.yaml [dotted.key=value ...] [--out RUN_DIR] | --resume RUN_DIR
     robotstack distill --checkpoint TEACHER [--method ctm|rl100] [--steps N] --out RUN_DIR   (flags = overrides)
     robotstack export --checkpoint DIR --sampler cm1|cm3|ddim|rti --out ARTIFACT_DIR [--steps K] [--k-start K']
+                      [--critic SCORER_DIR [--best-of-n N]]   (best-of-N: critic.onnx beside policy.onnx)
     robotstack rti choose-k --checkpoint DIR --data STORE [--pairs 128]
-    robotstack eval-artifact --artifact DIR [--task TASK] [--episodes 100]   (onnxruntime only, no torch)
+    robotstack eval-artifact --artifact DIR [--task TASK] [--episodes 100] [--best-of-n N]   (onnxruntime only)
 Heavy imports happen inside the commands.
 """
 
@@ -70,9 +71,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.sampler == "rti":
         rti = RTIConfig(k_start=args.k_start, gripper_mode=args.gripper_mode, factor=args.factor,
                         step_semantics=args.step_semantics, init_sampler="ddim", init_steps=args.steps)
+    critic = _load_scorer(args.critic) if args.critic else None
     m = export_artifact(args.checkpoint, args.sampler, args.out, steps=args.steps, rti=rti,
                         gripper_dims=_dims(args.gripper_dims), control_rate_hz=args.control_rate,
-                        task_spec=_task_spec(args.checkpoint, args.task), seed=args.seed)
+                        task_spec=_task_spec(args.checkpoint, args.task), seed=args.seed, critic=critic,
+                        best_of_n=args.best_of_n)
+    if m.get("critic"):
+        c = m["critic"]
+        print(f"wrote {args.out}/critic.onnx (best-of-N, default N {c['n']}, scores the first {c['h_a']} executed "
+              f"actions, {c['aggregate']} over the ensemble); parity max|err| {c['parity']['max_abs_err']:.2e}; "
+              f"ORT p50 {c['latency']['ort']['p50_ms']:.3f} ms at N {c['n']}")
     if m.get("rti"):
         print(f"rti gripper: {m['rti']['gripper_reason']}")
     lat = m["latency"]["policy"]
@@ -80,6 +88,18 @@ def cmd_export(args: argparse.Namespace) -> int:
           f"{m['parity']['max_abs_err']:.2e}; ORT p50 {lat['ort']['p50_ms']:.3f} ms p99 {lat['ort']['p99_ms']:.3f} ms "
           f"(torch p50 {lat['torch']['p50_ms']:.3f} ms)")
     return 0
+
+
+def _load_scorer(path: str):
+    """A critic scorer dir (`robotstack train critic`'s RUN_DIR/checkpoints/latest) -> the scorer module."""
+    from robotstack.core.errors import ConfigError
+
+    try:
+        from policies.critics.scorer import load_scorer
+    except ImportError as e:
+        raise ConfigError(f"export --critic {path}: policies/critics/scorer.py (load_scorer) is not available: "
+                          f"{e}") from None
+    return load_scorer(path)
 
 
 def cmd_rti_choose_k(args: argparse.Namespace) -> int:
@@ -102,12 +122,12 @@ def cmd_eval_artifact(args: argparse.Namespace) -> int:
     from robotstack.eval.actor_rollout import rollout_actor
     from robotstack.runtime.artifact import load_artifact
 
-    art = load_artifact(args.artifact, seed=args.seed)
+    art = load_artifact(args.artifact, seed=args.seed, best_of_n=args.best_of_n)
     task = args.task or art.manifest.task["name"]
     res = rollout_actor(art, task, args.episodes, seed=args.seed_env, show_progress=not args.quiet,
                         description=f"eval-artifact {task}")
     s = res.summary()
-    print(f"{args.artifact} ({art.sampler}, onnxruntime) on {task}: success {s['success_rate']:.1%} "
+    print(f"{args.artifact} ({art.sampler}{f', best-of-{art.n}' if art.n > 1 else ''}, onnxruntime) on {task}: success {s['success_rate']:.1%} "
           f"({s['successes']}/{s['episodes']}, 95% CI [{s['ci95_low']:.1%}, {s['ci95_high']:.1%}]); "
           f"decision p50 {s['decision_p50_ms']:.3f} ms p99 {s['decision_p99_ms']:.3f} ms")
     return 0
@@ -147,6 +167,10 @@ def add_verbs(sub) -> None:
     e.add_argument("--task", default=None, help="sim task whose spec the manifest carries (default: the "
                                                 "checkpoint's task)")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--critic", default=None, help="critic scorer dir (`robotstack train critic`: RUN_DIR/checkpoints/"
+                                                  "latest): exported as critic.onnx for best-of-N at deployment")
+    e.add_argument("--best-of-n", type=int, default=32, help="with --critic: the artifact's default N (candidates "
+                                                             "per decision; the runtime may be given another)")
     e.set_defaults(func=cmd_export)
 
     r = sub.add_parser("rti", help="RTI warm-started denoising tools")
@@ -166,5 +190,7 @@ def add_verbs(sub) -> None:
     ea.add_argument("--episodes", type=int, default=100)
     ea.add_argument("--seed", type=int, default=0, help="noise seed of the runtime")
     ea.add_argument("--seed-env", type=int, default=100_000, help="seed of the first episode")
+    ea.add_argument("--best-of-n", type=int, default=None, help="candidates per decision (default: the manifest's "
+                                                                "critic.n, 1 without a critic)")
     ea.add_argument("--quiet", action="store_true")
     ea.set_defaults(func=cmd_eval_artifact)

@@ -140,8 +140,9 @@ def check_arm(spec: PolicySpec, state, arm_name: str = "arm") -> None:
 class PolicyRunner:
     """The artifact + observation history. ``push(obs)`` once per policy step, ``infer()`` -> (Ta, Da)."""
 
-    def __init__(self, artifact_dir: str | Path, threads: int = 1, seed: int = 0):
-        self.artifact = ArtifactPolicy(artifact_dir, seed=seed, threads=threads)
+    def __init__(self, artifact_dir: str | Path, threads: int = 1, seed: int = 0, best_of_n: int | None = None):
+        # best_of_n None: the artifact's critic.n (best-of-N when it carries a critic), else 1
+        self.artifact = ArtifactPolicy(artifact_dir, seed=seed, threads=threads, best_of_n=best_of_n)
         self.spec = spec = spec_of(self.artifact)
         self._dtypes = {k: np.dtype(spec.obs_dtypes[k]) for k in spec.obs}
         self.history: dict[str, np.ndarray] = {}  # key -> (To, *shape), oldest first

@@ -197,3 +197,25 @@ def test_best_of_n_runtime_never_imports_torch(built):
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.slow  # a full CLI export (parity + latency runs): about a minute on the shared 2 cores
+def test_cli_export_with_a_trained_critic_dir(built, tmp_path):
+    """`robotstack export --critic DIR --best-of-n N` with a scorer dir in the on-disk format of
+    policies/critics/scorer.py (skipped where that module is not present)."""
+    scorer_mod = pytest.importorskip("policies.critics.scorer")
+    c = built["policy"].config
+    scorer = scorer_mod.CriticScorer(scorer_mod.ScorerConfig(obs_shapes=dict(c.obs_shapes), n_obs_steps=2,
+                                                             action_dim=4, chunk_len=2, hidden=(16,)))
+    rng = np.random.default_rng(0)
+    scorer.fit_normalizer({k: rng.uniform(-1, 1, (32, *s)) for k, s in c.obs_shapes.items()}
+                          | {"action": rng.uniform(-1, 1, (32, 4))})
+    scorer_mod.save_scorer(tmp_path / "scorer", scorer)
+    out = tmp_path / "art"
+    r = subprocess.run([sys.executable, "-m", "robotstack.cli", "export", "--checkpoint", str(built["ckpt"]),
+                        "--sampler", "ddim", "--steps", "2", "--out", str(out), "--critic", str(tmp_path / "scorer"),
+                        "--best-of-n", "4"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "critic.onnx (best-of-N, default N 4" in r.stdout
+    art = load_artifact(out)
+    assert art.n == 4 and art.act(_history(art, rng)).shape == (2, 4) and art.last_scores.shape == (4,)
