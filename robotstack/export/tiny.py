@@ -93,14 +93,15 @@ class TinyScorer(nn.Module):
         return aggregate(q, self.config.agg).reshape(b, n) + (a * self.prefer).sum((-1, -2))
 
 
-def tiny_scorer(policy: DiffusionPolicy, h_a: int | None = None, prefer: Sequence[float] | None = None,
-                agg: str = "min", seed: int = 0) -> TinyScorer:
+def tiny_scorer(policy: torch.nn.Module, h_a: int | None = None, prefer: Sequence[float] | None = None,
+                agg: str = "min", seed: int = 0, hidden: Sequence[int] = (32, 32)) -> TinyScorer:
     """A TinyScorer fitted to `policy`'s obs keys, To, Da and action range (its normaliser's stats); h_a defaults to
-    the policy's Ta; `prefer` (Da,) weights the preference term (default 0: a plain critic ensemble)."""
+    the policy's Ta; `prefer` (Da,) weights the preference term (default 0: a plain critic ensemble); hidden
+    (256, 256) is the size of policies/critics/scorer.py's default critic (bench_best_of_n)."""
     torch.manual_seed(seed)
     c = policy.config
     scorer = TinyScorer(TinyScorerConfig({k: tuple(s) for k, s in c.obs_shapes.items() if not K.is_image_key(k)},
-                                         c.n_obs_steps, c.action_dim, h_a or c.n_action_steps, agg))
+                                         c.n_obs_steps, c.action_dim, h_a or c.n_action_steps, agg), hidden)
     for key in scorer.normalizer.keys():
         st = policy.normalizer.stats[key]
         scorer.normalizer.set_stats(key, scale=st.scale.numpy(), offset=st.offset.numpy())
