@@ -11,7 +11,8 @@ Rows: the plain artifact (same checkpoint exported without a critic: today's pat
 with best_of_n = 1, 8, 32. Per row: p50 / p99 of the wall time of `ArtifactPolicy.act` (noise draw, buffer copies,
 policy call, critic call, argmax) and of the graphs alone (`last_latency_s`); rows are interleaved block by block
 (`--repeats` rounds of `--calls` decisions each) so drift on the shared machine hits every row alike.
-Target (issue 12): N = 32 adds <= 1 ms p99 to a decision. Writes bench/results/bench_best_of_n.json.
+A last row times what batching saves: 32 sequential batch-1 calls of the plain policy graph + the N=32 critic call
+(graphs only). Target (issue 12): N = 32 adds <= 1 ms p99 to a decision. Writes bench/results/bench_best_of_n.json.
 Run:  PYTHONPATH=. .venv/bin/python bench/bench_best_of_n.py [--calls 500] [--repeats 5]
 """
 
@@ -91,6 +92,20 @@ def parts(art, hist: dict, calls: int) -> dict[str, dict[str, float]]:
     return out
 
 
+def sequential(plain, best, hist: dict, calls: int) -> dict[str, float]:
+    """N = SIZES[-1] candidates without batching: N batch-1 policy calls, then the critic once (graphs only)."""
+    plain.act(hist)
+    best.act(hist)
+    ts = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        for _ in range(best.n):
+            plain.bound["policy"].run()
+        best.bound["critic"].run()
+        ts.append(time.perf_counter() - t)
+    return pct(ts)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--calls", type=int, default=300, help="decisions per row per repeat")
@@ -126,6 +141,8 @@ def main() -> int:
                 wall[name] += block
                 per_repeat[name].append(pct(block)["p99_ms"])
         breakdown = {name: parts(art, hist, args.calls) for name, art in rows.items()}
+        unbatched = sequential(rows["plain artifact (no critic)"], rows[f"best-of-N, N={SIZES[-1]}"], hist,
+                               args.calls)
 
     res = {name: {"act": pct(wall[name]), "graphs": pct(graphs[name]), "p99_per_repeat_ms": per_repeat[name],
                   "parts": breakdown[name]} for name in rows}
@@ -137,6 +154,9 @@ def main() -> int:
         table.append([name, r["act"]["p50_ms"], r["act"]["p99_ms"], r["act"]["min_ms"], r["parts"]["policy"]["min_ms"],
                       crit, r["added_p99_ms_vs_n1"],
                       f"{min(r['p99_per_repeat_ms']):.3f}-{max(r['p99_per_repeat_ms']):.3f}"])
+    table.append([f"N={SIZES[-1]} unbatched ({SIZES[-1]} policy calls + critic)", unbatched["p50_ms"],
+                  unbatched["p99_ms"], unbatched["min_ms"], "", "", unbatched["p99_ms"] - base, ""])
+    res["unbatched_graphs_only"] = unbatched
     added = res[f"best-of-N, N={SIZES[-1]}"]["added_p99_ms_vs_n1"]
     text = print_table("best-of-N decision latency (onnxruntime, batch 1 decision, 1 thread; ms)",
                        ["row", "act p50", "act p99", "act min", "policy min", "critic min", "+p99 vs N=1",
