@@ -4,7 +4,8 @@ strict reader (used by robotstack.runtime). stdlib + json only, so the on-robot 
 Artifact dir = ``policy.onnx`` (+ ``init.onnx`` for RTI) + ``manifest.json``.
 Glossary: To obs history, T horizon (chunk), Ta actions returned per call, Da action dim, S stochastic steps.
 
-Graph contract (batch fixed to 1; float32 unless obs.spec says uint8 for a camera key):
+Graph contract (batch fixed to 1, or the dynamic "B" of a critic artifact; float32 unless obs.spec says uint8 for a
+camera key):
     inputs:  one per obs key (1, To, *shape) in env units   (normalization is inside the graph)
              "noise"      (1, n, T, Da) standard normal      (cm: n = sampling steps; ddim: n = 1; rti init)
              "guess"      (1, T, Da)   rti warm graph only: the previous call's "guess_out"
