@@ -232,3 +232,16 @@ def test_absolute_contract_travels_checkpoint_to_manifest_to_runtime(tmp_path):
     mapper.step(ee.encode_absolute(contract, tcp + [0.01, 0.0, 0.0], mapper.target_yaw, 1.0), tcp)
     np.testing.assert_allclose(mapper.target_pos, tcp + [0.01, 0.0, 0.0], atol=1e-12)
     assert mapper.gripper == 0.0
+
+
+def test_merge_carries_the_mode_and_refuses_mixed_sources(tmp_path):
+    from robotstack.data.merge import merge_stores
+
+    _record(tmp_path / "a.zarr", "absolute", episodes=1)
+    _record(tmp_path / "b.zarr", "absolute", episodes=1)
+    _record(tmp_path / "d.zarr", "delta", episodes=1)
+    out = merge_stores([tmp_path / "a.zarr", tmp_path / "b.zarr"], tmp_path / "ab.zarr")
+    assert out.action_mode == "absolute" and out.n_episodes == 2
+    out.close()
+    with pytest.raises(StoreError, match="different action modes"):
+        merge_stores([tmp_path / "a.zarr", tmp_path / "d.zarr"], tmp_path / "ad.zarr")
