@@ -245,3 +245,16 @@ def test_merge_carries_the_mode_and_refuses_mixed_sources(tmp_path):
     out.close()
     with pytest.raises(StoreError, match="different action modes"):
         merge_stores([tmp_path / "a.zarr", tmp_path / "d.zarr"], tmp_path / "ad.zarr")
+
+
+def test_runtime_turns_device_deltas_into_the_contracts_mode():
+    """A person taking over drives with delta units; in absolute mode the mapper targets measured TCP + step."""
+    from robotstack.core import kinematics as kin
+    from robotstack.runtime.action_map import EEActionMapper
+
+    q = kin.HOME_Q.copy()
+    tcp = kin.forward_kinematics(q)[2]
+    cmd = np.array([1.0, 0.0, -0.5, 0.0, 1.0])
+    np.testing.assert_array_equal(EEActionMapper(ee.EEActionSpec()).device_action(cmd, tcp, q), cmd)
+    a = EEActionMapper(ABS).device_action(cmd, tcp, q)
+    np.testing.assert_allclose(ee.decode_absolute(ABS, a)[0], tcp + [0.02, 0.0, -0.01], atol=1e-12)
