@@ -2,12 +2,16 @@
 (configs/il/<name>.yaml) and evaluate the EMA policy in sim.
 
     python bench/bench_il.py [--tasks reach,push,...] [--demos 50] [--noise 0.2] [--episodes 100]
-                             [--num-envs 2] [--set train.steps=1000 ...]
+                             [--num-envs 2] [--action-mode delta|absolute] [--set train.steps=1000 ...]
 
 Reports per task: demo success, frames, training throughput (samples/s) and wall time of the config, success
 over `--episodes` evaluation episodes with its 95% Wilson interval and mean episode length. Results are merged
 per task into bench/results/bench_il.json (so tasks can be run one at a time); `--set` overrides are recorded
 with each row. Nothing here is tuned to pass: the configs are the shipped defaults.
+
+--action-mode (issue 10 item 3): the end-effector action mode the demos are recorded in and the policy is
+trained and evaluated in (core/ee_action.py); every row records it, and absolute-mode rows are stored under
+`<task>@absolute` so the delta rows (key `<task>`) are kept side by side.
 """
 
 from __future__ import annotations
@@ -30,11 +34,12 @@ DEFAULT_TASKS = ["reach", "push", "pick_place", "push_t", "stack", "push_rgb", "
                  "mw_pick_place"]
 
 
-def record_demos(task: str, cameras: tuple[str, ...], image_size: int, path: Path, demos: int, noise: float) -> dict:
+def record_demos(task: str, cameras: tuple[str, ...], image_size: int, path: Path, demos: int, noise: float,
+                 action_mode: str = "delta") -> dict:
     import sim
     from robotstack.cli.record import open_or_create_store, record_scripted
 
-    env = sim.make(task, cameras=cameras, image_size=image_size)
+    env = sim.make(task, cameras=cameras, image_size=image_size, action_mode=action_mode)
     store = open_or_create_store(path, zarr_format=3)
     try:
         stats = record_scripted(env, sim.make_expert(env, noise=noise, seed=0), store, task, demos, seed=0,
@@ -45,6 +50,11 @@ def record_demos(task: str, cameras: tuple[str, ...], image_size: int, path: Pat
     return {"demo_success": stats.success_rate, "demo_frames": stats.frames, "record_s": stats.seconds}
 
 
+def row_key(name: str, action_mode: str) -> str:
+    """Results key: the task name for delta rows (as before the modes existed), `<task>@<mode>` otherwise."""
+    return name if action_mode == "delta" else f"{name}@{action_mode}"
+
+
 def run_task(name: str, args: argparse.Namespace, work: Path) -> dict:
     from robotstack.core import keys as K
     from robotstack.eval.rollout import evaluate_checkpoint
@@ -53,19 +63,21 @@ def run_task(name: str, args: argparse.Namespace, work: Path) -> dict:
     config = ROOT / "configs" / "il" / f"{name}.yaml"
     base = resolve_config(str(config), list(args.set), None)
     cams = tuple(k[len(K.IMAGE_PREFIX):] for k in base.data.obs_keys if K.is_image_key(k))
-    store = work / f"{name}_demos.zarr"
+    mode = args.action_mode
+    store = work / f"{row_key(name, mode)}_demos.zarr"
     row: dict = {"task": name, "env": base.task, "config": str(config.relative_to(ROOT)), "overrides": list(args.set),
-                 "demos": args.demos, "noise": args.noise}
+                 "demos": args.demos, "noise": args.noise, "action_mode": mode}
     if not store.exists():
-        row |= record_demos(base.task, cams, 96, store, args.demos, args.noise)
+        row |= record_demos(base.task, cams, 96, store, args.demos, args.noise, mode)
     else:  # reused from an earlier run of this script: report what is in it
         from robotstack.data.store import EpisodeStore
 
         with EpisodeStore.open(store) as s:
             metas = s.episode_metas()
             row |= {"demo_success": sum(m.success for m in metas) / max(1, len(metas)), "demo_frames": s.n_frames}
-    cfg = resolve_config(str(config), [f"data.paths=[{store}]", "eval.episodes=0", *args.set], None)
-    run_dir = work / f"{name}_run"
+    cfg = resolve_config(str(config), [f"data.paths=[{store}]", "eval.episodes=0", f"action_mode={mode}", *args.set],
+                         None)
+    run_dir = work / f"{row_key(name, mode)}_run"
     t0 = time.perf_counter()
     summary = train(cfg, run_dir, show_progress=not args.quiet)
     row |= {"train_steps": cfg.train.steps, "batch_size": cfg.train.batch_size, "train_wall_s": time.perf_counter() - t0,
@@ -87,6 +99,8 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--eval-seed", type=int, default=100_000)
     p.add_argument("--num-envs", type=int, default=2)
+    p.add_argument("--action-mode", default="delta", choices=["delta", "absolute"],
+                   help="end-effector action mode of demos, training and evaluation (rows keyed <task>@absolute)")
     p.add_argument("--set", action="append", default=[], help="config override for every task, e.g. train.steps=500")
     p.add_argument("--work", default=str(ROOT / "runs" / "bench_il"), help="demo stores and run dirs (git-ignored)")
     p.add_argument("--workers", type=int, default=1,
@@ -101,8 +115,9 @@ def main() -> None:
     names = [t for t in args.tasks.split(",") if t]
 
     def keep(name: str, row: dict) -> None:
-        rows[name] = row | {"machine": machine(), "workers": args.workers}
-        previous[name] = rows[name]
+        key = row_key(name, args.action_mode)
+        rows[key] = row | {"machine": machine(), "workers": args.workers}
+        previous[key] = rows[key]
         write_results("bench_il", {"tasks": previous})  # after every task: a long run keeps what it measured
 
     if args.workers <= 1:
@@ -118,8 +133,9 @@ def main() -> None:
                 try:
                     keep(futures[fut], fut.result())
                 except Exception as exc:  # a failed task is reported, not hidden
-                    keep(futures[fut], {"task": futures[fut], "error": f"{type(exc).__name__}: {exc}"})
-    cols = ["task", "demo_success", "train_steps", "train_samples_per_s", "train_wall_s", "final_loss",
+                    keep(futures[fut], {"task": futures[fut], "action_mode": args.action_mode,
+                                        "error": f"{type(exc).__name__}: {exc}"})
+    cols = ["task", "action_mode", "demo_success", "train_steps", "train_samples_per_s", "train_wall_s", "final_loss",
             "success_rate", "ci95_low", "ci95_high", "mean_length", "eval_wall_s"]
     print_table("bench_il (this run)", cols, [[r.get(c, "") for c in cols] for r in rows.values()])
     print(f"wrote {path}")

@@ -3,7 +3,8 @@
 Control: the end-effector action contract of robotstack/core/ee_action.py (action [dx, dy, dz, (dyaw,) gripper]
 in [-1, 1] moves a Cartesian TCP target by at most `max_step_pos` metres (and `max_step_yaw` rad) per control step,
 inside the workspace box; gripper > 0 closes); `kinematics.solve_ik` turns the target into joint position targets
-for the arm servos.
+for the arm servos. ``action_mode="absolute"`` (``sim.make(task, action_mode="absolute")``) makes the action the
+TCP target itself, normalised over the workspace box (the contract's absolute mode).
 Observation keys come from robotstack.core.keys (see docs/CONTRACTS.md).
 """
 
@@ -97,6 +98,7 @@ class PandaEnv(gym.Env):
         shaped_reward: bool = False,
         max_step_pos: float = ee.MAX_STEP_POS,
         max_step_yaw: float = ee.MAX_STEP_YAW,
+        action_mode: str = ee.DELTA,
         ik_iters: int = 2,
         render_mode: str | None = "rgb_array",
         render_camera: str = "front",
@@ -138,7 +140,8 @@ class PandaEnv(gym.Env):
         self._renderers: dict[tuple[int, int], mujoco.Renderer] = {}
 
         self.action_spec = ee.EEActionSpec(max_step_pos=self.max_step_pos, use_yaw=task.use_yaw,
-                                           max_step_yaw=self.max_step_yaw if task.use_yaw else 0.0)
+                                           max_step_yaw=self.max_step_yaw if task.use_yaw else 0.0,
+                                           mode=ee.check_mode(action_mode, f"sim.make({task.name!r}) action_mode"))
         self.action_names = self.action_spec.names
         self.action_space = gym.spaces.Box(-1.0, 1.0, (len(self.action_names),), np.float32)
         # finite, generous bounds (gymnasium warns about infinite ones); obs noise never reaches them
@@ -190,8 +193,7 @@ class PandaEnv(gym.Env):
         mujoco.mj_step(m, d, nstep=10)  # let resting contacts settle (20 ms)
         self.steps = 0
         lat = self.randomize.action_latency_steps
-        idle = np.zeros(self.action_space.shape, np.float64)
-        idle[-1] = -1.0
+        idle = ee.hold_action(self.action_spec, t)  # delta: zeros + open; absolute: the reset target
         self._latency_queue = collections.deque([idle] * lat)
         return self._get_obs(), self._info(False)
 
@@ -279,6 +281,7 @@ class PandaEnv(gym.Env):
             "action_dim": len(self.action_names),
             "max_step_pos_m": self.action_spec.max_step_pos,
             "max_step_yaw_rad": self.action_spec.max_step_yaw,
+            "action_mode": self.action_spec.mode,
             "obs_shapes": {k: list(s.shape) for k, s in self.observation_space.spaces.items()},
             "obs_dtypes": {k: str(s.dtype) for k, s in self.observation_space.spaces.items()},
             "max_episode_steps": self.max_episode_steps,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from robotstack.core import ee_action as ee
 from robotstack.core import keys
 from sim import panda_scene as ps
 from sim.base_env import YAW_LIMIT, PandaEnv
@@ -373,15 +374,22 @@ class LinePushExpert:
 
 
 class NoisyExpert:
-    """Adds suboptimality to a clean expert: Gaussian noise, random pauses and short random detours."""
+    """Adds suboptimality to a clean expert: Gaussian noise, random pauses and short random detours.
 
-    def __init__(self, expert, n_action: int, noise: float = 0.0, seed: int | None = None):
+    The clean experts plan in delta units; with an absolute-mode ``action_spec`` the final (noisy) delta intent is
+    emitted as the absolute target measured TCP + step (core/ee_action.py absolute_from_delta), so one expert and
+    one noise process drive both action modes."""
+
+    def __init__(self, expert, n_action: int, noise: float = 0.0, seed: int | None = None,
+                 action_spec: ee.EEActionSpec | None = None):
         if not 0.0 <= noise <= 1.0:
             raise ValueError(f"expert noise={noise!r}: expected a value in [0, 1]")
         self.expert = expert
         self.n_action = n_action
         self.noise = float(noise)
         self.rng = np.random.default_rng(seed)
+        self.absolute = action_spec is not None and action_spec.mode == ee.ABSOLUTE
+        self.action_spec = action_spec
         self.reset()
 
     def reset(self) -> None:
@@ -409,6 +417,8 @@ class NoisyExpert:
                 self.detour -= 1
                 a[:-1] = 0.7 * self.detour_dir
             a[:-1] += self.rng.normal(0.0, 0.5 * self.noise, self.n_action - 1)
+        if self.absolute:
+            a = ee.absolute_from_delta(self.action_spec, a, obs[keys.EEF_POS], quat_yaw(obs[keys.EEF_QUAT]))
         return np.clip(a, -1.0, 1.0).astype(np.float32)
 
 
@@ -426,4 +436,4 @@ def make_panda_expert(env: PandaEnv, noise: float = 0.0, seed: int | None = None
         clean = PlanarPushExpert(env, ps.t_block_polygons(), use_yaw_goal=True, length_scale=0.1, seed=seed)
     else:
         raise KeyError(f"no scripted expert for task {name!r}")
-    return NoisyExpert(clean, len(env.action_names), noise=noise, seed=seed)
+    return NoisyExpert(clean, len(env.action_names), noise=noise, seed=seed, action_spec=env.action_spec)

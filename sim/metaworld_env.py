@@ -98,6 +98,7 @@ class MetaWorldEnv(gym.Env):
         terminate_on_success: end the episode (terminated=True) on the first successful step.
         shaped_reward: Meta-World's dense reward instead of sparse float(success).
         control_hz: must be None or 80 (Meta-World's fixed rate); kept for the common kwargs.
+        action_mode: must be 'delta' (Meta-World's own mocap deltas); absolute EE targets are Panda-only.
         randomize: must be None/empty: domain randomization is not supported for Meta-World
             (object/goal placement is always randomized by the task variation).
         render_mode: None or 'rgb_array' (`render()` returns `render_size` RGB from `render_camera`).
@@ -118,6 +119,7 @@ class MetaWorldEnv(gym.Env):
         shaped_reward: bool = False,
         control_hz: float | None = None,
         randomize: dict | None = None,
+        action_mode: str = "delta",
         render_mode: str | None = None,
         render_camera: str = "corner2",
         render_size: int = 256,
@@ -130,6 +132,9 @@ class MetaWorldEnv(gym.Env):
                 raise ConfigError(f"cameras: unknown Meta-World camera {cam!r}; expected one of {CAMERAS}")
         if control_hz is not None and float(control_hz) != CONTROL_HZ:
             raise ConfigError(f"control_hz={control_hz!r}: Meta-World runs at a fixed {CONTROL_HZ:g} Hz")
+        if action_mode != "delta":
+            raise ConfigError(f"sim.make('mw:{task_name}') action_mode={action_mode!r}: Meta-World tasks take "
+                              "only 'delta' actions (absolute end-effector targets exist for the Panda tasks)")
         if randomize:
             raise ConfigError(
                 f"randomize={randomize!r}: domain randomization is not supported for Meta-World tasks "
@@ -245,6 +250,7 @@ class MetaWorldEnv(gym.Env):
             "control_hz": CONTROL_HZ,
             "action_names": list(self.action_names),
             "action_dim": 4,
+            "action_mode": "delta",
             "obs_shapes": {k: list(s.shape) for k, s in self.observation_space.spaces.items()},
             "obs_dtypes": {k: np.dtype(s.dtype).name for k, s in self.observation_space.spaces.items()},
             "max_episode_steps": self.max_episode_steps,

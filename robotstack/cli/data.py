@@ -15,6 +15,9 @@ def cmd_record(args: argparse.Namespace) -> int:
     if getattr(args, "arm", ""):  # teleop through an arm server (robotstack/cli/deploy.py)
         if args.device == "scripted":
             raise SystemExit("robotstack record --arm: needs --device keyboard or spacemouse")
+        if args.action_mode != "delta":
+            raise SystemExit(f"robotstack record --arm: --action-mode {args.action_mode} is sim-only; arm teleop "
+                             "records delta actions")
         from robotstack.cli.deploy import record_arm
 
         return record_arm(args)
@@ -22,7 +25,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     from robotstack.cli.record import open_or_create_store, record_scripted, record_teleop
 
     env = sim.make(args.task, cameras=_cameras(args.cameras), image_size=args.image_size,
-                   render_mode="rgb_array" if args.device != "scripted" else None)
+                   render_mode="rgb_array" if args.device != "scripted" else None, action_mode=args.action_mode)
     store = open_or_create_store(args.out, zarr_format=args.zarr_format)
     try:
         if args.device == "scripted":
@@ -82,6 +85,9 @@ def add_verbs(sub) -> None:
     rec.add_argument("--cameras", default="", help="comma-separated cameras to record as RGB, e.g. front,wrist")
     rec.add_argument("--image-size", type=int, default=96)
     rec.add_argument("--realtime", action="store_true", help="pace scripted recording at the control rate")
+    rec.add_argument("--action-mode", default="delta", choices=["delta", "absolute"],
+                     help="end-effector action mode of the recorded actions (core/ee_action.py); the store records "
+                          "it and training refuses a config of the other mode")
     rec.add_argument("--live-view", default="", help="PNG path refreshed with the scene (teleop devices)")
     rec.add_argument("--quiet", action="store_true")
     rec.add_argument("--arm", default="", help="drive an arm server (tcp://HOST:PORT) instead of the sim")

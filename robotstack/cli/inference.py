@@ -125,7 +125,8 @@ def cmd_eval_artifact(args: argparse.Namespace) -> int:
     art = load_artifact(args.artifact, seed=args.seed, best_of_n=args.best_of_n)
     task = args.task or art.manifest.task["name"]
     res = rollout_actor(art, task, args.episodes, seed=args.seed_env, show_progress=not args.quiet,
-                        description=f"eval-artifact {task}")
+                        description=f"eval-artifact {task}",
+                        action_mode=art.manifest.ee_action.get("action_mode", "delta"))  # the mode it was trained in
     s = res.summary()
     print(f"{args.artifact} ({art.sampler}{f', best-of-{art.n}' if art.n > 1 else ''}, onnxruntime) on {task}: success {s['success_rate']:.1%} "
           f"({s['successes']}/{s['episodes']}, 95% CI [{s['ci95_low']:.1%}, {s['ci95_high']:.1%}]); "

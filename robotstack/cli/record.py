@@ -12,7 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from robotstack.core import ee_action as ee
+from robotstack.core import keys as K
 from robotstack.core.progress import progress_bar
+from robotstack.core.rotations import quat_yaw
 from robotstack.core.timing import RateKeeper
 from robotstack.data.recorder import EpisodeRecorder
 from robotstack.data.store import EpisodeStore
@@ -44,7 +47,9 @@ def open_or_create_store(out: str | Path, zarr_format: int) -> EpisodeStore:
 
 def record_scripted(env, expert, store: EpisodeStore, task: str, episodes: int, seed: int, noise: float,
                     realtime: bool = False, show_progress: bool = True) -> RecordStats:
-    control_hz = env.unwrapped.task_spec()["control_hz"]
+    spec = env.unwrapped.task_spec()
+    control_hz = spec["control_hz"]
+    store.set_action_mode(spec.get("action_mode", "delta"))
     recorder = EpisodeRecorder(store, control_hz=control_hz)
     stats = RecordStats()
     t0 = time.monotonic()
@@ -92,6 +97,8 @@ def record_teleop(env, device, store: EpisodeStore, task: str, episodes: int, se
 
     spec = env.unwrapped.task_spec()
     control_hz, action_dim = spec["control_hz"], len(spec["action_names"])
+    store.set_action_mode(spec.get("action_mode", "delta"))
+    absolute = env.unwrapped.action_spec if spec.get("action_mode") == ee.ABSOLUTE else None
     recorder = EpisodeRecorder(store, control_hz=control_hz)
     stats = RecordStats()
     t0 = time.monotonic()
@@ -126,6 +133,8 @@ def record_teleop(env, device, store: EpisodeStore, task: str, episodes: int, se
                 recording, success = True, False
                 print_fn(f"recording episode {stats.saved + 1}/{episodes} (seed {ep_seed})")
         action = cmd.action(action_dim)
+        if absolute is not None:  # devices speak deltas: target measured TCP + step (core/ee_action.py)
+            action = ee.absolute_from_delta(absolute, action, obs[K.EEF_POS], quat_yaw(obs[K.EEF_QUAT]))
         next_obs, reward, terminated, truncated, info = env.step(action)
         if recording:
             recorder.add(obs, action, reward, terminated, truncated, intervention=False)

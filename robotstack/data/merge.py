@@ -35,7 +35,11 @@ def merge_stores(sources: Sequence[str | os.PathLike], dest: str | os.PathLike, 
                 if specs[k] != ref[k]:
                     raise StoreError(f"merge_stores: key {k!r} is {specs[k][1]} {specs[k][0]} per frame in "
                                      f"{st.path} but {ref[k][1]} {ref[k][0]} in {stores[0].path}")
+        modes = {str(st.path): st.action_mode for st in stores}
+        if len(set(modes.values())) > 1:
+            raise StoreError(f"merge_stores: sources of different action modes cannot be merged: {modes}")
         out = EpisodeStore.create(dest, zarr_format=zarr_format, overwrite=overwrite)
+        out.set_action_mode(stores[0].action_mode)
         for st in stores:
             metas = st.episode_metas()
             for i in range(st.n_episodes):

@@ -13,6 +13,8 @@ On-disk layout (zarr format 3 by default, format 2 on request; both are read, pl
     meta/success        (E,) int8  1 / 0
     meta/n_late_ticks   (E,) int64
     every meta code / value is -1 where unknown (episodes of a diffusion_policy store we appended to).
+    attrs["action_mode"]  the end-effector action mode of data/action ("delta" | "absolute", core/ee_action.py);
+                        absent (stores written before the modes existed, foreign stores) reads as "delta"
 
 Why codes + attributes for strings: zarr 3.1 writes fixed-width unicode (`<U16`) in both formats, but in
 format 3 it is an "unstable" data type with no spec (zarr warns that other readers may not open it), and a
@@ -67,6 +69,8 @@ MAX_CHUNK_ROWS = 16_384
 META_CHUNK_ROWS = 4_096  # meta arrays: one small uncompressed chunk per 4096 episodes
 EPISODE_ENDS = "episode_ends"
 ROOT_ATTR = "robotstack"
+ACTION_MODE_ATTR = "action_mode"
+DEFAULT_ACTION_MODE = "delta"  # core/ee_action.py DELTA; the store (data layer) keeps the mode as a plain string
 LAYOUT_VERSION = 1
 _TMP_SUFFIX = ".rstmp"
 
@@ -498,6 +502,23 @@ class EpisodeStore:
         sl = self.episode_slice(i)
         return {k: self._read(self._arrays[k], sl, f"data/{k}") for k in keys}
 
+    @property
+    def action_mode(self) -> str:
+        """The action mode data/action was recorded in (root attrs; absent = "delta")."""
+        return str(self._root.attrs.get(ACTION_MODE_ATTR, DEFAULT_ACTION_MODE))
+
+    def set_action_mode(self, mode: str) -> None:
+        """Record the action mode of the episodes about to be appended; refused (naming both) when the store
+        already holds episodes of the other mode: one store, one action meaning."""
+        if not self.writable:
+            raise StoreError(f"{self.path}: opened read-only; cannot set attrs.{ACTION_MODE_ATTR}")
+        have = self.action_mode
+        if mode != have and self.n_episodes > 0:
+            raise StoreError(f"{self.path}: holds {self.n_episodes} episode(s) with action_mode {have!r}; refusing "
+                             f"to append action_mode {mode!r} episodes (record them into another store)")
+        if self._root.attrs.get(ACTION_MODE_ATTR) != mode:
+            self._root.attrs[ACTION_MODE_ATTR] = mode
+
     def load(self, keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """RAM copy of the committed frames: key -> (N, ...). Load before sampling: random zarr reads are slow."""
         keys = self.keys() if keys is None else list(keys)
@@ -691,3 +712,16 @@ def load_stores(paths: Sequence[str | os.PathLike], keys: Sequence[str]
     if not parts:
         raise StoreError("no episode store given")
     return {k: np.concatenate([p[k] for p in parts]) for k in keys}, np.concatenate(ends), specs
+
+
+def stores_action_mode(paths: Sequence[str | os.PathLike]) -> str:
+    """The one action mode of several stores; stores of different modes are refused, naming each."""
+    modes = {}
+    for path in paths:
+        with EpisodeStore.open(path) as store:
+            modes[str(path)] = store.action_mode
+    if len(set(modes.values())) > 1:
+        raise StoreError(f"stores of different action modes cannot be trained together: {modes}")
+    if not modes:
+        raise StoreError("no episode store given")
+    return next(iter(modes.values()))

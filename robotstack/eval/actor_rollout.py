@@ -68,11 +68,13 @@ class ActorResult:
 
 
 def rollout_actor(actor: Actor, task: str, episodes: int, seed: int = 100_000, max_episode_steps: int | None = None,
-                  show_progress: bool = True, description: str = "") -> ActorResult:
-    """Episodes seed, seed+1, ...; at reset the first observation is repeated To times (training padding)."""
+                  show_progress: bool = True, description: str = "", action_mode: str | None = None) -> ActorResult:
+    """Episodes seed, seed+1, ...; at reset the first observation is repeated To times (training padding).
+    action_mode: the env's end-effector action mode (None = delta), the one the actor was trained in."""
     import sim
 
-    env = sim.make(task, **({"max_episode_steps": max_episode_steps} if max_episode_steps else {}))
+    kwargs = {"max_episode_steps": max_episode_steps} if max_episode_steps else {}
+    env = sim.make(task, **kwargs, **({"action_mode": action_mode} if action_mode else {}))
     res = ActorResult([])
     t_start = time.perf_counter()
     from robotstack.core.progress import progress_bar

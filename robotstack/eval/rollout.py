@@ -47,10 +47,12 @@ class EvalResult:
                                            "env_steps_per_s": self.env_steps / max(self.wall_s, 1e-9)}
 
 
-def env_kwargs(policy_config, max_episode_steps: int | None = None, render: bool = False) -> dict[str, Any]:
-    """sim.make kwargs that produce the observations the policy was trained on (cameras, image size)."""
+def env_kwargs(policy_config, max_episode_steps: int | None = None, render: bool = False,
+               action_mode: str | None = None) -> dict[str, Any]:
+    """sim.make kwargs that produce the observations the policy was trained on (cameras, image size) and take
+    its actions (action_mode; None = the env's default, delta)."""
     image_keys = [k for k in policy_config.obs_shapes if K.is_image_key(k)]
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {} if action_mode is None else {"action_mode": action_mode}
     if image_keys:
         kwargs["cameras"] = tuple(k[len(K.IMAGE_PREFIX):] for k in image_keys)
         kwargs["image_size"] = int(policy_config.obs_shapes[image_keys[0]][0])
@@ -106,15 +108,17 @@ def _predict(policy, slots: list[_Slot], keys: list[str], sampler: str, steps: i
 @torch.no_grad()
 def evaluate(policy, task: str, episodes: int, seed: int = 100_000, num_envs: int = 1, sampler: str | None = None,
              steps: int | None = None, max_episode_steps: int | None = None, out_dir: str | Path | None = None,
-             video_episodes: int = 0, show_progress: bool = True) -> EvalResult:
+             video_episodes: int = 0, show_progress: bool = True, action_mode: str | None = None) -> EvalResult:
     """Run `episodes` episodes (seeds seed, seed+1, ...) of `policy` in `task`; write per-episode JSON,
-    summary JSON and the first `video_episodes` videos to out_dir (if given)."""
+    summary JSON and the first `video_episodes` videos to out_dir (if given). action_mode: the env's
+    end-effector action mode (None = delta); must be the one the policy was trained in."""
     if episodes < 1:
         raise ValueError(f"evaluate: episodes must be >= 1, got {episodes}")
     cfg = policy.config
     keys = list(cfg.obs_shapes)
     num_envs = max(1, min(num_envs, episodes))
-    envs = make_vector_env(task, num_envs, env_kwargs(cfg, max_episode_steps, render=video_episodes > 0))
+    envs = make_vector_env(task, num_envs, env_kwargs(cfg, max_episode_steps, render=video_episodes > 0,
+                                                               action_mode=action_mode))
     fps = float(envs.metadata.get("render_fps", 20) or 20)
     policy.eval()
     gen = torch.Generator().manual_seed(seed)
@@ -189,7 +193,8 @@ def evaluate(policy, task: str, episodes: int, seed: int = 100_000, num_envs: in
     result = EvalResult(results, time.perf_counter() - t0, env_steps, videos)
     if out is not None:
         write_eval(out, result, {"task": task, "seed": seed, "num_envs": num_envs, "sampler": sampler,
-                                 "steps": steps, "max_episode_steps": max_episode_steps})
+                                 "steps": steps, "max_episode_steps": max_episode_steps,
+                                 "action_mode": action_mode or "delta"})
     return result
 
 
@@ -208,6 +213,12 @@ def write_eval(out_dir: str | Path, result: EvalResult, settings: dict[str, Any]
                                                  indent=2))
 
 
+def checkpoint_action_mode(extra: dict[str, Any]) -> str:
+    """The end-effector action mode a checkpoint's policy emits: extra.task_spec.ee_action (absent: delta)."""
+    ee_dict = (extra.get("task_spec") or {}).get("ee_action")
+    return str(ee_dict.get("action_mode", "delta")) if isinstance(ee_dict, dict) else "delta"
+
+
 def evaluate_checkpoint(checkpoint: str | Path, episodes: int, ema: bool | None = None, task: str | None = None,
                         out_dir: str | Path | None = None, **kwargs: Any) -> tuple[EvalResult, Path]:
     """Load any policy's checkpoint dir (EMA weights when present unless ema=False) and `evaluate` it in its training
@@ -224,6 +235,8 @@ def evaluate_checkpoint(checkpoint: str | Path, episodes: int, ema: bool | None 
     weights = resolve_weights(ckpt, "auto" if ema is None else "ema" if ema else "model")
     policy = load_checkpoint(ckpt, weights=weights)
     out = Path(out_dir) if out_dir is not None else ckpt.resolve() / "eval"
+    # the action mode the policy was trained in travels in the checkpoint's task spec (absent: delta)
+    kwargs.setdefault("action_mode", checkpoint_action_mode(read_extra(ckpt)))
     result = evaluate(policy, task, episodes, out_dir=out, **kwargs)
     summary_path = out / "summary.json"
     doc = json.loads(summary_path.read_text())

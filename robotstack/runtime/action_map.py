@@ -3,7 +3,7 @@
 The contract itself (action names, step scaling, workspace box, max lead, yaw limit, gripper convention and unit)
 is ``robotstack/core/ee_action.py``, the same code the sim env steps with; this module only holds the target
 state and turns the TCP target into joint positions with ``kinematics.solve_ik`` (warm-started from the last
-joint target). The spec comes from the artifact manifest (the task's contract at export time).
+joint target). Both action modes (delta steps, absolute targets) go through the same ``ee.step_target``. The spec comes from the artifact manifest (the task's contract at export time).
 """
 
 from __future__ import annotations
@@ -38,6 +38,14 @@ class EEActionMapper:
         self.target_pos, self.target_yaw, self.gripper = t.pos, t.yaw, t.gripper
         self.q_target = q.copy()
         self._plan = None
+
+    def device_action(self, a_delta: np.ndarray, tcp_measured: np.ndarray, q_measured: np.ndarray) -> np.ndarray:
+        """A teleop device's command (always delta units) -> an action in the contract's mode (absolute mode:
+        the target measured TCP + step, core/ee_action.py absolute_from_delta, as the sim's experts do)."""
+        if self.s.mode != ee.ABSOLUTE:
+            return a_delta
+        R = kin.forward_kinematics(np.asarray(q_measured, dtype=np.float64))[3]
+        return ee.absolute_from_delta(self.s, a_delta, tcp_measured, kin.tcp_yaw(R))
 
     def advance(self, a: np.ndarray, tcp_measured: np.ndarray) -> None:
         """Integrate a skipped action into the TCP target without IK (the next step's IK starts from there)."""

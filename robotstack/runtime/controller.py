@@ -244,7 +244,8 @@ class Controller:
                         reason = "device_quit" if self.quit else "device_save"
                         break
                     if cmd is not None and (cmd.engaged or self.human_only):
-                        action = cmd.action(spec.action_dim).astype(np.float64)
+                        action = mapper.device_action(cmd.action(spec.action_dim).astype(np.float64),
+                                                      st.eef_pos, st.joint_pos)
                         intervention = not self.human_only
                         interventions += int(intervention)
                         tele.interventions += int(intervention)

@@ -46,7 +46,7 @@ class PolicySpec:
 
     @property
     def use_yaw(self) -> bool:
-        return "dyaw" in self.action_names
+        return self.action_scale().use_yaw  # "dyaw" (delta) or "yaw" (absolute mode)
 
     @property
     def max_step_pos(self) -> float:

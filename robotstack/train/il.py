@@ -39,12 +39,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from robotstack.core import ee_action as ee
 from robotstack.core import keys as K
 from robotstack.core.config import save_config, to_dict
 from robotstack.core.errors import ConfigError, StoreError
 from robotstack.core.progress import print_summary, progress_bar
 from robotstack.data.sampler import SequenceSampler, policy_padding
-from robotstack.data.store import load_stores
+from robotstack.data.store import load_stores, stores_action_mode
 from robotstack.train.common import (CONFIG_NAME, DistInfo, LoopConfig, RunLogger,
                                      StopRequest, init_distributed, numpy_rng,
                                      read_metrics, resolve_stage_config, restore_run_checkpoint, run_dir_for,
@@ -111,6 +112,7 @@ class EvalConfig:
 @dataclass
 class ILConfig:
     task: str = ""  # sim task the policy is evaluated in, e.g. push or mw:push-v3
+    action_mode: str = "delta"  # end-effector action mode (core/ee_action.py): "delta" | "absolute"; the stores must match
     data: DataConfig = field(default_factory=DataConfig)
     policy: PolicySection = field(default_factory=PolicySection)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -121,6 +123,7 @@ class ILConfig:
             raise ConfigError("config task: required (e.g. task: push, or task: mw:push-v3)")
         if not self.data.paths:
             raise ConfigError("config data.paths: at least one episode store path is required")
+        ee.check_mode(self.action_mode, "config action_mode")
         if not self.data.obs_keys:
             raise ConfigError("config data.obs_keys: at least one observation key is required")
         if self.eval.sampler not in ("ddim", "ddpm"):
@@ -154,9 +157,14 @@ def load_data(cfg: ILConfig) -> TrainData:
             raise ConfigError(f"config data.paths: store {path} does not exist (record one with `robotstack "
                               f"record --task {cfg.task} --out {path}`)")
     try:
+        store_mode = stores_action_mode(cfg.data.paths)
         arrays, episode_ends, specs = load_stores(cfg.data.paths, keys)
     except StoreError as exc:
         raise ConfigError(f"config data.paths / data.obs_keys: {exc}") from exc
+    if store_mode != cfg.action_mode:  # the same numbers mean a step in one mode and a target in the other
+        raise ConfigError(f"config action_mode={cfg.action_mode!r} but the store(s) {cfg.data.paths} hold "
+                          f"action_mode {store_mode!r} actions; set action_mode={store_mode} or record "
+                          f"with --action-mode {cfg.action_mode}")
     p = cfg.policy
     sampler = SequenceSampler(arrays, episode_ends, p.horizon, **policy_padding(p.horizon, p.n_obs_steps), keys=keys,
                               key_horizons={k: p.n_obs_steps for k in cfg.data.obs_keys})
@@ -239,13 +247,13 @@ class LossModule(nn.Module):
 
 # ====================================================================================== checkpoints
 @functools.lru_cache(maxsize=None)
-def task_spec(task: str) -> dict:
+def task_spec(task: str, action_mode: str = ee.DELTA) -> dict:
     """The env's task spec (sim base_env.task_spec(): control rate, action names, the whole end-effector contract
     core/ee_action.py EEActionSpec.to_dict() for Panda envs, robot, success criterion as data), carried into
     checkpoints and from there into export manifests, so the on-robot runtime acts exactly as the training sim."""
     import sim
 
-    env = sim.make(task)
+    env = sim.make(task, action_mode=action_mode)
     try:
         return json.loads(json.dumps(env.unwrapped.task_spec()))  # plain JSON types (tuples -> lists)
     finally:
@@ -256,7 +264,7 @@ def save_all(run_dir: Path, step: int, cfg: ILConfig, policy: DiffusionPolicy, e
              optimizer: torch.optim.Optimizer, data: TrainData, log_window: tuple[float, int] = (0.0, 0)) -> Path:
     extra = {"stage": "il", "step": step, "task": cfg.task, "obs_keys": cfg.data.obs_keys,
              "data_paths": cfg.data.paths, "n_episodes": int(len(data.episode_ends)),
-             "eval": to_dict(cfg.eval), "task_spec": task_spec(cfg.task)}
+             "eval": to_dict(cfg.eval), "task_spec": task_spec(cfg.task, cfg.action_mode)}
     # the partial loss-logging window is state too: without it a resumed run logs a different mean
     state = {"seed": cfg.train.seed, "ema_step": ema.step, "log_window": list(log_window)}
     return save_run_checkpoint(run_dir, step, policy, optimizer, ema.averaged, extra=extra, state=state,
@@ -283,6 +291,7 @@ def evaluate_policy(cfg: ILConfig, policy: DiffusionPolicy, ema: EMA, run_dir: P
     try:
         result = evaluate(model, cfg.task, episodes=e.episodes, seed=e.seed, num_envs=e.num_envs,
                           sampler=e.sampler, steps=e.steps, max_episode_steps=e.max_episode_steps or None,
+                          action_mode=cfg.action_mode,
                           out_dir=Path(run_dir) / "eval" / f"step_{step}", show_progress=False)
     finally:
         model.train(was_training)

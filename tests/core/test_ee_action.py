@@ -99,14 +99,16 @@ def test_runtime_action_scale_is_the_core_spec():
     assert dataclasses.replace(s, max_lead=0.05).max_lead == 0.05
 
 
+@pytest.mark.parametrize("mode", ["delta", "absolute"])
 @pytest.mark.parametrize("task", ["push", "push_t"])
-def test_sim_env_and_runtime_mapper_step_exactly_like_the_core(task):
+def test_sim_env_and_runtime_mapper_step_exactly_like_the_core(task, mode):
     """Drive a real env with random actions; before each step predict its next target with the core function
-    (and with the runtime's EEActionMapper fed the same measured TCP): all three must agree bit for bit."""
+    (and with the runtime's EEActionMapper fed the same measured TCP): all three must agree bit for bit. In
+    absolute mode random actions are far targets, so the max-lead pull and the yaw rate limit act every step."""
     import sim
     from robotstack.runtime.action_map import EEActionMapper
 
-    env = sim.make(task)
+    env = sim.make(task, action_mode=mode)
     u = env.unwrapped
     spec = u.action_spec
     assert spec.names == u.action_names

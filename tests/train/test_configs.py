@@ -30,6 +30,7 @@ def il_view(cfg: ILConfig) -> dict:
     doc = to_dict(cfg)
     for key in ("obs_shapes", "action_dim"):
         doc["policy"].pop(key, None)
+    assert doc.pop("action_mode") == "delta"  # added after the snapshot (issue 10 item 3); delta = as before
     return doc
 
 
