@@ -145,3 +145,74 @@ def test_bad_configs_fail_before_any_work(store, il_ckpt, tmp_path):
         with pytest.raises(ConfigError, match=msg):
             orl.main(CONFIG, overrides(bare, il_ckpt), out=str(out), show_progress=False)
     assert not out.exists()
+
+
+class TargetQ(torch.nn.Module):
+    """A known Q on the normalised executed chunk: 10 - ||a - target||^2 (a low-Q region away from target)."""
+
+    def __init__(self, target: torch.Tensor):
+        super().__init__()
+        self.target = target
+
+    def min_q(self, feat, a):
+        return 10.0 - ((a - self.target) ** 2).sum(-1)
+
+
+def shifted(policy, c: float):
+    """A copy whose epsilon head is biased by c: every DDIM x0 estimate moves by -c sqrt((1-abar)/abar), so the
+    sampled chunk moves down (c > 0) or up (c < 0)."""
+    import copy
+
+    out = copy.deepcopy(policy)
+    with torch.no_grad():
+        out.denoiser.out[-1].bias += c
+    return out
+
+
+def test_gate_step_rejects_a_worse_candidate_and_accepts_a_better_one(store, il_ckpt, tiny_run, tmp_path):
+    """rl100.md §12 test 8 through the stage's own gate_step (what its loop calls every gate.every updates),
+    with the stage's AM-Q (real policy sampler, the run's real transition ensemble) and a known Q."""
+    from policies.rl.denoise_ppo import chain_log_probs, sample_chain
+    from policies.rl.transition import TransitionEnsemble
+
+    cfg = orl.resolve_config(CONFIG, overrides(store, il_ckpt), None)
+    behaviour = orl.load_policy(cfg).requires_grad_(False)
+    data = orl.load_chunks(cfg, behaviour)
+    model = TransitionEnsemble.load(tiny_run[0] / "dynamics")
+    starts = data.feat[:32]
+    a_b = orl.policy_action(behaviour, starts, 4, 0.0, torch.Generator().manual_seed(0))
+    q = TargetQ(a_b.mean(0) - 0.3)  # the better region lies below the behaviour's actions
+
+    def amq(p):
+        return orl.amq_of(p, starts, q, model, horizon=2, steps=4, eta=0.0, seed=5)
+
+    state = orl.GateState(amq(behaviour), amq(behaviour))
+    before = {k: v.clone() for k, v in behaviour.state_dict().items()}
+    log = tmp_path / "gate.jsonl"
+
+    worse = shifted(behaviour, -0.75)
+    d = orl.gate_step(2, worse, behaviour, state, amq, cfg.gate, log)
+    assert d["amq_new"] < d["amq_old"] and not d["accepted"] and d["reverted"]
+    assert all(torch.equal(behaviour.state_dict()[k], before[k]) for k in before)  # pi_i untouched
+    assert all(torch.equal(worse.state_dict()[k], before[k]) for k in before)  # the candidate reverted
+    assert (state.n_accepted, state.n_rejected) == (0, 1)
+
+    better = shifted(behaviour, 0.75)
+    d = orl.gate_step(4, better, behaviour, state, amq, cfg.gate, log)
+    assert d["amq_new"] - d["amq_old"] >= 0.05 * abs(d["amq_old"]) and d["accepted"]
+    assert all(torch.equal(behaviour.state_dict()[k], better.state_dict()[k]) for k in before)  # pi_i <- pi
+    assert state.amq_behaviour == d["amq_new"] and state.n_accepted == 1
+    assert [json.loads(ln)["accepted"] for ln in log.read_text().splitlines()] == [False, True]
+    # the next PPO ratio is exactly 1: chains of the new pi_i scored by the candidate
+    obs = orl._obs_torch(data.sampler.batch(data.sampler.starts[:8]).obs)
+    chain = sample_chain(behaviour, obs, steps=4, generator=torch.Generator().manual_seed(1))
+    new = chain_log_probs(better, chain.cond, chain.chain, chain.timesteps, chain.prev_timesteps)
+    assert torch.equal(new, chain.log_probs)
+
+    # the official strict mode: a worse candidate is rejected but keeps its weights (no revert)
+    strict = cfg.gate.__class__(mode="strict_no_revert")
+    worse = shifted(behaviour, -0.75)
+    kept = {k: v.clone() for k, v in worse.state_dict().items()}
+    d = orl.gate_step(6, worse, behaviour, state, amq, strict)
+    assert not d["accepted"] and not d["reverted"]
+    assert all(torch.equal(worse.state_dict()[k], kept[k]) for k in kept)
