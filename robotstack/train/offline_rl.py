@@ -22,7 +22,8 @@ Choices where the sources are silent or the IL checkpoint differs (rl100.md §13
   set: rl_eta = 1, sigma in [ppo.sigma_min, ppo.sigma_max] (0.01 / the checkpoint's resolved sigma_max, 0.1 for
   chunks). The epsilon model is trained on all N timesteps, so either grid is valid, and keeping it means the
   accepted policy is gated, evaluated and exported on the grid it was trained with. `ppo.grid: rl100` switches
-  to the official code's grid (leading + steps_offset 1 + prev clamp: 91..1).
+  to the official code's grid (leading + steps_offset 1 + prev clamp: 91..1). num_inference_steps is set to
+  ppo.ddim_steps, so the saved policy samples with the K it was fine-tuned at.
 - Critics and the ensemble read actions normalised by the policy's own normaliser (the space the chain lives
   in), the executed window only (Ta x Da; the executed window of the ChunkSampler = chunk[action_start:+Ta]).
 - AM-Q: the official estimator (mean of minQ over H model steps, `mean_q`), on a fixed set of gate.batch_size
@@ -257,7 +258,8 @@ def rl_ready(policy: DiffusionPolicy, ppo: PPOConfig) -> DiffusionPolicy:
                               clip_sample=sc.clip_sample, num_inference_steps=ppo.ddim_steps)
         policy._schedule = None  # rebuilt on first use with the new grid
     else:
-        new = dataclasses.replace(sc, rl_eta=1.0, sigma_min=ppo.sigma_min, sigma_max=sigma_max)
+        new = dataclasses.replace(sc, rl_eta=1.0, sigma_min=ppo.sigma_min, sigma_max=sigma_max,
+                                  num_inference_steps=ppo.ddim_steps)
     policy.config = policy.config.replace(scheduler=new)
     return policy
 

@@ -216,3 +216,24 @@ def test_gate_step_rejects_a_worse_candidate_and_accepts_a_better_one(store, il_
     d = orl.gate_step(6, worse, behaviour, state, amq, strict)
     assert not d["accepted"] and not d["reverted"]
     assert all(torch.equal(worse.state_dict()[k], kept[k]) for k in kept)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "offline_rl").glob("[!_]*.yaml")), ids=lambda p: p.stem)
+def test_task_configs_load_and_match_the_il_task(path):
+    from robotstack.core.config import load_config
+    from robotstack.train.il import ILConfig
+
+    cfg = load_config(orl.OfflineRLConfig, path)
+    assert cfg.task == load_config(ILConfig, ROOT / "configs" / "il" / path.name).task
+    assert (cfg.gate.delta, cfg.gate.mode, cfg.critic.expectile, cfg.ppo.clip_eps) == (0.05, "delta_revert", 0.7, 0.25)
+    assert (cfg.dynamics.members, cfg.dynamics.elites) == (7, 5)
+
+
+def test_cli_verb_parses():
+    from robotstack.cli import build_parser
+
+    args = build_parser().parse_args(["train", "offline-rl", "--config", "c.yaml", "gate.every=5", "--out", "r"])
+    assert args.func.__name__ == "cmd_train_offline_rl" and args.overrides == ["gate.every=5"] and args.out == "r"
