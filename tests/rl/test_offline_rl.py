@@ -237,3 +237,41 @@ def test_cli_verb_parses():
 
     args = build_parser().parse_args(["train", "offline-rl", "--config", "c.yaml", "gate.every=5", "--out", "r"])
     assert args.func.__name__ == "cmd_train_offline_rl" and args.overrides == ["gate.every=5"] and args.out == "r"
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_and_resume_continues(store, il_ckpt, tmp_path):
+    """A real `robotstack train offline-rl` subprocess sent SIGINT mid-PPO: exit 130, the checkpoint of the update
+    it reached (summary interrupted), and --resume finishes the run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from robotstack.train.common import read_metrics
+
+    run = tmp_path / "run"
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    argv = [sys.executable, "-m", "robotstack.cli", "train", "offline-rl", "--config", CONFIG, "--out", str(run),
+            "--quiet", *overrides(store, il_ckpt, "train.steps=100000", "train.checkpoint_every=100000")]
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            rows = read_metrics(run) if (run / "metrics.csv").exists() else []
+            if rows and rows[-1]["step"] >= 3:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()[0]
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=300)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out
+    summary = json.loads((run / "summary.json").read_text())
+    step = json.loads((run / "checkpoints" / "latest" / "train_state.json").read_text())["step"]
+    assert summary["interrupted"] is True and summary["steps"] == step >= 3
+    done = orl.main(None, [f"train.steps={step + 2}"], resume=str(run), show_progress=False)
+    assert done["interrupted"] is False and done["steps"] == step + 2 and done["steps_this_run"] == 2
