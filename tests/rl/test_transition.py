@@ -17,8 +17,8 @@ def linear_data(n=2000, d=4, a=2, noise=0.01, seed=0):
 
 
 def test_fits_linear_dynamics_and_elites_are_the_lowest_holdout_loss(tmp_path):
-    s, u, s2, (A, B) = linear_data()
-    cfg = EnsembleConfig(hidden=[64, 64], weight_decay=[1e-5, 1e-5, 1e-5], max_epochs=60, patience=8,
+    s, u, s2, (A, B) = linear_data(n=1200)
+    cfg = EnsembleConfig(hidden=[64, 64], weight_decay=[1e-5, 1e-5, 1e-5], max_epochs=40, patience=8,
                          batch_size=128, lr=3e-3)
     model, report = fit_ensemble(s, u, s2, cfg, torch.Generator().manual_seed(1))
     # elites: the 5 members with the lowest holdout MSE, best first
