@@ -634,9 +634,9 @@ def final_eval(cfg: OfflineRLConfig, run_dir: Path, teacher: DiffusionPolicy, st
     for name, pol in (("", teacher), ("student_", student)):
         if pol is None:
             continue
+        out_dir = run_dir / "eval" / (name[:-1] if name else tag)
         r = evaluate(pol, cfg.task, episodes=e.episodes, seed=e.seed, num_envs=e.num_envs,
-                     max_episode_steps=e.max_episode_steps or None, out_dir=run_dir / "eval" / (name[:-1] if name else tag),
-                     show_progress=False).summary()
+                     max_episode_steps=e.max_episode_steps or None, out_dir=out_dir, show_progress=False).summary()
         out |= {f"{name}eval_success_rate": r["success_rate"], f"{name}eval_ci95_low": r["ci95_low"],
                 f"{name}eval_ci95_high": r["ci95_high"]}
     return out
