@@ -9,7 +9,8 @@ output = a diagonal Gaussian over delta features (the window at t + n_c minus th
 (`predict_r` False in the code: AM-Q reads the IQL Q instead).
 
     fit_ensemble(feat, action, next_feat, cfg, gen) -> (TransitionEnsemble, FitReport)
-    ensemble.sample(feat (B, Dc), action (B, Ta*Da), gen) -> next feat (B, Dc)   (one random elite per row)
+    ensemble.sample(feat (B, Dc), action (B, Ta*Da), gen) -> next feat (B, Dc)   (one random elite per row,
+                                                           clamped to the training features' range)
 
 Loss: Gaussian NLL with inverse-variance weighting, summed over dims, plus the max/min-logvar bound terms
 (0.01 (max_logvar - min_logvar)) and per-layer weight decay. Holdout early stopping: a fixed holdout split;
@@ -92,6 +93,9 @@ class TransitionEnsemble(nn.Module):
         self.register_buffer("out_mean", torch.zeros(self.feat_dim))
         self.register_buffer("out_std", torch.ones(self.feat_dim))
         self.register_buffer("elite_idx", torch.arange(elites, dtype=torch.long))
+        # per-dim range of the features seen in training: sampled rollouts are clamped to it (below)
+        self.register_buffer("feat_lo", torch.full((self.feat_dim,), -torch.inf))
+        self.register_buffer("feat_hi", torch.full((self.feat_dim,), torch.inf))
 
     def forward(self, feat: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (mean, logvar) of the standardised delta, each (E, B, Dc). feat/action may carry a leading E."""
@@ -115,13 +119,15 @@ class TransitionEnsemble(nn.Module):
     @torch.no_grad()
     def sample(self, feat: torch.Tensor, action: torch.Tensor, generator: torch.Generator | None = None
                ) -> torch.Tensor:
-        """One sampled next-feature row per input row (B, Dc) from a uniformly drawn elite (the code's rollout)."""
+        """One sampled next-feature row per input row (B, Dc) from a uniformly drawn elite (the code's rollout),
+        clamped to the training features' range: a rollout that leaves the data's support would otherwise feed the
+        critic features it extrapolates on without bound (seen: AM-Q -1e3 from a 0..1 Q after one step)."""
         mean, std = self.predict(feat, action)
         b = feat.shape[0]
         pick = self.elite_idx[torch.randint(0, len(self.elite_idx), (b,), generator=generator)]
         rows = torch.arange(b)
         z = torch.randn((b, self.feat_dim), generator=generator)
-        return mean[pick, rows] + std[pick, rows] * z
+        return torch.maximum(torch.minimum(mean[pick, rows] + std[pick, rows] * z, self.feat_hi), self.feat_lo)
 
     # ----------------------------------------------------------------------------------------- on disk
     def save(self, path: str | Path, report: FitReport | None = None) -> None:
@@ -158,6 +164,13 @@ class FitReport(NamedTuple):
     train_nll: float  # last epoch's mean training loss
 
 
+def _scale(x: torch.Tensor) -> torch.Tensor:
+    # a (near-)constant column keeps scale 1 (MBPO's StandardScaler): dividing by its ~0 std would turn any other
+    # value of it (e.g. a policy's gripper command where the data only ever closed) into a 1e6-sized input
+    std = x.std(0)
+    return torch.where(std < 1e-4, torch.ones_like(std), std)
+
+
 def gaussian_nll(mean: torch.Tensor, logvar: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """(E, B, D) -> (E,) mean over B of sum over D of the Gaussian NLL (constants dropped): the
     inverse-variance-weighted squared error plus logvar."""
@@ -178,9 +191,11 @@ def fit_ensemble(feat: torch.Tensor, action: torch.Tensor, next_feat: torch.Tens
     torch.manual_seed(int(torch.randint(0, 2 ** 31 - 1, (1,), generator=generator)))  # weight init
     model = TransitionEnsemble(feat.shape[1], action.shape[1], cfg.members, cfg.hidden, cfg.elites)
     model.in_mean.copy_(x_all[train].mean(0))
-    model.in_std.copy_(x_all[train].std(0).clamp(min=1e-6))
+    model.in_std.copy_(_scale(x_all[train]))
     model.out_mean.copy_(delta[train].mean(0))
-    model.out_std.copy_(delta[train].std(0).clamp(min=1e-6))
+    model.out_std.copy_(_scale(delta[train]))
+    model.feat_lo.copy_(torch.minimum(feat.min(0).values, next_feat.min(0).values))
+    model.feat_hi.copy_(torch.maximum(feat.max(0).values, next_feat.max(0).values))
     target = (delta - model.out_mean) / model.out_std
     layers = [*model.layers, model.head]
     groups = [{"params": list(layer.parameters()), "weight_decay": wd} for layer, wd in zip(layers, cfg.weight_decay)]

@@ -47,3 +47,21 @@ def test_holdout_early_stopping_stops_before_max_epochs():
     cfg = EnsembleConfig(hidden=[32], weight_decay=[1e-5, 1e-5], max_epochs=500, patience=3, lr=3e-3)
     _, report = fit_ensemble(s, u, s2, cfg, torch.Generator().manual_seed(0))
     assert report.epochs < 500
+
+
+def test_constant_input_column_and_out_of_range_rollouts_stay_bounded():
+    """A column that is constant in the data (a gripper the demos never opened) keeps scale 1, so another value
+    of it at rollout time is an ordinary input; sampled features stay inside the training range."""
+    s, u, s2, _ = linear_data(n=400)
+    u[:, 1] = -1.0  # constant action column
+    cfg = EnsembleConfig(hidden=[32], weight_decay=[1e-5, 1e-5], max_epochs=5, lr=3e-3)
+    model, _ = fit_ensemble(s, u, s2, cfg, torch.Generator().manual_seed(0))
+    assert float(model.in_std[s.shape[1] + 1]) == 1.0
+    u_other = u.clone()
+    u_other[:, 1] = 1.0
+    mean, _ = model.predict(s, u_other)
+    assert mean.abs().max() < 100
+    far = model.sample(s * 1e3, u_other, torch.Generator().manual_seed(0))
+    lo = torch.minimum(s.min(0).values, s2.min(0).values)
+    hi = torch.maximum(s.max(0).values, s2.max(0).values)
+    assert bool(((far >= lo) & (far <= hi)).all())
