@@ -1,6 +1,7 @@
 """RL-100 numeric building blocks (shared/specs/rl100.md §4-§5): PPO over the denoising MDP and IQL critics.
 
-Pure functions over a DiffusionPolicy's per-step Gaussian API; the stage loops (offline-rl, online-rl) live in
+Pure functions over a DiffusionPolicy's per-step Gaussian API (+ the learned transition ensemble that AM-Q rolls
+out); the stage loops (offline-rl, online-rl) live in
 robotstack/train (with robotstack/train/rl_math.py: GAE, the OPE gate, AM-Q) and only call these.
 
 Glossary: B batch, To obs history, T horizon, Ta executed actions, Da action dim, K denoising steps,
@@ -16,6 +17,9 @@ denoise_ppo
     normalize_advantage(adv (B,)); broadcast_advantage(adv (B,), K, gamma_denoise=None) -> (B, K)
     clipped_surrogate(new (B,K), old (B,K), adv (B,K), eps) -> Surrogate(loss, ratio, clip_frac, approx_kl)
     ppo_update(policy, opt, chain, adv (B,), DenoisePPOConfig) -> stats
+transition (AM-Q's model, rl100.md §4.3)
+    EnsembleConfig; fit_ensemble(feat (N,Dc), action (N,Ta*Da), next_feat (N,Dc), cfg, gen) -> (TransitionEnsemble,
+    FitReport); TransitionEnsemble.sample(feat, action, gen) -> next feat (one random elite per row); save / load
 critics
     DoubleQ(Dc, Ta*Da), ValueNet(Dc), expectile_loss, chunk_reward_sum, td_target, iql_value_loss, iql_q_loss,
     iql_advantage, soft_update, warm_start_value, clipped_value_loss

@@ -1,4 +1,4 @@
-"""Training and evaluation verbs: `train il`, `eval` (a checkpoint in sim), `plot` (a run dir)."""
+"""Training and evaluation verbs: `train il`, `train offline-rl`, `eval` (a checkpoint in sim), `plot` (a run dir)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,15 @@ def cmd_train_il(args: argparse.Namespace) -> int:
     from robotstack.train.il import main as train_il
 
     summary = train_il(args.config, args.overrides, resume=args.resume, out=args.out, show_progress=not args.quiet)
+    return INTERRUPTED_EXIT_CODE if summary.get("interrupted") else 0
+
+
+def cmd_train_offline_rl(args: argparse.Namespace) -> int:
+    from robotstack.train.common import INTERRUPTED_EXIT_CODE
+    from robotstack.train.offline_rl import main as train_offline_rl
+
+    summary = train_offline_rl(args.config, args.overrides, resume=args.resume, out=args.out,
+                               show_progress=not args.quiet)
     return INTERRUPTED_EXIT_CODE if summary.get("interrupted") else 0
 
 
@@ -61,6 +70,14 @@ def add_verbs(sub) -> None:
                         example="train.steps=500 train.lr=3e-4", default_run="runs/il/<task>_<time>")
     il.add_argument("--quiet", action="store_true", help="no progress bar")
     il.set_defaults(func=cmd_train_il)
+    orl = train_sub.add_parser("offline-rl", help="RL-100 offline round: IQL critics, transition model, PPO over "
+                               "the denoising steps with the AM-Q gate",
+                               description="robotstack train offline-rl --config configs/offline_rl/push.yaml "
+                                           "policy=runs/il/push/checkpoints/latest [dotted.key=value ...]")
+    add_stage_arguments(orl, config_help="YAML config (configs/offline_rl/*.yaml); not needed with --resume",
+                        example="train.steps=200 gate.every=25", default_run="runs/offline_rl/<task>_<time>")
+    orl.add_argument("--quiet", action="store_true", help="no progress bar")
+    orl.set_defaults(func=cmd_train_offline_rl)
 
     ev = sub.add_parser("eval", help="roll out a checkpoint in sim: success rate (95%% Wilson CI), lengths")
     ev.add_argument("--checkpoint", required=True, help="checkpoint dir, e.g. RUN_DIR/checkpoints/latest")
