@@ -24,6 +24,9 @@ uninterrupted one drew; the episode a parked env was in is cut (its last decisio
 from __future__ import annotations
 
 import collections
+import contextlib
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,7 +65,8 @@ class Rollout:
         cat = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
         return Rollout(cat("chain"), cat("log_probs"), cat("cond"), cat("next_cond"), cat("reward"), cat("n_steps"),
                        cat("terminated"), cat("truncated"), [n for p in parts for n in p.lengths],
-                       parts[0].timesteps, parts[0].prev_timesteps, sum(p.env_steps for p in parts),
+                       np.array(parts[0].timesteps), np.array(parts[0].prev_timesteps),  # writable copies
+                       sum(p.env_steps for p in parts),
                        [e for p in parts for e in p.episodes], sum(p.n_started for p in parts),
                        max(p.wall_s for p in parts))
 
@@ -103,6 +107,21 @@ def _to_torch(obs_list: list[dict[str, np.ndarray]], keys: list[str]) -> dict[st
     return {k: torch.from_numpy(np.stack([o[k] for o in obs_list])) for k in keys}
 
 
+@contextlib.contextmanager
+def _sigint_ignored():
+    """SIGINT ignored while env subprocesses are spawned: an ignored signal stays ignored across exec (and Python
+    keeps it so), so a terminal Ctrl-C, sent to the whole process group, reaches the learner (which saves and
+    stops) but not its env workers, which would otherwise die mid-step and take the checkpoint with them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class Collector:
     """Owns E gymnasium envs (make_vector_env: subprocesses when E > 1) and collects decisions from them."""
 
@@ -116,7 +135,8 @@ class Collector:
         self.task, self.num_envs = task, num_envs
         self.keys = list(policy_config.obs_shapes)
         self.n_obs_steps = policy_config.n_obs_steps
-        self.envs = make_vector_env(task, num_envs, kwargs)
+        with _sigint_ignored():
+            self.envs = make_vector_env(task, num_envs, kwargs)
 
     def close(self) -> None:
         self.envs.close()

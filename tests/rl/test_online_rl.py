@@ -230,6 +230,52 @@ def test_value_warm_starts_from_iql_critics(il_ckpt):
     assert src.startswith("iql:") and torch.equal(value(x), v(x))
 
 
+def test_cli_ctrl_c_saves_and_resume_continues(il_ckpt, tmp_path):
+    """`robotstack train online-rl` in its own process group with 2 env subprocesses; SIGINT to the whole group
+    (what a terminal's Ctrl-C does) after the first update: exit 130, a checkpoint at the env steps reached,
+    summary interrupted; --resume then runs to the new budget."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from robotstack.train.common import read_metrics
+
+    root = Path(__file__).resolve().parents[2]
+    run = tmp_path / "cli"
+    common = ["ppo.minibatch_size=32", "ppo.epochs=1", "ppo.value_hidden=[32]", "eval.episodes=0",
+              "distill.enabled=false", "train.rollout_env_steps=48"]
+    env = os.environ | {"PYTHONPATH": str(root)}
+    argv = [sys.executable, "-m", "robotstack.cli", "train", "online-rl", "--config",
+            str(root / "configs/online_rl/reach.yaml"), f"policy={il_ckpt}", "env.num_envs=2",
+            "train.env_steps=1000000", *common, "--out", str(run), "--quiet"]
+    proc = subprocess.Popen(argv, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None and not read_metrics(run):
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[0]
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        out = proc.communicate(timeout=300)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"still running after SIGINT:\n{proc.communicate()[0]}")
+    assert proc.returncode == 130, out
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["interrupted"] and "--resume" in out
+    step = json.loads((run / "checkpoints" / "latest" / "train_state.json").read_text())["step"]
+    assert step == summary["env_steps"] >= 48
+
+    resumed = subprocess.run([sys.executable, "-m", "robotstack.cli", "train", "online-rl", "--resume", str(run),
+                              f"train.env_steps={step + 48}", "env.num_envs=1", "--quiet"], cwd=root, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    done = json.loads((run / "summary.json").read_text())
+    assert not done["interrupted"] and done["env_steps"] >= step + 48 and done["updates_this_run"] >= 1
+
+
 @pytest.mark.slow
 def test_ray_two_local_workers(il_ckpt, tmp_path):
     pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'robotstack[ray]')")
