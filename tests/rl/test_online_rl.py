@@ -54,6 +54,21 @@ def tiny_cfg(ckpt: Path, **over) -> OnlineRLConfig:
     return from_dict(OnlineRLConfig, doc)
 
 
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = sorted(p for p in (ROOT / "configs" / "online_rl").glob("*.yaml") if not p.name.startswith("_"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_every_task_config_loads_for_its_il_config(path):
+    from robotstack.core.config import load_config
+    from robotstack.train.il import ILConfig
+
+    cfg = load_config(OnlineRLConfig, path)
+    il = load_config(ILConfig, ROOT / "configs" / "il" / path.name)  # the IL run it starts from
+    assert cfg.task == il.task and cfg.policy.startswith(f"runs/il/{path.stem}/")
+    assert cfg.ray.address == "" and cfg.rl.grid == "rl100" and cfg.ppo.clip_eps == 0.2
+
+
 def test_tiny_run_writes_the_stage_contract(il_ckpt, tmp_path):
     from policies.checkpoint import load_checkpoint, read_extra
     from policies.consistency.model import ConsistencyPolicy
@@ -82,6 +97,10 @@ def test_tiny_run_writes_the_stage_contract(il_ckpt, tmp_path):
     il = load_checkpoint(il_ckpt, weights="auto")
     assert any(not torch.equal(a, b) for a, b in zip(il.denoiser.parameters(), teacher.denoiser.parameters()))
     assert all(r["ratio0_max_dev"] < 1e-4 for r in rows)  # every update starts at ratio 1
+    # a saved student is accepted back as `student:` (the next online phase starts from it)
+    again = tiny_cfg(il_ckpt, student=str(run / "student" / "checkpoints" / "latest"))
+    reread = online_rl.load_student(again, online_rl.load_policy(again)[0])
+    assert all(torch.equal(a, b) for a, b in zip(reread.denoiser.parameters(), student.denoiser.parameters()))
 
 
 def test_first_ratio_is_one_each_update_and_moves_after_a_step(il_ckpt):
@@ -212,6 +231,11 @@ def test_bad_configs_fail_before_any_work(il_ckpt, tmp_path):
         online_rl.train(tiny_cfg(il_ckpt, critic=str(crit)), run, show_progress=False)
     with pytest.raises(ConfigError, match="not an IQL critics dir"):
         online_rl.train(tiny_cfg(il_ckpt, critic=str(tmp_path)), run, show_progress=False)
+    with pytest.raises(ConfigError, match="needs an rl100 consistency checkpoint"):
+        online_rl.train(tiny_cfg(il_ckpt, student=str(il_ckpt)), run, show_progress=False)
+    with pytest.raises(ConfigError, match="distill.enabled is false"):
+        online_rl.train(tiny_cfg(il_ckpt, student=str(il_ckpt), **{"distill.enabled": False}), run,
+                        show_progress=False)
     assert not run.exists()
 
 
