@@ -134,6 +134,7 @@ class TrainConfig:
 class EvalConfig:
     episodes: int = 20  # 0 = no evaluation
     every: int = 0  # updates; 0 = only after the last update
+    initial: bool = False  # also evaluate before the first update (the converted starting policy, step 0)
     num_envs: int = 1
     seed: int = 100_000
     max_episode_steps: int = 0
@@ -504,6 +505,8 @@ def train(cfg: OnlineRLConfig, run_dir: str | Path, resume: bool = False, show_p
     interrupted, last_eval, updates_run = False, {}, 0
     collector = make_collector(cfg, policy) if env_steps < t.env_steps else None
     state = lambda: {"update": update, "env_steps": env_steps, "next_seed": next_seed, "seed": t.seed}  # noqa: E731
+    if cfg.eval.episodes and cfg.eval.initial and not resume:
+        logger.log(0, evaluate_pair(cfg, lr, run_dir, 0))
     bar.start()
     try:
         with StopRequest() as stop:
