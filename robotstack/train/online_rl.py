@@ -27,6 +27,13 @@ Choices where the spec leaves room (rl100.md §13), recorded in the checkpoint's
   checkpoint's grid.
 - Linear lr decay to 0 over the env-step budget for actor and critic; no entropy term; value clip = ppo.value_clip.
 
+Reading the metrics: ratio0_max_dev is ~1e-5..1e-4, not 0: the behaviour log-probs come from batches of the
+envs that asked for a decision, the update's from a minibatch, and float32 matmuls round differently per batch
+size; at sigma~ = 0.01 a 1e-7 change of the mean moves a log-prob summed over Ta*Da dims by ~1e-4. A stochastic
+encoder or live dropout shows up as O(1). train/success_rate counts the episodes completed within the update's
+collection; the (at most one per env) episode cut at its end is not counted, a small bias towards short
+(successful) episodes.
+
 Run dir (the layout of train il; robotstack/train/common.py):
     RUN_DIR/config.json, metrics.csv (+ tb/)       one row per update, step = env steps
     RUN_DIR/checkpoints/step_N, latest            the RL'd diffusion policy (N = env steps)
@@ -329,24 +336,24 @@ def build_learner(cfg: OnlineRLConfig, policy: DiffusionPolicy, value: ValueNet,
     return Learner(policy, value, actor_opt, critic_opt, student, student_opt)
 
 
-def value_step(lr: Learner, cond: torch.Tensor, v_old: torch.Tensor, ret: torch.Tensor, cfg: PPOConfig) -> float:
-    loss = clipped_value_loss(lr.value(cond), v_old, ret, cfg.value_clip)
-    lr.critic_opt.zero_grad(set_to_none=True)
+def value_step(learner: Learner, cond: torch.Tensor, v_old: torch.Tensor, ret: torch.Tensor, cfg: PPOConfig) -> float:
+    loss = clipped_value_loss(learner.value(cond), v_old, ret, cfg.value_clip)
+    learner.critic_opt.zero_grad(set_to_none=True)
     loss.backward()
-    nn.utils.clip_grad_norm_(lr.value.parameters(), cfg.max_grad_norm)
-    lr.critic_opt.step()
+    nn.utils.clip_grad_norm_(learner.value.parameters(), cfg.max_grad_norm)
+    learner.critic_opt.step()
     return float(loss.detach())
 
 
-def distill_step(lr: Learner, cond: torch.Tensor, teacher_steps: int, grad_clip: float,
+def distill_step(learner: Learner, cond: torch.Tensor, teacher_steps: int, grad_clip: float,
                  gen: torch.Generator) -> float:
     from robotstack.train.distill import rl100_same_noise_loss
 
-    loss, _ = rl100_same_noise_loss(lr.student, lr.policy, cond, teacher_steps, gen)
-    lr.student_opt.zero_grad(set_to_none=True)
+    loss, _ = rl100_same_noise_loss(learner.student, learner.policy, cond, teacher_steps, gen)
+    learner.student_opt.zero_grad(set_to_none=True)
     loss.backward()
-    nn.utils.clip_grad_norm_(lr.student.denoiser.parameters(), grad_clip)
-    lr.student_opt.step()
+    nn.utils.clip_grad_norm_(learner.student.denoiser.parameters(), grad_clip)
+    learner.student_opt.step()
     return float(loss.detach())
 
 
@@ -358,13 +365,13 @@ def first_ratio_deviation(policy: DiffusionPolicy, batch: DenoisingChain, eta: f
     return float((new - batch.log_probs).exp().sub(1.0).abs().max())
 
 
-def ppo_epochs(lr: Learner, roll: Rollout, cfg: OnlineRLConfig, rng: np.random.Generator,
+def ppo_epochs(learner: Learner, roll: Rollout, cfg: OnlineRLConfig, rng: np.random.Generator,
                gen: torch.Generator) -> dict[str, float]:
     """GAE + `ppo.epochs` passes of minibatches over one rollout. -> mean stats."""
     p, ppo_cfg = cfg.ppo, cfg.ppo_config()
     cond, next_cond = torch.from_numpy(roll.cond), torch.from_numpy(roll.next_cond)
     with torch.no_grad():
-        values, next_values = lr.value(cond).double().numpy(), lr.value(next_cond).double().numpy()
+        values, next_values = learner.value(cond).double().numpy(), learner.value(next_cond).double().numpy()
     adv_np, ret_np = advantages(roll, values, next_values, cfg.gae)
     adv = normalize_advantage(torch.from_numpy(adv_np).float())
     ret, v_old = torch.from_numpy(ret_np).float(), torch.from_numpy(values).float()
@@ -379,11 +386,11 @@ def ppo_epochs(lr: Learner, roll: Rollout, cfg: OnlineRLConfig, rng: np.random.G
             idx = perm[start:start + p.minibatch_size]
             batch = DenoisingChain(chain[idx], logp[idx], ts, tps, cond[idx], None, None)
             if ratio0 is None:
-                ratio0 = first_ratio_deviation(lr.policy, batch, cfg.rl.eta)
-            stats = ppo_update(lr.policy, lr.actor_opt, batch, adv[idx], ppo_cfg)
-            stats["loss_v"] = value_step(lr, cond[idx], v_old[idx], ret[idx], p)
-            if lr.student is not None:
-                stats["loss_cd"] = distill_step(lr, cond[idx], k_teacher, cfg.distill.grad_clip, gen)
+                ratio0 = first_ratio_deviation(learner.policy, batch, cfg.rl.eta)
+            stats = ppo_update(learner.policy, learner.actor_opt, batch, adv[idx], ppo_cfg)
+            stats["loss_v"] = value_step(learner, cond[idx], v_old[idx], ret[idx], p)
+            if learner.student is not None:
+                stats["loss_cd"] = distill_step(learner, cond[idx], k_teacher, cfg.distill.grad_clip, gen)
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
             n += 1
@@ -400,22 +407,22 @@ def _extra(cfg: OnlineRLConfig, teacher_extra: dict, value_from: str, env_steps:
             "value_from": value_from, "encoder": ENCODER_MODE, "rl": to_dict(cfg.rl)}
 
 
-def save_all(run_dir: Path, env_steps: int, cfg: OnlineRLConfig, lr: Learner, teacher_extra: dict,
+def save_all(run_dir: Path, env_steps: int, cfg: OnlineRLConfig, learner: Learner, teacher_extra: dict,
              value_from: str, state: dict) -> None:
     """V first, then the student, then the policy (whose `latest` swap marks the checkpoint complete)."""
     keep = cfg.train.keep_checkpoints
     vdir = run_dir / "value" / f"step_{env_steps}"
     vdir.mkdir(parents=True, exist_ok=True)
-    save_file({k: t.detach().contiguous().clone() for k, t in lr.value.state_dict().items()},
+    save_file({k: t.detach().contiguous().clone() for k, t in learner.value.state_dict().items()},
               str(vdir / "value.safetensors"))
-    save_training_state(vdir, env_steps, lr.critic_opt)
-    if lr.student is not None:
+    save_training_state(vdir, env_steps, learner.critic_opt)
+    if learner.student is not None:
         k = cfg.distill.teacher_steps or cfg.rl.steps
-        save_run_checkpoint(run_dir / "student", env_steps, lr.student, lr.student_opt, keep=keep,
+        save_run_checkpoint(run_dir / "student", env_steps, learner.student, learner.student_opt, keep=keep,
                             extra={**_extra(cfg, teacher_extra, value_from, env_steps), "stage": "online-rl-student",
                                    "method": "rl100", "teacher": str(run_dir / "checkpoints" / "latest"),
                                    "teacher_ddim_steps": k})
-    save_run_checkpoint(run_dir, env_steps, lr.policy, lr.actor_opt, keep=keep, state=state,
+    save_run_checkpoint(run_dir, env_steps, learner.policy, learner.actor_opt, keep=keep, state=state,
                         extra=_extra(cfg, teacher_extra, value_from, env_steps))
     if keep:
         old = sorted((p for p in (run_dir / "value").glob("step_*")), key=lambda p: int(p.name[5:]))
@@ -423,23 +430,23 @@ def save_all(run_dir: Path, env_steps: int, cfg: OnlineRLConfig, lr: Learner, te
             shutil.rmtree(p, ignore_errors=True)
 
 
-def restore_all(run_dir: Path, lr: Learner) -> dict:
-    meta = restore_run_checkpoint(run_dir, lr.policy, lr.actor_opt)
+def restore_all(run_dir: Path, learner: Learner) -> dict:
+    meta = restore_run_checkpoint(run_dir, learner.policy, learner.actor_opt)
     step = int(meta["step"])
     vdir = run_dir / "value" / f"step_{step}"
     if not (vdir / "value.safetensors").is_file():
         raise ConfigError(f"--resume {run_dir}: {vdir} is missing (the value of the step-{step} checkpoint)")
-    lr.value.load_state_dict(load_file(str(vdir / "value.safetensors")), strict=True)
-    load_training_state(vdir, lr.critic_opt)
-    if lr.student is not None:
-        s_meta = restore_run_checkpoint(run_dir / "student", lr.student, lr.student_opt)
+    learner.value.load_state_dict(load_file(str(vdir / "value.safetensors")), strict=True)
+    load_training_state(vdir, learner.critic_opt)
+    if learner.student is not None:
+        s_meta = restore_run_checkpoint(run_dir / "student", learner.student, learner.student_opt)
         if int(s_meta["step"]) != step:
             raise ConfigError(f"--resume {run_dir}: student checkpoint at step {s_meta['step']}, policy at {step}")
     return meta
 
 
 # ======================================================================================= evaluation
-def evaluate_pair(cfg: OnlineRLConfig, lr: Learner, run_dir: Path, env_steps: int) -> dict[str, float]:
+def evaluate_pair(cfg: OnlineRLConfig, learner: Learner, run_dir: Path, env_steps: int) -> dict[str, float]:
     """Teacher (deterministic DDIM-K) and, when distilling, student (one call) on the same episode seeds."""
     from robotstack.eval.rollout import evaluate  # lazy: imports the sim (MuJoCo)
 
@@ -447,16 +454,16 @@ def evaluate_pair(cfg: OnlineRLConfig, lr: Learner, run_dir: Path, env_steps: in
     common = dict(episodes=e.episodes, seed=e.seed, num_envs=e.num_envs, show_progress=False,
                   max_episode_steps=e.max_episode_steps or None)
     out = {}
-    res = evaluate(lr.policy, cfg.task, sampler="ddim", steps=cfg.rl.steps,
+    res = evaluate(learner.policy, cfg.task, sampler="ddim", steps=cfg.rl.steps,
                    out_dir=run_dir / "eval" / f"step_{env_steps}", **common).summary()
     out |= {"eval/success_rate": res["success_rate"], "eval/ci95_low": res["ci95_low"],
             "eval/ci95_high": res["ci95_high"]}
-    if lr.student is not None:
-        res = evaluate(lr.student, cfg.task, steps=1, out_dir=run_dir / "eval" / f"step_{env_steps}_student",
+    if learner.student is not None:
+        res = evaluate(learner.student, cfg.task, steps=1, out_dir=run_dir / "eval" / f"step_{env_steps}_student",
                        **common).summary()
         out |= {"eval/student_success_rate": res["success_rate"], "eval/student_ci95_low": res["ci95_low"],
                 "eval/student_ci95_high": res["ci95_high"]}
-    lr.policy.eval()
+    learner.policy.eval()
     return out
 
 
@@ -492,10 +499,10 @@ def train(cfg: OnlineRLConfig, run_dir: str | Path, resume: bool = False, show_p
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / CONFIG_NAME)
-    lr = build_learner(cfg, policy, value, student)
+    learner = build_learner(cfg, policy, value, student)
     update, env_steps, next_seed = 0, 0, 0
     if resume:
-        meta = restore_all(run_dir, lr)
+        meta = restore_all(run_dir, learner)
         update, env_steps, next_seed = int(meta["update"]), int(meta["env_steps"]), int(meta["next_seed"])
         truncate_metrics(run_dir, env_steps)
     logger = RunLogger(run_dir)
@@ -506,31 +513,31 @@ def train(cfg: OnlineRLConfig, run_dir: str | Path, resume: bool = False, show_p
     collector = make_collector(cfg, policy) if env_steps < t.env_steps else None
     state = lambda: {"update": update, "env_steps": env_steps, "next_seed": next_seed, "seed": t.seed}  # noqa: E731
     if cfg.eval.episodes and cfg.eval.initial and not resume:
-        logger.log(0, evaluate_pair(cfg, lr, run_dir, 0))
+        logger.log(0, evaluate_pair(cfg, learner, run_dir, 0))
     bar.start()
     try:
         with StopRequest() as stop:
             while env_steps < t.env_steps:
                 frac = env_steps / t.env_steps if cfg.ppo.lr_decay else 0.0
-                set_lr(lr.actor_opt, cfg.ppo.lr * (1.0 - frac))
-                set_lr(lr.critic_opt, cfg.ppo.critic_lr * (1.0 - frac))
+                set_lr(learner.actor_opt, cfg.ppo.lr * (1.0 - frac))
+                set_lr(learner.critic_opt, cfg.ppo.critic_lr * (1.0 - frac))
                 t_roll = time.perf_counter()
-                roll = collector.collect(lr.policy, min(t.rollout_env_steps, t.env_steps - env_steps),
+                roll = collector.collect(learner.policy, min(t.rollout_env_steps, t.env_steps - env_steps),
                                          episode_seed_base(t.seed) + next_seed, cfg.gae.gamma,
                                          torch_gen(t.seed, update, stream=1), steps=cfg.rl.steps, eta=cfg.rl.eta,
                                          stop=stop)
                 if roll is None:  # Ctrl-C during collection: nothing of this update is kept
                     interrupted = True
-                    save_all(run_dir, env_steps, cfg, lr, teacher_extra, value_from, state())
+                    save_all(run_dir, env_steps, cfg, learner, teacher_extra, value_from, state())
                     break
                 t_upd = time.perf_counter()
-                stats = ppo_epochs(lr, roll, cfg, numpy_rng(t.seed, update, stream=2),
+                stats = ppo_epochs(learner, roll, cfg, numpy_rng(t.seed, update, stream=2),
                                    torch_gen(t.seed, update, stream=3))
                 update, env_steps, next_seed = update + 1, env_steps + roll.env_steps, next_seed + roll.n_started
                 updates_run += 1
                 eps = roll.episodes
                 row = stats | {
-                    "update": update, "env_steps": env_steps, "lr": lr.actor_opt.param_groups[0]["lr"],
+                    "update": update, "env_steps": env_steps, "lr": learner.actor_opt.param_groups[0]["lr"],
                     "train/episodes": len(eps),
                     "train/success_rate": float(np.mean([e["success"] for e in eps])) if eps else float("nan"),
                     "train/mean_length": float(np.mean([e["length"] for e in eps])) if eps else float("nan"),
@@ -538,7 +545,7 @@ def train(cfg: OnlineRLConfig, run_dir: str | Path, resume: bool = False, show_p
                     "env_steps_per_s": roll.env_steps / max(t_upd - t_roll, 1e-9)}
                 done = env_steps >= t.env_steps
                 if cfg.eval.episodes and ((cfg.eval.every and update % cfg.eval.every == 0) or done):
-                    last_eval = evaluate_pair(cfg, lr, run_dir, env_steps)
+                    last_eval = evaluate_pair(cfg, learner, run_dir, env_steps)
                     row |= last_eval
                 logger.log(env_steps, row)
                 bar.update(bar_task, completed=min(env_steps, t.env_steps),
@@ -547,7 +554,7 @@ def train(cfg: OnlineRLConfig, run_dir: str | Path, resume: bool = False, show_p
                 interrupted = stop.requested
                 stopping = stop_after_updates is not None and updates_run >= stop_after_updates
                 if done or interrupted or stopping or (t.checkpoint_every and update % t.checkpoint_every == 0):
-                    save_all(run_dir, env_steps, cfg, lr, teacher_extra, value_from, state())
+                    save_all(run_dir, env_steps, cfg, learner, teacher_extra, value_from, state())
                 if interrupted or stopping:
                     break
     finally:
