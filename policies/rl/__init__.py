@@ -2,7 +2,9 @@
 
 Pure functions over a DiffusionPolicy's per-step Gaussian API (+ the learned transition ensemble that AM-Q rolls
 out); the stage loops (offline-rl, online-rl) live in
-robotstack/train (with robotstack/train/rl_math.py: GAE, the OPE gate, AM-Q) and only call these.
+robotstack/train (with robotstack/train/rl_math.py: GAE, the OPE gate, AM-Q) and only call these. The online
+stage (robotstack/train/online_rl.py, rollouts.py) samples with sample_chain, updates with ppo_update and
+clipped_value_loss, and warm-starts its V with load_iql_critics + warm_start_value.
 
 Glossary: B batch, To obs history, T horizon, Ta executed actions, Da action dim, K denoising steps,
 n_c chunk length, Dc encoder-feature width.

@@ -1,4 +1,5 @@
-"""Training and evaluation verbs: `train il`, `train offline-rl`, `eval` (a checkpoint in sim), `plot` (a run dir)."""
+"""Training and evaluation verbs: `train il`, `train offline-rl`, `train online-rl`, `eval` (a checkpoint in sim),
+`plot` (a run dir)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,15 @@ def cmd_train_offline_rl(args: argparse.Namespace) -> int:
 
     summary = train_offline_rl(args.config, args.overrides, resume=args.resume, out=args.out,
                                show_progress=not args.quiet)
+    return INTERRUPTED_EXIT_CODE if summary.get("interrupted") else 0
+
+
+def cmd_train_online_rl(args: argparse.Namespace) -> int:
+    from robotstack.train.common import INTERRUPTED_EXIT_CODE
+    from robotstack.train.online_rl import main as train_online_rl
+
+    overrides = list(args.overrides) + ([f"ray.address={args.ray}"] if args.ray else [])
+    summary = train_online_rl(args.config, overrides, resume=args.resume, out=args.out, show_progress=not args.quiet)
     return INTERRUPTED_EXIT_CODE if summary.get("interrupted") else 0
 
 
@@ -78,6 +88,16 @@ def add_verbs(sub) -> None:
                         example="train.steps=200 gate.every=25", default_run="runs/offline_rl/<task>_<time>")
     orl.add_argument("--quiet", action="store_true", help="no progress bar")
     orl.set_defaults(func=cmd_train_offline_rl)
+    onl = train_sub.add_parser("online-rl", help="RL-100 stage 3: online PPO over the denoising steps (+ joint CD)",
+                               description="robotstack train online-rl --config configs/online_rl/reach.yaml "
+                                           "[dotted.key=value ...] [--ray ADDRESS]")
+    add_stage_arguments(onl, config_help="YAML config (configs/online_rl/*.yaml); not needed with --resume",
+                        example="policy=runs/il/reach/checkpoints/latest train.env_steps=50000",
+                        default_run="runs/online_rl/<task>_<time>")
+    onl.add_argument("--ray", default="", metavar="ADDRESS",
+                     help="rollout workers on Ray ('local' starts one; optional extra robotstack[ray])")
+    onl.add_argument("--quiet", action="store_true", help="no progress bar")
+    onl.set_defaults(func=cmd_train_online_rl)
 
     ev = sub.add_parser("eval", help="roll out a checkpoint in sim: success rate (95%% Wilson CI), lengths")
     ev.add_argument("--checkpoint", required=True, help="checkpoint dir, e.g. RUN_DIR/checkpoints/latest")
