@@ -13,6 +13,14 @@ def cmd_train_il(args: argparse.Namespace) -> int:
     return INTERRUPTED_EXIT_CODE if summary.get("interrupted") else 0
 
 
+def cmd_train_critic(args: argparse.Namespace) -> int:
+    from robotstack.train.common import INTERRUPTED_EXIT_CODE
+    from robotstack.train.critic import main as train_critic
+
+    summary = train_critic(args.config, args.overrides, resume=args.resume, out=args.out, show_progress=not args.quiet)
+    return INTERRUPTED_EXIT_CODE if summary.get("interrupted") else 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from robotstack.core.progress import print_summary
     from robotstack.eval.rollout import evaluate_checkpoint
@@ -61,6 +69,11 @@ def add_verbs(sub) -> None:
                         example="train.steps=500 train.lr=3e-4", default_run="runs/il/<task>_<time>")
     il.add_argument("--quiet", action="store_true", help="no progress bar")
     il.set_defaults(func=cmd_train_il)
+    critic = train_sub.add_parser("critic", help="chunked critics (DQC / QC / NS / OS, ALOE + AWR) on episode stores")
+    add_stage_arguments(critic, config_help="YAML config (configs/critic/*.yaml); not needed with --resume",
+                        example="policy=RUN/checkpoints/latest data.paths=[a.zarr]", default_run="runs/critic/...")
+    critic.add_argument("--quiet", action="store_true", help="no progress bar")
+    critic.set_defaults(func=cmd_train_critic)
 
     ev = sub.add_parser("eval", help="roll out a checkpoint in sim: success rate (95%% Wilson CI), lengths")
     ev.add_argument("--checkpoint", required=True, help="checkpoint dir, e.g. RUN_DIR/checkpoints/latest")
