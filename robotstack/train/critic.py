@@ -342,7 +342,7 @@ def awr_finetune(cfg: CriticStageConfig, scorer: CriticScorer, proposal: Diffusi
             if t.log_due(done) or done == a.steps:
                 logger.log(t.steps + done, {"awr/loss": float(loss.detach()), "awr/w_mean": float(w.mean()),
                                             "awr/w_max": float(w.max())})
-            bar.update(task, completed=done, status=f"loss {float(loss):.4f}")
+            bar.update(task, completed=done, status=f"loss {float(loss.detach()):.4f}")
             interrupted = stop.requested
             if done == a.steps or interrupted or (a.checkpoint_every and done % a.checkpoint_every == 0):
                 policy.eval()
