@@ -163,7 +163,7 @@ def part_a(name: str, info: dict, args, work: Path) -> dict:
         t0 = time.perf_counter()
         summary = train_critic("aloe", Path(ckpt), [Path(p) for p in info["mixed"]], run, args)
         t_critic = time.perf_counter() - t0
-        r = evaluate_policy_value(ckpt, info["mixed"], critic=run / "checkpoints" / "latest",
+        r = evaluate_policy_value(ckpt, run / "checkpoints" / "latest",
                                   episodes=args.mc_episodes, num_samples=args.samples, out=run / "value",
                                   show_progress=not args.quiet)
         rows.append({"policy": Path(ckpt).name, "estimate": r["estimate"], "estimate_ci95": r["estimate_ci95"],

@@ -5,15 +5,32 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+
+ALOE_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "critic" / "aloe.yaml"
+
+
+def train_aloe_critic(checkpoint: str, data: list[str], steps: int, run: Path, show_progress: bool) -> Path:
+    """No --critic: train one with configs/critic/aloe.yaml (the checkpoint as the current policy) on --data;
+    an existing run dir there is resumed (a finished one is reused as is)."""
+    from robotstack.train.critic import main as train_critic
+
+    overrides = [f"policy={checkpoint}", f"data.paths=[{','.join(data)}]", f"train.steps={steps}"]
+    resume = str(run) if (run / "config.json").is_file() else None
+    train_critic(None if resume else str(ALOE_CONFIG), overrides, resume=resume, out=str(run),
+                 show_progress=show_progress)
+    return run / "checkpoints" / "latest"
 
 
 def cmd_critic_evaluate(args: argparse.Namespace) -> int:
     from robotstack.core.progress import print_summary
     from robotstack.eval.critic_eval import evaluate_policy_value
 
-    r = evaluate_policy_value(args.checkpoint, args.data, critic=args.critic, episodes=args.episodes,
-                              seed=args.seed, num_samples=args.samples, critic_steps=args.critic_steps,
-                              out=args.out or None, max_episode_steps=args.max_episode_steps or None,
+    out = Path(args.out) if args.out else Path(args.checkpoint).resolve() / "critic_eval"
+    critic = args.critic or train_aloe_critic(args.checkpoint, args.data, args.critic_steps, out / "critic",
+                                              not args.quiet)
+    r = evaluate_policy_value(args.checkpoint, critic, episodes=args.episodes, seed=args.seed,
+                              num_samples=args.samples, out=out, max_episode_steps=args.max_episode_steps or None,
                               show_progress=not args.quiet)
     print_summary(f"critic evaluate {args.checkpoint}", {
         "task": r["task"],
