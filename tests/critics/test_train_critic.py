@@ -163,3 +163,46 @@ def test_critic_evaluate_cli_prints_estimate_and_mc(reach_policy, reach_store, t
     assert cli(["train", "critic", *_args(reach_policy, reach_store), "--out", str(run), "--quiet"]) == 0
     assert cli(["critic", "evaluate", "--checkpoint", str(reach_policy), "--data", str(reach_store),
                 "--critic", str(run / "checkpoints/latest"), "--episodes", "2", "--quiet"]) == 2
+
+
+def _record_intervened(path: Path, episodes: int = 3) -> Path:
+    """A reach store whose every step is flagged as a human intervention (expert = the 'human')."""
+    import sim
+    from robotstack.cli.record import open_or_create_store
+    from robotstack.data.recorder import EpisodeRecorder
+
+    env = sim.make("reach")
+    expert = sim.make_expert(env, noise=0.2, seed=0)
+    store = open_or_create_store(path, zarr_format=3)
+    rec = EpisodeRecorder(store, control_hz=env.unwrapped.task_spec()["control_hz"])
+    try:
+        for ep in range(episodes):
+            obs, _ = env.reset(seed=ep)
+            expert.reset()
+            rec.begin(source="intervention", task="reach", seed=ep)
+            while True:
+                action = expert.act(obs)
+                nxt, reward, term, trunc, info = env.step(action)
+                rec.add(obs, action, reward, term, trunc, intervention=True)
+                obs = nxt
+                if term or trunc:
+                    break
+            rec.save(success=bool(info.get("is_success", False)))
+    finally:
+        store.close()
+        env.close()
+    return path
+
+
+def test_intervention_data_is_filtered_or_weighted_by_config(reach_policy, tmp_path):
+    store = _record_intervened(tmp_path / "human.zarr")
+    args = _args(reach_policy, store, "qc")
+    runs = {}
+    for mode in ("keep", "drop", "weight"):
+        cfg = resolve_config(args[1], [*args[2:], f"data.intervention={mode}", "data.intervention_weight=0.0"], None)
+        runs[mode] = train(cfg, tmp_path / mode, show_progress=False)
+    assert runs["keep"]["final_loss"] > 0
+    assert runs["drop"]["final_loss"] == 0.0 and runs["weight"]["final_loss"] == 0.0  # every chunk was intervened
+    w = load_file(str(tmp_path / "drop/checkpoints/latest/critics.safetensors"))
+    k = load_file(str(tmp_path / "keep/checkpoints/latest/critics.safetensors"))
+    assert any(not torch.equal(w[n], k[n]) for n in w if "partial" in n)
