@@ -206,3 +206,12 @@ def test_intervention_data_is_filtered_or_weighted_by_config(reach_policy, tmp_p
     w = load_file(str(tmp_path / "drop/checkpoints/latest/critics.safetensors"))
     k = load_file(str(tmp_path / "keep/checkpoints/latest/critics.safetensors"))
     assert any(not torch.equal(w[n], k[n]) for n in w if "partial" in n)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "critic").glob("[!_]*.yaml")), ids=lambda p: p.stem)
+def test_every_critic_preset_loads(path):
+    cfg = resolve_config(str(path), ["policy=p", "data.paths=[d.zarr]"], None)
+    assert cfg.critic.variant == {"aloe": "qc"}.get(path.stem, path.stem)
+    assert cfg.scored_len <= 4  # the IL presets execute Ta = 4 actions per chunk
+    with pytest.raises(ConfigError, match="policy"):
+        resolve_config(str(path), ["data.paths=[d.zarr]"], None)
