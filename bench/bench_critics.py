@@ -217,16 +217,26 @@ def main() -> None:
     p.add_argument("--awr-steps", type=int, default=1000)
     p.add_argument("--work", default="/tmp/bench_critics")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--name", default=NAME, help="results file bench/results/<name>.json (parallel runs: one each)")
+    p.add_argument("--merge", nargs="*", default=[], help="fold these result files into <name>.json, print, exit")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
     work = Path(args.work)
-    path = RESULTS / f"{NAME}.json"
+    path = RESULTS / f"{args.name}.json"
     doc = json.loads(path.read_text()) if path.is_file() else {}
     doc.setdefault("a", {})
     doc.setdefault("b", {})
+    for other in args.merge:  # results of parallel runs (other --name), merged per part and task
+        o = json.loads(Path(other).read_text())
+        for part in ("a", "b", "prepare"):
+            doc[part] = doc.get(part, {}) | o.get(part, {})
+        doc.setdefault("runs", []).append({"file": Path(other).name, "settings": o.get("settings"),
+                                           "wall_s": o.get("wall_s")})
+    if args.merge:
+        args.tasks_a = args.tasks_b = ""
     settings = {k: v for k, v in vars(args).items() if k not in ("quiet",)}
     prepared: dict = {}
     t_all = time.perf_counter()
@@ -238,7 +248,7 @@ def main() -> None:
 
     def save() -> None:
         doc["prepare"] = doc.get("prepare", {}) | prepared
-        write_results(NAME, {k: v for k, v in doc.items() if k != "machine"} | {"settings": settings,
+        write_results(args.name, {k: v for k, v in doc.items() if k != "machine"} | {"settings": settings,
                                                                                "wall_s": time.perf_counter() - t_all})
 
     for name in [t for t in args.tasks_a.split(",") if t]:
