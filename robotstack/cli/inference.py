@@ -29,14 +29,11 @@ DISTILL_FLAGS = {"checkpoint": "teacher", "method": "policy.method", "steps": "t
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from robotstack.train.common import INTERRUPTED_EXIT_CODE
-    from robotstack.train.distill import main as distill_main
+    from robotstack.cli.train import run_stage
 
     flags = [f"{key}={json.dumps(getattr(args, flag))}" for flag, key in DISTILL_FLAGS.items()
              if getattr(args, flag) is not None]
-    summary = distill_main(args.config, flags + list(args.overrides), resume=args.resume, out=args.out,
-                           show_progress=not args.quiet)
-    return INTERRUPTED_EXIT_CODE if summary.get("interrupted") else 0
+    return run_stage("distill", args, flags)
 
 
 def _task_spec(checkpoint: str, task: str | None) -> dict:

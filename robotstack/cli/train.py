@@ -1,4 +1,4 @@
-"""Training and evaluation verbs: `train il`, `train offline-rl`, `train online-rl`, `eval` (a checkpoint in sim),
+"""Training and evaluation verbs: `train il | offline-rl | online-rl | critic`, `eval` (a checkpoint in sim),
 `plot` (a run dir)."""
 
 from __future__ import annotations
@@ -6,30 +6,33 @@ from __future__ import annotations
 import argparse
 
 
-def cmd_train_il(args: argparse.Namespace) -> int:
-    from robotstack.train.common import INTERRUPTED_EXIT_CODE
-    from robotstack.train.il import main as train_il
+def run_stage(module: str, args: argparse.Namespace, extra_overrides: list[str] | None = None) -> int:
+    """Every training stage has the same entry point: robotstack.train.<module>.main(config, overrides, resume,
+    out, show_progress) -> summary; Ctrl-C there saves and returns summary["interrupted"] (exit code 130)."""
+    import importlib
 
-    summary = train_il(args.config, args.overrides, resume=args.resume, out=args.out, show_progress=not args.quiet)
+    from robotstack.train.common import INTERRUPTED_EXIT_CODE
+
+    stage = importlib.import_module(f"robotstack.train.{module}")
+    overrides = list(extra_overrides or []) + list(args.overrides)  # explicit dotted overrides win
+    summary = stage.main(args.config, overrides, resume=args.resume, out=args.out, show_progress=not args.quiet)
     return INTERRUPTED_EXIT_CODE if summary.get("interrupted") else 0
+
+
+def cmd_train_il(args: argparse.Namespace) -> int:
+    return run_stage("il", args)
 
 
 def cmd_train_offline_rl(args: argparse.Namespace) -> int:
-    from robotstack.train.common import INTERRUPTED_EXIT_CODE
-    from robotstack.train.offline_rl import main as train_offline_rl
-
-    summary = train_offline_rl(args.config, args.overrides, resume=args.resume, out=args.out,
-                               show_progress=not args.quiet)
-    return INTERRUPTED_EXIT_CODE if summary.get("interrupted") else 0
+    return run_stage("offline_rl", args)
 
 
 def cmd_train_online_rl(args: argparse.Namespace) -> int:
-    from robotstack.train.common import INTERRUPTED_EXIT_CODE
-    from robotstack.train.online_rl import main as train_online_rl
+    return run_stage("online_rl", args, [f"ray.address={args.ray}"] if args.ray else [])
 
-    overrides = list(args.overrides) + ([f"ray.address={args.ray}"] if args.ray else [])
-    summary = train_online_rl(args.config, overrides, resume=args.resume, out=args.out, show_progress=not args.quiet)
-    return INTERRUPTED_EXIT_CODE if summary.get("interrupted") else 0
+
+def cmd_train_critic(args: argparse.Namespace) -> int:
+    return run_stage("critic", args)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -98,6 +101,11 @@ def add_verbs(sub) -> None:
                      help="rollout workers on Ray ('local' starts one; optional extra robotstack[ray])")
     onl.add_argument("--quiet", action="store_true", help="no progress bar")
     onl.set_defaults(func=cmd_train_online_rl)
+    critic = train_sub.add_parser("critic", help="chunked critics (DQC / QC / NS / OS, ALOE + AWR) on episode stores")
+    add_stage_arguments(critic, config_help="YAML config (configs/critic/*.yaml); not needed with --resume",
+                        example="policy=RUN/checkpoints/latest data.paths=[a.zarr]", default_run="runs/critic/...")
+    critic.add_argument("--quiet", action="store_true", help="no progress bar")
+    critic.set_defaults(func=cmd_train_critic)
 
     ev = sub.add_parser("eval", help="roll out a checkpoint in sim: success rate (95%% Wilson CI), lengths")
     ev.add_argument("--checkpoint", required=True, help="checkpoint dir, e.g. RUN_DIR/checkpoints/latest")

@@ -19,6 +19,7 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
@@ -272,15 +273,20 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
 
 def save_run_checkpoint(run_dir: Path, step: int, policy: nn.Module, optimizer: torch.optim.Optimizer,
                         ema_model: nn.Module | None = None, extra: dict | None = None, state: dict | None = None,
-                        keep: int = 0) -> Path:
+                        keep: int = 0, write_model: Callable[[Path], None] | None = None) -> Path:
     """step_N (written as step_N.tmp, then renamed) + atomic swap of `latest`; keep > 0 prunes to the newest
-    `keep` step dirs. extra goes into the policy's config.json, state into train_state.json."""
+    `keep` step dirs. extra goes into the policy's config.json, state into train_state.json. write_model(dir)
+    replaces the policy checkpoint for stages whose model is not a policy (train critic: a scorer dir)."""
     from policies.checkpoint import save_checkpoint
 
     root = Path(run_dir) / "checkpoints"
     final, tmp = checkpoint_dir(run_dir, step), root / f"step_{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_checkpoint(tmp, policy, ema_model, extra=extra)
+    if write_model is not None:
+        tmp.mkdir(parents=True)
+        write_model(tmp)
+    else:
+        save_checkpoint(tmp, policy, ema_model, extra=extra)
     save_training_state(tmp, step, optimizer, extra=state)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)

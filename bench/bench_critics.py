@@ -1,0 +1,273 @@
+"""Chunked-critic benchmark (issue 12): ALOE evaluation error and best-of-N / AWR success from mixed-quality data.
+
+    python bench/bench_critics.py [--tasks-a push,stack] [--tasks-b stack,mw_push] [--demos 50] [--noise 0.3]
+        [--il-steps 3000] [--rollouts 20] [--critic-steps 3000] [--mc-episodes 50] [--episodes 100] [--n 32]
+        [--awr-steps 1000] [--work DIR] [--quiet]
+
+Per task (name = a configs/il/<name>.yaml preset):
+  1. noisy scripted demos (--demos, --noise) -> demos.zarr;
+  2. IL on the demos (the preset, --il-steps), checkpoints at 1/3, 2/3 and 3/3 of training: three policies of
+     different quality;
+  3. rollouts of each of the three (--rollouts episodes each, failed and successful) -> rollouts.zarr (source
+     "policy"); the mixed data = demos + rollouts.
+(a) ALOE evaluation error, tasks-a: for each of the three policies an ALOE critic (configs/critic/aloe.yaml, the
+    policy as the current policy) is trained on the mixed data; |estimate - MC| / |MC| at the start states of
+    --mc-episodes fresh rollouts (robotstack.eval.critic_eval; same gamma).
+(b) success, tasks-b: BC = IL on the mixed data (the preset, --il-steps); QC / NS / DQC = best-of-N (--n) with BC as
+    the proposal and the critic of configs/critic/{qc,ns,dqc}.yaml trained on the mixed data; ALOE-AWR = BC
+    fine-tuned by advantage-weighted denoising (configs/critic/aloe.yaml, --awr-steps). --episodes each, same seeds.
+Every stage's wall time is recorded. Results: bench/results/bench_critics.json (merged per task and part).
+Nothing is tuned to pass; the configs are the shipped presets plus the step/batch overrides printed with each row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from bench.common import RESULTS, print_table, write_results  # noqa: E402
+
+NAME = "bench_critics"
+
+
+def record_demos(task: str, path: Path, episodes: int, noise: float) -> dict:
+    import sim
+    from robotstack.cli.record import open_or_create_store, record_scripted
+
+    env = sim.make(task)
+    store = open_or_create_store(path, zarr_format=3)
+    try:
+        s = record_scripted(env, sim.make_expert(env, noise=noise, seed=0), store, task, episodes, seed=0,
+                            noise=noise, show_progress=False)
+    finally:
+        store.close()
+        env.close()
+    return {"demos": episodes, "demo_success": s.success_rate, "demo_frames": s.frames}
+
+
+def record_policy(checkpoint: Path, task: str, path: Path, episodes: int, seed: int) -> dict:
+    """Closed-loop rollouts of a diffusion checkpoint, recorded with rewards (source "policy")."""
+    import torch
+
+    import sim
+    from policies.checkpoint import load_checkpoint
+    from robotstack.cli.record import open_or_create_store
+    from robotstack.data.recorder import EpisodeRecorder
+
+    policy = load_checkpoint(checkpoint, weights="auto")
+    keys, to = list(policy.config.obs_shapes), policy.config.n_obs_steps
+    env = sim.make(task)
+    store = open_or_create_store(path, zarr_format=3)
+    rec = EpisodeRecorder(store, control_hz=env.unwrapped.task_spec()["control_hz"])
+    gen = torch.Generator().manual_seed(seed)
+    ok = frames = 0
+    try:
+        for ep in range(episodes):
+            obs, _ = env.reset(seed=seed + ep)
+            rec.begin(source="policy", task=task, seed=seed + ep, policy_id=str(checkpoint))
+            hist, queue, success = collections.deque([obs] * to, maxlen=to), collections.deque(), False
+            while True:
+                if not queue:
+                    x = {k: torch.from_numpy(np.stack([h[k] for h in hist])[None]) for k in keys}
+                    queue.extend(policy.predict_action(x, generator=gen).action[0].numpy())
+                action = queue.popleft()
+                nxt, reward, term, trunc, info = env.step(action)
+                rec.add(obs, action, reward, term, trunc)
+                success |= bool(info.get("is_success", False))
+                obs = nxt
+                hist.append(obs)
+                if term or trunc:
+                    break
+            frames += rec.n_frames
+            rec.save(success=success)
+            ok += success
+    finally:
+        store.close()
+        env.close()
+    return {"episodes": episodes, "success": ok / episodes, "frames": frames}
+
+
+def train_il(name: str, paths: list[Path], run: Path, steps: int, quiet: bool) -> tuple[dict, float]:
+    from robotstack.train.il import resolve_config, train
+
+    cfg = resolve_config(str(ROOT / "configs" / "il" / f"{name}.yaml"),
+                         [f"data.paths=[{','.join(map(str, paths))}]", f"train.steps={steps}",
+                          f"train.checkpoint_every={max(1, steps // 3)}", "eval.episodes=0"], None)
+    t0 = time.perf_counter()
+    if (run / "summary.json").is_file():
+        return json.loads((run / "summary.json").read_text()), 0.0
+    return train(cfg, run, show_progress=not quiet), time.perf_counter() - t0
+
+
+def train_critic(name: str, policy: Path, paths: list[Path], run: Path, args, extra: list[str] = ()) -> dict:
+    from robotstack.train.critic import main
+
+    if (run / "summary.json").is_file():
+        return json.loads((run / "summary.json").read_text())
+    overrides = [f"policy={policy}", f"data.paths=[{','.join(map(str, paths))}]",
+                 f"train.steps={args.critic_steps}", f"train.batch_size={args.critic_batch}",
+                 f"aloe.num_samples={args.samples}", *extra]
+    return main(str(ROOT / "configs" / "critic" / f"{name}.yaml"), overrides, out=str(run),
+                show_progress=not args.quiet)
+
+
+def success(policy, task: str, episodes: int, seed: int, quiet: bool) -> dict:
+    from robotstack.eval.rollout import evaluate
+
+    s = evaluate(policy, task, episodes, seed=seed, show_progress=not quiet).summary()
+    return {"success_rate": s["success_rate"], "ci95": [s["ci95_low"], s["ci95_high"]], "eval_wall_s": s["wall_s"],
+            "mean_length": s["mean_length"]}
+
+
+def prepare(name: str, args, work: Path) -> dict:
+    from robotstack.train.il import resolve_config
+
+    task = resolve_config(str(ROOT / "configs" / "il" / f"{name}.yaml"), [], None).task
+    d = work / name
+    d.mkdir(parents=True, exist_ok=True)
+    info: dict = {"task": task, "wall_s": {}}
+    t0 = time.perf_counter()
+    if not (d / "demos.zarr").exists():
+        info |= record_demos(task, d / "demos.zarr", args.demos, args.noise)
+    info["wall_s"]["record_demos"] = time.perf_counter() - t0
+    _, info["wall_s"]["il_demos"] = train_il(name, [d / "demos.zarr"], d / "il", args.il_steps, args.quiet)
+    ckpts = sorted((d / "il" / "checkpoints").glob("step_*"), key=lambda p: int(p.name[5:]))[-3:]
+    info["policies"] = [str(c) for c in ckpts]
+    t0 = time.perf_counter()
+    if not (d / "rollouts.zarr").exists():
+        info["rollouts"] = [record_policy(c, task, d / "rollouts.zarr", args.rollouts, 50_000 + 1000 * i)
+                            for i, c in enumerate(ckpts)]
+    info["wall_s"]["record_rollouts"] = time.perf_counter() - t0
+    info["mixed"] = [str(d / "demos.zarr"), str(d / "rollouts.zarr")]
+    return info
+
+
+def part_a(name: str, info: dict, args, work: Path) -> dict:
+    from robotstack.eval.critic_eval import evaluate_policy_value
+
+    rows = []
+    for ckpt in info["policies"]:
+        run = work / name / f"aloe_{Path(ckpt).name}"
+        t0 = time.perf_counter()
+        summary = train_critic("aloe", Path(ckpt), [Path(p) for p in info["mixed"]], run, args)
+        t_critic = time.perf_counter() - t0
+        r = evaluate_policy_value(ckpt, run / "checkpoints" / "latest",
+                                  episodes=args.mc_episodes, num_samples=args.samples, out=run / "value",
+                                  show_progress=not args.quiet)
+        rows.append({"policy": Path(ckpt).name, "estimate": r["estimate"], "estimate_ci95": r["estimate_ci95"],
+                     "mc_return": r["mc_return"], "mc_ci95": r["mc_ci95"], "rel_error": r["rel_error"],
+                     "success_rate": r["success_rate"], "critic_wall_s": t_critic,
+                     "critic_final_loss": summary.get("final_loss"), "wall_s": time.perf_counter() - t0})
+    return {"task": info["task"], "policies": rows}
+
+
+def part_b(name: str, info: dict, args, work: Path) -> dict:
+    from policies.checkpoint import load_checkpoint
+    from policies.critics.scorer import BestOfNPolicy, load_scorer
+
+    mixed = [Path(p) for p in info["mixed"]]
+    task = info["task"]
+    _, t_bc = train_il(name, mixed, work / name / "bc", args.il_steps, args.quiet)
+    bc_dir = work / name / "bc" / "checkpoints" / "latest"
+    bc = load_checkpoint(bc_dir, weights="auto")
+    seed = 200_000
+    rows = {"BC": success(bc, task, args.episodes, seed, args.quiet) | {"train_wall_s": t_bc}}
+    for method in ("qc", "ns", "dqc"):
+        t0 = time.perf_counter()
+        train_critic(method, bc_dir, mixed, work / name / f"b_{method}", args)
+        t_train = time.perf_counter() - t0
+        scorer = load_scorer(work / name / f"b_{method}" / "checkpoints" / "latest")
+        rows[method.upper()] = success(BestOfNPolicy(bc, scorer, args.n), task, args.episodes, seed, args.quiet) | {
+            "train_wall_s": t_train, "n": args.n}
+    t0 = time.perf_counter()
+    run = work / name / "b_aloe_awr"
+    train_critic("aloe", bc_dir, mixed, run, args, [f"awr.steps={args.awr_steps}"])
+    awr = load_checkpoint(run / "awr" / "checkpoints" / "latest")
+    rows["ALOE-AWR"] = success(awr, task, args.episodes, seed, args.quiet) | {
+        "train_wall_s": time.perf_counter() - t0, "awr_steps": args.awr_steps}
+    return {"task": task, "methods": rows}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks-a", default="push,stack")
+    p.add_argument("--tasks-b", default="stack,mw_push")
+    p.add_argument("--demos", type=int, default=50)
+    p.add_argument("--noise", type=float, default=0.3)
+    p.add_argument("--il-steps", type=int, default=3000)
+    p.add_argument("--rollouts", type=int, default=20, help="recorded rollouts per IL checkpoint")
+    p.add_argument("--critic-steps", type=int, default=3000)
+    p.add_argument("--critic-batch", type=int, default=256)
+    p.add_argument("--samples", type=int, default=4, help="ALOE policy samples per state (M)")
+    p.add_argument("--mc-episodes", type=int, default=50)
+    p.add_argument("--episodes", type=int, default=100)
+    p.add_argument("--n", type=int, default=32, help="best-of-N candidates")
+    p.add_argument("--awr-steps", type=int, default=1000)
+    p.add_argument("--work", default="/tmp/bench_critics")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--name", default=NAME, help="results file bench/results/<name>.json (parallel runs: one each)")
+    p.add_argument("--merge", nargs="*", default=[], help="fold these result files into <name>.json, print, exit")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    path = RESULTS / f"{args.name}.json"
+    doc = json.loads(path.read_text()) if path.is_file() else {}
+    doc.setdefault("a", {})
+    doc.setdefault("b", {})
+    for other in args.merge:  # results of parallel runs (other --name), merged per part and task
+        o = json.loads(Path(other).read_text())
+        for part in ("a", "b", "prepare"):
+            doc[part] = doc.get(part, {}) | o.get(part, {})
+        doc.setdefault("runs", []).append({"file": Path(other).name, "settings": o.get("settings"),
+                                           "wall_s": o.get("wall_s")})
+    if args.merge:
+        args.tasks_a = args.tasks_b = ""
+    settings = {k: v for k, v in vars(args).items() if k not in ("quiet",)}
+    prepared: dict = {}
+    t_all = time.perf_counter()
+
+    def prep(name: str) -> dict:
+        if name not in prepared:
+            prepared[name] = prepare(name, args, work)
+        return prepared[name]
+
+    def save() -> None:
+        doc["prepare"] = doc.get("prepare", {}) | prepared
+        write_results(args.name, {k: v for k, v in doc.items() if k != "machine"} | {"settings": settings,
+                                                                               "wall_s": time.perf_counter() - t_all})
+
+    for name in [t for t in args.tasks_a.split(",") if t]:
+        doc["a"][name] = part_a(name, prep(name), args, work) | {"settings": settings}
+        save()
+    for name in [t for t in args.tasks_b.split(",") if t]:
+        doc["b"][name] = part_b(name, prep(name), args, work) | {"settings": settings}
+        save()
+    rows_a = [[n, r["policy"], r["estimate"], r["mc_return"], f"{r['rel_error']:.1%}", r["success_rate"],
+               round(r["wall_s"])] for n, a in doc["a"].items() for r in a["policies"]]
+    print_table("(a) ALOE evaluation error", ["task", "policy", "estimate", "MC return", "|est-MC|/|MC|",
+                                              "success", "wall s"], rows_a)
+    rows_b = [[n, m, r["success_rate"], f"[{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]",
+               round(r.get("train_wall_s", 0) + r["eval_wall_s"])] for n, b in doc["b"].items()
+              for m, r in b["methods"].items()]
+    print_table("(b) success from mixed-quality data", ["task", "method", "success", "95% CI", "wall s"], rows_b)
+    save()
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
