@@ -17,14 +17,27 @@ import yaml
 
 from robotstack.cli import main as cli
 from robotstack.core.errors import ConfigError
-from robotstack.pipeline.runner import run_pipeline
+from robotstack.pipeline.runner import prepare, run_pipeline
+from robotstack.pipeline.stages import run_stage
+from robotstack.train.il import resolve_config, train
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_tiny_pipeline_reports_and_rerun_skips(tiny_pipeline, tmp_path, snapshot, capsys):
     out = tmp_path / "run"
+    # start from a pipeline killed during il_0: demos done, il_0 checkpointed at step 4 of 8, no summary yet
+    cfg, root, plan, resolved = prepare(str(tiny_pipeline), [], str(out))
+    run_stage(plan[0], cfg, resolved, show_progress=False)
+    il_cfg = resolve_config(plan[1].config, plan[1].overrides, None)
+    train(il_cfg, plan[1].run_dir, show_progress=False, stop_at=4)
+    (plan[1].run_dir / "summary.json").unlink()  # what a kill right after the step-4 checkpoint leaves
+    capsys.readouterr()
     assert cli(["pipeline", "--config", str(tiny_pipeline), "--out", str(out), "--quiet"]) == 0
+    log = capsys.readouterr().out
+    assert "demos: finished earlier, skipped" in log and "il_0: resuming" in log
+    il_sum = json.loads((out / "il_0" / "summary.json").read_text())
+    assert (il_sum["steps"], il_sum["steps_this_run"]) == (8, 4)
     doc = json.loads((out / "pipeline.json").read_text())
     assert doc["status"] == "finished"
     assert [s["name"] for s in doc["stages"]] == ["demos", "il_0", "distill", "export", "evaluate"]
@@ -52,7 +65,6 @@ def test_tiny_pipeline_reports_and_rerun_skips(tiny_pipeline, tmp_path, snapshot
 
     # re-run: every stage is finished, so no run dir is touched
     before = {name: snapshot(out / name) for name in stages}
-    capsys.readouterr()
     doc2 = run_pipeline(str(tiny_pipeline), [], out=str(out), show_progress=False)
     assert {name: snapshot(out / name) for name in stages} == before
     assert doc2["status"] == "finished"
