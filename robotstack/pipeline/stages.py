@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from robotstack.core.errors import ConfigError
+from robotstack.core.errors import ConfigError, RobotstackError
 from robotstack.pipeline.config import PipelineConfig
 
 SUMMARY = "summary.json"
@@ -141,7 +141,7 @@ def check_plan(plan: list[Stage], cfg: PipelineConfig, root: Path) -> dict[str, 
         mod = _stage_module(stage)
         try:
             scfg = mod.resolve_config(stage.config, stage.overrides, None)
-        except ConfigError as exc:
+        except (RobotstackError, OSError) as exc:  # a stage may open its input checkpoint / store while resolving
             msg = str(exc).replace(str(list(stage.overrides)), "")  # the message repeats the overrides
             if str(root) in msg:
                 resolved[stage.name] = None

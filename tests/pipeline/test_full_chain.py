@@ -1,0 +1,48 @@
+"""The whole RL-100 chain on reach at a tiny budget: demos -> il_0 -> offline_0 -> collect_0 -> merge_0 -> il_1 ->
+online -> distill (or the joint student) -> export -> evaluate. Needs the offline-rl and online-rl stage modules
+(issue 11, built beside the pipeline); skipped in a tree without them. The stage overrides below use only the
+keys of the stage contract (CONTRACT.md): adjust them to the stages' tiny budgets when wiring."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("robotstack.train.offline_rl")
+pytest.importorskip("robotstack.train.online_rl")
+
+ROOT = Path(__file__).resolve().parents[2]
+OFFLINE_TINY = ["train.steps=2", "train.num_threads=1", "eval.episodes=0"]
+ONLINE_TINY = ["train.env_steps=64", "env.num_envs=1"]
+
+
+@pytest.mark.slow
+def test_full_chain_on_reach(tiny_pipeline, tmp_path):
+    from robotstack.data.store import EpisodeStore
+    from robotstack.pipeline.runner import run_pipeline
+
+    doc = yaml.safe_load(tiny_pipeline.read_text())
+    doc |= {"rounds": 1, "collect": {"episodes": 2},
+            "offline": {"config": str(ROOT / "configs" / "offline_rl" / "reach.yaml"), "overrides": OFFLINE_TINY},
+            "online": {"enabled": True, "config": str(ROOT / "configs" / "online_rl" / "reach.yaml"),
+                       "overrides": ONLINE_TINY}}
+    tiny_pipeline.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "run"
+    result = run_pipeline(str(tiny_pipeline), [], out=str(out), show_progress=False)
+    assert result["status"] == "finished"
+    names = [s["name"] for s in result["stages"]]
+    assert names == ["demos", "il_0", "offline_0", "collect_0", "merge_0", "il_1", "online", "distill", "export",
+                     "evaluate"]
+    with EpisodeStore.open(out / "merge_0" / "store.zarr") as st:  # D_1 = demos + every rollout of offline_0
+        metas = st.episode_metas()
+        assert [m.source for m in metas] == ["scripted"] * 3 + ["policy"] * 2
+        assert {m.policy_id for m in metas if m.source == "policy"} == {"offline_0"}
+    il1 = json.loads((out / "il_1" / "config.json").read_text())
+    assert il1["data"]["paths"] == [str(out / "merge_0" / "store.zarr")]
+    online = json.loads((out / "online" / "config.json").read_text())
+    assert online["policy"] == str(out / "il_1" / "checkpoints" / "latest")
+    assert online["critic"] == str(out / "offline_0" / "critics")
+    assert (out / "report.md").is_file() and (out / "export" / "artifact" / "policy.onnx").is_file()
