@@ -28,6 +28,7 @@ import os
 import shutil
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -196,6 +197,18 @@ def store_counts(path: str | Path) -> dict[str, Any]:
 
 
 # -------------------------------------------------------------------------------------------- runs
+@contextmanager
+def _busy(label: str, show_progress: bool):
+    """A one-step bar (elapsed time) for the stages whose library call reports no progress (merge, export)."""
+    from robotstack.core.progress import progress_bar
+
+    bar = progress_bar(label, show_progress)
+    task = bar.add_task(label, total=1, status="")
+    with bar:
+        yield
+        bar.update(task, completed=1)
+
+
 def run_stage(stage: Stage, cfg: PipelineConfig, resolved: dict[str, Any], show_progress: bool) -> dict:
     """Run (or resume) one stage; -> its summary (summary["interrupted"] True: Ctrl-C, stop the pipeline)."""
     if stage.module is not None:
@@ -280,7 +293,8 @@ def _run_merge(stage: Stage, cfg: PipelineConfig, resolved: dict[str, Any], show
     final, tmp = stage.run_dir / STORE, stage.run_dir / (STORE + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)  # a merge killed half-way is redone from scratch
     if not final.exists():
-        merge_stores([stage.inputs["data"], stage.inputs["new"]], tmp).close()
+        with _busy(f"merge {stage.name}", show_progress):
+            merge_stores([stage.inputs["data"], stage.inputs["new"]], tmp).close()
         os.replace(tmp, final)  # the grown store appears whole, or not at all
     counts = store_counts(final)
     return write_summary(stage, counts | {"sources": [stage.inputs["data"], stage.inputs["new"]],
@@ -295,7 +309,8 @@ def _run_export(stage: Stage, cfg: PipelineConfig, resolved: dict[str, Any], sho
         raise ConfigError(f"stage export: {src} does not exist (sampler {stage.inputs['sampler']} needs a student: "
                           "enable distill, or train one jointly in the RL stage)")
     t0 = time.perf_counter()
-    m = export_artifact(src, stage.inputs["sampler"], stage.run_dir / "artifact")
+    with _busy(f"export {stage.inputs['sampler']}", show_progress):
+        m = export_artifact(src, stage.inputs["sampler"], stage.run_dir / "artifact")
     return write_summary(stage, {"checkpoint": str(src), "teacher": stage.inputs["teacher"], "sampler": m["sampler"],
                                  "artifact": str(stage.run_dir / "artifact"), "nfe": m["nfe"]["per_call"],
                                  "parity_max_abs_err": m["parity"]["max_abs_err"],
