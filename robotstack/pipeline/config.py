@@ -70,6 +70,7 @@ class PipelineConfig:
     # the policy the offline rounds hand on (to online, or to distill/export when online is off):
     # il = IL re-trained on the grown store (Alg. 1 line 13); offline = the last round's gate-accepted policy
     rounds_output: Literal["il", "offline"] = "il"
+    num_threads: int = 1  # torch threads of the pipeline's own rollouts and export (each stage sets its own)
     eval: EvalSection = field(default_factory=EvalSection)
     demos: DemosSection = field(default_factory=DemosSection)
     il: StageRef = field(default_factory=StageRef)
@@ -84,7 +85,7 @@ class PipelineConfig:
             raise ConfigError("task: required (e.g. task: push, or task: mw:push-v3)")
         for name, value, lo in (("rounds", self.rounds, 0), ("demos.episodes", self.demos.episodes, 1),
                                 ("collect.episodes", self.collect.episodes, 1), ("eval.episodes", self.eval.episodes, 0),
-                                ("collect.num_envs", self.collect.num_envs, 1)):
+                                ("collect.num_envs", self.collect.num_envs, 1), ("num_threads", self.num_threads, 1)):
             if value < lo:
                 raise ConfigError(f"{name}: expected >= {lo}, got {value}")
         if not 0.0 <= self.demos.noise <= 1.0:

@@ -63,6 +63,9 @@ def run_pipeline(config: str, overrides: list[str] = (), out: str | None = None,
                  print_fn=print) -> dict:
     """-> the pipeline document (also PIPELINE_DIR/pipeline.json); doc["status"] is finished | interrupted."""
     cfg, root, plan, resolved = prepare(config, list(overrides), out)
+    import torch  # the pipeline's own rollouts (collect, evaluate) and export run in this process
+
+    torch.set_num_threads(cfg.num_threads)
     state_path = root / STATE
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     interrupted = False

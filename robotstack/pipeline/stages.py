@@ -269,15 +269,17 @@ def _run_collect(stage: Stage, cfg: PipelineConfig, resolved: dict[str, Any], sh
     c = cfg.collect
     path = stage.run_dir / STORE
     stage.run_dir.mkdir(parents=True, exist_ok=True)
-    done = 0
+    seed = int(stage.inputs["seed"])
+    done, next_seed = 0, seed
     if path.exists():
         with EpisodeStore.open(path, mode="a") as st:  # append mode cuts off an unfinished append
             done = st.n_episodes
-    seed = int(stage.inputs["seed"])
+            # parallel envs finish out of order: continue after the highest seed saved, so none repeats
+            next_seed = max([seed - 1] + [m.seed for m in st.episode_metas() if m.seed is not None]) + 1
     t0 = time.perf_counter()
     if done < c.episodes:
         collect(stage.inputs["policy"], path, c.episodes - done, policy_id=stage.inputs["policy_id"], task=cfg.task,
-                seed=seed + done, num_envs=c.num_envs, show_progress=show_progress)
+                seed=next_seed, num_envs=c.num_envs, show_progress=show_progress)
     counts = store_counts(path)
     return write_summary(stage, counts | {"policy": stage.inputs["policy"], "policy_id": stage.inputs["policy_id"],
                                           "seed": seed, "env_steps": counts["frames"],

@@ -165,3 +165,16 @@ def test_stage_modules_missing_from_the_tree_are_named(tiny_pipeline, tmp_path):
         run_pipeline(str(tiny_pipeline), ["rounds=1", "offline.config=offline.yaml"], out=str(tmp_path / "r"),
                      show_progress=False)
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("path", sorted(p for p in (ROOT / "configs" / "pipeline").glob("*.yaml")
+                                        if not p.name.startswith("_")), ids=lambda p: p.stem)
+def test_shipped_pipeline_configs_load(path):
+    """Every shipped pipeline names existing IL/distill configs of its own task (offline/online configs are
+    checked the same way once those stages ship theirs)."""
+    from robotstack.pipeline.config import load_pipeline_config
+
+    cfg = load_pipeline_config(path, ["rounds=0", "online.enabled=false"])
+    assert Path(cfg.il.config).is_file() and Path(cfg.distill.config).is_file()
+    assert cfg.offline.config.startswith("../offline_rl/") and cfg.online.config.startswith("../online_rl/")
+    assert cfg.demos.noise > 0 and cfg.collect.episodes > 0  # the mixed-quality data recipe is on by default
