@@ -94,3 +94,21 @@ def test_merge_grows_a_new_store_and_keeps_the_inputs(tiny_policy, tmp_path, sna
     with pytest.raises(StoreError, match="also a source"):
         merge_stores([demos, new], new)
     assert json.dumps(snapshot(new)) == json.dumps(before[1])
+
+
+def test_collect_stage_resumes_after_the_saved_episodes(tiny_policy, tiny_pipeline, tmp_path):
+    """The pipeline's collect_m stage: a store left by an interrupted run is continued, not restarted."""
+    from robotstack.pipeline.config import load_pipeline_config
+    from robotstack.pipeline.stages import build_plan, run_stage
+
+    _, ckpt = tiny_policy
+    (tiny_pipeline.parent / "offline.yaml").write_text("task: reach\n")
+    cfg = load_pipeline_config(tiny_pipeline, ["rounds=1", "offline.config=offline.yaml", "collect.episodes=2"])
+    stage = next(s for s in build_plan(cfg, tmp_path / "p") if s.name == "collect_0")
+    stage.inputs["policy"] = str(ckpt)  # stands in for offline_0's accepted policy
+    collect(ckpt, stage.run_dir / "store.zarr", 1, policy_id="offline_0", seed=200_000, show_progress=False)
+    summary = run_stage(stage, cfg, {}, show_progress=False)
+    assert summary["episodes"] == 2 and summary["by_source"] == {"policy": {"episodes": 2,
+                                                                           "successes": summary["successes"]}}
+    with EpisodeStore.open(stage.run_dir / "store.zarr") as st:
+        assert [m.seed for m in st.episode_metas()] == [200_000, 200_001]
