@@ -111,9 +111,11 @@ def build_plan(cfg: PipelineConfig, root: str | Path) -> list[Stage]:
             f"teacher={_q(str(teacher))}", f"data.paths={_q([final_data])}"],
             {"teacher": str(teacher), "joint_student": str(student), "data": final_data}))
         student = ckpt["distill"]
+    # cm1/cm3 export the distill stage's student, or the RL stage's joint one where distill was skipped
     src = teacher if cfg.export.sampler == "ddim" else student
-    plan.append(Stage("export", "export", root / "export", inputs={"checkpoint": str(src), "teacher": str(teacher),
-                                                                   "sampler": cfg.export.sampler}))
+    plan.append(Stage("export", "export", root / "export", inputs={
+        "checkpoint": str(src), "fallback": str(joint_student(teacher)), "teacher": str(teacher),
+        "sampler": cfg.export.sampler}))
     if cfg.eval.episodes:
         plan.append(Stage("evaluate", "evaluate", root / "evaluate",
                           inputs={"artifact": str(root / "export" / "artifact")}))
@@ -307,6 +309,8 @@ def _run_export(stage: Stage, cfg: PipelineConfig, resolved: dict[str, Any], sho
     from robotstack.export.onnx_export import export_artifact
 
     src = Path(stage.inputs["checkpoint"])
+    if not src.is_dir() and stage.inputs["sampler"] != "ddim":
+        src = Path(stage.inputs["fallback"])
     if not src.is_dir():
         raise ConfigError(f"stage export: {src} does not exist (sampler {stage.inputs['sampler']} needs a student: "
                           "enable distill, or train one jointly in the RL stage)")

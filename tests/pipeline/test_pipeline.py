@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -69,6 +70,16 @@ def test_tiny_pipeline_reports_and_rerun_skips(tiny_pipeline, tmp_path, snapshot
     assert {name: snapshot(out / name) for name in stages} == before
     assert doc2["status"] == "finished"
     assert capsys.readouterr().out.count("finished earlier, skipped") == 5
+    # a teacher run that holds a jointly trained student (as the RL stages save it): distill is skipped and the
+    # export takes that student
+    other = tmp_path / "joint"
+    for name in ("demos", "il_0"):
+        shutil.copytree(out / name, other / name, symlinks=True)
+    shutil.copytree(out / "distill" / "checkpoints", other / "il_0" / "student" / "checkpoints", symlinks=True)
+    doc3 = run_pipeline(str(tiny_pipeline), [], out=str(other), show_progress=False)
+    by3 = {s["name"]: s["summary"] for s in doc3["stages"]}
+    assert by3["distill"]["skipped"] and not (other / "distill" / "checkpoints").exists()
+    assert by3["export"]["checkpoint"] == str(other / "il_0" / "student" / "checkpoints" / "latest")
     # the same --out with another config is refused (it would mix two experiments)
     with pytest.raises(ConfigError, match="demos.episodes: 3 -> 4"):
         run_pipeline(str(tiny_pipeline), ["demos.episodes=4"], out=str(out), show_progress=False)
