@@ -87,6 +87,26 @@ def _cell(s: dict | None) -> str:
     return f"{s['rate']:.0%} [{s.get('ci95_low', s['rate']):.0%},{s.get('ci95_high', s['rate']):.0%}]"
 
 
+def readme_table(tasks: dict[str, dict]) -> str:
+    """The README's RL-100 table (markdown) from bench_rl100.json's "tasks": success after IL, the last offline
+    round, online RL and the artifact, the online env steps and the whole pipeline's wall time."""
+    header = ["task", "IL", "offline (last round)", "online", "artifact (CM-1)", "online env steps", "wall",
+              "episodes"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for name, r in tasks.items():
+        if "error" in r:
+            lines.append(f"| {name} | error: {r['error'][:80]} |" + " |" * (len(header) - 2))
+            continue
+        succ = r["success"]
+        offline = [c for c in succ if c.startswith("offline_") and not c.endswith("student")]
+        art = next((c for c in succ if c.startswith("artifact")), None)
+        cells = [name, _cell(succ.get("il_0")), _cell(succ[offline[-1]]) if offline else "", _cell(succ.get("online")),
+                 _cell(succ.get(art)) if art else "", str(r["env_steps"]["by_stage"].get("online", "")),
+                 f"{r['wall_s']['total'] / 60:.0f} min", str(r.get("episodes", ""))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="config names under configs/pipeline/")
@@ -95,7 +115,11 @@ def main() -> None:
                                                               "'il.overrides=[train.steps=500]'")
     p.add_argument("--work", default=str(ROOT / "runs" / "bench_rl100"), help="pipeline dirs (git-ignored)")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--readme", action="store_true", help="only print the README table from the results JSON")
     args = p.parse_args()
+    if args.readme:
+        print(readme_table(json.loads((RESULTS / "bench_rl100.json").read_text())["tasks"]))
+        return
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "bench_rl100.json"
