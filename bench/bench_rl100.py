@@ -49,7 +49,10 @@ def success_columns(doc: dict) -> dict[str, dict]:
 def targets(name: str, doc: dict) -> dict:
     """Issue 11's targets, checked where the pipeline measured what they need (None: not measured)."""
     by = {s["name"]: s for s in doc["stages"]}
-    rate = lambda n: (by.get(n) or {}).get("success", {}) and by[n]["success"]["rate"]  # noqa: E731
+    def rate(stage: str) -> float | None:
+        success = (by.get(stage) or {}).get("success")
+        return None if not success else success["rate"]
+
     art = doc["teacher_vs_student"]["artifact"]
     teacher = doc["teacher_vs_student"]["teacher"]
     need = 0.90 if name == "push_t" else 0.99
@@ -57,7 +60,7 @@ def targets(name: str, doc: dict) -> dict:
     offline = [s for s in doc["stages"] if s["kind"] == "offline" and s["success"]]
     online = by.get("online", {})
     return {
-        "online_ge_target": None if not rate("online") else rate("online") >= need,
+        "online_ge_target": None if rate("online") is None else rate("online") >= need,
         "artifact_ge_target": None if not art else art["rate"] >= need,
         "artifact_within_2pts_of_teacher": None if not (art and teacher) else art["rate"] >= teacher["rate"] - 0.02,
         "no_offline_round_below_il": None if not (offline and il0 is not None) else
