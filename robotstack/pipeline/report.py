@@ -161,7 +161,7 @@ def _save(fig, path: Path) -> Path:
 
 
 def plot_success(doc: dict, path: Path) -> Path | None:
-    bars = [(r["name"], r["success"]) for r in doc["stages"] if r["success"]]
+    bars = [("artifact" if r["name"] == "evaluate" else r["name"], r["success"]) for r in doc["stages"] if r["success"]]
     bars += [(f"{r['name']} student", r["student_success"]) for r in doc["stages"] if r["student_success"]]
     if not bars:
         return None
@@ -170,8 +170,9 @@ def plot_success(doc: dict, path: Path) -> Path | None:
     rates = [s["rate"] for _, s in bars]
     err = [[s["rate"] - s.get("ci95_low", s["rate"]) for _, s in bars],
            [s.get("ci95_high", s["rate"]) - s["rate"] for _, s in bars]]
-    ax.bar(xs, rates, yerr=err, capsize=4, color=["tab:orange" if "student" in n or n == "evaluate" else "tab:blue"
-                                                  for n, _ in bars])
+    drawn = ax.bar(xs, rates, yerr=err, capsize=4, color=["tab:orange" if "student" in n or n == "artifact" else
+                                                          "tab:blue" for n, _ in bars])
+    ax.bar_label(drawn, labels=[f"{r:.0%}" for r in rates], padding=2)
     ax.set_xticks(list(xs), [n for n, _ in bars], rotation=30, ha="right")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("success rate (95% Wilson)")
