@@ -15,8 +15,14 @@ pytest.importorskip("robotstack.train.offline_rl")
 pytest.importorskip("robotstack.train.online_rl")
 
 ROOT = Path(__file__).resolve().parents[2]
-OFFLINE_TINY = ["train.steps=2", "train.num_threads=1", "eval.episodes=0"]
-ONLINE_TINY = ["train.env_steps=64", "env.num_envs=1"]
+# the stages' own tiny budgets (as in their tests, tests/rl/test_offline_rl.py and test_online_rl.py)
+OFFLINE_TINY = ["critic.steps=30", "critic.batch_size=64", "critic.hidden=[32,32]", "dynamics.hidden=[32]",
+                "dynamics.weight_decay=[1.0e-5,1.0e-5]", "dynamics.max_epochs=5", "gate.every=2", "gate.horizon=2",
+                "gate.batch_size=16", "train.steps=4", "train.batch_size=16", "train.lr=1.0e-3",
+                "train.log_every=1", "train.checkpoint_every=2", "ppo.ddim_steps=4"]
+# joint distillation on: the online stage trains the student, so the distill stage is skipped
+ONLINE_TINY = ["env.num_envs=1", "train.env_steps=96", "train.rollout_env_steps=48", "ppo.minibatch_size=32",
+               "ppo.epochs=1", "distill.enabled=true"]
 
 
 @pytest.mark.slow
@@ -46,3 +52,8 @@ def test_full_chain_on_reach(tiny_pipeline, tmp_path):
     assert online["policy"] == str(out / "il_1" / "checkpoints" / "latest")
     assert online["critic"] == str(out / "offline_0" / "critics")
     assert (out / "report.md").is_file() and (out / "export" / "artifact" / "policy.onnx").is_file()
+    by = {s["name"]: s for s in result["stages"]}
+    assert by["distill"]["summary"]["skipped"]  # the online stage's joint student is exported
+    assert by["export"]["summary"]["checkpoint"] == str(out / "online" / "student" / "checkpoints" / "latest")
+    assert by["offline_0"]["gate"]["decisions"] and "## Gate decisions (AM-Q)" in (out / "report.md").read_text()
+    assert by["online"]["env_steps"] >= 96
