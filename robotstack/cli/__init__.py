@@ -6,6 +6,7 @@ One module per verb group; each verb imports its heavy dependencies lazily so `-
   inference.py  distill, export, rti choose-k, eval-artifact
   arm.py        serve-arm, deploy, keys generate
   critic.py     critic evaluate
+  pipeline.py   pipeline (RL-100 end to end)
   record.py / deploy.py  the recording loop and the controller driver behind those verbs; demo.py is `make demo`.
 """
 
@@ -20,12 +21,12 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from robotstack.cli import arm, critic, data, inference, train
+    from robotstack.cli import arm, critic, data, inference, pipeline, train
 
     parser = argparse.ArgumentParser(prog="robotstack", description="robot learning control stack: teleop capture "
                                      "-> diffusion policies -> one-step ONNX -> real-time control")
     sub = parser.add_subparsers(dest="verb", required=True)
-    for group in (data, train, inference, arm, critic):
+    for group in (data, train, inference, arm, critic, pipeline):
         group.add_verbs(sub)
     return parser
 

@@ -108,10 +108,13 @@ def _predict(policy, slots: list[_Slot], keys: list[str], sampler: str, steps: i
 @torch.no_grad()
 def evaluate(policy, task: str, episodes: int, seed: int = 100_000, num_envs: int = 1, sampler: str | None = None,
              steps: int | None = None, max_episode_steps: int | None = None, out_dir: str | Path | None = None,
-             video_episodes: int = 0, show_progress: bool = True, action_mode: str | None = None) -> EvalResult:
+             video_episodes: int = 0, show_progress: bool = True, action_mode: str | None = None,
+             observer=None) -> EvalResult:
     """Run `episodes` episodes (seeds seed, seed+1, ...) of `policy` in `task`; write per-episode JSON,
     summary JSON and the first `video_episodes` videos to out_dir (if given). action_mode: the env's
-    end-effector action mode (None = delta); must be the one the policy was trained in."""
+    end-effector action mode (None = delta); must be the one the policy was trained in. `observer` (optional)
+    sees every env's full observations: on_reset(env, episode, seed, obs) and on_step(env, action, next_obs,
+    reward, terminated, truncated, success) (robotstack/eval/collect.py records episodes with it)."""
     if episodes < 1:
         raise ValueError(f"evaluate: episodes must be >= 1, got {episodes}")
     cfg = policy.config
@@ -146,6 +149,8 @@ def evaluate(policy, task: str, episodes: int, seed: int = 100_000, num_envs: in
             obs, _ = envs.reset(seed=seeds, options={"reset_mask": mask.copy()})
             for i, ep in starts.items():
                 slots[i].start(ep, seed + ep, _obs_at(obs, i, keys), record=ep < video_episodes)
+                if observer is not None:
+                    observer.on_reset(i, ep, seed + ep, _obs_at(obs, i, list(obs)))
             if all(s.episode < 0 for s in slots):
                 break
             if any(s.frames is not None for s in slots):
@@ -169,6 +174,9 @@ def evaluate(policy, task: str, episodes: int, seed: int = 100_000, num_envs: in
                     if s.episode < 0:
                         mask[i] |= done  # idle env ran out its time limit: reset it before stepping again
                         continue
+                    if observer is not None:
+                        observer.on_step(i, actions[i], _obs_at(obs, i, list(obs)), float(reward[i]),
+                                         bool(terminated[i]), bool(truncated[i]), bool(success[i]))
                     env_steps += 1
                     s.length += 1
                     s.ret += float(reward[i])

@@ -1,0 +1,122 @@
+"""The pipeline's config (configs/pipeline/<task>.yaml): one strict dataclass, read by robotstack/core/config.py.
+
+Stage configs are referenced by path, RELATIVE TO THE PIPELINE YAML (like `base:`), so a pipeline file works
+from any working directory; absolute paths work too. Every referenced file must exist and must not name another
+task than the pipeline (checked here, before any work); the stage configs themselves are resolved by their own
+stage modules before any work too (stages.check_plan).
+
+The data recipe (rl100.md §4.1, §4.6; issue 11 item 2) is explicit in the config:
+  demos.*    noisy scripted demos (the expert with action noise: mostly successes, some failures)
+  collect.*  after each offline round, rollouts of the gate-accepted policy, successes AND failures, recorded
+             with source=policy and policy_id=<the offline stage>, merged into a NEW store (D_{m+1} = D_m + D_new)
+  rounds     M outer rounds (the sources are silent on M; rl100.md §13)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from robotstack.core.config import load_config, read_yaml_with_base
+from robotstack.core.errors import ConfigError
+
+
+@dataclass
+class StageRef:
+    config: str = ""  # stage YAML, relative to the pipeline YAML (or absolute)
+    overrides: list[str] = field(default_factory=list)  # dotted overrides passed to the stage (after the pipeline's)
+
+
+@dataclass
+class DemosSection:
+    episodes: int = 50
+    noise: float = 0.2  # the scripted expert's action noise: mixed-quality data on purpose
+    seed: int = 0  # episode i is recorded with seed + i
+
+
+@dataclass
+class CollectSection:
+    episodes: int = 50  # rollouts of the accepted policy per round (rl100.md §13: not given by the sources)
+    seed: int = 200_000  # round m uses seed + 10_000 m: away from the demos (0..) and the evaluations (100_000..)
+    num_envs: int = 1
+
+
+@dataclass
+class OnlineSection(StageRef):
+    enabled: bool = True
+
+
+@dataclass
+class DistillSection(StageRef):
+    enabled: bool = True  # still skipped at run time when the RL stages trained a student jointly
+
+
+@dataclass
+class ExportSection:
+    sampler: Literal["cm1", "cm3", "ddim"] = "cm1"  # cm1/cm3: the student; ddim: the teacher itself
+
+
+@dataclass
+class EvalSection:
+    episodes: int = 100  # passed to every stage as eval.episodes, and the artifact's evaluation
+    seed: int = 100_000  # the artifact's first evaluation episode
+
+
+@dataclass
+class PipelineConfig:
+    task: str = ""
+    rounds: int = 2  # M outer offline rounds; 0 = IL -> online directly
+    # the policy the offline rounds hand on (to online, or to distill/export when online is off):
+    # il = IL re-trained on the grown store (Alg. 1 line 13); offline = the last round's gate-accepted policy
+    rounds_output: Literal["il", "offline"] = "il"
+    num_threads: int = 1  # torch threads of the pipeline's own rollouts and export (each stage sets its own)
+    eval: EvalSection = field(default_factory=EvalSection)
+    demos: DemosSection = field(default_factory=DemosSection)
+    il: StageRef = field(default_factory=StageRef)
+    offline: StageRef = field(default_factory=StageRef)
+    collect: CollectSection = field(default_factory=CollectSection)
+    online: OnlineSection = field(default_factory=OnlineSection)
+    distill: DistillSection = field(default_factory=DistillSection)
+    export: ExportSection = field(default_factory=ExportSection)
+
+    def __post_init__(self) -> None:
+        if not self.task:
+            raise ConfigError("task: required (e.g. task: push, or task: mw:push-v3)")
+        for name, value, lo in (("rounds", self.rounds, 0), ("demos.episodes", self.demos.episodes, 1),
+                                ("collect.episodes", self.collect.episodes, 1), ("eval.episodes", self.eval.episodes, 0),
+                                ("collect.num_envs", self.collect.num_envs, 1), ("num_threads", self.num_threads, 1)):
+            if value < lo:
+                raise ConfigError(f"{name}: expected >= {lo}, got {value}")
+        if not 0.0 <= self.demos.noise <= 1.0:
+            raise ConfigError(f"demos.noise: expected in [0, 1], got {self.demos.noise}")
+
+    def used_stage_refs(self) -> dict[str, StageRef]:
+        """The stage configs this pipeline will run (disabled stages need no file)."""
+        refs = {"il": self.il}
+        if self.rounds:
+            refs["offline"] = self.offline
+        if self.online.enabled:
+            refs["online"] = self.online
+        if self.distill.enabled:
+            refs["distill"] = self.distill
+        return refs
+
+
+def load_pipeline_config(path: str | Path, overrides: list[str] = ()) -> PipelineConfig:
+    """Read + validate; stage config paths come back absolute. Fails (naming the key and file) on unknown keys,
+    missing stage config files and a stage config of another task."""
+    path = Path(path)
+    cfg = load_config(PipelineConfig, path, list(overrides))
+    for name, ref in cfg.used_stage_refs().items():
+        if not ref.config:
+            raise ConfigError(f"{path}: {name}.config: required (the {name} stage's YAML, relative to {path.parent})")
+        stage_file = Path(ref.config) if Path(ref.config).is_absolute() else (path.parent / ref.config)
+        stage_file = stage_file.resolve()
+        if not stage_file.is_file():
+            raise ConfigError(f"{path}: {name}.config: {ref.config} -> {stage_file} does not exist")
+        ref.config = str(stage_file)
+        stage_task = read_yaml_with_base(stage_file).get("task")
+        if stage_task not in (None, "", cfg.task):
+            raise ConfigError(f"{path}: task {cfg.task!r} but {name}.config {stage_file} is for task {stage_task!r}")
+    return cfg

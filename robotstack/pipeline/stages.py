@@ -1,0 +1,337 @@
+"""The pipeline's plan and how each stage runs. Every stage's output is a run dir PIPELINE_DIR/<stage name>/ that
+ends with summary.json ({"interrupted": false, "wall_s": ..., ...}); a stage with such a summary is finished.
+
+    demos       demos/store.zarr            noisy scripted demos (robotstack.cli.record.record_scripted)
+    il_m        il_m/ (train il run dir)    IL on D_m                              (Alg. 1 lines 2 and 13)
+    offline_m   offline_m/                  offline RL on D_m from il_m: critics, gate, accepted policy
+    collect_m   collect_m/store.zarr        rollouts of offline_m's accepted policy (source=policy, policy_id=offline_m)
+    merge_m     merge_m/store.zarr          D_{m+1} = D_m + collect_m, a new store (the inputs are only read)
+    online      online/                     online RL from the rounds' output policy, V warm-started from the
+                                            last round's IQL critics
+    distill     distill/                    one-step student of the final teacher; skipped when the RL stage
+                                            trained one jointly (TEACHER_RUN/student/checkpoints/latest)
+    export      export/artifact/            policy.onnx + manifest.json (robotstack/export)
+    evaluate    evaluate/                   the artifact in sim through onnxruntime (as `eval-artifact`)
+
+Training stages are called through the stage contract (/work/wt/CONTRACT.md): robotstack.train.<module>.main(
+config, overrides, resume, out, show_progress), imported by name only when the stage runs (or is checked), so a
+pipeline without offline rounds / online stage needs neither module. Resume: a run dir with a complete
+checkpoints/latest is resumed with resume=RUN_DIR; a store stage continues after the episodes already saved
+(store appends are atomic, so an interrupted episode is simply recorded again).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from robotstack.core.errors import ConfigError, RobotstackError
+from robotstack.pipeline.config import PipelineConfig
+
+SUMMARY = "summary.json"
+STORE = "store.zarr"
+LATEST = Path("checkpoints") / "latest"
+TRAIN_MODULES = {"il": "robotstack.train.il", "offline": "robotstack.train.offline_rl",
+                 "online": "robotstack.train.online_rl", "distill": "robotstack.train.distill"}
+
+
+@dataclass
+class Stage:
+    name: str  # also the run dir's name
+    kind: str  # demos | il | offline | collect | merge | online | distill | export | evaluate
+    run_dir: Path
+    config: str = ""  # training stages: the stage YAML
+    overrides: list[str] = field(default_factory=list)  # training stages: what the pipeline passes, then the user's
+    inputs: dict[str, str] = field(default_factory=dict)  # paths this stage reads (checkpoints, stores)
+
+    @property
+    def module(self) -> str | None:
+        return TRAIN_MODULES.get(self.kind)
+
+
+def _q(value: Any) -> str:
+    return json.dumps(value)  # JSON is YAML: paths with spaces, colons or '' survive the override parser
+
+
+def store_of(root: Path, m: int) -> Path:
+    """D_m: the demos for m = 0, else the store merged in round m - 1."""
+    return root / "demos" / STORE if m == 0 else root / f"merge_{m - 1}" / STORE
+
+
+def joint_student(checkpoint: Path) -> Path:
+    """RUN/checkpoints/latest -> RUN/student/checkpoints/latest (where the RL stages save a jointly trained student)."""
+    return checkpoint.parent.parent / "student" / LATEST
+
+
+def build_plan(cfg: PipelineConfig, root: str | Path) -> list[Stage]:
+    root = Path(root)
+    task, episodes = cfg.task, cfg.eval.episodes
+    ckpt = {}  # stage name -> its policy checkpoint
+
+    def train_stage(name: str, kind: str, ref, overrides: list[str], inputs: dict[str, str]) -> Stage:
+        ckpt[name] = root / name / LATEST
+        return Stage(name, kind, root / name, ref.config, overrides + list(ref.overrides), inputs)
+
+    plan = [Stage("demos", "demos", root / "demos")]
+    plan.append(train_stage("il_0", "il", cfg.il, [f"task={_q(task)}", f"data.paths={_q([str(store_of(root, 0))])}",
+                                                    f"eval.episodes={episodes}"], {"data": str(store_of(root, 0))}))
+    for m in range(cfg.rounds):
+        data = str(store_of(root, m))
+        policy = str(ckpt[f"il_{m}"])
+        plan.append(train_stage(f"offline_{m}", "offline", cfg.offline, [
+            f"task={_q(task)}", f"policy={_q(policy)}", f"data.paths={_q([data])}", f"eval.episodes={episodes}"],
+            {"policy": policy, "data": data}))
+        plan.append(Stage(f"collect_{m}", "collect", root / f"collect_{m}",
+                          inputs={"policy": str(ckpt[f"offline_{m}"]), "policy_id": f"offline_{m}",
+                                  "seed": str(cfg.collect.seed + 10_000 * m)}))
+        plan.append(Stage(f"merge_{m}", "merge", root / f"merge_{m}",
+                          inputs={"data": data, "new": str(root / f"collect_{m}" / STORE)}))
+        grown = str(store_of(root, m + 1))
+        plan.append(train_stage(f"il_{m + 1}", "il", cfg.il, [
+            f"task={_q(task)}", f"data.paths={_q([grown])}", f"eval.episodes={episodes}"], {"data": grown}))
+    final_data = str(store_of(root, cfg.rounds))
+    teacher = ckpt[f"il_{cfg.rounds}"] if cfg.rounds == 0 or cfg.rounds_output == "il" else ckpt[f"offline_{cfg.rounds - 1}"]
+    if cfg.online.enabled:
+        critic = str(root / f"offline_{cfg.rounds - 1}" / "critics") if cfg.rounds else ""
+        plan.append(train_stage("online", "online", cfg.online, [
+            f"task={_q(task)}", f"policy={_q(str(teacher))}", f"critic={_q(critic)}", f"eval.episodes={episodes}"],
+            {"policy": str(teacher), "critic": critic}))
+        teacher = ckpt["online"]
+    student = joint_student(teacher)
+    if cfg.distill.enabled:
+        plan.append(train_stage("distill", "distill", cfg.distill, [
+            f"teacher={_q(str(teacher))}", f"data.paths={_q([final_data])}"],
+            {"teacher": str(teacher), "joint_student": str(student), "data": final_data}))
+        student = ckpt["distill"]
+    # cm1/cm3 export the distill stage's student, or the RL stage's joint one where distill was skipped
+    src = teacher if cfg.export.sampler == "ddim" else student
+    plan.append(Stage("export", "export", root / "export", inputs={
+        "checkpoint": str(src), "fallback": str(joint_student(teacher)), "teacher": str(teacher),
+        "sampler": cfg.export.sampler}))
+    if cfg.eval.episodes:
+        plan.append(Stage("evaluate", "evaluate", root / "evaluate",
+                          inputs={"artifact": str(root / "export" / "artifact")}))
+    return plan
+
+
+# ------------------------------------------------------------------------------------------ checks
+def _stage_module(stage: Stage):
+    try:
+        return importlib.import_module(stage.module)
+    except ModuleNotFoundError as exc:
+        if exc.name != stage.module:
+            raise
+        raise ConfigError(f"stage {stage.name}: needs {stage.module}, which this tree does not have (turn the stage "
+                          f"off: rounds: 0 for offline, online.enabled: false)") from exc
+
+
+def check_plan(plan: list[Stage], cfg: PipelineConfig, root: Path) -> dict[str, Any]:
+    """Resolve every training stage's config through its own module before any work: unknown keys and bad values
+    fail here, naming the stage. An error about a path under PIPELINE_DIR (an input an earlier stage has not made
+    yet) is not a config error. -> stage name -> resolved config (or None where only that input was missing)."""
+    resolved: dict[str, Any] = {}
+    for stage in plan:
+        if stage.module is None:
+            continue
+        mod = _stage_module(stage)
+        try:
+            scfg = mod.resolve_config(stage.config, stage.overrides, None)
+        except (RobotstackError, OSError) as exc:  # a stage may open its input checkpoint / store while resolving
+            msg = str(exc).replace(str(list(stage.overrides)), "")  # the message repeats the overrides
+            if str(root) in msg:
+                resolved[stage.name] = None
+                continue
+            raise ConfigError(f"stage {stage.name} ({stage.config}): {exc}") from exc
+        stage_task = getattr(scfg, "task", cfg.task)
+        if stage_task != cfg.task:
+            raise ConfigError(f"stage {stage.name}: task {stage_task!r} (after its overrides {stage.overrides}), but "
+                              f"the pipeline's task is {cfg.task!r}")
+        resolved[stage.name] = scfg
+    return resolved
+
+
+# ----------------------------------------------------------------------------------------- status
+def read_summary(stage: Stage) -> dict | None:
+    path = stage.run_dir / SUMMARY
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def status(stage: Stage) -> str:
+    """done | resume | fresh."""
+    summary = read_summary(stage)
+    if summary is not None and not summary.get("interrupted", False):
+        return "done"
+    if stage.module is not None:
+        return "resume" if (stage.run_dir / LATEST / "train_state.json").is_file() else "fresh"
+    return "resume" if stage.run_dir.exists() else "fresh"
+
+
+def write_summary(stage: Stage, summary: dict) -> dict:
+    stage.run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = stage.run_dir / (SUMMARY + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2, default=str))
+    os.replace(tmp, stage.run_dir / SUMMARY)  # a summary is either whole or absent
+    return summary
+
+
+def store_counts(path: str | Path) -> dict[str, Any]:
+    """Episodes / successes / frames by source and by policy_id (the data recipe, counted)."""
+    from robotstack.data.store import EpisodeStore
+
+    with EpisodeStore.open(path, mode="r") as st:
+        metas = st.episode_metas()
+        by_source: dict[str, dict[str, int]] = {}
+        for m in metas:
+            row = by_source.setdefault(m.source or "unknown", {"episodes": 0, "successes": 0})
+            row["episodes"] += 1
+            row["successes"] += int(bool(m.success))
+        return {"store": str(path), "episodes": st.n_episodes, "frames": st.n_frames,
+                "successes": sum(bool(m.success) for m in metas), "by_source": by_source,
+                "by_policy_id": dict(Counter(m.policy_id or "" for m in metas))}
+
+
+# -------------------------------------------------------------------------------------------- runs
+@contextmanager
+def _busy(label: str, show_progress: bool):
+    """A one-step bar (elapsed time) for the stages whose library call reports no progress (merge, export)."""
+    from robotstack.core.progress import progress_bar
+
+    bar = progress_bar(label, show_progress)
+    task = bar.add_task(label, total=1, status="")
+    with bar:
+        yield
+        bar.update(task, completed=1)
+
+
+def run_stage(stage: Stage, cfg: PipelineConfig, resolved: dict[str, Any], show_progress: bool) -> dict:
+    """Run (or resume) one stage; -> its summary (summary["interrupted"] True: Ctrl-C, stop the pipeline)."""
+    if stage.module is not None:
+        return _run_train(stage, show_progress)
+    return {"demos": _run_demos, "collect": _run_collect, "merge": _run_merge, "export": _run_export,
+            "evaluate": _run_evaluate}[stage.kind](stage, cfg, resolved, show_progress)
+
+
+def _run_train(stage: Stage, show_progress: bool) -> dict:
+    if stage.kind == "distill" and Path(stage.inputs["joint_student"]).is_dir():
+        return write_summary(stage, {"skipped": True, "interrupted": False, "wall_s": 0.0,
+                                     "reason": "the RL stage trained a student jointly",
+                                     "student": stage.inputs["joint_student"]})
+    resume = status(stage) == "resume"
+    if not resume and (stage.run_dir / "checkpoints").exists():
+        shutil.rmtree(stage.run_dir / "checkpoints")  # killed while writing its first checkpoint: nothing to keep
+    mod = _stage_module(stage)
+    return mod.main(stage.config, stage.overrides, resume=str(stage.run_dir) if resume else None,
+                    out=str(stage.run_dir), show_progress=show_progress)
+
+
+def _env_kwargs(resolved: dict[str, Any]) -> dict[str, Any]:
+    """The demos must hold what IL reads: cameras when its obs keys have images (96 px, as bench_il)."""
+    from robotstack.core import keys as K
+
+    il = resolved.get("il_0")
+    cams = tuple(k[len(K.IMAGE_PREFIX):] for k in (il.data.obs_keys if il else []) if K.is_image_key(k))
+    return {"cameras": cams, "image_size": 96} if cams else {}
+
+
+def _run_demos(stage: Stage, cfg: PipelineConfig, resolved: dict[str, Any], show_progress: bool) -> dict:
+    import sim
+    from robotstack.cli.record import record_scripted
+    from robotstack.data.store import EpisodeStore
+
+    d = cfg.demos
+    stage.run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    store = EpisodeStore.open_or_create(stage.run_dir / STORE)
+    env = sim.make(cfg.task, **_env_kwargs(resolved))
+    try:
+        done = store.n_episodes  # a resumed stage records the rest (episode seeds continue where it stopped)
+        if done < d.episodes:
+            record_scripted(env, sim.make_expert(env, noise=d.noise, seed=d.seed + done), store, cfg.task,
+                            d.episodes - done, seed=d.seed + done, noise=d.noise, show_progress=show_progress)
+    finally:
+        env.close()
+        store.close()
+    counts = store_counts(stage.run_dir / STORE)
+    return write_summary(stage, counts | {"noise": d.noise, "env_steps": counts["frames"], "interrupted": False,
+                                          "wall_s": time.perf_counter() - t0})
+
+
+def _run_collect(stage: Stage, cfg: PipelineConfig, resolved: dict[str, Any], show_progress: bool) -> dict:
+    from robotstack.data.store import EpisodeStore
+    from robotstack.eval.collect import collect
+
+    c = cfg.collect
+    path = stage.run_dir / STORE
+    stage.run_dir.mkdir(parents=True, exist_ok=True)
+    seed = int(stage.inputs["seed"])
+    done, next_seed = 0, seed
+    if path.exists():
+        with EpisodeStore.open(path, mode="a") as st:  # append mode cuts off an unfinished append
+            done = st.n_episodes
+            # parallel envs finish out of order: continue after the highest seed saved, so none repeats
+            next_seed = max([seed - 1] + [m.seed for m in st.episode_metas() if m.seed is not None]) + 1
+    t0 = time.perf_counter()
+    if done < c.episodes:
+        collect(stage.inputs["policy"], path, c.episodes - done, policy_id=stage.inputs["policy_id"], task=cfg.task,
+                seed=next_seed, num_envs=c.num_envs, show_progress=show_progress)
+    counts = store_counts(path)
+    return write_summary(stage, counts | {"policy": stage.inputs["policy"], "policy_id": stage.inputs["policy_id"],
+                                          "seed": seed, "env_steps": counts["frames"],
+                                          "success_rate": counts["successes"] / max(1, counts["episodes"]),
+                                          "interrupted": False, "wall_s": time.perf_counter() - t0})
+
+
+def _run_merge(stage: Stage, cfg: PipelineConfig, resolved: dict[str, Any], show_progress: bool) -> dict:
+    from robotstack.data.merge import merge_stores
+
+    t0 = time.perf_counter()
+    stage.run_dir.mkdir(parents=True, exist_ok=True)
+    final, tmp = stage.run_dir / STORE, stage.run_dir / (STORE + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)  # a merge killed half-way is redone from scratch
+    if not final.exists():
+        with _busy(f"merge {stage.name}", show_progress):
+            merge_stores([stage.inputs["data"], stage.inputs["new"]], tmp).close()
+        os.replace(tmp, final)  # the grown store appears whole, or not at all
+    counts = store_counts(final)
+    return write_summary(stage, counts | {"sources": [stage.inputs["data"], stage.inputs["new"]],
+                                          "interrupted": False, "wall_s": time.perf_counter() - t0})
+
+
+def _run_export(stage: Stage, cfg: PipelineConfig, resolved: dict[str, Any], show_progress: bool) -> dict:
+    from robotstack.export.onnx_export import export_artifact
+
+    src = Path(stage.inputs["checkpoint"])
+    if not src.is_dir() and stage.inputs["sampler"] != "ddim":
+        src = Path(stage.inputs["fallback"])
+    if not src.is_dir():
+        raise ConfigError(f"stage export: {src} does not exist (sampler {stage.inputs['sampler']} needs a student: "
+                          "enable distill, or train one jointly in the RL stage)")
+    t0 = time.perf_counter()
+    with _busy(f"export {stage.inputs['sampler']}", show_progress):
+        m = export_artifact(src, stage.inputs["sampler"], stage.run_dir / "artifact")
+    return write_summary(stage, {"checkpoint": str(src), "teacher": stage.inputs["teacher"], "sampler": m["sampler"],
+                                 "artifact": str(stage.run_dir / "artifact"), "nfe": m["nfe"]["per_call"],
+                                 "parity_max_abs_err": m["parity"]["max_abs_err"],
+                                 "ort_p50_ms": m["latency"]["policy"]["ort"]["p50_ms"],
+                                 "interrupted": False, "wall_s": time.perf_counter() - t0})
+
+
+def _run_evaluate(stage: Stage, cfg: PipelineConfig, resolved: dict[str, Any], show_progress: bool) -> dict:
+    from robotstack.eval.actor_rollout import rollout_actor
+    from robotstack.runtime.artifact import load_artifact
+
+    art = load_artifact(stage.inputs["artifact"], seed=0)
+    res = rollout_actor(art, cfg.task, cfg.eval.episodes, seed=cfg.eval.seed, show_progress=show_progress,
+                        description=f"evaluate artifact ({art.sampler}) {cfg.task}")
+    s = res.summary()
+    return write_summary(stage, {f"eval_{k}": v for k, v in s.items()} | {
+        "artifact": stage.inputs["artifact"], "sampler": art.sampler, "env_steps": sum(e.length for e in res.episodes),
+        "interrupted": False, "wall_s": s["wall_s"]})

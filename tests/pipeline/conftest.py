@@ -1,0 +1,93 @@
+"""Fixtures for the pipeline tests: tiny stage configs (an MLP 32 wide, a few steps) and a pipeline YAML that
+points at them, with the offline rounds and the online stage switched off (rounds: 0, online.enabled: false)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+OBS_KEYS = ["robot_eef_pos", "robot_gripper", "goal"]
+TINY_IL = {
+    "task": "reach",
+    "data": {"paths": ["set-by-the-pipeline.zarr"], "obs_keys": OBS_KEYS},
+    "policy": {"horizon": 8, "n_action_steps": 4,
+               "denoiser": {"mlp_width": 32, "mlp_depth": 1, "mlp_time_dim": 16},
+               "encoder": {"state_hidden": [32], "state_feature_dim": 16}},
+    "train": {"steps": 8, "batch_size": 8, "log_every": 2, "checkpoint_every": 4, "warmup_steps": 2,
+              "num_threads": 1},
+    "eval": {"episodes": 0},
+}
+TINY_PIPELINE = {
+    "task": "reach",
+    "rounds": 0,
+    "eval": {"episodes": 2},
+    "demos": {"episodes": 3},
+    "il": {"config": "il.yaml"},
+    "online": {"enabled": False},
+    "distill": {"config": "distill.yaml"},
+}
+
+
+def write_yaml(path: Path, doc: dict) -> Path:
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.fixture
+def tiny_pipeline(tmp_path) -> Path:
+    """tmp/configs/{pipeline,il,distill}.yaml; the stage files sit beside the pipeline file (paths are relative)."""
+    cfg_dir = tmp_path / "configs"
+    cfg_dir.mkdir()
+    write_yaml(cfg_dir / "il.yaml", TINY_IL)
+    write_yaml(cfg_dir / "distill.yaml", {"base": str(ROOT / "configs" / "distill" / "rl100.yaml"),
+                                          "train": {"steps": 4, "batch_size": 8, "log_every": 2,
+                                                    "checkpoint_every": 2, "num_threads": 1}})
+    return write_yaml(cfg_dir / "pipeline.yaml", TINY_PIPELINE)
+
+
+def record_demos(path: Path, episodes: int, seed: int = 0, task: str = "reach") -> Path:
+    import sim
+    from robotstack.cli.record import record_scripted
+    from robotstack.data.store import EpisodeStore
+
+    env = sim.make(task)
+    store = EpisodeStore.open_or_create(path)
+    try:
+        record_scripted(env, sim.make_expert(env, noise=0.2, seed=seed), store, task, episodes, seed=seed, noise=0.2,
+                        show_progress=False)
+    finally:
+        store.close()
+        env.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_policy(tmp_path_factory) -> tuple[Path, Path]:
+    """(demo store, RUN/checkpoints/latest) of an 8-step IL run on 3 reach demos: a real, untrained-ish policy."""
+    from robotstack.core.config import from_dict
+    from robotstack.train.il import ILConfig, train
+
+    root = tmp_path_factory.mktemp("tiny_policy")
+    store = record_demos(root / "demos.zarr", 3)
+    train(from_dict(ILConfig, {**TINY_IL, "data": {"paths": [str(store)], "obs_keys": OBS_KEYS}}), root / "il",
+          show_progress=False)
+    return store, root / "il" / "checkpoints" / "latest"
+
+
+def tree_state(path: Path) -> dict[str, tuple[int, int]]:
+    """relative file -> (size, mtime_ns) of everything under `path` (to show a dir was not touched)."""
+    return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def snapshot():
+    return tree_state
+
+
+@pytest.fixture
+def demos_recorder():
+    return record_demos

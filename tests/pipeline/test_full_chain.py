@@ -1,0 +1,59 @@
+"""The whole RL-100 chain on reach at a tiny budget: demos -> il_0 -> offline_0 -> collect_0 -> merge_0 -> il_1 ->
+online -> distill (or the joint student) -> export -> evaluate. Needs the offline-rl and online-rl stage modules
+(issue 11, built beside the pipeline); skipped in a tree without them. The stage overrides below use only the
+keys of the stage contract (CONTRACT.md): adjust them to the stages' tiny budgets when wiring."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("robotstack.train.offline_rl")
+pytest.importorskip("robotstack.train.online_rl")
+
+ROOT = Path(__file__).resolve().parents[2]
+# the stages' own tiny budgets (as in their tests, tests/rl/test_offline_rl.py and test_online_rl.py)
+OFFLINE_TINY = ["critic.steps=30", "critic.batch_size=64", "critic.hidden=[32,32]", "dynamics.hidden=[32]",
+                "dynamics.weight_decay=[1.0e-5,1.0e-5]", "dynamics.max_epochs=5", "gate.every=2", "gate.horizon=2",
+                "gate.batch_size=16", "train.steps=4", "train.batch_size=16", "train.lr=1.0e-3",
+                "train.log_every=1", "train.checkpoint_every=2", "ppo.ddim_steps=4"]
+# joint distillation on: the online stage trains the student, so the distill stage is skipped
+ONLINE_TINY = ["env.num_envs=1", "train.env_steps=96", "train.rollout_env_steps=48", "ppo.minibatch_size=32",
+               "ppo.epochs=1", "distill.enabled=true"]
+
+
+@pytest.mark.slow
+def test_full_chain_on_reach(tiny_pipeline, tmp_path):
+    from robotstack.data.store import EpisodeStore
+    from robotstack.pipeline.runner import run_pipeline
+
+    doc = yaml.safe_load(tiny_pipeline.read_text())
+    doc |= {"rounds": 1, "collect": {"episodes": 2},
+            "offline": {"config": str(ROOT / "configs" / "offline_rl" / "reach.yaml"), "overrides": OFFLINE_TINY},
+            "online": {"enabled": True, "config": str(ROOT / "configs" / "online_rl" / "reach.yaml"),
+                       "overrides": ONLINE_TINY}}
+    tiny_pipeline.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "run"
+    result = run_pipeline(str(tiny_pipeline), [], out=str(out), show_progress=False)
+    assert result["status"] == "finished"
+    names = [s["name"] for s in result["stages"]]
+    assert names == ["demos", "il_0", "offline_0", "collect_0", "merge_0", "il_1", "online", "distill", "export",
+                     "evaluate"]
+    with EpisodeStore.open(out / "merge_0" / "store.zarr") as st:  # D_1 = demos + every rollout of offline_0
+        metas = st.episode_metas()
+        assert [m.source for m in metas] == ["scripted"] * 3 + ["policy"] * 2
+        assert {m.policy_id for m in metas if m.source == "policy"} == {"offline_0"}
+    il1 = json.loads((out / "il_1" / "config.json").read_text())
+    assert il1["data"]["paths"] == [str(out / "merge_0" / "store.zarr")]
+    online = json.loads((out / "online" / "config.json").read_text())
+    assert online["policy"] == str(out / "il_1" / "checkpoints" / "latest")
+    assert online["critic"] == str(out / "offline_0" / "critics")
+    assert (out / "report.md").is_file() and (out / "export" / "artifact" / "policy.onnx").is_file()
+    by = {s["name"]: s for s in result["stages"]}
+    assert by["distill"]["summary"]["skipped"]  # the online stage's joint student is exported
+    assert by["export"]["summary"]["checkpoint"] == str(out / "online" / "student" / "checkpoints" / "latest")
+    assert by["offline_0"]["gate"]["decisions"] and "## Gate decisions (AM-Q)" in (out / "report.md").read_text()
+    assert by["online"]["env_steps"] >= 96
