@@ -154,6 +154,19 @@ def train_or_reuse(cfg, run_dir: Path, quiet: bool) -> dict:
             "final_loss": s["final_loss"]}
 
 
+def _train_wall_to(run_dir: Path, step: int) -> float | None:
+    """Training wall time from the run's start to `step`, from metrics.csv (the first logged interval is
+    extrapolated back to step 0); None when the run did not log that step."""
+    from robotstack.train.common import read_metrics
+
+    rows = [r for r in read_metrics(run_dir) if "loss" in r]
+    at = [r for r in rows if r["step"] == step]
+    if not rows or not at or rows[0]["step"] >= step:
+        return None
+    first = rows[0]
+    return (at[0]["wall_time"] - first["wall_time"]) * step / (step - first["step"])
+
+
 def evaluate_rung(checkpoint: Path, args: argparse.Namespace) -> dict:
     from robotstack.eval.rollout import evaluate_checkpoint
 
@@ -205,14 +218,20 @@ def run_task(name: str, args: argparse.Namespace, work: Path) -> dict:
     if "diffusion" in args.rungs:
         steps = base.train.steps
         run = work / f"{name}_diffusion_x{max(args.multipliers)}"
-        t0 = time.perf_counter()
-        trained = train_or_reuse(il_config(f"train.steps={steps * max(args.multipliers)}",
-                                           f"train.checkpoint_every={steps}", "train.keep_checkpoints=0"),
-                                 run, args.quiet)
-        rungs["diffusion_train"] = trained | {"wall_s": time.perf_counter() - t0}
+        cfg = il_config(f"train.steps={steps * max(args.multipliers)}", f"train.checkpoint_every={steps}",
+                        "train.keep_checkpoints=0")
+        if args.eval_only:  # a run still training elsewhere: evaluate the checkpoints it has written so far
+            if not _same_config(resolve_config(None, [], str(run)), cfg):
+                raise ValueError(f"{run}: its config.json is not the config this ladder would train")
+        else:
+            t0 = time.perf_counter()
+            rungs["diffusion_train"] = train_or_reuse(cfg, run, args.quiet) | {"wall_s": time.perf_counter() - t0}
         for m in args.multipliers:
-            timed(f"diffusion_{m}x", lambda: {"step": steps * m, "multiplier": m}
-                  | evaluate_rung(run / "checkpoints" / f"step_{steps * m}", args))
+            ckpt = run / "checkpoints" / f"step_{steps * m}"
+            if ckpt.exists():
+                timed(f"diffusion_{m}x", lambda: {"step": steps * m, "multiplier": m, "run_steps": cfg.train.steps,
+                                                  "train_wall_to_step_s": _train_wall_to(run, steps * m)}
+                      | evaluate_rung(ckpt, args))
     return {"info": info, "rungs": rungs}
 
 
@@ -246,6 +265,8 @@ def main() -> None:
     p.add_argument("--eval-seed", type=int, default=100_000)
     p.add_argument("--num-envs", type=int, default=1)
     p.add_argument("--work", default=str(ROOT / "runs" / "bench_ladder"), help="stores and run dirs (git-ignored)")
+    p.add_argument("--eval-only", action="store_true",
+                   help="diffusion rung: do not train; evaluate the multiplier checkpoints the run dir already has")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args()
     args.rungs = [r for r in args.rungs.split(",") if r]
@@ -257,10 +278,11 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "bench_ladder.json"
-    previous = json.loads(path.read_text()).get("tasks", {}) if path.exists() else {}
     rows = []
     for name in [t for t in args.tasks.split(",") if t]:
         out = run_task(name, args, work)
+        # read just before writing: another ladder process (other rungs of the task) may have written meanwhile
+        previous = json.loads(path.read_text()).get("tasks", {}) if path.exists() else {}
         entry = previous.setdefault(name, {"rungs": {}})
         entry["info"] = out["info"] | {"machine": machine()}
         entry["rungs"] |= out["rungs"]  # rungs of this run replace earlier ones, the others stay
