@@ -12,6 +12,8 @@ from torch import nn
 
 from robotstack.core.errors import ConfigError, UnknownTaskError
 
+from policies.bc.config import MLPBCConfig
+from policies.bc.model import MLPBCPolicy
 from policies.consistency.config import ConsistencyPolicyConfig
 from policies.consistency.model import ConsistencyPolicy
 from policies.diffusion.config import DiffusionPolicyConfig
@@ -26,6 +28,7 @@ class PolicyEntry(NamedTuple):
 POLICIES: dict[str, PolicyEntry] = {
     "diffusion": PolicyEntry(DiffusionPolicyConfig, DiffusionPolicy),
     "consistency": PolicyEntry(ConsistencyPolicyConfig, ConsistencyPolicy),  # distilled student (train/distill)
+    "mlp_bc": PolicyEntry(MLPBCConfig, MLPBCPolicy),  # regression BC baseline (train il with policy.kind=mlp_bc)
 }
 
 

@@ -51,6 +51,8 @@ from robotstack.train.common import (CONFIG_NAME, DistInfo, LoopConfig, RunLogge
                                      read_metrics, resolve_stage_config, restore_run_checkpoint, run_dir_for,
                                      save_run_checkpoint, set_lr, shard, step_seed, torch_gen, truncate_metrics)
 
+from policies.bc.config import MLPBCConfig
+from policies.bc.model import MLPBCPolicy
 from policies.common.ema import EMA
 from policies.diffusion import loss as loss_fns
 from policies.diffusion.config import DiffusionPolicyConfig
@@ -71,15 +73,18 @@ class DataConfig:
 DATA_FIELDS = ("obs_shapes", "action_dim")
 
 
-def _section_of(cls: type, drop: tuple[str, ...]) -> type:
+def _section_of(cls: type, drop: tuple[str, ...], extra: tuple = ()) -> type:
     hints = typing.get_type_hints(cls)
     fields = [(f.name, hints[f.name], dataclasses.field(default=f.default, default_factory=f.default_factory))
-              for f in dataclasses.fields(cls) if f.name not in drop]
+              for f in dataclasses.fields(cls) if f.name not in drop] + list(extra)
     return dataclasses.make_dataclass(f"{cls.__name__}Section", fields, namespace={"__doc__":
                                       f"{cls.__name__} without {', '.join(drop)} (read from the store)."})
 
 
-PolicySection = _section_of(DiffusionPolicyConfig, DATA_FIELDS)
+# policy.kind picks the registry entry trained: "diffusion", or "mlp_bc" (policies/bc: regression BC baseline on
+# the same encoder, normalization and To/T/Ta; its head has denoiser.mlp_width x mlp_depth; scheduler unused).
+IL_POLICIES = ("diffusion", "mlp_bc")
+PolicySection = _section_of(DiffusionPolicyConfig, DATA_FIELDS, extra=(("kind", str, field(default="diffusion")),))
 PolicySection.__module__ = __name__
 
 
@@ -130,12 +135,16 @@ class ILConfig:
             raise ConfigError(f"config eval.sampler: {self.eval.sampler!r} is not 'ddim' or 'ddpm'")
         if self.eval.episodes < 0 or self.eval.num_envs < 1 or self.eval.steps < 1:
             raise ConfigError("config eval: need episodes >= 0, num_envs >= 1 and steps >= 1")
+        if self.policy.kind not in IL_POLICIES:
+            raise ConfigError(f"config policy.kind: {self.policy.kind!r} is not one of {IL_POLICIES}")
         # the policy section is validated in full by building a DiffusionPolicyConfig with placeholder shapes
-        policy_config(self, {k: ((96, 96, 3) if K.is_image_key(k) else (1,)) for k in self.data.obs_keys}, 1)
+        base = policy_config(self, {k: ((96, 96, 3) if K.is_image_key(k) else (1,)) for k in self.data.obs_keys}, 1)
+        if self.policy.kind == "mlp_bc":
+            MLPBCConfig(base)
 
 
 def policy_config(cfg: ILConfig, obs_shapes: dict[str, tuple[int, ...]], action_dim: int) -> DiffusionPolicyConfig:
-    section = {f.name: getattr(cfg.policy, f.name) for f in dataclasses.fields(cfg.policy)}
+    section = {f.name: getattr(cfg.policy, f.name) for f in dataclasses.fields(cfg.policy) if f.name != "kind"}
     return DiffusionPolicyConfig(obs_shapes=obs_shapes, action_dim=action_dim, **section)
 
 
@@ -193,9 +202,10 @@ def pick_device(name: str, info: DistInfo) -> torch.device:
     return torch.device("cpu")
 
 
-def build_policy(cfg: ILConfig, data: TrainData) -> DiffusionPolicy:
+def build_policy(cfg: ILConfig, data: TrainData) -> DiffusionPolicy | MLPBCPolicy:
     torch.manual_seed(cfg.train.seed)  # same seed -> same initial weights on every rank
-    policy = DiffusionPolicy(policy_config(cfg, data.obs_shapes, data.action_dim))
+    base = policy_config(cfg, data.obs_shapes, data.action_dim)
+    policy = MLPBCPolicy(MLPBCConfig(base)) if cfg.policy.kind == "mlp_bc" else DiffusionPolicy(base)
     policy.fit_normalizer({k: data.arrays[k] for k in policy.normalizer.keys()})
     return policy
 
@@ -234,14 +244,21 @@ def il_loss(policy: DiffusionPolicy, batch: dict[str, Any], t: torch.Tensor, eps
     return loss, metrics
 
 
+def bc_loss(policy: MLPBCPolicy, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """policy.kind=mlp_bc: MSE of the normalized action chunk (policies/bc/loss.py); no diffusion draws used."""
+    return policy.compute_loss(batch)
+
+
 class LossModule(nn.Module):
     """Wraps the policy so the loss runs inside forward(): DDP only syncs gradients of its forward pass."""
 
-    def __init__(self, policy: DiffusionPolicy):
+    def __init__(self, policy: DiffusionPolicy | MLPBCPolicy):
         super().__init__()
         self.policy = policy
 
     def forward(self, batch: dict[str, Any], t: torch.Tensor, eps: torch.Tensor):
+        if isinstance(self.policy, MLPBCPolicy):
+            return bc_loss(self.policy, batch)
         return il_loss(self.policy, batch, t, eps)
 
 

@@ -21,11 +21,11 @@ def test_every_entry_builds_and_round_trips(name):
 
 
 def test_registry_contents():
-    assert set(POLICIES) == {"diffusion", "consistency"}
+    assert set(POLICIES) == {"diffusion", "consistency", "mlp_bc"}
 
 
 def test_unknown_policy_names_the_choices():
-    with pytest.raises(UnknownPolicyError, match="registered policies: \\['consistency', 'diffusion'\\]"):
+    with pytest.raises(UnknownPolicyError, match="registered policies: \\['consistency', 'diffusion', 'mlp_bc'\\]"):
         build_policy("difusion", {})
 
 

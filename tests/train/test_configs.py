@@ -31,6 +31,7 @@ def il_view(cfg: ILConfig) -> dict:
     for key in ("obs_shapes", "action_dim"):
         doc["policy"].pop(key, None)
     assert doc.pop("action_mode") == "delta"  # added after the snapshot (issue 10 item 3); delta = as before
+    assert doc["policy"].pop("kind") == "diffusion"  # every shipped config trains the diffusion policy
     return doc
 
 
@@ -81,7 +82,7 @@ def test_policy_sections_are_the_policies_own_configs():
 
     ours = {f.name: f for f in dataclasses.fields(PolicySection)}
     theirs = {f.name: f for f in dataclasses.fields(DiffusionPolicyConfig) if f.name not in DATA_FIELDS}
-    assert list(ours) == list(theirs)
+    assert list(ours) == [*theirs, "kind"]  # + which registry entry train il builds (diffusion | mlp_bc)
     for name, f in theirs.items():
         assert (ours[name].default, ours[name].default_factory) == (f.default, f.default_factory), name
     assert {f.name: f.type for f in dataclasses.fields(DistillConfig)}["policy"] in (ConsistencyConfig,

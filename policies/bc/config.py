@@ -1,0 +1,57 @@
+"""MLPBCConfig: a regression BC baseline that shares everything but the objective with a diffusion policy.
+
+`base` is the DiffusionPolicyConfig the same `robotstack train il` config would build (obs keys and shapes,
+To/T/Ta, action_start, observation encoder, obs/action normalization). The MLP head has the width and depth of
+`base.denoiser` (mlp_width x mlp_depth), so BC and diffusion differ in the objective (one MSE regression of the
+chunk vs. denoising), not in what they see or how big they are. The scheduler fields of `base` are unused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from robotstack.core import config as config_reader
+from robotstack.core.errors import ConfigError
+
+from policies.diffusion.config import DiffusionPolicyConfig
+
+
+@dataclass
+class MLPBCConfig:
+    base: DiffusionPolicyConfig
+
+    def __post_init__(self) -> None:
+        e = self.base.encoder
+        if e.vib or e.recon:  # the regularizers belong to RL-100's diffusion stages, not to this baseline
+            raise ConfigError(f"config policy.encoder: vib={e.vib} recon={e.recon}; the mlp_bc policy supports "
+                              "neither (set both to false)")
+
+    # views of the base config, so rollout code written for DiffusionPolicy reads the same names
+    obs_shapes = property(lambda self: self.base.obs_shapes)
+    action_dim = property(lambda self: self.base.action_dim)
+    n_obs_steps = property(lambda self: self.base.n_obs_steps)
+    horizon = property(lambda self: self.base.horizon)
+    n_action_steps = property(lambda self: self.base.n_action_steps)
+    action_start = property(lambda self: self.base.action_start)
+    scheduler = property(lambda self: self.base.scheduler)  # rollout reads default_sampler; BC ignores it
+    low_dim_keys = property(lambda self: self.base.low_dim_keys)
+    image_keys = property(lambda self: self.base.image_keys)
+    width = property(lambda self: self.base.denoiser.mlp_width)
+    depth = property(lambda self: self.base.denoiser.mlp_depth)
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_reader.to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "", path: str = "") -> MLPBCConfig:
+        """Strict read (robotstack.core.config.from_dict); `where`/`path` name the file and key in errors."""
+        return config_reader.from_dict(cls, data, where, path=path)
+
+    def replace(self, **changes: Any) -> MLPBCConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def example(cls) -> MLPBCConfig:
+        return cls(base=DiffusionPolicyConfig.example())
