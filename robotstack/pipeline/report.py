@@ -34,8 +34,9 @@ def _eval_n(stage: Stage, summary: dict, prefix: str) -> int | None:
 
 def success_of(stage: Stage, summary: dict, prefix: str = "eval_") -> dict | None:
     """{rate, successes, episodes, ci95_low, ci95_high} from `<prefix>success_rate` (+ counts) of a summary."""
-    if stage.kind in ("demos", "collect"):  # the success of the recorded episodes
-        rate, n, k = summary.get("success_rate"), summary.get("episodes"), summary.get("successes")
+    if stage.kind in ("demos", "collect"):  # the success of the recorded episodes (no student there)
+        n, k = summary.get("episodes"), summary.get("successes")
+        rate = k / n if prefix == "eval_" and n else None
     else:
         rate, n, k = summary.get(f"{prefix}success_rate"), _eval_n(stage, summary, prefix), \
             summary.get(f"{prefix}successes")

@@ -40,3 +40,13 @@ def test_report_reads_gate_decisions_and_rates(tiny_pipeline, tmp_path):
     assert "## Gate decisions (AM-Q)" in report and "| offline_0 | 10 | 0.45 | 0.46 | False | delta_revert |" in report
     assert (root / "plots" / "amq.png").stat().st_size > 1000
     assert json.loads((root / "pipeline.json").read_text())["status"] == "interrupted"
+
+
+def test_recorded_data_reports_its_success_once(tiny_pipeline, tmp_path):
+    from robotstack.pipeline.report import success_of
+
+    cfg = load_pipeline_config(tiny_pipeline)
+    demos = build_plan(cfg, tmp_path)[0]
+    summary = {"episodes": 30, "successes": 27}
+    assert success_of(demos, summary)["rate"] == 0.9 and success_of(demos, summary)["ci95_low"] > 0.7
+    assert success_of(demos, summary, "student_eval_") is None
