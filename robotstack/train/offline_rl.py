@@ -28,7 +28,8 @@ Choices where the sources are silent or the IL checkpoint differs (rl100.md §13
   in), the executed window only (Ta x Da; the executed window of the ChunkSampler = chunk[action_start:+Ta]).
 - AM-Q: the official estimator (mean of minQ over H model steps, `mean_q`), on a fixed set of gate.batch_size
   dataset starts with fixed noise, so candidate and pi_i see common random numbers and the values of successive
-  gates are comparable. Actions for AM-Q come from gate.eta (default 0 = the deterministic DDIM the policy is
+  gates are comparable. Model samples are clamped to the data's feature range (policies/rl/transition.py).
+  Actions for AM-Q come from gate.eta (default 0 = the deterministic DDIM the policy is
   evaluated and deployed with; 1 = the stochastic chain PPO trains).
 - Gate: the paper's delta rule with revert (default) or the code's strict ">" with no revert
   (gate.mode: strict_no_revert). The cached AM-Q of pi_i is the reference in both (in strict mode that is the
