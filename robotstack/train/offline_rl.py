@@ -512,6 +512,9 @@ def run(cfg: OfflineRLConfig, run_dir: str | Path, resume: bool = False, show_pr
                 state = GateState(**meta["gate"])
                 if student is not None:
                     restore_run_checkpoint(run_dir / "student", student, student_opt)
+                if (run_dir / "summary.json").is_file():  # the IL evaluation ran before the interruption
+                    prev = json.loads((run_dir / "summary.json").read_text())
+                    summary |= {k: val for k, val in prev.items() if k.startswith("il_eval_")}
                 truncate_metrics(run_dir, start)
                 _truncate_gate_log(gate_log, start)
             else:
