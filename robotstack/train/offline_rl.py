@@ -28,7 +28,8 @@ Choices where the sources are silent or the IL checkpoint differs (rl100.md §13
   in), the executed window only (Ta x Da; the executed window of the ChunkSampler = chunk[action_start:+Ta]).
 - AM-Q: the official estimator (mean of minQ over H model steps, `mean_q`), on a fixed set of gate.batch_size
   dataset starts with fixed noise, so candidate and pi_i see common random numbers and the values of successive
-  gates are comparable. Actions for AM-Q come from gate.eta (default 0 = the deterministic DDIM the policy is
+  gates are comparable. Model samples are clamped to the data's feature range (policies/rl/transition.py).
+  Actions for AM-Q come from gate.eta (default 0 = the deterministic DDIM the policy is
   evaluated and deployed with; 1 = the stochastic chain PPO trains).
 - Gate: the paper's delta rule with revert (default) or the code's strict ">" with no revert
   (gate.mode: strict_no_revert). The cached AM-Q of pi_i is the reference in both (in strict mode that is the
@@ -511,6 +512,9 @@ def run(cfg: OfflineRLConfig, run_dir: str | Path, resume: bool = False, show_pr
                 state = GateState(**meta["gate"])
                 if student is not None:
                     restore_run_checkpoint(run_dir / "student", student, student_opt)
+                if (run_dir / "summary.json").is_file():  # the IL evaluation ran before the interruption
+                    prev = json.loads((run_dir / "summary.json").read_text())
+                    summary |= {k: val for k, val in prev.items() if k.startswith("il_eval_")}
                 truncate_metrics(run_dir, start)
                 _truncate_gate_log(gate_log, start)
             else:
