@@ -302,8 +302,9 @@ def test_cli_ctrl_c_saves_and_resume_continues(il_ckpt, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                    reason="Ray is an optional extra (pip install 'robotstack[ray]')")
 def test_ray_two_local_workers(il_ckpt, tmp_path):
-    pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'robotstack[ray]')")
     from robotstack.train.common import read_metrics
 
     cfg = tiny_cfg(il_ckpt, **{"ray.address": "local", "ray.num_workers": 2, "ray.envs_per_worker": 1,
