@@ -23,7 +23,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-test-all: $(STAMP)
+# the slow suite also runs the Ray rollout-worker test: the optional `ray` extra (~80 MB) is installed for it
+RAY_STAMP := $(VENV)/.installed-ray
+$(RAY_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[all,ray]'
+	touch $(RAY_STAMP)
+
+test-all: $(RAY_STAMP)
 	$(BIN)/python -m pytest -q -m ""
 
 bench: $(STAMP)

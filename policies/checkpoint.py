@@ -20,7 +20,7 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from robotstack.core.errors import RobotstackError
+from robotstack.core.errors import ConfigError, RobotstackError
 from robotstack.core.jsondoc import check_format, read_object
 
 from policies.registry import build_policy, get_entry, name_of
@@ -128,3 +128,19 @@ def load_checkpoint(path: str | Path, weights: str = "model") -> nn.Module:
         raise CheckpointError(f"{path / fname} does not match {path / CONFIG_FILE} ({name!r}): " + "; ".join(parts))
     model.load_state_dict(state, strict=True)
     return model.eval()
+
+
+def checkpoint_action_mode(extra: dict[str, Any]) -> str:
+    """The end-effector action mode a checkpoint's policy emits: extra.task_spec.ee_action (absent: delta)."""
+    ee_dict = (extra.get("task_spec") or {}).get("ee_action")
+    return str(ee_dict.get("action_mode", "delta")) if isinstance(ee_dict, dict) else "delta"
+
+
+def require_delta_actions(extra: dict[str, Any], where: str) -> None:
+    """The RL and critic stages roll policies out in delta-action envs only (absolute end-effector targets are an
+    IL + export + runtime option so far): refuse an absolute-mode checkpoint by name instead of driving the wrong
+    env."""
+    mode = checkpoint_action_mode(extra)
+    if mode != "delta":
+        raise ConfigError(f"{where}: the checkpoint's policy emits action_mode {mode!r}; this stage supports "
+                          "'delta' actions only (train the policy with action_mode: delta)")

@@ -84,21 +84,25 @@ def collect(checkpoint: str | Path, store_path: str | Path, episodes: int, polic
             show_progress: bool = True) -> CollectStats:
     """Roll out `checkpoint` (EMA weights when present) for `episodes` episodes (seeds seed, seed+1, ...) and
     append every episode to the store at `store_path` (created when missing). -> what was recorded."""
-    from policies.checkpoint import CheckpointError, load_checkpoint, read_extra, resolve_weights
+    from policies.checkpoint import (CheckpointError, checkpoint_action_mode, load_checkpoint, read_extra,
+                                     resolve_weights)
     from robotstack.eval.rollout import evaluate
 
     ckpt = Path(checkpoint)
-    task = task or read_extra(ckpt).get("task")
+    extra = read_extra(ckpt)
+    task = task or extra.get("task")
     if not task:
         raise CheckpointError(f"{ckpt / 'config.json'}: extra.task is missing; pass task=")
     if not policy_id:
         raise ValueError("collect: policy_id is required (it tells the policy's episodes apart in the store)")
     policy = load_checkpoint(ckpt, weights=resolve_weights(ckpt, "auto"))
+    mode = checkpoint_action_mode(extra)  # the env takes, and the store records, the policy's action mode
     store = EpisodeStore.open_or_create(store_path)
+    store.set_action_mode(mode)
     observer = _StoreObserver(store, task, policy_id, _control_hz(ckpt, task))
     try:
         result = evaluate(policy, task, episodes, seed=seed, num_envs=num_envs, max_episode_steps=max_episode_steps,
-                          show_progress=show_progress, observer=observer)
+                          show_progress=show_progress, observer=observer, action_mode=mode)
     finally:
         store.close()
     observer.stats.wall_s = result.wall_s

@@ -76,12 +76,13 @@ def evaluate_policy_value(checkpoint: str | Path, critic: str | Path, episodes: 
     """Estimate the value of `checkpoint` with the ALOE critic `critic` (a `train critic` scorer dir of method aloe
     trained with this policy as the current policy) at the start states of `episodes` fresh rollouts and compare
     with their discounted MC returns. -> result dict (estimate, mc_return, their 95% intervals, rel_error)."""
-    from policies.checkpoint import load_checkpoint, read_extra
+    from policies.checkpoint import load_checkpoint, read_extra, require_delta_actions
     from policies.critics.scorer import load_scorer, read_scorer_doc
     from robotstack.eval.rollout import evaluate
 
     ckpt = Path(checkpoint)
     extra = read_extra(ckpt)
+    require_delta_actions(extra, f"--checkpoint {ckpt}")
     task = extra.get("task")
     if not task:
         raise ConfigError(f"{ckpt / 'config.json'}: extra.task is missing")

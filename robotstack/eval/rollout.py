@@ -221,17 +221,12 @@ def write_eval(out_dir: str | Path, result: EvalResult, settings: dict[str, Any]
                                                  indent=2))
 
 
-def checkpoint_action_mode(extra: dict[str, Any]) -> str:
-    """The end-effector action mode a checkpoint's policy emits: extra.task_spec.ee_action (absent: delta)."""
-    ee_dict = (extra.get("task_spec") or {}).get("ee_action")
-    return str(ee_dict.get("action_mode", "delta")) if isinstance(ee_dict, dict) else "delta"
-
-
 def evaluate_checkpoint(checkpoint: str | Path, episodes: int, ema: bool | None = None, task: str | None = None,
                         out_dir: str | Path | None = None, **kwargs: Any) -> tuple[EvalResult, Path]:
     """Load any policy's checkpoint dir (EMA weights when present unless ema=False) and `evaluate` it in its training
     task (config.json extra.task) or `task`. Results go to out_dir (default CHECKPOINT/eval)."""
-    from policies.checkpoint import EMA_FILE, CheckpointError, load_checkpoint, read_extra, resolve_weights
+    from policies.checkpoint import (EMA_FILE, CheckpointError, checkpoint_action_mode, load_checkpoint, read_extra,
+                                     resolve_weights)
 
     ckpt = Path(checkpoint)
     task = task or read_extra(ckpt).get("task")

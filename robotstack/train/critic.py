@@ -152,7 +152,7 @@ class CriticStageConfig:
 
 # ============================================================================================= data
 def open_policy(cfg: CriticStageConfig) -> tuple[DiffusionPolicy, dict]:
-    from policies.checkpoint import load_checkpoint, read_extra
+    from policies.checkpoint import load_checkpoint, read_extra, require_delta_actions
 
     path = Path(cfg.policy)
     if not (path / "config.json").is_file():
@@ -160,7 +160,9 @@ def open_policy(cfg: CriticStageConfig) -> tuple[DiffusionPolicy, dict]:
     policy = load_checkpoint(path, weights=cfg.policy_weights)
     if not isinstance(policy, DiffusionPolicy):
         raise ConfigError(f"config policy {path}: needs a diffusion policy, got {type(policy).__name__}")
-    return policy.eval().requires_grad_(False), read_extra(path)
+    extra = read_extra(path)
+    require_delta_actions(extra, f"config policy {path}")
+    return policy.eval().requires_grad_(False), extra
 
 
 def check_against_policy(cfg: CriticStageConfig, policy: DiffusionPolicy, extra: dict) -> tuple[str, list[str]]:

@@ -74,7 +74,7 @@ from robotstack.train.common import (CONFIG_NAME, LoopConfig, RunLogger, StopReq
                                      save_run_checkpoint, set_lr, torch_gen, truncate_metrics)
 from robotstack.train.rl_math import GATE_MODES, am_q, apply_gate, ope_gate
 
-from policies.checkpoint import load_checkpoint, read_config
+from policies.checkpoint import load_checkpoint, read_config, require_delta_actions
 from policies.diffusion.model import ACTION_KEY, DiffusionPolicy
 from policies.rl.critics import (DoubleQ, ValueNet, iql_q_loss, iql_value_loss, save_iql_critics, load_iql_critics,
                                  soft_update, td_target)
@@ -224,6 +224,7 @@ def check_inputs(cfg: OfflineRLConfig) -> None:
     if ckpt_task and ckpt_task != cfg.task:
         raise ConfigError(f"config policy {cfg.policy}: {cfg_file} extra.task = {ckpt_task!r}, expected the "
                           f"config's task {cfg.task!r}")
+    require_delta_actions(extra, f"config policy {cfg.policy}")
     want = {**{k: tuple(s) for k, s in pcfg.obs_shapes.items()}, K.ACTION: (pcfg.action_dim,)}
     for path in cfg.data.paths:
         if not Path(path).exists():

@@ -65,7 +65,7 @@ from robotstack.train.common import (CONFIG_NAME, RunLogger, StopRequest, load_t
 from robotstack.train.rl_math import gae
 from robotstack.train.rollouts import Collector, Rollout
 
-from policies.checkpoint import CheckpointError, load_checkpoint, read_config
+from policies.checkpoint import CheckpointError, load_checkpoint, read_config, require_delta_actions
 from policies.consistency.config import ConsistencyConfig
 from policies.consistency.model import ConsistencyPolicy
 from policies.diffusion.model import DiffusionPolicy
@@ -232,6 +232,7 @@ def load_policy(cfg: OnlineRLConfig) -> tuple[DiffusionPolicy, dict]:
     if extra.get("task") != cfg.task:
         raise ConfigError(f"config policy {path}: a checkpoint of task {extra.get('task')!r}, but config task is "
                           f"{cfg.task!r}")
+    require_delta_actions(extra, f"config policy {path}")
     policy = load_checkpoint(path, weights=cfg.policy_weights)
     if not isinstance(policy, DiffusionPolicy):
         raise ConfigError(f"config policy {path}: needs a diffusion policy checkpoint, got {name!r}")

@@ -207,7 +207,7 @@ def test_store_records_the_mode_and_training_refuses_a_mismatch(tmp_path):
 
 def test_absolute_contract_travels_checkpoint_to_manifest_to_runtime(tmp_path):
     """task spec (what train il writes into checkpoints) -> export manifest -> runtime PolicySpec and mapper."""
-    from robotstack.eval.rollout import checkpoint_action_mode
+    from policies.checkpoint import checkpoint_action_mode
     from robotstack.export.tiny import export_tiny
     from robotstack.runtime.action_map import EEActionMapper
     from robotstack.runtime.policy_runner import PolicyRunner

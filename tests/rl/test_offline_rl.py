@@ -144,6 +144,14 @@ def test_bad_configs_fail_before_any_work(store, il_ckpt, tmp_path):
         del zarr.open_group(str(bare), mode="a")["data"][key]
         with pytest.raises(ConfigError, match=msg):
             orl.main(CONFIG, overrides(bare, il_ckpt), out=str(out), show_progress=False)
+    # a policy trained on absolute end-effector targets: the RL stages drive delta-action envs only
+    absolute = tmp_path / "absolute_ckpt"
+    shutil.copytree(il_ckpt, absolute)
+    doc = json.loads((absolute / "config.json").read_text())
+    doc["extra"]["task_spec"]["ee_action"]["action_mode"] = "absolute"
+    (absolute / "config.json").write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match="action_mode 'absolute'.*'delta' actions only"):
+        orl.main(CONFIG, overrides(store, absolute), out=str(out), show_progress=False)
     assert not out.exists()
 
 
