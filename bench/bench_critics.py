@@ -225,6 +225,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     work = Path(args.work)
+    settings = {k: v for k, v in vars(args).items() if k not in ("quiet",)}
     path = RESULTS / f"{args.name}.json"
     doc = json.loads(path.read_text()) if path.is_file() else {}
     doc.setdefault("a", {})
@@ -237,7 +238,7 @@ def main() -> None:
                                            "wall_s": o.get("wall_s")})
     if args.merge:
         args.tasks_a = args.tasks_b = ""
-    settings = {k: v for k, v in vars(args).items() if k not in ("quiet",)}
+        settings = {"merged": args.merge, "note": "each part's settings are in a.<task> / b.<task>.settings"}
     prepared: dict = {}
     t_all = time.perf_counter()
 
