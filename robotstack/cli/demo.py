@@ -1,7 +1,9 @@
 """`make demo`: the main job on the embedded default — MuJoCo reach task, local store, PyBullet arm.
 
-record scripted demos -> data info -> train il -> eval -> plot -> distill to one step -> export to ONNX ->
-evaluate the artifact with onnxruntime -> run it on the PyBullet arm server over ZMQ, recording every run.
+record scripted demos -> data info -> train il -> eval -> plot -> one short RL-100 offline round (IQL critics,
+transition model, PPO over the denoising steps behind the AM-Q gate) -> a short online PPO phase -> distill to
+one step -> export to ONNX -> evaluate the artifact with onnxruntime -> run it on the PyBullet arm server over
+ZMQ, recording every run. (`robotstack pipeline` chains the same stages with the outer rounds; see README.)
 Each step is the same `robotstack` command a user would type, so the demo doubles as a usage example.
 Reach is the demo task because its small policy trains in about two minutes on 2 cores; the other tasks use
 the same commands (see README).
@@ -57,9 +59,16 @@ def main() -> None:
     run("train", "il", "--config", f"configs/il/demo_{TASK}.yaml", f"data.paths=[{store}]", "--out", run_dir)
     run("eval", "--checkpoint", f"{run_dir}/checkpoints/latest", "--episodes", "20", "--num-envs", "2")
     run("plot", run_dir)
+    # RL-100 at a demo's budget: one offline round on the demos (the gate keeps IL unless AM-Q improves by 5%),
+    # then a short online phase in MuJoCo with V warm-started from the offline IQL critics
+    offline, online = str(OUT / f"offline_{TASK}"), str(OUT / f"online_{TASK}")
+    run("train", "offline-rl", "--config", f"configs/offline_rl/demo_{TASK}.yaml",
+        f"policy={run_dir}/checkpoints/latest", f"data.paths=[{store}]", "--out", offline)
+    run("train", "online-rl", "--config", f"configs/online_rl/demo_{TASK}.yaml",
+        f"policy={offline}/checkpoints/latest", f"critic={offline}/critics", "--out", online)
     # fast inference: distill to a one-step student -> export it to ONNX -> evaluate it through onnxruntime
     student, artifact = str(OUT / f"student_{TASK}"), str(OUT / f"artifact_{TASK}_cm1")
-    run("distill", "--config", f"configs/distill/demo_{TASK}.yaml", f"teacher={run_dir}/checkpoints/latest",
+    run("distill", "--config", f"configs/distill/demo_{TASK}.yaml", f"teacher={online}/checkpoints/latest",
         "--out", student)
     run("export", "--checkpoint", f"{student}/checkpoints/latest", "--sampler", "cm1", "--out", artifact)
     run("eval-artifact", "--artifact", artifact, "--episodes", "20")
