@@ -55,9 +55,15 @@ def il_table() -> str:
                      round(r["train_samples_per_s"]), f"{r['train_wall_s'] / 60:.1f} min",
                      f"{r['final_loss']:.3f}",
                      f"{pct(r['success_rate'])} [{pct(r['ci95_low'])}, {pct(r['ci95_high'])}]",
-                     f"{r['mean_length']:.0f}"])
+                     f"{r['mean_length']:.0f}", _measured(r)])
     return table(["config", "demo success", "steps x batch", "train samples/s", "train wall", "final loss",
-                  f"success (100 episodes, 95% CI)", "mean length"], rows)
+                  f"success (100 episodes, 95% CI)", "mean length", "measured (commit, date)"], rows)
+
+
+def _measured(row: dict) -> str:
+    """Rows are merged per task over several runs: say which code and day each one measured."""
+    m = row.get("machine", {})
+    return f"{m.get('commit', '?')}, {str(m.get('date', '?'))[:10]}"
 
 
 ROW_ORDER = ["DDPM-100", "DDIM-10", "DDIM-1", "RTI K'=2", "RTI K'=3", "RTI K'=5", "CM-1 torch", "CM-1 onnxruntime",
