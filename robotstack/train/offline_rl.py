@@ -47,6 +47,21 @@ Run dir (train il's layout, train/common.py):
     RUN_DIR/student/checkpoints/latest   the one-step student (distill.enabled)
 Ctrl-C finishes the current update, saves and returns; --resume continues (critics and dynamics are reloaded;
 a Ctrl-C during their fit refits them on resume). Batches and noise of update s come from (seed, s) generators.
+
+Measured on push (bench/results/offline_rl_push_sweep.json; IL policy at 10% success, 80 episodes of demo +
+noisy data, one critic/ensemble fit reused, 50 updates of 128 chains per setting, lr 1e-5 constant, gate every 25):
+- sigma~ clipped to the chunk checkpoint's [0.01, 0.1] (the earlier default): clip_frac 0.52, approx_kl 6.0, max
+  |r-1| per update ~50 (up to 146). A floor alone (sigma_min 0.05 / 0.1, sigma_max 0.1) barely helped
+  (clip_frac 0.47-0.48); with all three floors the candidates' AM-Q moved -0.4..+0.9%. Per step, the clipped
+  share is ~0.8 at the three noisiest steps (raw DDIM sigma ~0.9 capped at 0.1 while the mean is most sensitive
+  there) and 0.97 at the last (sigma 0.01).
+- [0.1, 0.8] (now the _base.yaml default): clip_frac 0.23, approx_kl 0.045, max |r-1| ~4; candidates +1.4..2.6%
+  AM-Q after 25-50 updates (rl100 grid: clip_frac 0.18, +2.9..3.1%; batched update: 0.10, +1.4..1.8%; lr 1e-6:
+  0.03, +1.8..2.0%). [0.01, 0.8]: clip_frac 0.28 but approx_kl 0.71 and max |r-1| ~34 (the last step), +2.2..2.5%.
+- No candidate cleared the paper's delta = 5% (margin 0.030): under delta_revert pi_i stays fixed and the clip
+  keeps the candidate near it, so the gain saturates at +2..3% (gate.every 100: +2.3%). The code's strict ">"
+  gate (gate.mode strict_no_revert) re-centres pi_i at each accept: 6/6 accepted in 150 updates, AM-Q 0.600 ->
+  0.653 (+8.8%), but success over 50 episodes (seeds 100000..) 6/50 vs the IL policy's 5/50: no measured gain.
 """
 
 from __future__ import annotations
