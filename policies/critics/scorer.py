@@ -1,4 +1,4 @@
-"""Critic scorer for best-of-N (CONTRACT.md "Critic scorer for best-of-N"), its on-disk format, and the best-of-N
+"""Critic scorer for best-of-N (docs/CONTRACTS.md "Critic scorer"), its on-disk format, and the best-of-N
 policy that uses it in sim evaluation.
 
 Glossary: B batch, N candidates, To observation history, D per-key obs width, h_a scored (executed) actions,

@@ -119,7 +119,7 @@ class RTIWarmGraph(_Graph):
 
 class CriticGraph(nn.Module):
     """Best-of-N scorer: obs... (1, To, *shape), actions (1, N, h_a, Da) env units -> scores (1, N). The scorer
-    (CONTRACT.md: forward(obs dict, actions) -> (B, N)) owns its normalisation, so the graph needs no stats."""
+    (docs/CONTRACTS.md: forward(obs dict, actions) -> (B, N)) owns its normalisation, so the graph needs no stats."""
 
     outputs = ("scores",)
 

@@ -30,7 +30,7 @@ At export, recorded in manifest.json:
   as `near_threshold`, not as mismatches (float noise may flip them);
 - latency (batch 1, one thread, p50/p99) of torch graph and onnxruntime.
 
-Best-of-N (`critic=` a scorer module, CONTRACT.md "Critic scorer for best-of-N"; `robotstack export --critic DIR`):
+Best-of-N (`critic=` a scorer module, docs/CONTRACTS.md "Critic scorer"; `robotstack export --critic DIR`):
 the policy graph gets a dynamic batch axis "B" (the runtime samples N candidates in one call, each row with its
 own noise) and the scorer becomes critic.onnx (obs..., actions (1, N, h_a, Da) -> scores (1, N), dynamic N),
 described by the manifest's critic section (format version 3, robotstack/core/manifest.py). Checked at export:

@@ -6,7 +6,7 @@ The action normalizer's fitted range decides what such a policy can output (DDIM
 speed" whatever the random weights do. `poison=True` sets the action normalizer's offset to NaN (a corrupt
 checkpoint): the exported graph then yields NaN actions (the gripper dim, thresholded in the graph, stays finite).
 
-`tiny_scorer` is a best-of-N critic scorer of the CONTRACT.md interface (forward(obs {key: (B, To, D)}, actions
+`tiny_scorer` is a best-of-N critic scorer of the docs/CONTRACTS.md interface (forward(obs {key: (B, To, D)}, actions
 (B, N, h_a, Da)) -> (B, N), env units in, normalisation inside), built from policies.critics.chunked.ChunkCritic +
 a Normalizer and untrained: the artifact tests and bench/bench_best_of_n.py export it beside a tiny policy without
 depending on a trained critic (policies/critics/scorer.py). `prefer` adds a known linear preference over the

@@ -13,7 +13,7 @@ ends with summary.json ({"interrupted": false, "wall_s": ..., ...}); a stage wit
     export      export/artifact/            policy.onnx + manifest.json (robotstack/export)
     evaluate    evaluate/                   the artifact in sim through onnxruntime (as `eval-artifact`)
 
-Training stages are called through the stage contract (/work/wt/CONTRACT.md): robotstack.train.<module>.main(
+Training stages are called through the stage contract (docs/CONTRACTS.md): robotstack.train.<module>.main(
 config, overrides, resume, out, show_progress), imported by name only when the stage runs (or is checked), so a
 pipeline without offline rounds / online stage needs neither module. Resume: a run dir with a complete
 checkpoints/latest is resumed with resume=RUN_DIR; a store stage continues after the episodes already saved

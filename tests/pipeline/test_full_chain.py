@@ -1,7 +1,7 @@
 """The whole RL-100 chain on reach at a tiny budget: demos -> il_0 -> offline_0 -> collect_0 -> merge_0 -> il_1 ->
 online -> distill (or the joint student) -> export -> evaluate. Needs the offline-rl and online-rl stage modules
 (issue 11, built beside the pipeline); skipped in a tree without them. The stage overrides below use only the
-keys of the stage contract (CONTRACT.md): adjust them to the stages' tiny budgets when wiring."""
+keys of the stage contract (docs/CONTRACTS.md): adjust them to the stages' tiny budgets when wiring."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""report.py on run dirs shaped as the stage contract says (CONTRACT.md): the offline stage's gate.jsonl and
+"""report.py on run dirs shaped as the stage contract says (docs/CONTRACTS.md): the offline stage's gate.jsonl and
 summary keys become the gate table and the AM-Q plot; a stage that reports only a success rate gets its Wilson
 interval from the episode count in its resolved config."""
 
