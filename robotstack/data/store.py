@@ -689,12 +689,14 @@ class EpisodeStore:
         return e
 
 
-def load_stores(paths: Sequence[str | os.PathLike], keys: Sequence[str]
+def load_stores(paths: Sequence[str | os.PathLike], keys: Sequence[str], successes_only: bool = False
                 ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, tuple[tuple[int, ...], np.dtype]]]:
     """Load `keys` of several stores into RAM, concatenated in order (what training and analysis need).
 
     Returns (arrays {key: (N, ...)}, episode_ends (E,) over the concatenation, {key: (frame shape, dtype)}).
     Every store must hold every key with the same frame shape and dtype, and at least one episode.
+    successes_only keeps the episodes whose meta/success is True (filtered imitation of mixed data; an episode
+    of unknown outcome is dropped too) and fails when none is left.
     """
     parts, ends, offset, specs = [], [], 0, None
     for path in paths:
@@ -706,11 +708,20 @@ def load_stores(paths: Sequence[str | os.PathLike], keys: Sequence[str]
             if specs is not None and these != specs:
                 raise StoreError(f"{path}: key shapes/dtypes {these} differ from {paths[0]}'s {specs}")
             specs = these
-            parts.append(store.load(keys))
-            ends.append(store.episode_ends + offset)
-            offset += store.n_frames
+            frames, store_ends = store.load(keys), store.episode_ends
+            if successes_only:
+                keep = [i for i, m in enumerate(store.episode_metas()) if m.success is True]
+                if not keep:
+                    continue
+                starts = np.concatenate([[0], store_ends[:-1]])
+                frames = {k: np.concatenate([v[starts[i]:store_ends[i]] for i in keep]) for k, v in frames.items()}
+                store_ends = np.cumsum([store_ends[i] - starts[i] for i in keep])
+            parts.append(frames)
+            ends.append(store_ends + offset)
+            offset += int(store_ends[-1])
     if not parts:
-        raise StoreError("no episode store given")
+        raise StoreError("no episode store given" if not successes_only
+                         else f"no successful episode in {[str(p) for p in paths]}")
     return {k: np.concatenate([p[k] for p in parts]) for k in keys}, np.concatenate(ends), specs
 
 

@@ -70,6 +70,11 @@ class PipelineConfig:
     # the policy the offline rounds hand on (to online, or to distill/export when online is off):
     # il = IL re-trained on the grown store (Alg. 1 line 13); offline = the last round's gate-accepted policy
     rounds_output: Literal["il", "offline"] = "il"
+    # which episodes of the grown store il_{m+1} imitates: successes (filtered BC: demos + successful rollouts) or
+    # all (Alg. 1 line 13 read literally). Measured on the demo-sized reach pipeline with `all`: il_0 98% ->
+    # il_1 86% after 5 failed rollouts joined 45 successes (bench_rl100, 50 episodes) — hence successes by default;
+    # the offline critics always see every episode (they need the failures).
+    reimitate: Literal["successes", "all"] = "successes"
     num_threads: int = 1  # torch threads of the pipeline's own rollouts and export (each stage sets its own)
     eval: EvalSection = field(default_factory=EvalSection)
     demos: DemosSection = field(default_factory=DemosSection)

@@ -96,7 +96,8 @@ def build_plan(cfg: PipelineConfig, root: str | Path) -> list[Stage]:
                           inputs={"data": data, "new": str(root / f"collect_{m}" / STORE)}))
         grown = str(store_of(root, m + 1))
         plan.append(train_stage(f"il_{m + 1}", "il", cfg.il, [
-            f"task={_q(task)}", f"data.paths={_q([grown])}", f"eval.episodes={episodes}"], {"data": grown}))
+            f"task={_q(task)}", f"data.paths={_q([grown])}", f"data.episodes={cfg.reimitate}",
+            f"eval.episodes={episodes}"], {"data": grown}))
     final_data = str(store_of(root, cfg.rounds))
     teacher = ckpt[f"il_{cfg.rounds}"] if cfg.rounds == 0 or cfg.rounds_output == "il" else ckpt[f"offline_{cfg.rounds - 1}"]
     if cfg.online.enabled:

@@ -66,6 +66,9 @@ DEFAULT_OBS_KEYS = (K.EEF_POS, K.GRIPPER, K.OBJECT_STATE, K.GOAL)
 class DataConfig:
     paths: list[str] = field(default_factory=list)  # episode stores; several are concatenated
     obs_keys: list[str] = field(default_factory=lambda: list(DEFAULT_OBS_KEYS))  # store keys the policy sees
+    # all | successes: imitate every episode, or only those whose meta/success is True (filtered BC of a store
+    # that holds policy rollouts; RL-100's re-IL on the grown store, robotstack/pipeline)
+    episodes: Literal["all", "successes"] = "all"
 
 
 # The policy section IS DiffusionPolicyConfig (same fields, defaults, validation), minus the two fields read
@@ -167,7 +170,8 @@ def load_data(cfg: ILConfig) -> TrainData:
                               f"record --task {cfg.task} --out {path}`)")
     try:
         store_mode = stores_action_mode(cfg.data.paths)
-        arrays, episode_ends, specs = load_stores(cfg.data.paths, keys)
+        arrays, episode_ends, specs = load_stores(cfg.data.paths, keys,
+                                                  successes_only=cfg.data.episodes == "successes")
     except StoreError as exc:
         raise ConfigError(f"config data.paths / data.obs_keys: {exc}") from exc
     if store_mode != cfg.action_mode:  # the same numbers mean a step in one mode and a target in the other

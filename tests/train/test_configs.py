@@ -31,6 +31,7 @@ def il_view(cfg: ILConfig) -> dict:
     for key in ("obs_shapes", "action_dim"):
         doc["policy"].pop(key, None)
     assert doc.pop("action_mode") == "delta"  # added after the snapshot (issue 10 item 3); delta = as before
+    assert doc["data"].pop("episodes") == "all"  # added after the snapshot: every episode, as before
     assert doc["policy"].pop("kind") == "diffusion"  # every shipped config trains the diffusion policy
     return doc
 
