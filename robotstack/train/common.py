@@ -122,6 +122,34 @@ class RunLogger:
             self._writer.close()
 
 
+class MetricWindow:
+    """Means of the step metrics since the last log row, plus steps/s. Its (sums, n) ride in the checkpoint's
+    train_state, so a run resumed between two log rows writes the same next row as the uninterrupted run;
+    steps/s counts only this process's steps since the last row (or the restart)."""
+
+    def __init__(self, state: dict | None = None):
+        state = state or {}
+        self.sums: dict[str, float] = dict(state.get("sums", {}))
+        self.n = int(state.get("n", 0))
+        self._steps, self._t = 0, time.perf_counter()
+
+    def add(self, metrics: dict[str, float]) -> None:
+        self.sums = {k: self.sums.get(k, 0.0) + float(v) for k, v in metrics.items()}
+        self.n += 1
+        self._steps += 1
+
+    def row(self, lr: float) -> dict[str, float]:
+        """The log row (means, lr, steps/s); starts the next window."""
+        now = time.perf_counter()
+        row = {k: v / max(self.n, 1) for k, v in self.sums.items()} | {
+            "lr": lr, "steps_per_s": self._steps / max(now - self._t, 1e-9)}
+        self.sums, self.n, self._steps, self._t = {}, 0, 0, now
+        return row
+
+    def state(self) -> dict:
+        return {"sums": dict(self.sums), "n": self.n}
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, float]]:
     path = Path(run_dir) / "metrics.csv"
     if not path.exists():

@@ -53,8 +53,8 @@ from robotstack.core.errors import ConfigError, RobotstackError, StoreError
 from robotstack.core.progress import print_summary, progress_bar
 from robotstack.data.chunks import ChunkSampler
 from robotstack.data.store import load_stores
-from robotstack.train.common import (CONFIG_NAME, LoopConfig, RunLogger, StopRequest, load_training_state,
-                                     numpy_rng, read_metrics, resolve_stage_config, run_dir_for,
+from robotstack.train.common import (CONFIG_NAME, LoopConfig, MetricWindow, RunLogger, StopRequest,
+                                     load_training_state, numpy_rng, read_metrics, resolve_stage_config, run_dir_for,
                                      save_run_checkpoint, set_lr, torch_gen, truncate_metrics)
 
 from policies.critics.chunked import (WEIGHT_MODES, AloeCritic, ChunkCriticConfig, DQCCritics, advantage_weights,
@@ -415,18 +415,17 @@ def train(cfg: CriticStageConfig, run_dir: str | Path, resume: bool = False, sho
                   "h": cfg.critic.h, "h_a": cfg.critic.h_a, "obs_keys": obs_keys,
                   "features": "obs_window (normalised, flattened; not the policy encoder)",
                   "critic": dataclasses.asdict(cfg.critic)}
-    start, sums, n_sum = 0, {}, 0
+    start, window = 0, MetricWindow()
     if resume:
         meta = _restore(run_dir, scorer, critics, opt)
         start = int(meta["step"])
-        sums, n_sum = dict(meta.get("log_window", {}).get("sums", {})), int(meta.get("log_window", {}).get("n", 0))
+        window = MetricWindow(meta.get("log_window"))
         truncate_metrics(run_dir, start)
     end = t.steps if stop_at is None else min(t.steps, stop_at)
     logger = RunLogger(run_dir)
     bar = progress_bar(f"train critic {cfg.method}/{cfg.critic.variant} {task}", show_progress)
     bar_task = bar.add_task("critic", total=t.steps, completed=start, status="")
-    t0 = t_window = time.perf_counter()
-    steps_in_window, interrupted, awr_policy = 0, False, None
+    t0, interrupted, awr_policy = time.perf_counter(), False, None
     critics.train()
     try:
         with StopRequest() as stop:
@@ -442,21 +441,16 @@ def train(cfg: CriticStageConfig, run_dir: str | Path, resume: bool = False, sho
                         nn.utils.clip_grad_norm_(params, t.grad_clip)
                     opt.step()
                     critics.update_target()
-                    sums = {k: sums.get(k, 0.0) + v for k, v in metrics.items()}
-                    n_sum += 1
-                    steps_in_window += 1
+                    window.add(metrics)
                     done = step + 1
                     if t.log_due(done):
-                        now = time.perf_counter()
-                        row = {k: v / n_sum for k, v in sums.items()} | {
-                            "lr": lr, "steps_per_s": steps_in_window / max(now - t_window, 1e-9)}
+                        row = window.row(lr)
                         logger.log(done, row)
                         bar.update(bar_task, status=f"loss {row['loss']:.4f} q {row['q_mean']:.3f}")
-                        sums, n_sum, steps_in_window, t_window = {}, 0, 0, now
                     bar.update(bar_task, completed=done)
                     interrupted = stop.requested
                     if t.checkpoint_due(done, end, interrupted):
-                        _save(run_dir, done, cfg, scorer, critics, opt, ckpt_extra, {"sums": sums, "n": n_sum})
+                        _save(run_dir, done, cfg, scorer, critics, opt, ckpt_extra, window.state())
                     if interrupted:
                         end = done
                         break

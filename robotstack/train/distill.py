@@ -55,7 +55,7 @@ from robotstack.core.errors import ConfigError, StoreError
 from robotstack.core.progress import print_summary, progress_bar
 from robotstack.data.sampler import SequenceSampler, policy_padding
 from robotstack.data.store import load_stores
-from robotstack.train.common import (CONFIG_NAME, LoopConfig, RunLogger, StopRequest, numpy_rng,
+from robotstack.train.common import (CONFIG_NAME, LoopConfig, MetricWindow, RunLogger, StopRequest, numpy_rng,
                                      read_metrics, resolve_stage_config, restore_run_checkpoint, run_dir_for,
                                      save_run_checkpoint, set_lr, torch_gen, truncate_metrics)
 
@@ -260,20 +260,20 @@ def distill(cfg: DistillConfig, run_dir: str | Path, resume: bool = False, show_
                                clip=tc.scheduler.clip_sample_range if tc.scheduler.clip_sample else None)
     k_teacher = cfg.loss.teacher_steps or tc.scheduler.num_inference_steps
     opt = torch.optim.AdamW(student.denoiser.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    start, sums, n_sum = 0, {}, 0
+    start, window = 0, MetricWindow()
     if resume:
         # the target network is the EMA file when mu > 0; with mu = 0 it is a copy of the student
         meta = restore_run_checkpoint(run_dir, student, opt, target if mu > 0 else None)
         if mu == 0:
             target.load_state_dict(student.state_dict())
-        start, sums, n_sum = int(meta["step"]), dict(meta.get("log_sums", {})), int(meta.get("log_n", 0))
+        start = int(meta["step"])
+        window = MetricWindow({"sums": meta.get("log_sums", {}), "n": meta.get("log_n", 0)})
         truncate_metrics(run_dir, start)
     end = t.steps if stop_at is None else min(t.steps, stop_at)
     logger = RunLogger(run_dir)
     bar = progress_bar(f"distill {cfg.policy.method}", show_progress)
     task = bar.add_task("distill", total=t.steps, completed=start, status="")
-    t0 = t_window = time.perf_counter()
-    steps_in_window, interrupted = 0, False
+    t0, interrupted = time.perf_counter(), False
     student.denoiser.train()
     try:
         with bar, StopRequest() as stop:
@@ -295,24 +295,19 @@ def distill(cfg: DistillConfig, run_dir: str | Path, resume: bool = False, show_
                     nn.utils.clip_grad_norm_(student.denoiser.parameters(), t.grad_clip)
                 opt.step()
                 update_target(target, student, mu)
-                sums = {k: sums.get(k, 0.0) + v for k, v in metrics.items()}
-                n_sum += 1
-                steps_in_window += 1
+                window.add(metrics)
                 done = step + 1
                 if t.log_due(done):
-                    now = time.perf_counter()
-                    row = {k: v / n_sum for k, v in sums.items()} | {
-                        "lr": lr, "steps_per_s": steps_in_window / max(now - t_window, 1e-9)}
+                    row = window.row(lr)
                     logger.log(done, row)
                     bar.update(task, status=f"loss {row['loss']:.4f}")
-                    sums, n_sum, steps_in_window, t_window = {}, 0, 0, now
                 bar.update(task, completed=done)
                 interrupted = stop.requested
                 if t.checkpoint_due(done, end, interrupted):
                     student.eval()
                     save_run_checkpoint(run_dir, done, student, opt, target if mu > 0 else None,
                                         extra=_student_extra(cfg, teacher_extra, obs_keys, paths, k_teacher, done),
-                                        state={"seed": t.seed, "log_sums": sums, "log_n": n_sum},
+                                        state={"seed": t.seed, "log_sums": window.sums, "log_n": window.n},
                                         keep=t.keep_checkpoints)
                     student.denoiser.train()
                 if interrupted:
