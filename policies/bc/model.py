@@ -23,6 +23,7 @@ from torch import nn
 from policies.bc.config import MLPBCConfig
 from policies.bc.loss import chunk_mse
 from policies.common.normalizer import Normalizer
+from policies.common.obs_check import check_obs
 from policies.diffusion.model import ACTION_KEY, ActionPrediction
 from policies.encoders.obs_encoder import ObsEncoder
 
@@ -51,23 +52,11 @@ class MLPBCPolicy(nn.Module):
 
     def fit_normalizer(self, data: Mapping[str, np.ndarray]) -> None:
         """Fit stats from arrays {"action": (N, Da), low-dim key: (N, D), ...}; every key must be present."""
-        missing = [k for k in self.normalizer.keys() if k not in data]
-        if missing:
-            raise KeyError(f"fit_normalizer: no data for keys {missing}")
-        self.normalizer.fit({k: data[k] for k in self.normalizer.keys()})
+        self.normalizer.fit_all(data)
 
     def check_obs(self, obs: Mapping[str, torch.Tensor]) -> int:
         """Fail early with the key and the expected shape; returns B."""
-        c, b = self.config, None
-        for key, shape in c.obs_shapes.items():
-            if key not in obs:
-                raise KeyError(f"obs is missing key {key!r}; expected keys {list(c.obs_shapes)}")
-            want = (c.n_obs_steps, *shape)
-            if tuple(obs[key].shape[1:]) != want or (b is not None and obs[key].shape[0] != b):
-                raise ValueError(f"obs[{key!r}] has shape {tuple(obs[key].shape)}, expected (B, "
-                                 f"{', '.join(map(str, want))})" + (f" with B={b}" if b is not None else ""))
-            b = obs[key].shape[0]
-        return int(b)
+        return check_obs(self.config, obs)
 
     def predict_normalized(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """obs (B, To, ...) env units -> chunk (B, T, Da) in normalized action units."""

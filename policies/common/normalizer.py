@@ -70,6 +70,13 @@ class Normalizer(nn.Module):
         for key, arr in data.items():
             self.fit_key(key, arr)
 
+    def fit_all(self, data: Mapping[str, np.ndarray]) -> None:
+        """Fit every key this normalizer holds from `data` (extra keys are ignored); a missing key fails by name."""
+        missing = [k for k in self.keys() if k not in data]
+        if missing:
+            raise KeyError(f"fit_normalizer: no data for keys {missing}")
+        self.fit({k: data[k] for k in self.keys()})
+
     def fit_key(self, key: str, arr: np.ndarray) -> None:
         st = self._entry(key)
         x = np.asarray(arr, dtype=np.float64)

@@ -26,6 +26,7 @@ from torch import nn
 
 from policies.common.layers import SinusoidalPosEmb
 from policies.common.normalizer import Normalizer
+from policies.common.obs_check import check_obs
 from policies.consistency import edm
 from policies.consistency.config import ConsistencyPolicyConfig
 from policies.diffusion.denoisers import build_denoiser
@@ -62,16 +63,8 @@ class ConsistencyPolicy(nn.Module):
         return self._schedule
 
     def check_obs(self, obs: Mapping[str, torch.Tensor]) -> int:
-        c, b = self.config.base, None
-        for key, shape in c.obs_shapes.items():
-            if key not in obs:
-                raise KeyError(f"obs is missing key {key!r}; expected keys {list(c.obs_shapes)}")
-            want = (c.n_obs_steps, *shape)
-            if tuple(obs[key].shape[1:]) != want or (b is not None and obs[key].shape[0] != b):
-                raise ValueError(f"obs[{key!r}] has shape {tuple(obs[key].shape)}, expected (B, "
-                                 f"{', '.join(map(str, want))})")
-            b = obs[key].shape[0]
-        return int(b)
+        """Fail early with the key and the expected shape; returns B."""
+        return check_obs(self.config.base, obs)
 
     def encode_obs(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """obs env units (B, To, ...) -> cond (B, Dc) (deterministic encoder)."""

@@ -24,6 +24,7 @@ from torch import nn
 
 from policies.common.layers import as_step_tensor
 from policies.common.normalizer import Normalizer
+from policies.common.obs_check import check_obs
 from policies.diffusion import loss as loss_fns
 from policies.diffusion.config import DiffusionPolicyConfig
 from policies.diffusion.denoisers import build_denoiser
@@ -74,24 +75,11 @@ class DiffusionPolicy(nn.Module):
 
     def fit_normalizer(self, data: Mapping[str, np.ndarray]) -> None:
         """Fit stats from arrays {"action": (N, Da), low-dim key: (N, D), ...}; every key must be present."""
-        missing = [k for k in self.normalizer.keys() if k not in data]
-        if missing:
-            raise KeyError(f"fit_normalizer: no data for keys {missing}")
-        self.normalizer.fit({k: data[k] for k in self.normalizer.keys()})
+        self.normalizer.fit_all(data)
 
     def check_obs(self, obs: Mapping[str, torch.Tensor]) -> int:
         """Fail early with the key and the expected shape; returns B."""
-        c, b = self.config, None
-        for key, shape in c.obs_shapes.items():
-            if key not in obs:
-                raise KeyError(f"obs is missing key {key!r}; expected keys {list(c.obs_shapes)}")
-            x = obs[key]
-            want = (c.n_obs_steps, *shape)
-            if tuple(x.shape[1:]) != want or (b is not None and x.shape[0] != b):
-                raise ValueError(f"obs[{key!r}] has shape {tuple(x.shape)}, expected (B, {', '.join(map(str, want))})"
-                                 + (f" with B={b}" if b is not None else ""))
-            b = x.shape[0]
-        return int(b)
+        return check_obs(self.config, obs)
 
     def encode_obs(self, obs: Mapping[str, torch.Tensor], deterministic: bool | None = None) -> EncoderOutput:
         """obs in env units (B, To, ...) -> EncoderOutput (cond (B, Dc), kl, recon, normalized state)."""
