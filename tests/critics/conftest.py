@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.train.conftest import TINY, record_store
+from store_testing import record_store
+from tests.train.conftest import TINY
 
 
 @pytest.fixture(scope="session")

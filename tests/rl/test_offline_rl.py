@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 import rl_testing  # noqa: F401  (one torch thread)
 from robotstack.core.errors import ConfigError
 from robotstack.train import offline_rl as orl
+from store_testing import record_store
 
 OBS_KEYS = ["robot_eef_pos", "robot_gripper", "goal"]
 TINY_IL = {"task": "reach",
@@ -25,24 +26,9 @@ TINY_IL = {"task": "reach",
            "eval": {"episodes": 0}}
 
 
-def record(path: Path, task: str = "reach", episodes: int = 4, noise: float = 0.3) -> Path:
-    import sim
-    from robotstack.cli.record import open_or_create_store, record_scripted
-
-    env = sim.make(task)
-    store = open_or_create_store(path, zarr_format=3)
-    try:
-        record_scripted(env, sim.make_expert(env, noise=noise, seed=0), store, task, episodes, seed=0, noise=noise,
-                        show_progress=False)
-    finally:
-        store.close()
-        env.close()
-    return path
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
-    return record(tmp_path_factory.mktemp("orl_data") / "reach.zarr")
+    return record_store(tmp_path_factory.mktemp("orl_data") / "reach.zarr", noise=0.3)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import rl_testing  # noqa: F401  (one torch thread)
+from store_testing import record_store
 
 from robotstack.core.config import from_dict
 from robotstack.core.errors import ConfigError
@@ -34,7 +35,7 @@ def il_ckpt(tmp_path_factory) -> Path:
     from robotstack.train.il import ILConfig, train
 
     root = tmp_path_factory.mktemp("online_rl")
-    store = train_fixtures.record_store(root / "reach.zarr", episodes=2)
+    store = record_store(root / "reach.zarr", episodes=2)
     doc = {**train_fixtures.TINY, "data": {"paths": [str(store)], "obs_keys": OBS_KEYS}}
     train(from_dict(ILConfig, doc), root / "il", show_progress=False)
     return root / "il" / "checkpoints" / "latest"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from store_testing import record_store
 
 TINY = {
     "task": "reach",
@@ -17,21 +18,6 @@ TINY = {
               "num_threads": 1},
     "eval": {"episodes": 0},
 }
-
-
-def record_store(path: Path, task: str = "reach", episodes: int = 4, noise: float = 0.2) -> Path:
-    import sim
-    from robotstack.cli.record import open_or_create_store, record_scripted
-
-    env = sim.make(task)
-    store = open_or_create_store(path, zarr_format=3)
-    try:
-        record_scripted(env, sim.make_expert(env, noise=noise, seed=0), store, task, episodes, seed=0, noise=noise,
-                        show_progress=False)
-    finally:
-        store.close()
-        env.close()
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,20 @@
+"""Record a small episode store with a task's scripted expert (real MuJoCo, real zarr) for tests of any stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def record_store(path: Path, task: str = "reach", episodes: int = 4, noise: float = 0.2) -> Path:
+    import sim
+    from robotstack.cli.record import open_or_create_store, record_scripted
+
+    env = sim.make(task)
+    store = open_or_create_store(path, zarr_format=3)
+    try:
+        record_scripted(env, sim.make_expert(env, noise=noise, seed=0), store, task, episodes, seed=0, noise=noise,
+                        show_progress=False)
+    finally:
+        store.close()
+        env.close()
+    return path
