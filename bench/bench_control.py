@@ -91,6 +91,10 @@ def worker(args) -> None:
 
     from hardware.protocol import load_client_keys
 
+    if args.cpus:
+        from robotstack.core.timing import pin_cpus
+
+        pin_cpus(args.cpus)
     policy = PolicyRunner(args.artifact) if args.artifact else ExpertPolicy(args.task)
     keys = load_client_keys(args.keys) if args.keys else None
     ctl = Controller(ArmClient(parse_bind(args.arm), keys), policy, success_fn=success_fn(args.task))
@@ -152,15 +156,16 @@ def rusage_wait(proc: subprocess.Popen, timeout: float) -> tuple[int, float]:
 
 
 def run_phase(task: str, seconds: float, artifact: str | None, min_eps: int, max_eps: int, max_steps: int,
-              tmp: Path, port: int, keys: Path | None = None, during=None) -> dict:
+              tmp: Path, port: int, keys: Path | None = None, during=None, pin: bool = False) -> dict:
     """Server + controller worker processes; ``keys``: CURVE on (server dir with clients/); ``during(addr)``:
-    runs in this process while the worker does (the soak's idle and fuzzing clients) and returns a dict."""
+    runs in this process while the worker does (the soak's idle and fuzzing clients) and returns a dict.
+    ``pin``: server on CPU 0 (`serve-arm --cpus 0`), controller on CPU 1 (`deploy --cpus 1` does the same)."""
     addr = f"tcp://127.0.0.1:{port}"
     seed0 = 1000
     stats_path, out_path = tmp / f"server_{task}.json", tmp / f"worker_{task}.json"
     srv = subprocess.Popen([PY, "-m", "robotstack.cli", "serve-arm", "--driver", "pybullet", "--task", task, "--bind",
                             addr, "--seed", str(seed0), "--scenes", str(max_eps + 2), "--stats-out", str(stats_path)]
-                           + (["--keys", str(keys)] if keys else []),
+                           + (["--keys", str(keys)] if keys else []) + (["--cpus", "0"] if pin else []),
                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     for line in srv.stdout:
         if "ready" in line:
@@ -170,7 +175,7 @@ def run_phase(task: str, seconds: float, artifact: str | None, min_eps: int, max
                            "--seconds", str(seconds), "--min-episodes", str(min_eps), "--max-episodes", str(max_eps),
                            "--max-steps", str(max_steps), "--seed0", str(seed0)] + (["--artifact", artifact]
                                                                                      if artifact else [])
-                          + (["--keys", str(keys)] if keys else []), cwd=ROOT)
+                          + (["--keys", str(keys)] if keys else []) + (["--cpus", "1"] if pin else []), cwd=ROOT)
     try:
         side = during(addr, wk) if during is not None else None
         rc, wk_cpu = rusage_wait(wk, seconds + max_eps * max_steps / 20 + 120)
@@ -204,16 +209,23 @@ def _path_items(runner) -> dict:
     a = np.array([0.5, -0.3, 0.2, -1.0])
     mapper = EEActionMapper(runner.spec.action_scale())
 
-    def ik(ahead: bool):
+    a_far = np.array([1.0, 1.0, -1.0, -1.0])  # 3.5 cm a step: after two, the max-lead clamp (4 cm) binds
+    tcp_moved = tcp + np.array([0.003, -0.002, 0.001])  # the TCP measured at the step, 4 mm from the one planned with
+
+    def ik(ahead: bool, missed: bool = False):
         mapper.reset(q0, 0.04)
+        act = a_far if missed else a
+        if missed:  # the target already leads the hand by 3.5 cm
+            mapper.advance(a_far, tcp)
         if ahead:
-            mapper.prepare([], a, tcp)  # done after the previous send, not timed here
+            mapper.prepare([], act, tcp)  # done after the previous send, not timed here
         t = time.perf_counter_ns()
-        mapper.step(a, tcp)
+        mapper.step(act, tcp_moved if missed else tcp)
         return time.perf_counter_ns() - t
 
     return {"state frame decode (msgpack + validation)": lambda: m.decode(frame, robot_id="arm"),
             "IK on the step (8 iters)": lambda: ik(False), "IK ahead: plan check + copy": lambda: ik(True),
+            "IK ahead missed (the clamp moved the target): IK on the step": lambda: ik(True, missed=True),
             "joint target encode": lambda: m.JointTarget(q0, 1, 2).to_bytes("arm", 1, 0)}
 
 
@@ -401,6 +413,38 @@ def soak(seconds: float) -> None:
     print(f"wrote {path}")
 
 
+def timing_rows(res: dict) -> list[list[str]]:
+    """The timing table's rows for one phase-1 run (server loop stats + controller telemetry)."""
+    loop = res["server"]["loop"]
+    per = loop["period_us"]
+    tel = res["telemetry"]
+    lat = tel["latency_ms"]
+    rows = [
+        ["servo period (PyBullet, 1 kHz)", f"{per['p50'] / 1e3:.3f}", f"{per['p99'] / 1e3:.3f}",
+         f"{per['p999'] / 1e3:.3f}", f"{per['max'] / 1e3:.3f}", f"late {loop['late_ticks']} / {loop['ticks']} ticks"],
+        ["servo work per tick", f"{loop['work_us']['p50'] / 1e3:.3f}", f"{loop['work_us']['p99'] / 1e3:.3f}",
+         f"{loop['work_us']['p999'] / 1e3:.3f}", f"{loop['work_us']['max'] / 1e3:.3f}",
+         f"SCHED_FIFO {loop['realtime']}"],
+        ["controller wake-ups (state arrival or 100 Hz re-send)", f"{tel['loop_period_ms']['p50']:.3f}", f"{tel['loop_period_ms']['p99']:.3f}",
+         f"{tel['loop_period_ms']['p999']:.3f}", f"{tel['loop_period_ms']['max']:.3f}",
+         f"late {tel['late_ticks']} ticks"],
+    ]
+    for k in ("state_to_recv", "inference", "state_to_target", "target_to_applied", "state_to_applied"):
+        v = lat[k]
+        rows.append([f"{k} (per policy step)", f"{v['p50']:.3f}", f"{v['p99']:.3f}", f"{v['p999']:.3f}",
+                     f"{v['max']:.3f}", f"n={v['n']}" + (f", misses > {tel['deadline_ms']:.0f} ms: "
+                                                         f"{tel['deadline_misses']}; IK ahead {tel.get('ik_ahead', 0)}, "
+                                                         f"on the step {tel.get('ik_on_step', 0)}"
+                                                         if k == "state_to_target" else "")])
+    return rows
+
+
+REFERENCE_ROWS = [
+    ["polymetis control loop (published, mock Franka, joint PD)", "avg 0.224", "-", "-", "4.131", "reference"],
+    ["diffusion_policy RTDE loop rate (published)", "8.0 (125 Hz)", "-", "-", "-", "reference"],
+    ["deoxys interpolation loop rate (published)", "2.0 (500 Hz)", "-", "-", "-", "reference"]]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--worker", action="store_true")
@@ -416,6 +460,9 @@ def main() -> None:
     ap.add_argument("--push-episodes", type=int, default=20)
     ap.add_argument("--trained-episodes", type=int, default=50)
     ap.add_argument("--keys", default="", help="(worker) client CURVE key dir")
+    ap.add_argument("--cpus", default="", help="(worker) pin the controller to these CPUs")
+    ap.add_argument("--pin", action="store_true",
+                    help="phase 1 twice, side by side: unpinned, then server on CPU 0 and controller on CPU 1")
     ap.add_argument("--ort-knobs", action="store_true", help="only measure onnxruntime session options")
     ap.add_argument("--soak-seconds", type=float, default=0.0,
                     help="only the soak: CURVE controller + idle authenticated client + fuzzer for this long")
@@ -445,6 +492,11 @@ def main() -> None:
             what = "tiny DDIM-2, NOT trained: timing only"
         print(f"phase 1: reach, exported ONNX policy ({what}), >= {args.seconds:.0f} s ...", flush=True)
         reach = run_phase("reach", args.seconds, artifact, args.min_episodes, 400, 100, tmp, free_base_port())
+        pinned = None
+        if args.pin:
+            print(f"phase 1, pinned: server on CPU 0, controller on CPU 1, >= {args.seconds:.0f} s ...", flush=True)
+            pinned = run_phase("reach", args.seconds, artifact, args.min_episodes, 400, 100, tmp, free_base_port(),
+                               pin=True)
         seeds = [e["seed"] for e in reach["episodes"]]
         reach_mj = mujoco_success("reach", seeds, artifact, 100)
         trained = trained_mj = None
@@ -466,30 +518,11 @@ def main() -> None:
             push = run_phase("push", 0.0, None, args.push_episodes, args.push_episodes, 200, tmp, free_base_port())
             push_mj = mujoco_success("push", [e["seed"] for e in push["episodes"]], None, 200)
 
-    loop = reach["server"]["loop"]
-    per, late = loop["period_us"], loop["late_us"]
-    tel = reach["telemetry"]
-    lat = tel["latency_ms"]
-    rows = [
-        ["servo period (PyBullet, 1 kHz)", f"{per['p50'] / 1e3:.3f}", f"{per['p99'] / 1e3:.3f}",
-         f"{per['p999'] / 1e3:.3f}", f"{per['max'] / 1e3:.3f}", f"late {loop['late_ticks']} / {loop['ticks']} ticks"],
-        ["servo work per tick", f"{loop['work_us']['p50'] / 1e3:.3f}", f"{loop['work_us']['p99'] / 1e3:.3f}",
-         f"{loop['work_us']['p999'] / 1e3:.3f}", f"{loop['work_us']['max'] / 1e3:.3f}",
-         f"SCHED_FIFO {loop['realtime']}"],
-        ["controller wake-ups (state arrival or 100 Hz re-send)", f"{tel['loop_period_ms']['p50']:.3f}", f"{tel['loop_period_ms']['p99']:.3f}",
-         f"{tel['loop_period_ms']['p999']:.3f}", f"{tel['loop_period_ms']['max']:.3f}",
-         f"late {tel['late_ticks']} ticks"],
-    ]
-    for k in ("state_to_recv", "inference", "state_to_target", "target_to_applied", "state_to_applied"):
-        v = lat[k]
-        rows.append([f"{k} (per policy step)", f"{v['p50']:.3f}", f"{v['p99']:.3f}", f"{v['p999']:.3f}",
-                     f"{v['max']:.3f}", f"n={v['n']}" + (f", misses > {tel['deadline_ms']:.0f} ms: "
-                                                         f"{tel['deadline_misses']}; IK ahead {tel.get('ik_ahead', 0)}, "
-                                                         f"on the step {tel.get('ik_on_step', 0)}"
-                                                         if k == "state_to_target" else "")])
-    rows += [["polymetis control loop (published, mock Franka, joint PD)", "avg 0.224", "-", "-", "4.131", "reference"],
-             ["diffusion_policy RTDE loop rate (published)", "8.0 (125 Hz)", "-", "-", "-", "reference"],
-             ["deoxys interpolation loop rate (published)", "2.0 (500 Hz)", "-", "-", "-", "reference"]]
+    rows = timing_rows(reach)
+    if pinned is not None:  # the same run pinned, right after: side by side
+        rows = ([[f"{r[0]}, unpinned", *r[1:]] for r in rows]
+                + [[f"{r[0]}, pinned (server CPU 0, controller CPU 1)", *r[1:]] for r in timing_rows(pinned)])
+    rows += REFERENCE_ROWS
     t1 = print_table("control loop timing (ms), server + controller processes on loopback, "
                      f"{reach['cpu']['wall_s']:.0f} s", ["what", "p50", "p99", "p99.9", "max", "note"], rows)
     cpu = [["arm server (pybullet, 1 kHz)", f"{reach['cpu']['server_core_fraction']:.2f}"],
@@ -511,7 +544,7 @@ def main() -> None:
                      rate([e["success"] for e in push["episodes"]]), rate(push_mj)])
     t3 = print_table("task success, PyBullet arm via server+controller vs MuJoCo env (same seeds)",
                      ["task", "policy", "PyBullet (runtime path)", "MuJoCo (env)"], succ)
-    path = write_results("bench_control", {"reach": reach, "reach_mujoco": reach_mj, "trained_reach": trained,
+    path = write_results("bench_control", {"reach": reach, "reach_pinned": pinned, "reach_mujoco": reach_mj, "trained_reach": trained,
                                            "trained_reach_mujoco": trained_mj, "push": push,
                                            "push_mujoco": push_mj, "tables": [t1, t2, t3]})
     print(f"wrote {path}")

@@ -613,7 +613,7 @@ Hook = Callable[[TickRecord], None]
 
 
 class ServoLoop:
-    """Fixed-rate loop: read_state -> core.tick -> command_joints -> step(period) -> hook, once per period.
+    """Fixed-rate loop: read_state -> core.tick -> command_joints -> hook -> step(period), once per period.
 
     Deadlines are absolute (RateKeeper: sleep to 200 us before the deadline, then spin); a late tick is counted
     and the grid skips ahead (never a burst of catch-up ticks). ``realtime=True`` asks for SCHED_FIFO on the
@@ -648,8 +648,10 @@ class ServoLoop:
         state = self.driver.read_state()
         out = self.core.tick(state.joint_pos, now_ns)
         sent = self.driver.command_joints(out.q, out.gripper)
-        self.driver.step(self.period)
         rec = TickRecord(self._n, now_ns, period_ns, late_ns, state, out, sent, self.core)
+        # the hook (publish this tick's state, take new targets) runs BEFORE the driver's step: a simulated
+        # arm's physics step (~0.4 ms in PyBullet) would otherwise sit between sampling the state and sending it.
+        # Targets taken here are applied by the next tick's core.tick either way.
         if self.hook is not None:
             try:
                 self.hook(rec)
@@ -658,6 +660,7 @@ class ServoLoop:
                 self.last_hook_error = exc
                 if self.hook_errors == 1 or self.hook_errors % 1000 == 0:
                     log.warning("servo hook raised (%d so far): %r", self.hook_errors, exc)
+        self.driver.step(self.period)
         return rec
 
     def _record(self, start_ns: int, work_ns: int, late_ns: int) -> None:

@@ -17,6 +17,13 @@ def cmd_serve_arm(args: argparse.Namespace) -> int:
     from hardware.server import ArmServer, ArmServerConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.cpus:  # before any socket or driver thread exists, so they inherit it
+        from robotstack.core.timing import pin_cpus
+
+        try:
+            pin_cpus(args.cpus)
+        except ValueError as e:
+            raise SystemExit(f"serve-arm: {e}") from None
     kwargs, scenes = {}, None
     if args.driver in ("pybullet", "mujoco"):
         import sim
@@ -104,6 +111,8 @@ def add_verbs(sub) -> None:
     serve.add_argument("--scenes", type=int, default=100, help="sim drivers: scenes cycled by reset(go_home)")
     serve.add_argument("--duration", type=float, default=0.0, help="stop after S seconds (0 = until Ctrl-C)")
     serve.add_argument("--no-realtime", action="store_true", help="do not ask for SCHED_FIFO")
+    serve.add_argument("--cpus", default="", help="pin the server to these CPUs, e.g. 0 or 2-3 (keep the "
+                                                  "controller's `deploy --cpus` on others)")
     serve.add_argument("--describe", action="store_true", help="print the driver's description and exit")
     serve.add_argument("--stats-out", default="", help="write servo loop stats + counters as JSON at exit")
     serve.set_defaults(func=cmd_serve_arm)

@@ -63,3 +63,35 @@ class RateKeeper:
 
 def monotonic_ns() -> int:
     return time.monotonic_ns()
+
+
+def parse_cpus(spec: str) -> set[int]:
+    """"0", "2,3", "0-1,3" -> a set of CPU ids; ValueError naming the bad part."""
+    cpus: set[int] = set()
+    for part in spec.split(","):
+        part = part.strip()
+        try:
+            lo, _, hi = part.partition("-")
+            a, b = int(lo), int(hi or lo)
+        except ValueError:
+            raise ValueError(f"--cpus {spec!r}: {part!r} is not a CPU id or a range like 2-3") from None
+        if a < 0 or b < a:
+            raise ValueError(f"--cpus {spec!r}: {part!r} is not a CPU id or a range like 2-3")
+        cpus.update(range(a, b + 1))
+    return cpus
+
+
+def pin_cpus(spec: str) -> set[int]:
+    """Pin this process (and the threads it starts after this call: libzmq's I/O thread, onnxruntime's pool) to
+    the CPUs in ``spec``. Keeping the arm server's servo loop and the controller on different cores stops the
+    SCHED_FIFO servo thread from preempting the controller between state arrival and target send (measured in
+    bench_control.py --pin). Refuses CPUs this process may not use, naming them."""
+    import os
+
+    want = parse_cpus(spec)
+    allowed = os.sched_getaffinity(0)
+    if not want <= allowed:
+        raise ValueError(f"--cpus {spec!r}: CPUs {sorted(want - allowed)} are not available "
+                         f"(this process may use {sorted(allowed)})")
+    os.sched_setaffinity(0, want)
+    return want

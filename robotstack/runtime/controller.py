@@ -283,12 +283,13 @@ class Controller:
                         last_hb = now
                     continue
                 seq = c.send_joint_target(q_target, grip, max(t_target, now), now + expiry_ns, now)
+                t_sent = time.monotonic_ns()
                 last_sent = now
                 if now - last_hb >= hb_ns:  # after the target: a heartbeat round trip never delays a step's send
                     c.heartbeat(timeout_s=0.1)
                     last_hb = now
                 if pending_row is not None:
-                    tele.sent(pending_row, seq, time.monotonic_ns())
+                    tele.sent(pending_row, seq, t_sent)
                     pending_row = None
                     if (cfg.infer_ahead and self.policy is not None and spec.n_action_steps > 1 and len(sched) == 0
                             and not intervention and self._pending is None):

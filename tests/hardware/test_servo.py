@@ -31,6 +31,7 @@ class IdealArm:
         self.sent: list[np.ndarray] = []
         self.fail_after: int | None = None
         self.halted = False
+        self.steps = 0
 
     is_connected = True
 
@@ -51,7 +52,7 @@ class IdealArm:
         return SentCommand(q=self.q, gripper=gripper, time_ns=0)
 
     def step(self, dt):
-        pass
+        self.steps += 1
 
     def reset(self, seed=None, object_poses=None):
         return self.read_state()
@@ -339,6 +340,16 @@ def test_loop_counts_hook_errors_and_survives_missing_sched_fifo(monkeypatch):
     stats = loop.run(max_ticks=50)
     assert stats["ticks"] == 50 and not stats["realtime"] and "PermissionError" in stats["realtime_error"]
     assert loop.hook_errors == 1 and len(seen) == 50
+
+
+def test_hook_publishes_before_the_physics_step():
+    """The state a tick samples goes out before the driver's step (a simulated arm's physics step, ~0.4 ms in
+    PyBullet, used to sit between sampling the state and publishing it)."""
+    arm, core = make()
+    steps_seen = []
+    loop = ServoLoop(arm, core, hook=lambda rec: steps_seen.append((rec.index, arm.steps)), realtime=False)
+    loop.run(max_ticks=5)
+    assert steps_seen == [(i, i) for i in range(5)] and arm.steps == 5
 
 
 def test_1khz_loop_with_pybullet_reports_period_stats():

@@ -69,3 +69,38 @@ def test_controller_steps_on_state_arrival_with_ik_off_the_path(shared_server, p
             assert tel["ik_ahead"] > 0       # often depends on the max-lead clamp, see docs/runtime.md)
     finally:
         client.close()
+
+
+class _TimedHeartbeats(ArmClient):
+    """An ArmClient that notes when each heartbeat round trip starts (this process's clock)."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.hb_starts: list[int] = []
+
+    def heartbeat(self, timeout_s=None):
+        import time
+
+        self.hb_starts.append(time.monotonic_ns())
+        return super().heartbeat(timeout_s)
+
+
+def test_target_send_time_excludes_the_heartbeat_round_trip(shared_server, policies):
+    """t_sent is taken when the target leaves, not after the heartbeat that may follow it (that made a
+    heartbeat's round trip look like state->target latency on every other step)."""
+    from robotstack.runtime.controller import ControllerConfig
+
+    client = _TimedHeartbeats(parse_bind(shared_server.addr))
+    try:
+        ctl = Controller(client, PolicyRunner(policies["slow_x"]), ControllerConfig(heartbeat_every_s=0.0))
+        ctl.connect()
+        assert ctl.run_episode(max_steps=8).ok
+        rows = ctl.telemetry.rows[: ctl.telemetry.n]  # columns t_state, t_recv, t_infer, t_sent, t_applied
+        hb = np.array(client.hb_starts)
+        assert len(rows) == 8 and len(hb) >= 8
+        # with a heartbeat due on every loop, one follows each step's send: none may start between the state's
+        # arrival and t_sent
+        inside = [int(np.sum((hb >= t_recv) & (hb <= t_sent))) for t_recv, t_sent in rows[:, [1, 3]]]
+        assert inside == [0] * 8
+    finally:
+        client.close()
