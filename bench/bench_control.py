@@ -86,7 +86,7 @@ class ExpertPolicy:
 def worker(args) -> None:
     from hardware.protocol import parse_bind
     from robotstack.runtime.client import ArmClient
-    from robotstack.runtime.controller import Controller
+    from robotstack.runtime.controller import Controller, ControllerConfig
     from robotstack.runtime.policy_runner import PolicyRunner
 
     from hardware.protocol import load_client_keys
@@ -97,7 +97,8 @@ def worker(args) -> None:
         pin_cpus(args.cpus)
     policy = PolicyRunner(args.artifact) if args.artifact else ExpertPolicy(args.task)
     keys = load_client_keys(args.keys) if args.keys else None
-    ctl = Controller(ArmClient(parse_bind(args.arm), keys), policy, success_fn=success_fn(args.task))
+    ctl = Controller(ArmClient(parse_bind(args.arm), keys), policy, ControllerConfig(targets=args.targets),
+                     success_fn=success_fn(args.task))
     ctl.connect()
     t0 = time.monotonic()
     eps = []
@@ -156,10 +157,12 @@ def rusage_wait(proc: subprocess.Popen, timeout: float) -> tuple[int, float]:
 
 
 def run_phase(task: str, seconds: float, artifact: str | None, min_eps: int, max_eps: int, max_steps: int,
-              tmp: Path, port: int, keys: Path | None = None, during=None, pin: bool = False) -> dict:
+              tmp: Path, port: int, keys: Path | None = None, during=None, pin: bool = False,
+              targets: str = "joint") -> dict:
     """Server + controller worker processes; ``keys``: CURVE on (server dir with clients/); ``during(addr)``:
     runs in this process while the worker does (the soak's idle and fuzzing clients) and returns a dict.
-    ``pin``: server on CPU 0 (`serve-arm --cpus 0`), controller on CPU 1 (`deploy --cpus 1` does the same)."""
+    ``pin``: server on CPU 0 (`serve-arm --cpus 0`), controller on CPU 1 (`deploy --cpus 1` does the same).
+    ``targets``: the controller's target kind ("cartesian": the server's servo solves IK)."""
     addr = f"tcp://127.0.0.1:{port}"
     seed0 = 1000
     stats_path, out_path = tmp / f"server_{task}.json", tmp / f"worker_{task}.json"
@@ -175,7 +178,8 @@ def run_phase(task: str, seconds: float, artifact: str | None, min_eps: int, max
                            "--seconds", str(seconds), "--min-episodes", str(min_eps), "--max-episodes", str(max_eps),
                            "--max-steps", str(max_steps), "--seed0", str(seed0)] + (["--artifact", artifact]
                                                                                      if artifact else [])
-                          + (["--keys", str(keys)] if keys else []) + (["--cpus", "1"] if pin else []), cwd=ROOT)
+                          + (["--keys", str(keys)] if keys else []) + (["--cpus", "1"] if pin else [])
+                          + ["--targets", targets], cwd=ROOT)
     try:
         side = during(addr, wk) if during is not None else None
         rc, wk_cpu = rusage_wait(wk, seconds + max_eps * max_steps / 20 + 120)
@@ -461,8 +465,11 @@ def main() -> None:
     ap.add_argument("--trained-episodes", type=int, default=50)
     ap.add_argument("--keys", default="", help="(worker) client CURVE key dir")
     ap.add_argument("--cpus", default="", help="(worker) pin the controller to these CPUs")
+    ap.add_argument("--targets", default="joint", choices=["joint", "cartesian"], help="(worker) target kind")
     ap.add_argument("--pin", action="store_true",
-                    help="phase 1 twice, side by side: unpinned, then server on CPU 0 and controller on CPU 1")
+                    help="phase 1 again, side by side: server on CPU 0 and controller on CPU 1")
+    ap.add_argument("--cartesian", action="store_true",
+                    help="phase 1 again, side by side: Cartesian targets (the server solves IK); pinned with --pin")
     ap.add_argument("--ort-knobs", action="store_true", help="only measure onnxruntime session options")
     ap.add_argument("--soak-seconds", type=float, default=0.0,
                     help="only the soak: CURVE controller + idle authenticated client + fuzzer for this long")
@@ -492,11 +499,16 @@ def main() -> None:
             what = "tiny DDIM-2, NOT trained: timing only"
         print(f"phase 1: reach, exported ONNX policy ({what}), >= {args.seconds:.0f} s ...", flush=True)
         reach = run_phase("reach", args.seconds, artifact, args.min_episodes, 400, 100, tmp, free_base_port())
-        pinned = None
+        variants = {}  # the same phase 1 again, right after: side by side
         if args.pin:
-            print(f"phase 1, pinned: server on CPU 0, controller on CPU 1, >= {args.seconds:.0f} s ...", flush=True)
-            pinned = run_phase("reach", args.seconds, artifact, args.min_episodes, 400, 100, tmp, free_base_port(),
-                               pin=True)
+            variants["pinned (server CPU 0, controller CPU 1)"] = dict(pin=True)
+        if args.cartesian:
+            variants["Cartesian targets" + (", pinned" if args.pin else "")] = dict(pin=args.pin, targets="cartesian")
+        other = {}
+        for label, kw in variants.items():
+            print(f"phase 1, {label}, >= {args.seconds:.0f} s ...", flush=True)
+            other[label] = run_phase("reach", args.seconds, artifact, args.min_episodes, 400, 100, tmp,
+                                     free_base_port(), **kw)
         seeds = [e["seed"] for e in reach["episodes"]]
         reach_mj = mujoco_success("reach", seeds, artifact, 100)
         trained = trained_mj = None
@@ -519,9 +531,10 @@ def main() -> None:
             push_mj = mujoco_success("push", [e["seed"] for e in push["episodes"]], None, 200)
 
     rows = timing_rows(reach)
-    if pinned is not None:  # the same run pinned, right after: side by side
-        rows = ([[f"{r[0]}, unpinned", *r[1:]] for r in rows]
-                + [[f"{r[0]}, pinned (server CPU 0, controller CPU 1)", *r[1:]] for r in timing_rows(pinned)])
+    if other:
+        rows = [[f"{r[0]}, unpinned, joint targets", *r[1:]] for r in rows]
+        for label, res in other.items():
+            rows += [[f"{r[0]}, {label}", *r[1:]] for r in timing_rows(res)]
     rows += REFERENCE_ROWS
     t1 = print_table("control loop timing (ms), server + controller processes on loopback, "
                      f"{reach['cpu']['wall_s']:.0f} s", ["what", "p50", "p99", "p99.9", "max", "note"], rows)
@@ -544,7 +557,7 @@ def main() -> None:
                      rate([e["success"] for e in push["episodes"]]), rate(push_mj)])
     t3 = print_table("task success, PyBullet arm via server+controller vs MuJoCo env (same seeds)",
                      ["task", "policy", "PyBullet (runtime path)", "MuJoCo (env)"], succ)
-    path = write_results("bench_control", {"reach": reach, "reach_pinned": pinned, "reach_mujoco": reach_mj, "trained_reach": trained,
+    path = write_results("bench_control", {"reach": reach, "reach_variants": other, "reach_mujoco": reach_mj, "trained_reach": trained,
                                            "trained_reach_mujoco": trained_mj, "push": push,
                                            "push_mujoco": push_mj, "tables": [t1, t2, t3]})
     print(f"wrote {path}")

@@ -179,6 +179,8 @@ class ArmServer:
         tr = self.transport
         if rec.index == 0:
             self.ready.set()
+        if rec.index % self.state_every == 0:  # first: nothing this tick receives may delay the state going out
+            self._publish(rec)
         for conn in tr.closed_connections():  # forget their clocks and seq order (fds get reused)
             for key in [k for k in self.clocks if k[1] == conn]:
                 del self.clocks[key]
@@ -191,8 +193,6 @@ class ArmServer:
         got = tr.recv_command(0)
         if got is not None:
             self._submit(got, time.monotonic_ns())
-        if rec.index % self.state_every == 0:
-            self._publish(rec)
         self._watch(now)
 
     def _future(self, got: Received, clock: ClockMap | None = None) -> bool:

@@ -113,6 +113,9 @@ class ServoConfig:
             bad("initial_mode", "'servo' or 'hold'")
 
 
+IK_STALL_M = 1e-3  # Cartesian targets: stop IK once within 1 mm and no longer converging (kinematics.solve_ik)
+
+
 @dataclass(frozen=True)
 class ServoTarget:
     """One target. Joint (``q``) or Cartesian (``pos`` + optional ``quat`` wxyz or ``yaw``), times on the servo
@@ -237,6 +240,7 @@ class ServoCore:
                                  (self._kin.HOME_Q if self._kin is not None else (info.q_min + info.q_max) / 2),
                                  dtype=np.float64)
         self._lock = threading.RLock()
+        self._ik_last: tuple | None = None  # ((pos bytes, yaw), q_ref, q) of the last Cartesian target solved
         self.counters = ServoCounters(rejected={r: 0 for r in REJECT_REASONS}, clamps={k: 0 for k in CLAMP_KINDS})
         self.mode = c.initial_mode
         self.estop_engaged = False
@@ -354,10 +358,15 @@ class ServoCore:
             q_ref = self._q_cmd
         else:
             q_ref = self.home_q
-        q = kin.solve_ik(q_ref, pos, yaw, iters=self.config.ik_iters)
+        key = (pos.tobytes(), yaw)
+        last = self._ik_last
+        if last is not None and last[0] == key and (np.array_equal(last[1], q_ref) or np.array_equal(last[2], q_ref)):
+            return last[2].copy()  # a re-sent target (controllers re-send at ~100 Hz) keeps its solution
+        q = kin.solve_ik(q_ref, pos, yaw, iters=self.config.ik_iters, stall_m=IK_STALL_M)
         err = float(np.linalg.norm(kin.forward_kinematics(q)[2] - pos))
         if err > self.config.ik_tol_m:
             return self._reject(IK_FAILED, f"IK ended {err * 1000:.1f} mm from {np.round(pos, 3).tolist()}")
+        self._ik_last = (key, q_ref.copy(), q.copy())
         return q
 
     def estop(self, engage: bool = True, reason: str = "", now_ns: int | None = None) -> None:

@@ -150,6 +150,7 @@ def solve_ik(
     nullspace_gain: float = 0.05,
     q_rest: np.ndarray | None = None,
     tol: float = 2e-4,
+    stall_m: float | None = None,
 ) -> np.ndarray:
     """Damped-least-squares IK for the TCP, gripper pointing down.
 
@@ -158,6 +159,9 @@ def solve_ik(
     elbow in a familiar posture. Returns q_target (Dq,) clipped inside the joint limits (minus a margin).
     A few iterations suffice when warm-started from the previous solution (targets move <= a few cm/step);
     run it to convergence (iters ~ 50) for a cold start.
+    stall_m: also stop once the position error is below this (m) and no longer shrinks by half an iteration: the
+    null-space pull and the damping balance at an error near ``tol`` for some poses, and the remaining iterations
+    only drift the elbow (the servo solves Cartesian targets on its 1 kHz thread with this; None = off, as the sim).
     """
     q = np.minimum(np.maximum(np.asarray(q_current, dtype=np.float64), _LO), _HI)
     rest = HOME_Q if q_rest is None else np.asarray(q_rest, dtype=np.float64)
@@ -167,13 +171,18 @@ def solve_ik(
     diag = np.diag_indices(6)
     lam2 = damping**2
     tol2 = tol * tol
+    prev2 = np.inf
     for _ in range(iters):
         J, p, R = jacobian(q)
         err = np.empty(6)
         err[:3] = target_pos - p
         err[3:] = _rot_error(R, down_rotation(tcp_yaw(R)) if R_des is None else R_des)
-        if err[:3] @ err[:3] < tol2 and err[3:] @ err[3:] < 25 * tol2:
+        e2 = err[:3] @ err[:3]
+        if e2 < tol2 and err[3:] @ err[3:] < 25 * tol2:
             break
+        if stall_m is not None and e2 < stall_m * stall_m and e2 > 0.25 * prev2:
+            break
+        prev2 = e2
         Jw = J * W[:, None]
         A = Jw @ Jw.T
         A[diag] += lam2

@@ -14,7 +14,9 @@ import numpy as np
 
 from hardware.protocol import messages as m
 from hardware.protocol.transport import ClientTransport, ControlTimeout, Endpoints, Received, clock_offset_ns
+from robotstack.core import kinematics as kin
 from robotstack.core.errors import RobotstackError
+from robotstack.core.rotations import mat_to_quat
 
 
 class ArmUnavailable(RobotstackError):
@@ -60,6 +62,14 @@ class ArmClient:
                           now_ns: int) -> int | None:
         tgt = m.JointTarget(positions=np.asarray(q, dtype=np.float64), target_time_ns=int(target_time_ns),
                             expires_ns=int(expires_ns), gripper=None if gripper is None else np.array([gripper]))
+        return self.transport.send_target(tgt, send_time_ns=now_ns)
+
+    def send_cartesian_target(self, pos: np.ndarray, yaw: float, gripper: float | None, target_time_ns: int,
+                              expires_ns: int, now_ns: int) -> int | None:
+        """A TCP target (base frame, gripper pointing down, rotated by ``yaw``); the server's servo solves IK."""
+        tgt = m.CartesianTarget(pos=np.asarray(pos, dtype=np.float64), quat=mat_to_quat(kin.down_rotation(yaw)),
+                                target_time_ns=int(target_time_ns), expires_ns=int(expires_ns),
+                                gripper=None if gripper is None else np.array([gripper]))
         return self.transport.send_target(tgt, send_time_ns=now_ns)
 
     # --- control ----------------------------------------------------------------------------------------

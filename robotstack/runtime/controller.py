@@ -45,6 +45,9 @@ from robotstack.runtime.scheduler import ActionScheduler
 from robotstack.runtime.telemetry import Telemetry
 
 
+TARGET_KINDS = ("joint", "cartesian")
+
+
 @dataclass
 class ControllerConfig:
     command_hz: float = 100.0
@@ -63,7 +66,16 @@ class ControllerConfig:
     # is dropped by the scheduler like any late action: Ta - 1 actions are used per chunk. Single-step policies
     # (Ta = 1) must react to the newest state, so their inference stays on the step.
     infer_ahead: bool = True
+    # "joint": IK here, joint targets on the wire (IK of a step whose plan missed runs between state arrival and
+    # send). "cartesian": the TCP target itself goes out (CartesianTarget) and the arm server's servo solves IK in
+    # its own loop, so no IK sits between state arrival and target send; the server must have the arm's kinematics
+    # (the Panda drivers do; a server without them rejects with no_kinematics, docs/protocol.md).
+    targets: str = "joint"
     safety: SafetyConfig = field(default_factory=SafetyConfig)
+
+    def __post_init__(self) -> None:
+        if self.targets not in TARGET_KINDS:
+            raise ValueError(f"controller targets={self.targets!r}: expected one of {list(TARGET_KINDS)}")
 
 
 @dataclass
@@ -179,6 +191,8 @@ class Controller:
         mapper = self._mapper = EEActionMapper(spec.action_scale(), ik_iters=cfg.ik_iters)
         mapper.reset(st.joint_pos, None if st.gripper is None else float(st.gripper[0]))
         q_target, grip = np.array(st.joint_pos, dtype=np.float64), mapper.gripper
+        cartesian = cfg.targets == "cartesian"
+        tcp_target = np.append(mapper.target_pos, mapper.target_yaw)  # (x, y, z, yaw): the measured TCP at first
         if self.policy is not None:
             self.policy.reset()
         self.safety.reset()
@@ -265,11 +279,17 @@ class Controller:
                             mapper.advance(self.safety.limit_change(a), st.eef_pos)
                     t_infer = time.monotonic_ns()
                     action = self.safety.limit_change(action)
-                    q_target, grip = mapper.step(action, st.eef_pos)
+                    if cartesian:  # no IK here: the server solves it
+                        mapper.advance(action, st.eef_pos)
+                        grip = mapper.gripper
+                    else:
+                        q_target, grip = mapper.step(action, st.eef_pos)
+                    tcp_target = np.append(mapper.target_pos, mapper.target_yaw)
                     t_target = t_act
                     pending_row = tele.begin_step(t_state, t_recv, t_infer)
                     frames.append({"obs": obs, "action": action.astype(np.float32), "raw": raw.astype(np.float32),
-                                   "intervention": intervention, "q_target": q_target.astype(np.float32),
+                                   "intervention": intervention, "tcp_target": tcp_target.astype(np.float32),
+                                   "q_target": None if cartesian else q_target.astype(np.float32),
                                    "grip": np.float32(grip), "row": pending_row, "policy_id": self._policy_id()})
                     step += 1
                     next_policy += dt_ns
@@ -282,7 +302,11 @@ class Controller:
                         c.heartbeat(timeout_s=0.1)
                         last_hb = now
                     continue
-                seq = c.send_joint_target(q_target, grip, max(t_target, now), now + expiry_ns, now)
+                if cartesian:
+                    seq = c.send_cartesian_target(tcp_target[:3], tcp_target[3], grip, max(t_target, now),
+                                                  now + expiry_ns, now)
+                else:
+                    seq = c.send_joint_target(q_target, grip, max(t_target, now), now + expiry_ns, now)
                 t_sent = time.monotonic_ns()
                 last_sent = now
                 if now - last_hb >= hb_ns:  # after the target: a heartbeat round trip never delays a step's send
@@ -295,7 +319,7 @@ class Controller:
                             and not intervention and self._pending is None):
                         chunk = self.safety.check_output(self._infer(), "policy")  # ahead of need, off the step
                         sched.load(chunk, t_state, time.monotonic_ns())
-                    if cfg.ik_ahead and not intervention and self.policy is not None:
+                    if cfg.ik_ahead and not cartesian and not intervention and self.policy is not None:
                         nxt = sched.peek_due(next_policy)
                         if nxt is not None:
                             *skipped, a_next = self.safety.preview_changes([*nxt[0], nxt[1]])
@@ -402,7 +426,9 @@ class Controller:
                 out.setdefault(k, []).append(v)
             r = rows[f["row"]]
             out.setdefault("policy_action", []).append(f["raw"])
-            out.setdefault("target_joint_pos", []).append(f["q_target"])
+            out.setdefault("target_tcp", []).append(f["tcp_target"])  # (x, y, z, yaw) sent or solved for
+            if f["q_target"] is not None:  # joint targets only (Cartesian: the server solved IK)
+                out.setdefault("target_joint_pos", []).append(f["q_target"])
             out.setdefault("target_gripper", []).append(np.array([f["grip"]], np.float32))
             out.setdefault("step_times", []).append(((r - t0) * 1e-9).astype(np.float64))  # (5,) see COLS
             out.setdefault("latency_ms", []).append(np.array(

@@ -4,6 +4,7 @@ the step gives; the scheduler's peek agrees with its pop; the controller reacts 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from hardware.protocol import parse_bind
 from robotstack.core import kinematics as kin
@@ -104,3 +105,44 @@ def test_target_send_time_excludes_the_heartbeat_round_trip(shared_server, polic
         assert inside == [0] * 8
     finally:
         client.close()
+
+
+def test_cartesian_targets_drive_the_arm_like_joint_targets(shared_server, policies):
+    """targets="cartesian": the controller sends the TCP target and does no IK; the server's servo solves it.
+    The same policy moves the PyBullet arm's TCP the same way as with joint targets (IK here)."""
+    from robotstack.runtime.controller import ControllerConfig
+
+    ends = {}
+    for kind in ("joint", "cartesian"):
+        client = ArmClient(parse_bind(shared_server.addr))
+        try:
+            ctl = Controller(client, PolicyRunner(policies["plus_x"]), ControllerConfig(targets=kind))
+            ctl.connect()
+            res = ctl.run_episode(max_steps=16)
+            assert res.ok, res.stop_reason
+            st = client.heartbeat(timeout_s=1.0)
+            bad = {k: v for k, v in st.rejects.items() if k in ("ik_failed", "no_kinematics", "orientation",
+                                                                "workspace", "invalid") and v}
+            assert not bad, bad  # (stale ones can happen on a loaded machine; not what this test is about)
+            f = res.frames
+            assert ("target_joint_pos" in f) == (kind == "joint") and f["target_tcp"].shape == (16, 4)
+            tel = ctl.telemetry.summary()
+            if kind == "cartesian":
+                assert tel["ik_ahead"] + tel["ik_on_step"] == 0  # no IK in the controller at all
+            start, end = f["robot_eef_pos"][0], client.wait_state(1.0).eef_pos
+            ends[kind] = (start, np.asarray(end), f["target_tcp"][-1, :3])
+        finally:
+            client.close()
+    for kind, (start, end, target) in ends.items():
+        assert end[0] - start[0] > 0.05, (kind, start, end)  # +x at 0.5 of the max step for 16 steps
+        assert np.linalg.norm(end - target) < 0.05, (kind, end, target)
+    # both ways move the TCP alike (each episode starts at its scene's home pose: compare displacements)
+    moved = {kind: end - start for kind, (start, end, _) in ends.items()}
+    assert np.linalg.norm(moved["joint"] - moved["cartesian"]) < 0.015, moved
+
+
+def test_controller_refuses_an_unknown_target_kind():
+    from robotstack.runtime.controller import ControllerConfig
+
+    with pytest.raises(ValueError, match="targets='pose'"):
+        ControllerConfig(targets="pose")

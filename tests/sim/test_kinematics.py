@@ -91,3 +91,16 @@ def test_rotations_match_mujoco_wxyz_convention():
         np.testing.assert_allclose(rot.quat_to_mat(qm), Rm.reshape(3, 3), atol=1e-12)
     np.testing.assert_allclose(kin.tcp_yaw(kin.down_rotation(0.7)), 0.7, atol=1e-12)
     assert rot.quat_yaw(rot.mat_to_quat(kin.down_rotation(-1.2))) == pytest.approx(-1.2)
+
+
+def test_ik_stall_exit_stops_where_damping_and_posture_balance():
+    """For some poses the damped step and the null-space pull balance ~0.21 mm from the target, just above tol: the
+    plain solver then spends every remaining iteration drifting the elbow. stall_m (the servo's Cartesian targets)
+    stops there, within the bound."""
+    q0 = np.array([-0.2755, 0.5947, -0.0823, -1.7923, 0.0669, 2.3843, 0.3931])  # from a reach run on the arm
+    target = np.array([0.6251, -0.2327, 0.1081])
+    plain = [kin.solve_ik(q0, target, -2e-5, iters=k) for k in (29, 30)]
+    assert not np.array_equal(*plain)  # still moving after 29 iterations
+    stalled = [kin.solve_ik(q0, target, -2e-5, iters=k, stall_m=1e-3) for k in (4, 30)]
+    np.testing.assert_array_equal(*stalled)  # stopped by iteration 4
+    assert np.linalg.norm(kin.forward_kinematics(stalled[1])[2] - target) < 1e-3
