@@ -201,3 +201,27 @@ def test_critic_none_is_the_plan_without_the_section(tiny_pipeline, tmp_path):
     assert names == ["demos", "il_0", "distill", "critic", "export", "evaluate"]
     with pytest.raises(ConfigError, match="another config"):
         prepare(str(tiny_pipeline), ["critic.kind=ns"], str(root))
+
+
+@pytest.mark.parametrize("kind", ["dqc", "qc", "ns", "os", "aloe"])
+def test_every_kind_resolves_with_its_shipped_preset(tiny_pipeline, tmp_path, kind):
+    """critic.kind=K alone: the preset configs/critic/K.yaml trains that critic (checked as the pipeline checks it),
+    with the pipeline's inputs as overrides; only best-of-N kinds feed the export and the paired evaluation."""
+    from robotstack.pipeline.config import load_pipeline_config
+    from robotstack.pipeline.stages import build_plan, check_plan
+
+    cfg = load_pipeline_config(tiny_pipeline, [f"critic.kind={kind}"])
+    root = tmp_path / "p"
+    plan = build_plan(cfg, root)
+    resolved = check_plan(plan, cfg, root)
+    crit = resolved["critic"]
+    assert (crit.method, crit.critic.variant) == (("aloe", "qc") if kind == "aloe" else ("dqc", kind))
+    assert crit.policy == str(root / "il_0" / "checkpoints" / "latest") and crit.eval.episodes == 0
+    assert crit.data.paths == [str(root / "demos" / "store.zarr")] and crit.task == "reach"
+    export, evaluate = plan[-2], plan[-1]
+    if kind == "aloe":
+        assert "critic" not in export.inputs and "best_of_n" not in evaluate.inputs
+        assert plan[-3].name == "critic_value" and plan[-3].inputs["policy"] == crit.policy
+    else:
+        assert export.inputs["critic"] == str(root / "critic" / "checkpoints" / "latest")
+        assert export.inputs["best_of_n"] == evaluate.inputs["best_of_n"] == "32"
