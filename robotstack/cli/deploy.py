@@ -177,7 +177,7 @@ def deploy(args) -> int:
     from robotstack.runtime.terminal import TerminalEStop
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    best_of_n = getattr(args, "best_of_n", None)
+    best_of_n = args.best_of_n
     runner = open_runner(args.artifact, best_of_n)
     keys = load_client_keys(args.keys) if args.keys else None
     client = ArmClient(parse_bind(args.arm), keys, robot_id=args.robot_id)

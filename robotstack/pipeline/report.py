@@ -89,12 +89,12 @@ def build_doc(cfg: PipelineConfig, root: Path, plan: list[Stage], state: dict, r
     critic = critic_doc(cfg, by_name)
     if critic:
         tvs["artifact_best_of_n"] = critic.get("best_of_n_success")
-    return {"critic": critic, "task": cfg.task, "status": run_status, "pipeline_dir": str(root), "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    return {"task": cfg.task, "status": run_status, "pipeline_dir": str(root), "time": time.strftime("%Y-%m-%d %H:%M:%S"),
             "config": to_dict(cfg), "stages": rows, "data": data, "teacher_vs_student": tvs,
             "env_steps": {"by_stage": steps, "total": sum(steps.values()),
                           "training": sum(v for k, v in steps.items() if k != "evaluate")},
             "wall_s": {"by_stage": {r["name"]: r["wall_s"] for r in rows if r["wall_s"] is not None},
-                       "total": sum(r["wall_s"] or 0.0 for r in rows)}}
+                       "total": sum(r["wall_s"] or 0.0 for r in rows)}, "critic": critic}
 
 
 def critic_doc(cfg: PipelineConfig, by_name: dict[str, dict]) -> dict | None:
@@ -178,8 +178,8 @@ def render_markdown(doc: dict, plots: list[Path]) -> str:
 
 
 def render_critic(c: dict) -> list[str]:
-    lines = ["## Critic", "", f"`{c['kind']}` critic ({c['config']}): {_num(c['steps'])} steps on {_num(c['n_chunks'])} "
-             f"chunks of the final store, final loss {_num(c['final_loss'])}, mean Q {_num(c['final_q_mean'])}; run "
+    lines = ["## Critic", "", f"`{c['kind']}` critic ({c['config']}): {_num(c['steps'])} steps on "
+             f"{_num(c['n_chunks'])} chunks of the final store, final loss {_num(c['final_loss'])}, mean Q {_num(c['final_q_mean'])}; run "
              f"dir `{c['run_dir']}`.", ""]
     if c.get("best_of_n"):
         p50 = c.get("decision_p50_ms") or {}
@@ -232,8 +232,8 @@ def plot_success(doc: dict, path: Path) -> Path | None:
     rates = [s["rate"] for _, s in bars]
     err = [[s["rate"] - s.get("ci95_low", s["rate"]) for _, s in bars],
            [s.get("ci95_high", s["rate"]) - s["rate"] for _, s in bars]]
-    drawn = ax.bar(xs, rates, yerr=err, capsize=4, color=["tab:orange" if "student" in n or n.startswith("artifact") else
-                                                          "tab:blue" for n, _ in bars])
+    drawn = ax.bar(xs, rates, yerr=err, capsize=4,
+                   color=["tab:orange" if "student" in n or n.startswith("artifact") else "tab:blue" for n, _ in bars])
     ax.bar_label(drawn, labels=[f"{r:.0%}" for r in rates], padding=2)
     ax.set_xticks(list(xs), [n for n, _ in bars], rotation=30, ha="right")
     ax.set_ylim(0, 1.05)
