@@ -131,6 +131,9 @@ def add_verbs(sub) -> None:
     dep.add_argument("--target-expiry", type=float, default=0.03, help="s a target stays valid on the server")
     dep.add_argument("--max-delta", type=float, default=0.5, help="max action change per step (0 = off)")
     dep.add_argument("--robot-id", default="arm")
+    dep.add_argument("--best-of-n", type=int, default=None, metavar="N",
+                     help="candidates per decision, the critic's best executed (an artifact exported with --critic; "
+                          "default: its manifest critic.n); 1 = plain")
     dep.add_argument("--seed", type=int, default=0, help="seed recorded for the first episode")
     dep.add_argument("--quiet", action="store_true", help="no live status line")
     dep.set_defaults(func=cmd_deploy)

@@ -2,6 +2,12 @@
 
 Kept outside robotstack/runtime because it writes the episode store (robotstack.data), which the on-robot runtime
 layer may not import; the control loop itself is robotstack.runtime.controller.
+
+Best-of-N (`--best-of-n N`, issue 12): an artifact exported with `--critic` carries critic.onnx; each decision the
+runtime samples N candidates in one batched policy call and executes the critic's argmax (robotstack/runtime/
+artifact.py). Without the flag the artifact's own default (manifest critic.n; 1 without a critic) is used. N = 1 is
+the plain path (one candidate, no critic call). The flag on an artifact without a critic is refused, N = 1 included:
+asking for best-of-N from a plain artifact is a mistake to report, not to run silently; so is N < 1.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import numpy as np
 
 from robotstack.core import keys as K
 from robotstack.runtime.controller import Controller, ControllerConfig, EpisodeResult
+from robotstack.runtime.policy_runner import PolicyRunner
 
 log = logging.getLogger("robotstack.cli.deploy")
 
@@ -117,16 +124,61 @@ def final_table(results: list[EpisodeResult], telemetry, server_status=None) -> 
     return "\n".join(lines)
 
 
+class TallyRunner(PolicyRunner):
+    """A PolicyRunner that counts which candidate row each best-of-N decision executed (for the run summary)."""
+
+    def __init__(self, artifact_dir, best_of_n: int | None = None):
+        self.choices: dict[int, int] = {}
+        super().__init__(artifact_dir, best_of_n=best_of_n)
+        self.choices = {}  # the constructor's warm-up decision does not count
+
+    def infer(self) -> np.ndarray:
+        out = super().infer()
+        if self.artifact.n > 1:
+            i = int(self.artifact.last_choice)
+            self.choices[i] = self.choices.get(i, 0) + 1
+        return out
+
+
+def open_runner(artifact: str, best_of_n: int | None) -> TallyRunner:
+    """The artifact at N candidates per decision; --best-of-n refused (naming it) when N < 1 or the artifact
+    carries no critic, before anything connects to the arm."""
+    from robotstack.core.errors import ConfigError
+    from robotstack.core.manifest import read_manifest
+
+    if best_of_n is not None:
+        if best_of_n < 1:
+            raise ConfigError(f"deploy --best-of-n {best_of_n}: expected N >= 1 (1 = plain: one candidate, no critic "
+                              "call)")
+        if read_manifest(artifact).critic is None:
+            raise ConfigError(f"deploy --best-of-n {best_of_n}: artifact {artifact} has no critic section (no "
+                              "critic.onnx); export it with `robotstack export --critic SCORER_DIR`, or deploy "
+                              "it without --best-of-n")
+    return TallyRunner(artifact, best_of_n=best_of_n)
+
+
+def best_of_n_line(runner: TallyRunner) -> str:
+    """What the decisions were: plain, or N candidates with the executed rows counted."""
+    art = runner.artifact
+    c = art.manifest.critic
+    if art.n == 1:
+        return "decisions: plain (1 candidate per decision" + (", critic not used)" if c else ")")
+    total = sum(runner.choices.values())
+    rows = " ".join(f"{i}:{k}" for i, k in sorted(runner.choices.items())) or "-"
+    return (f"decisions: best-of-{art.n} ({total} decisions; critic.onnx scored the first {c['h_a']} executed "
+            f"actions, {c['aggregate']} over the ensemble); executed candidate rows {rows}")
+
+
 def deploy(args) -> int:
     from hardware.protocol import load_client_keys
     from hardware.protocol import parse_bind
     from robotstack.runtime.client import ArmClient
-    from robotstack.runtime.policy_runner import PolicyRunner
     from robotstack.runtime.safety import SafetyConfig
     from robotstack.runtime.terminal import TerminalEStop
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    runner = PolicyRunner(args.artifact)
+    best_of_n = args.best_of_n
+    runner = open_runner(args.artifact, best_of_n)
     keys = load_client_keys(args.keys) if args.keys else None
     client = ArmClient(parse_bind(args.arm), keys, robot_id=args.robot_id)
     takeover = None
@@ -153,7 +205,7 @@ def deploy(args) -> int:
     def reload(*_):  # SIGHUP: load the artifact dir again and hot-swap to it without stopping the loop
         def work():
             try:
-                ctl.request_swap(PolicyRunner(args.artifact))
+                ctl.request_swap(open_runner(args.artifact, best_of_n))  # the same N (and its checks)
                 print(f"\nhot swap: reloaded {args.artifact}", file=sys.stderr)
             except Exception as e:  # noqa: BLE001 - report and keep running the old policy
                 print(f"\nhot swap refused: {e}", file=sys.stderr)
@@ -167,7 +219,8 @@ def deploy(args) -> int:
         ctl.connect()
         spec = runner.spec
         print(f"deploy: {spec.policy_id} (To={spec.n_obs_steps}, Ta={spec.n_action_steps}, {spec.control_hz:g} Hz) on "
-              f"{args.arm}; event-driven loop, target re-send {args.command_hz:g} Hz", file=sys.stderr)
+              f"{args.arm}; event-driven loop, target re-send {args.command_hz:g} Hz; "
+              f"{'plain' if runner.artifact.n == 1 else f'best-of-{runner.artifact.n}'}", file=sys.stderr)
         results = run_controller(ctl, episodes=args.episodes, duration_s=args.duration or None,
                                  max_steps=args.max_steps or None, store=store, task=spec.task or "deploy",
                                  seed0=args.seed)
@@ -190,6 +243,7 @@ def deploy(args) -> int:
         except Exception:  # noqa: BLE001 - the table says the server did not answer
             server_status = None
         print(final_table(results, ctl.telemetry, server_status), file=sys.stderr)
+        print(best_of_n_line(ctl.policy if isinstance(ctl.policy, TallyRunner) else runner), file=sys.stderr)
         if store is not None:
             store.close()
         client.close()

@@ -16,11 +16,11 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 
 
 def add_verbs(sub) -> None:
-    p = sub.add_parser("pipeline", help="demos -> IL -> offline RL rounds -> online RL -> distill -> export -> "
-                                        "evaluate, resumable stage by stage",
+    p = sub.add_parser("pipeline", help="demos -> IL -> offline RL rounds -> online RL -> distill -> [chunked "
+                                        "critic] -> export -> evaluate, resumable stage by stage",
                        description="robotstack pipeline --config configs/pipeline/push.yaml [rounds=1 "
-                                   "online.enabled=false ...] [--out PIPELINE_DIR]; re-run with the same --out to "
-                                   "resume")
+                                   "online.enabled=false critic.kind=dqc critic.best_of_n=8 ...] [--out PIPELINE_DIR]; "
+                                   "re-run with the same --out to resume")
     p.add_argument("--config", required=True, help="pipeline YAML (configs/pipeline/*.yaml)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rounds=1 demos.episodes=20 "
                                                 "'il.overrides=[train.steps=500]'")

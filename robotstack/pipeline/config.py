@@ -10,6 +10,10 @@ The data recipe (rl100.md §4.1, §4.6; issue 11 item 2) is explicit in the conf
   collect.*  after each offline round, rollouts of the gate-accepted policy, successes AND failures, recorded
              with source=policy and policy_id=<the offline stage>, merged into a NEW store (D_{m+1} = D_m + D_new)
   rounds     M outer rounds (the sources are silent on M; rl100.md §13)
+
+Chunked critics (issue 12) beside IQL: `critic.kind` none (default: no critic stage, the plan is exactly the one
+without the section) | dqc | qc | ns | os (best-of-N at deployment) | aloe (an evaluation of the final policy).
+See stages.py for what each kind adds to the plan.
 """
 
 from __future__ import annotations
@@ -63,6 +67,28 @@ class EvalSection:
     seed: int = 100_000  # the artifact's first evaluation episode
 
 
+CRITIC_KINDS = ("none", "dqc", "qc", "ns", "os", "aloe")
+BEST_OF_N_KINDS = ("dqc", "qc", "ns", "os")  # the partial/chunk critics whose scorer picks among N candidates
+DEFAULT_BEST_OF_N = 32  # the issue's deployment N (bench_best_of_n measures 1, 8, 32)
+CRITIC_PRESETS = Path(__file__).resolve().parents[2] / "configs" / "critic"
+
+
+@dataclass
+class CriticSection(StageRef):
+    """The chunked critic trained on the final store against the final policy (configs/critic/<kind>.yaml).
+
+    config "" = the shipped preset configs/critic/<kind>.yaml (so `critic.kind=dqc` alone is a complete choice);
+    otherwise a path relative to the pipeline YAML, like every stage config. The preset's method/variant must be
+    the kind's (checked before any work: a qc.yaml under kind dqc would silently train another critic).
+    best_of_n: candidates per decision of the exported artifact (dqc/qc/ns/os only; None = DEFAULT_BEST_OF_N).
+    An ALOE critic evaluates the policy that generated its bootstrap chunks; it is not a best-of-N scorer here, so
+    aloe refuses best_of_n. value_samples: policy chunks per start state of the ALOE value estimate."""
+
+    kind: str = "none"
+    best_of_n: int | None = None
+    value_samples: int = 16
+
+
 @dataclass
 class PipelineConfig:
     task: str = ""
@@ -84,6 +110,7 @@ class PipelineConfig:
     online: OnlineSection = field(default_factory=OnlineSection)
     distill: DistillSection = field(default_factory=DistillSection)
     export: ExportSection = field(default_factory=ExportSection)
+    critic: CriticSection = field(default_factory=CriticSection)
 
     def __post_init__(self) -> None:
         if not self.task:
@@ -95,6 +122,22 @@ class PipelineConfig:
                 raise ConfigError(f"{name}: expected >= {lo}, got {value}")
         if not 0.0 <= self.demos.noise <= 1.0:
             raise ConfigError(f"demos.noise: expected in [0, 1], got {self.demos.noise}")
+        c = self.critic
+        if c.kind not in CRITIC_KINDS:
+            raise ConfigError(f"critic.kind: {c.kind!r}, expected one of {list(CRITIC_KINDS)}")
+        if c.best_of_n is not None:
+            if c.kind not in BEST_OF_N_KINDS:
+                raise ConfigError(f"critic.best_of_n: {c.best_of_n} with critic.kind {c.kind!r}; best-of-N needs a "
+                                  f"scorer critic ({', '.join(BEST_OF_N_KINDS)}); aloe evaluates the policy instead")
+            if c.best_of_n < 1:
+                raise ConfigError(f"critic.best_of_n: expected >= 1 (1 = plain), got {c.best_of_n}")
+        if c.value_samples < 1:
+            raise ConfigError(f"critic.value_samples: expected >= 1, got {c.value_samples}")
+
+    @property
+    def critic_n(self) -> int:
+        """The exported artifact's default candidates per decision (best-of-N kinds only)."""
+        return self.critic.best_of_n if self.critic.best_of_n is not None else DEFAULT_BEST_OF_N
 
     def used_stage_refs(self) -> dict[str, StageRef]:
         """The stage configs this pipeline will run (disabled stages need no file)."""
@@ -105,6 +148,8 @@ class PipelineConfig:
             refs["online"] = self.online
         if self.distill.enabled:
             refs["distill"] = self.distill
+        if self.critic.kind != "none":
+            refs["critic"] = self.critic
         return refs
 
 
@@ -113,6 +158,8 @@ def load_pipeline_config(path: str | Path, overrides: list[str] = ()) -> Pipelin
     missing stage config files and a stage config of another task."""
     path = Path(path)
     cfg = load_config(PipelineConfig, path, list(overrides))
+    if cfg.critic.kind != "none" and not cfg.critic.config:
+        cfg.critic.config = str(CRITIC_PRESETS / f"{cfg.critic.kind}.yaml")  # CriticSection's docstring says why
     for name, ref in cfg.used_stage_refs().items():
         if not ref.config:
             raise ConfigError(f"{path}: {name}.config: required (the {name} stage's YAML, relative to {path.parent})")

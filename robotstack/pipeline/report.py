@@ -4,7 +4,9 @@ report.md and plots/*.png (matplotlib object API, as robotstack/eval/plots.py).
 Per stage: status, success with its 95% Wilson interval (from the stage's own evaluation; collect_m reports the
 success of its rollouts of the accepted policy), env steps (demos and rollouts recorded, online interaction, the
 artifact's evaluation), wall time (summed over resumes). Also the data by source for every store D_m, the gate
-decisions with AM-Q (offline_m/gate.jsonl), and teacher (DDIM) vs student (one-step) side by side.
+decisions with AM-Q (offline_m/gate.jsonl), and teacher (DDIM) vs student (one-step) side by side. With a
+critic (critic.kind != none): the critic run, the artifact's success plain (N = 1) next to best-of-N on the same
+seeds, and for aloe the value estimate of the final policy next to its Monte Carlo return.
 """
 
 from __future__ import annotations
@@ -84,12 +86,40 @@ def build_doc(cfg: PipelineConfig, root: Path, plan: list[Stage], state: dict, r
            "joint_student": teacher.get("student_success"),
            "artifact": by_name.get("evaluate", {}).get("success"), "artifact_sampler": export_stage.inputs["sampler"]}
     steps = {r["name"]: r["env_steps"] for r in rows if r["env_steps"]}
+    critic = critic_doc(cfg, by_name)
+    if critic:
+        tvs["artifact_best_of_n"] = critic.get("best_of_n_success")
     return {"task": cfg.task, "status": run_status, "pipeline_dir": str(root), "time": time.strftime("%Y-%m-%d %H:%M:%S"),
             "config": to_dict(cfg), "stages": rows, "data": data, "teacher_vs_student": tvs,
             "env_steps": {"by_stage": steps, "total": sum(steps.values()),
                           "training": sum(v for k, v in steps.items() if k != "evaluate")},
             "wall_s": {"by_stage": {r["name"]: r["wall_s"] for r in rows if r["wall_s"] is not None},
-                       "total": sum(r["wall_s"] or 0.0 for r in rows)}}
+                       "total": sum(r["wall_s"] or 0.0 for r in rows)}, "critic": critic}
+
+
+def critic_doc(cfg: PipelineConfig, by_name: dict[str, dict]) -> dict | None:
+    """The critic's part of pipeline.json (None without a critic)."""
+    if cfg.critic.kind == "none":
+        return None
+    crit = by_name.get("critic", {}).get("summary") or {}
+    ev = by_name.get("evaluate", {})
+    exp = by_name.get("export", {}).get("summary") or {}
+    out = {"kind": cfg.critic.kind, "config": cfg.critic.config, "run_dir": by_name.get("critic", {}).get("run_dir"),
+           "steps": crit.get("steps"), "final_loss": crit.get("final_loss"), "final_q_mean": crit.get("final_q_mean"),
+           "n_chunks": crit.get("n_chunks")}
+    if ev.get("summary", {}).get("best_of_n"):
+        stage = Stage("evaluate", "evaluate", Path(ev["run_dir"]))
+        out |= {"best_of_n": ev["summary"]["best_of_n"], "plain_success": ev.get("success"),
+                "best_of_n_success": success_of(stage, ev["summary"], "bon_eval_"),
+                "decision_p50_ms": {"plain": ev["summary"].get("eval_decision_p50_ms"),
+                                    "best_of_n": ev["summary"].get("bon_eval_decision_p50_ms")}}
+    if exp.get("best_of_n"):
+        out |= {"critic_ort_p50_ms": exp.get("critic_ort_p50_ms"), "critic_parity_ok": exp.get("critic_parity_ok")}
+    value = (by_name.get("critic_value") or {}).get("summary") or {}
+    if value:
+        out["value"] = {k: value.get(k) for k in ("estimate", "estimate_ci95", "mc_return", "mc_ci95", "rel_error",
+                                                  "gamma", "episodes", "success_rate", "checkpoint")}
+    return out
 
 
 # -------------------------------------------------------------------------------------------- text
@@ -136,9 +166,38 @@ def render_markdown(doc: dict, plots: list[Path]) -> str:
     lines += ["", "## Teacher vs student", "", "| policy | success |", "|---|---|",
               f"| teacher ({t['teacher_stage']}, DDIM) | {_pct(t['teacher'])} |",
               f"| jointly trained student (stage eval) | {_pct(t['joint_student'])} |",
-              f"| artifact ({t['artifact_sampler']}, onnxruntime) | {_pct(t['artifact'])} |", ""]
+              f"| artifact ({t['artifact_sampler']}, onnxruntime) | {_pct(t['artifact'])} |"]
+    if t.get("artifact_best_of_n"):
+        lines.append(f"| artifact best-of-{doc['critic']['best_of_n']} ({doc['critic']['kind']} critic) | "
+                     f"{_pct(t['artifact_best_of_n'])} |")
+    lines.append("")
+    if doc.get("critic"):
+        lines += render_critic(doc["critic"])
     lines += [f"![{p.stem}]({PLOTS}/{p.name})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def render_critic(c: dict) -> list[str]:
+    lines = ["## Critic", "", f"`{c['kind']}` critic ({c['config']}): {_num(c['steps'])} steps on "
+             f"{_num(c['n_chunks'])} chunks of the final store, final loss {_num(c['final_loss'])}, mean Q {_num(c['final_q_mean'])}; run "
+             f"dir `{c['run_dir']}`.", ""]
+    if c.get("best_of_n"):
+        p50 = c.get("decision_p50_ms") or {}
+        lines += ["Artifact in sim, the same episode seeds and runtime noise seed:", "",
+                  "| decision | success (95% Wilson) | decision p50 ms |", "|---|---|---|",
+                  f"| plain (N = 1) | {_pct(c['plain_success'])} | {_num(p50.get('plain'))} |",
+                  f"| best-of-{c['best_of_n']} | {_pct(c['best_of_n_success'])} | {_num(p50.get('best_of_n'))} |", ""]
+    v = c.get("value")
+    if v:
+        lines += [f"ALOE value of the final policy (`{v['checkpoint']}`), gamma {v['gamma']}, {v['episodes']} start "
+                  "states (95% intervals):", "", "| | mean | 95% interval |", "|---|---|---|",
+                  f"| ALOE value estimate | {v['estimate']:.4f} | [{v['estimate_ci95'][0]:.4f}, "
+                  f"{v['estimate_ci95'][1]:.4f}] |",
+                  f"| Monte Carlo return | {v['mc_return']:.4f} | [{v['mc_ci95'][0]:.4f}, {v['mc_ci95'][1]:.4f}] |",
+                  "", "Relative error |estimate - MC| / |MC|: " + (f"{v['rel_error']:.1%}" if v["rel_error"] is not None
+                                                                     else "undefined (MC return 0)")
+                  + f"; the policy's success in those rollouts {v['success_rate']:.1%}.", ""]
+    return lines
 
 
 # ------------------------------------------------------------------------------------------- plots
@@ -164,6 +223,8 @@ def _save(fig, path: Path) -> Path:
 def plot_success(doc: dict, path: Path) -> Path | None:
     bars = [("artifact" if r["name"] == "evaluate" else r["name"], r["success"]) for r in doc["stages"] if r["success"]]
     bars += [(f"{r['name']} student", r["student_success"]) for r in doc["stages"] if r["student_success"]]
+    if (doc.get("critic") or {}).get("best_of_n_success"):
+        bars.append((f"artifact best-of-{doc['critic']['best_of_n']}", doc["critic"]["best_of_n_success"]))
     if not bars:
         return None
     fig, ax = _figure()
@@ -171,8 +232,8 @@ def plot_success(doc: dict, path: Path) -> Path | None:
     rates = [s["rate"] for _, s in bars]
     err = [[s["rate"] - s.get("ci95_low", s["rate"]) for _, s in bars],
            [s.get("ci95_high", s["rate"]) - s["rate"] for _, s in bars]]
-    drawn = ax.bar(xs, rates, yerr=err, capsize=4, color=["tab:orange" if "student" in n or n == "artifact" else
-                                                          "tab:blue" for n, _ in bars])
+    drawn = ax.bar(xs, rates, yerr=err, capsize=4,
+                   color=["tab:orange" if "student" in n or n.startswith("artifact") else "tab:blue" for n, _ in bars])
     ax.bar_label(drawn, labels=[f"{r:.0%}" for r in rates], padding=2)
     ax.set_xticks(list(xs), [n for n, _ in bars], rotation=30, ha="right")
     ax.set_ylim(0, 1.05)

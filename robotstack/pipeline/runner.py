@@ -40,6 +40,8 @@ def _pin_config(cfg: PipelineConfig, root: Path) -> None:
     path = root / CONFIG
     if path.is_file():
         saved = json.loads(path.read_text())
+        if "critic" not in saved and cfg.critic.kind == "none":
+            saved["critic"] = doc["critic"]  # a pipeline dir started before critics existed: the same pipeline
         changes = _diff(saved, doc)
         if changes:
             raise ConfigError(f"--out {root} holds a pipeline started with another config ({'; '.join(changes)}); "

@@ -10,8 +10,21 @@ ends with summary.json ({"interrupted": false, "wall_s": ..., ...}); a stage wit
                                             last round's IQL critics
     distill     distill/                    one-step student of the final teacher; skipped when the RL stage
                                             trained one jointly (TEACHER_RUN/student/checkpoints/latest)
-    export      export/artifact/            policy.onnx + manifest.json (robotstack/export)
-    evaluate    evaluate/                   the artifact in sim through onnxruntime (as `eval-artifact`)
+    critic      critic/ (train critic run)  critic.kind != none: the chunked critic (robotstack.train.critic, the
+                                            code of `train critic`) on the final store D_M (every source: demos,
+                                            rollouts, interventions) against the final teacher policy
+    critic_value critic_value/              critic.kind aloe (and eval.episodes > 0): the ALOE value estimate of the
+                                            final teacher next to its MC return (robotstack/eval/critic_eval.py)
+    export      export/artifact/            policy.onnx + manifest.json (robotstack/export); dqc/qc/ns/os: + the
+                                            critic's scorer as critic.onnx, default N critic.best_of_n
+    evaluate    evaluate/                   the artifact in sim through onnxruntime (as `eval-artifact`); with a
+                                            critic: plain (N = 1) and best-of-N on the same seeds
+
+Critic design choices (issue 12 item 4): the critic comes after distill because it needs the final policy, and
+before export because the artifact carries it. Its proposal / current policy is the final TEACHER (the diffusion
+policy; `train critic` needs one): a DQC scorer is trained on data only, so it ranks the exported student's
+candidates as well; an ALOE critic is the teacher's value. The critic stage's own sim evaluation is off
+(eval.episodes=0): the pipeline evaluates what ships, the artifact, through onnxruntime, plain and best-of-N.
 
 Training stages are called through the stage contract (docs/CONTRACTS.md): robotstack.train.<module>.main(
 config, overrides, resume, out, show_progress), imported by name only when the stage runs (or is checked), so a
@@ -24,6 +37,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import shutil
 import time
@@ -40,13 +54,14 @@ SUMMARY = "summary.json"
 STORE = "store.zarr"
 LATEST = Path("checkpoints") / "latest"
 TRAIN_MODULES = {"il": "robotstack.train.il", "offline": "robotstack.train.offline_rl",
-                 "online": "robotstack.train.online_rl", "distill": "robotstack.train.distill"}
+                 "online": "robotstack.train.online_rl", "distill": "robotstack.train.distill",
+                 "critic": "robotstack.train.critic"}
 
 
 @dataclass
 class Stage:
     name: str  # also the run dir's name
-    kind: str  # demos | il | offline | collect | merge | online | distill | export | evaluate
+    kind: str  # demos | il | offline | collect | merge | online | distill | critic | value | export | evaluate
     run_dir: Path
     config: str = ""  # training stages: the stage YAML
     overrides: list[str] = field(default_factory=list)  # training stages: what the pipeline passes, then the user's
@@ -112,14 +127,26 @@ def build_plan(cfg: PipelineConfig, root: str | Path) -> list[Stage]:
             f"teacher={_q(str(teacher))}", f"data.paths={_q([final_data])}"],
             {"teacher": str(teacher), "joint_student": str(student), "data": final_data}))
         student = ckpt["distill"]
+    critic_inputs: dict[str, str] = {}
+    kind = cfg.critic.kind
+    if kind != "none":
+        plan.append(train_stage("critic", "critic", cfg.critic, [
+            f"task={_q(task)}", f"policy={_q(str(teacher))}", f"data.paths={_q([final_data])}", "eval.episodes=0"],
+            {"policy": str(teacher), "data": final_data, "kind": kind}))
+        if kind == "aloe" and cfg.eval.episodes:
+            plan.append(Stage("critic_value", "value", root / "critic_value", inputs={
+                "policy": str(teacher), "critic": str(ckpt["critic"])}))
+        elif kind != "aloe":
+            critic_inputs = {"critic": str(ckpt["critic"]), "best_of_n": str(cfg.critic_n)}
     # cm1/cm3 export the distill stage's student, or the RL stage's joint one where distill was skipped
     src = teacher if cfg.export.sampler == "ddim" else student
     plan.append(Stage("export", "export", root / "export", inputs={
         "checkpoint": str(src), "fallback": str(joint_student(teacher)), "teacher": str(teacher),
-        "sampler": cfg.export.sampler}))
+        "sampler": cfg.export.sampler} | critic_inputs))
     if cfg.eval.episodes:
         plan.append(Stage("evaluate", "evaluate", root / "evaluate",
-                          inputs={"artifact": str(root / "export" / "artifact")}))
+                          inputs={"artifact": str(root / "export" / "artifact")} | (
+                              {"best_of_n": critic_inputs["best_of_n"]} if critic_inputs else {})))
     return plan
 
 
@@ -151,12 +178,28 @@ def check_plan(plan: list[Stage], cfg: PipelineConfig, root: Path) -> dict[str, 
                 resolved[stage.name] = None
                 continue
             raise ConfigError(f"stage {stage.name} ({stage.config}): {exc}") from exc
+        if stage.kind == "critic":
+            check_critic_kind(stage, scfg)
         stage_task = getattr(scfg, "task", cfg.task)
         if stage_task != cfg.task:
             raise ConfigError(f"stage {stage.name}: task {stage_task!r} (after its overrides {stage.overrides}), but "
                               f"the pipeline's task is {cfg.task!r}")
         resolved[stage.name] = scfg
     return resolved
+
+
+def check_critic_kind(stage: Stage, scfg) -> None:
+    """critic.kind names the critic; its config must train that one (method, variant), and the pipeline uses no
+    AWR policy (it would be trained and thrown away)."""
+    kind = stage.inputs["kind"]
+    got = "aloe" if scfg.method == "aloe" else scfg.critic.variant
+    if got != kind:
+        raise ConfigError(f"critic.kind: {kind!r} but critic.config {stage.config} (after critic.overrides) trains "
+                          f"method {scfg.method!r} variant {scfg.critic.variant!r} (= kind {got!r}); use "
+                          f"configs/critic/{kind}.yaml or leave critic.config empty")
+    if scfg.awr.steps:
+        raise ConfigError(f"critic: awr.steps={scfg.awr.steps} in {stage.config}: the pipeline neither exports nor "
+                          "evaluates an AWR-fine-tuned policy; set awr.steps=0 (or run `train critic` on its own)")
 
 
 # ----------------------------------------------------------------------------------------- status
@@ -216,8 +259,8 @@ def run_stage(stage: Stage, cfg: PipelineConfig, resolved: dict[str, Any], show_
     """Run (or resume) one stage; -> its summary (summary["interrupted"] True: Ctrl-C, stop the pipeline)."""
     if stage.module is not None:
         return _run_train(stage, show_progress)
-    return {"demos": _run_demos, "collect": _run_collect, "merge": _run_merge, "export": _run_export,
-            "evaluate": _run_evaluate}[stage.kind](stage, cfg, resolved, show_progress)
+    return {"demos": _run_demos, "collect": _run_collect, "merge": _run_merge, "value": _run_value,
+            "export": _run_export, "evaluate": _run_evaluate}[stage.kind](stage, cfg, resolved, show_progress)
 
 
 def _run_train(stage: Stage, show_progress: bool) -> dict:
@@ -306,6 +349,24 @@ def _run_merge(stage: Stage, cfg: PipelineConfig, resolved: dict[str, Any], show
                                           "interrupted": False, "wall_s": time.perf_counter() - t0})
 
 
+def _run_value(stage: Stage, cfg: PipelineConfig, resolved: dict[str, Any], show_progress: bool) -> dict:
+    """ALOE: the critic's value of the final teacher at the start states of eval.episodes fresh rollouts next to
+    their discounted MC return (the one evaluator, robotstack/eval/critic_eval.py; the same seeds as the artifact's
+    evaluation)."""
+    from robotstack.eval.critic_eval import evaluate_policy_value
+
+    t0 = time.perf_counter()
+    r = evaluate_policy_value(stage.inputs["policy"], stage.inputs["critic"], episodes=cfg.eval.episodes,
+                              seed=cfg.eval.seed, num_samples=cfg.critic.value_samples, out=stage.run_dir,
+                              show_progress=show_progress)
+    n = r["episodes"]
+    if not math.isfinite(r["rel_error"]):
+        r["rel_error"] = None  # MC return 0 (no success): no relative error, and JSON has no inf
+    return write_summary(stage, r | {"eval_success_rate": r["success_rate"], "eval_episodes": n,
+                                     "eval_successes": round(r["success_rate"] * n), "interrupted": False,
+                                     "wall_s": time.perf_counter() - t0})
+
+
 def _run_export(stage: Stage, cfg: PipelineConfig, resolved: dict[str, Any], show_progress: bool) -> dict:
     from robotstack.export.onnx_export import export_artifact
 
@@ -315,24 +376,47 @@ def _run_export(stage: Stage, cfg: PipelineConfig, resolved: dict[str, Any], sho
     if not src.is_dir():
         raise ConfigError(f"stage export: {src} does not exist (sampler {stage.inputs['sampler']} needs a student: "
                           "enable distill, or train one jointly in the RL stage)")
+    critic, n = None, 1
+    if "critic" in stage.inputs:  # best-of-N kinds: the critic stage's scorer travels as critic.onnx
+        from policies.critics.scorer import load_scorer
+
+        critic, n = load_scorer(stage.inputs["critic"]), int(stage.inputs["best_of_n"])
     t0 = time.perf_counter()
-    with _busy(f"export {stage.inputs['sampler']}", show_progress):
-        m = export_artifact(src, stage.inputs["sampler"], stage.run_dir / "artifact")
+    with _busy(f"export {stage.inputs['sampler']}" + (f" + critic (N {n})" if critic is not None else ""),
+               show_progress):
+        m = export_artifact(src, stage.inputs["sampler"], stage.run_dir / "artifact", critic=critic, best_of_n=n)
+    extra = {}
+    if m.get("critic"):
+        c = m["critic"]
+        extra = {"critic": stage.inputs["critic"], "best_of_n": c["n"], "critic_h_a": c["h_a"],
+                 "critic_parity_max_abs_err": c["parity"]["max_abs_err"], "critic_parity_ok": c["parity"]["ok"],
+                 "critic_ort_p50_ms": c["latency"]["ort"]["p50_ms"]}
     return write_summary(stage, {"checkpoint": str(src), "teacher": stage.inputs["teacher"], "sampler": m["sampler"],
                                  "artifact": str(stage.run_dir / "artifact"), "nfe": m["nfe"]["per_call"],
                                  "parity_max_abs_err": m["parity"]["max_abs_err"],
-                                 "ort_p50_ms": m["latency"]["policy"]["ort"]["p50_ms"],
+                                 "ort_p50_ms": m["latency"]["policy"]["ort"]["p50_ms"]} | extra | {
                                  "interrupted": False, "wall_s": time.perf_counter() - t0})
 
 
 def _run_evaluate(stage: Stage, cfg: PipelineConfig, resolved: dict[str, Any], show_progress: bool) -> dict:
+    """eval_*: the artifact as exported without a critic, or at N = 1 (plain) with one; bon_eval_*: best-of-N on
+    the same episode seeds and the same runtime noise seed (a paired comparison)."""
     from robotstack.eval.actor_rollout import rollout_actor
     from robotstack.runtime.artifact import load_artifact
 
-    art = load_artifact(stage.inputs["artifact"], seed=0)
-    res = rollout_actor(art, cfg.task, cfg.eval.episodes, seed=cfg.eval.seed, show_progress=show_progress,
-                        description=f"evaluate artifact ({art.sampler}) {cfg.task}")
-    s = res.summary()
-    return write_summary(stage, {f"eval_{k}": v for k, v in s.items()} | {
-        "artifact": stage.inputs["artifact"], "sampler": art.sampler, "env_steps": sum(e.length for e in res.episodes),
-        "interrupted": False, "wall_s": s["wall_s"]})
+    n = int(stage.inputs.get("best_of_n", 1))
+    runs = [("eval_", 1)] + ([("bon_eval_", n)] if "best_of_n" in stage.inputs else [])
+    out: dict[str, Any] = {"artifact": stage.inputs["artifact"]}
+    steps, wall = 0, 0.0
+    for prefix, bon in runs:
+        art = load_artifact(stage.inputs["artifact"], seed=0, best_of_n=bon)
+        label = f"evaluate artifact ({art.sampler}{f', best-of-{bon}' if bon > 1 else ''}) {cfg.task}"
+        res = rollout_actor(art, cfg.task, cfg.eval.episodes, seed=cfg.eval.seed, show_progress=show_progress,
+                            description=label)
+        s = res.summary()
+        out |= {f"{prefix}{k}": v for k, v in s.items()} | {"sampler": art.sampler}
+        steps += sum(e.length for e in res.episodes)
+        wall += s["wall_s"]
+    if len(runs) > 1:
+        out["best_of_n"] = n
+    return write_summary(stage, out | {"env_steps": steps, "interrupted": False, "wall_s": wall})
