@@ -134,6 +134,11 @@ def add_verbs(sub) -> None:
     dep.add_argument("--best-of-n", type=int, default=None, metavar="N",
                      help="candidates per decision, the critic's best executed (an artifact exported with --critic; "
                           "default: its manifest critic.n); 1 = plain")
+    dep.add_argument("--targets", default="joint", choices=["joint", "cartesian"],
+                     help="joint: IK in the controller; cartesian: send the TCP target, the server's servo solves IK "
+                          "(no IK between state arrival and target send; the server needs the arm's kinematics)")
+    dep.add_argument("--cpus", default="", help="pin the controller to these CPUs, e.g. 1 (keep serve-arm --cpus "
+                                                "on others)")
     dep.add_argument("--seed", type=int, default=0, help="seed recorded for the first episode")
     dep.add_argument("--quiet", action="store_true", help="no live status line")
     dep.set_defaults(func=cmd_deploy)

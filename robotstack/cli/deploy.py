@@ -177,6 +177,14 @@ def deploy(args) -> int:
     from robotstack.runtime.terminal import TerminalEStop
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.cpus:  # before onnxruntime's and libzmq's threads exist, so they inherit it
+        from robotstack.core.timing import pin_cpus
+
+        try:
+            pin_cpus(args.cpus)
+        except ValueError as e:
+            print(f"deploy: {e}", file=sys.stderr)
+            return 2
     best_of_n = args.best_of_n
     runner = open_runner(args.artifact, best_of_n)
     keys = load_client_keys(args.keys) if args.keys else None
@@ -186,7 +194,7 @@ def deploy(args) -> int:
         from hardware.teleop import make_device
 
         takeover = make_device(args.takeover)
-    cfg = ControllerConfig(command_hz=args.command_hz, target_expiry_s=args.target_expiry,
+    cfg = ControllerConfig(command_hz=args.command_hz, target_expiry_s=args.target_expiry, targets=args.targets,
                            safety=SafetyConfig(max_delta=None if args.max_delta <= 0 else args.max_delta))
     from robotstack.core.success import success_fn
 
