@@ -242,6 +242,20 @@ def test_targets_need_a_heartbeat_first():
     assert relaxed.submit(joint(kin.HOME_Q, 1, 0), 0).accepted
 
 
+def test_an_expired_target_after_a_reset_counts_as_no_heartbeat():
+    """The soak's 33 unexplained `no_heartbeat` rejects: its fuzzer's expired targets that arrived between a reset
+    (which disarms the watchdog) and the controller's next heartbeat. The first failing check names the reject
+    (docs/protocol.md §6), so those count as no_heartbeat, not stale."""
+    arm, core = make()
+    core.heartbeat(0)
+    expired = joint(kin.HOME_Q, 2**64 - 1, 0, valid=MS)
+    assert core.submit(expired, 5 * MS).reason == "stale"
+    core.reset(go_home=True, now_ns=5 * MS)
+    assert core.submit(expired, 6 * MS).reason == "no_heartbeat"
+    core.heartbeat(7 * MS)
+    assert core.submit(expired, 8 * MS).reason == "stale"
+
+
 # --- watchdogs and e-stop ----------------------------------------------------------------------------------------
 def test_heartbeat_loss_stops_until_reset():
     arm, core = make(heartbeat_timeout_s=0.1)
