@@ -192,7 +192,7 @@ class ArmServer:
             self._answer(req, now)
         got = tr.recv_command(0)
         if got is not None:
-            self._submit(got, time.monotonic_ns())
+            self._submit(got, time.monotonic_ns(), tick_ns=now)
         self._watch(now)
 
     def _future(self, got: Received, clock: ClockMap | None = None) -> bool:
@@ -208,7 +208,9 @@ class ArmServer:
                                      f"sent {(send - recv) / 1e6:+.1f} ms after it arrived (clock)")
         return bad
 
-    def _submit(self, got: Received, now: int) -> None:
+    def _submit(self, got: Received, now: int, tick_ns: int) -> None:
+        """``now``: arrival (staleness); ``tick_ns``: this tick's start, the servo's time for applying it (the echo
+        below compares it with ``last_target_applied_ns``, which the same tick's core.tick stamps with it)."""
         h, t = got.header, got.msg
         key = (got.peer, got.conn)
         clock = self.clocks.get(key)
@@ -234,7 +236,7 @@ class ArmServer:
         verdict = self.core.submit(st, now)
         if verdict.accepted:
             self.core.heartbeat(now)  # a flowing target stream is a sign of life too (docs/protocol.md)
-            self._accepted = (h.seq, h.send_time_ns, now)
+            self._accepted = (h.seq, h.send_time_ns, tick_ns)
 
     def _echo(self) -> tuple[int, int, int] | None:
         acc, applied = self._accepted, self.core.last_target_applied_ns
@@ -275,6 +277,9 @@ class ArmServer:
             self._event(now, f"estop {'engaged' if msg.engage else 'released'}: {msg.reason}")
         elif isinstance(msg, m.Reset):
             ok, detail = self._reset(msg, now)
+            # the reply's server_time_ns is taken after the reset: this tick's state was read before it, so a client
+            # waits for a state stamped later than the reply (docs/protocol.md §4) to see the reset's result
+            now = time.monotonic_ns()
         elif isinstance(msg, m.Describe):
             self.transport.reply(req, self.describe(req.header.seq))
             return

@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from hardware.drivers.base import ArmDriver, ArmInfo, ArmState, SentCommand
+from hardware.drivers.base import ArmDriver, ArmInfo, ArmState
 from robotstack.core import ee_action
 from robotstack.core.config import from_dict as read_config
 from robotstack.core.errors import ConfigError
@@ -241,6 +241,7 @@ class ServoCore:
                                  dtype=np.float64)
         self._lock = threading.RLock()
         self._ik_last: tuple | None = None  # ((pos bytes, yaw), q_ref, q) of the last Cartesian target solved
+        self.resyncs = 0  # teleports seen (resync); the loop re-reads the state when its hook caused one
         self.counters = ServoCounters(rejected={r: 0 for r in REJECT_REASONS}, clamps={k: 0 for k in CLAMP_KINDS})
         self.mode = c.initial_mode
         self.estop_engaged = False
@@ -457,6 +458,7 @@ class ServoCore:
             self._q_cmd = None
             self._v_cmd = np.zeros(self.info.dof)
             self._active = None
+            self.resyncs += 1
 
     def _enter_stop(self, reason: str) -> None:
         if self.mode != "stop" or reason not in self.faults:
@@ -606,15 +608,15 @@ class ServoCore:
 # --- loop runner ------------------------------------------------------------------------------------------------
 @dataclass
 class TickRecord:
-    """What the hook sees each tick (the networking layer publishes ``state`` and reads targets here)."""
+    """What the hook sees each tick (the networking layer publishes ``state`` and reads targets here). The hook runs
+    right after the state is read, before ``core.tick``: the state goes out at once, and a target taken in the hook
+    is followed in the same tick."""
 
     index: int
     now_ns: int  # tick start (servo clock; virtual in run_simulated)
     period_ns: int  # since the previous tick start (0 on the first tick)
     late_ns: int  # how far past its deadline this tick woke
     state: ArmState
-    output: TickOutput
-    sent: SentCommand
     core: ServoCore
 
 
@@ -622,7 +624,7 @@ Hook = Callable[[TickRecord], None]
 
 
 class ServoLoop:
-    """Fixed-rate loop: read_state -> core.tick -> command_joints -> hook -> step(period), once per period.
+    """Fixed-rate loop: read_state -> hook -> core.tick -> command_joints -> step(period), once per period.
 
     Deadlines are absolute (RateKeeper: sleep to 200 us before the deadline, then spin); a late tick is counted
     and the grid skips ahead (never a burst of catch-up ticks). ``realtime=True`` asks for SCHED_FIFO on the
@@ -655,12 +657,11 @@ class ServoLoop:
     # --- one tick ----------------------------------------------------------------------------------------------
     def _tick(self, now_ns: int, period_ns: int, late_ns: int) -> TickRecord:
         state = self.driver.read_state()
-        out = self.core.tick(state.joint_pos, now_ns)
-        sent = self.driver.command_joints(out.q, out.gripper)
-        rec = TickRecord(self._n, now_ns, period_ns, late_ns, state, out, sent, self.core)
-        # the hook (publish this tick's state, take new targets) runs BEFORE the driver's step: a simulated
-        # arm's physics step (~0.4 ms in PyBullet) would otherwise sit between sampling the state and sending it.
-        # Targets taken here are applied by the next tick's core.tick either way.
+        resyncs = self.core.resyncs
+        rec = TickRecord(self._n, now_ns, period_ns, late_ns, state, self.core)
+        # the hook (publish this tick's state, take new targets) runs right after the state is read: nothing (the
+        # servo step, the command, a simulated arm's physics step of ~0.4 ms in PyBullet) sits between sampling the
+        # state and sending it, and a target taken here is followed by this tick's core.tick, not the next one's
         if self.hook is not None:
             try:
                 self.hook(rec)
@@ -669,6 +670,10 @@ class ServoLoop:
                 self.last_hook_error = exc
                 if self.hook_errors == 1 or self.hook_errors % 1000 == 0:
                     log.warning("servo hook raised (%d so far): %r", self.hook_errors, exc)
+        if self.core.resyncs != resyncs:  # the hook teleported the arm (a sim reset): tick from where it is now
+            state = self.driver.read_state()
+        out = self.core.tick(state.joint_pos, now_ns)
+        self.driver.command_joints(out.q, out.gripper)
         self.driver.step(self.period)
         return rec
 

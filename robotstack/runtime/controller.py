@@ -179,10 +179,9 @@ class Controller:
     def run_episode(self, *, duration_s: float | None = None, max_steps: int | None = None, reset: bool = True,
                     seed: int | None = None) -> EpisodeResult:
         c, cfg, spec = self.client, self.cfg, self.spec
-        if reset:
-            t_reset = time.monotonic_ns()
-            c.reset(go_home=True)
-            c.wait_state(2.0, newer_than_ns=t_reset)
+        if reset:  # the first state stamped after the reset's reply shows the arm (and scene) after it
+            done = c.reset(go_home=True)
+            c.wait_state(2.0, newer_than_ns=c.to_local(done.server_time_ns))
         st = c.state
         if st.mode == "stop":
             c.reset(go_home=False)

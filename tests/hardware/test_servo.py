@@ -366,6 +366,25 @@ def test_hook_publishes_before_the_physics_step():
     assert steps_seen == [(i, i) for i in range(5)] and arm.steps == 5
 
 
+def test_a_teleport_in_the_hook_is_seen_by_the_same_tick():
+    """A simulated reset teleports the arm inside the hook (arm server: reset -> driver.reset + core.resync); the
+    tick's servo step must start from the new pose, not from the state read before the hook (it commanded the
+    pre-reset joints, and the next episode's arm drifted back toward the old pose)."""
+    arm, core = make()
+    core.heartbeat(0)
+    teleported = NEAR.copy()
+
+    def hook(rec):
+        rec.core.heartbeat(rec.now_ns)
+        if rec.index == 3:
+            arm.q = teleported.copy()
+            rec.core.resync()
+
+    ServoLoop(arm, core, hook=hook, realtime=False).run_simulated(5)
+    np.testing.assert_allclose(arm.sent[3], teleported, atol=1e-9)
+    np.testing.assert_allclose(arm.sent[4], teleported, atol=1e-9)
+
+
 def test_1khz_loop_with_pybullet_reports_period_stats():
     from hardware.drivers import make_driver
 

@@ -146,3 +146,22 @@ def test_controller_refuses_an_unknown_target_kind():
 
     with pytest.raises(ValueError, match="targets='pose'"):
         ControllerConfig(targets="pose")
+
+
+def test_first_state_after_the_reset_reply_shows_the_reset(shared_server, policies):
+    """A sim reset teleports the arm to the next scene inside a servo tick whose state was read before it; the
+    reset's reply time marks the first state that shows the result (docs/protocol.md `reset`). Each of 8 episodes
+    starts from a state stamped after its reset reply, never at the pose the previous episode left the arm in."""
+    client = ArmClient(parse_bind(shared_server.addr))
+    try:
+        ctl = Controller(client, PolicyRunner(policies["plus_x"]))
+        ctl.connect()
+        for _ in range(8):
+            res = ctl.run_episode(max_steps=6)
+            assert res.ok
+            left_at = client.wait_state(1.0).eef_pos.copy()
+            done = client.reset(go_home=True)
+            st = client.wait_state(2.0, newer_than_ns=client.to_local(done.server_time_ns))
+            assert np.linalg.norm(st.eef_pos - left_at) > 0.02, (st.eef_pos, left_at)
+    finally:
+        client.close()
