@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import re
 import threading
 import time
@@ -44,6 +45,7 @@ from hardware.protocol.transport import ControlRequest, Endpoints, Received, Ser
 from hardware.servo import FUTURE, MODES, REJECT_REASONS, ServoConfig, ServoCore, ServoLoop, ServoTarget, TickRecord
 from robotstack.core.config import from_dict as read_config
 from robotstack.core.errors import ConfigError
+from robotstack.core.timing import parse_cpus
 
 log = logging.getLogger("robotstack.hardware.server")
 
@@ -96,6 +98,9 @@ class ArmServerConfig:
     state_rate_hz: float = 200.0
     max_requests_per_tick: int = 8
     realtime: bool = True  # SCHED_FIFO for the servo thread when permitted
+    # pin the servo loop's thread (only it: libzmq's I/O thread must stay free to run on another core, or it waits
+    # behind the SCHED_FIFO servo for ~0.5 ms before a published state leaves), e.g. "0"; "" = no pinning
+    servo_cpus: str = ""
     # a frame sent later than it arrived is rejected ("future"). Same host: one clock, so any send time ahead of
     # the receive time (plus this slack) is; another host: one ahead of that connection's clock estimate.
     future_tol_local_s: float = 0.001
@@ -118,6 +123,14 @@ class ArmServerConfig:
         for key in ("future_tol_local_s", "future_tol_remote_s"):
             if not getattr(self, key) >= 0:
                 bad(key, ">= 0")
+        if self.servo_cpus:
+            try:
+                want = parse_cpus(self.servo_cpus)
+            except ValueError as e:
+                raise ConfigError(f"arm server config: servo_cpus: {e}") from None
+            allowed = os.sched_getaffinity(0)
+            if not want <= allowed:
+                bad("servo_cpus", f"CPUs this process may use ({sorted(allowed)}); {sorted(want - allowed)} are not")
 
 
 class ArmServer:
@@ -129,7 +142,8 @@ class ArmServer:
         self.driver = driver
         self.cfg = config if isinstance(config, ArmServerConfig) else ArmServerConfig.from_dict(config)
         self.core = ServoCore(driver.info, servo, home_q=getattr(driver, "home_q", None))
-        self.loop = ServoLoop(driver, self.core, hook=self._hook, realtime=self.cfg.realtime)
+        self.loop = ServoLoop(driver, self.core, hook=self._hook, realtime=self.cfg.realtime,
+                              cpus=parse_cpus(self.cfg.servo_cpus) if self.cfg.servo_cpus else None)
         self.state_every = max(1, int(round(self.core.config.rate_hz / self.cfg.state_rate_hz)))
         self.scenes = list(scenes or [])
         self.scene_index = -1  # the next go_home reset uses scene 0

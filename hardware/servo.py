@@ -634,11 +634,13 @@ class ServoLoop:
     """
 
     def __init__(self, driver: ArmDriver, core: ServoCore | None = None, *, hook: Hook | None = None,
-                 realtime: bool = True, rt_priority: int = 50, stats_window: int = 120_000):
+                 realtime: bool = True, rt_priority: int = 50, stats_window: int = 120_000,
+                 cpus: set[int] | None = None):
         self.driver = driver
         self.core = core if core is not None else ServoCore(driver.info)
         self.hook = hook
         self.realtime, self.rt_priority = bool(realtime), int(rt_priority)
+        self.cpus = None if not cpus else set(cpus)  # pin the loop's thread (only it) while it runs
         self.period = self.core.period
         self.period_ns = self.core.period_ns
         self._t_start = np.zeros(stats_window, dtype=np.int64)
@@ -757,6 +759,9 @@ class ServoLoop:
 
     # --- SCHED_FIFO --------------------------------------------------------------------------------------------
     def _enter_realtime(self):
+        if self.cpus is not None:  # pid 0 = this thread on Linux: threads started before (libzmq I/O) stay free
+            self._affinity_prev = os.sched_getaffinity(0)
+            os.sched_setaffinity(0, self.cpus)
         if not self.realtime:
             return None
         try:
@@ -771,6 +776,8 @@ class ServoLoop:
             return None
 
     def _leave_realtime(self, prev) -> None:
+        if self.cpus is not None:
+            os.sched_setaffinity(0, self._affinity_prev)
         if prev is None:
             return
         try:
@@ -799,5 +806,6 @@ class ServoLoop:
             "work_us": pct(work / 1e3), "late_us": pct(late / 1e3),
             "late_ticks": self.core.counters.late_ticks, "skipped_ticks": self.core.counters.skipped_ticks,
             "realtime": self.realtime_active, "realtime_error": self.realtime_error,
+            "cpus": None if self.cpus is None else sorted(self.cpus),
             "hook_errors": self.hook_errors,
         }

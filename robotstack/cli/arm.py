@@ -17,13 +17,18 @@ def cmd_serve_arm(args: argparse.Namespace) -> int:
     from hardware.server import ArmServer, ArmServerConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if args.cpus:  # before any socket or driver thread exists, so they inherit it
-        from robotstack.core.timing import pin_cpus
+    if args.cpus:  # refuse before any work (checked again by ArmServerConfig)
+        import os
+
+        from robotstack.core.timing import parse_cpus
 
         try:
-            pin_cpus(args.cpus)
+            want = parse_cpus(args.cpus)
         except ValueError as e:
             raise SystemExit(f"serve-arm: {e}") from None
+        if not want <= os.sched_getaffinity(0):
+            raise SystemExit(f"serve-arm: --cpus {args.cpus!r}: CPUs {sorted(want - os.sched_getaffinity(0))} are "
+                             f"not available (this process may use {sorted(os.sched_getaffinity(0))})")
     kwargs, scenes = {}, None
     if args.driver in ("pybullet", "mujoco"):
         import sim
@@ -46,7 +51,7 @@ def cmd_serve_arm(args: argparse.Namespace) -> int:
     servo = {"rate_hz": args.rate, "heartbeat_timeout_s": args.heartbeat_timeout}
     server = ArmServer(driver, parse_bind(args.bind), keys, servo=servo, scenes=scenes,
                        config=ArmServerConfig(robot_id=args.robot_id, state_rate_hz=args.state_rate,
-                                              realtime=not args.no_realtime))
+                                              realtime=not args.no_realtime, servo_cpus=args.cpus))
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: server.stop())
 
@@ -111,8 +116,8 @@ def add_verbs(sub) -> None:
     serve.add_argument("--scenes", type=int, default=100, help="sim drivers: scenes cycled by reset(go_home)")
     serve.add_argument("--duration", type=float, default=0.0, help="stop after S seconds (0 = until Ctrl-C)")
     serve.add_argument("--no-realtime", action="store_true", help="do not ask for SCHED_FIFO")
-    serve.add_argument("--cpus", default="", help="pin the server to these CPUs, e.g. 0 or 2-3 (keep the "
-                                                  "controller's `deploy --cpus` on others)")
+    serve.add_argument("--cpus", default="", help="pin the servo loop's thread to these CPUs, e.g. 0 (only it: the "
+                                                  "socket I/O thread stays free); keep `deploy --cpus` on others")
     serve.add_argument("--describe", action="store_true", help="print the driver's description and exit")
     serve.add_argument("--stats-out", default="", help="write servo loop stats + counters as JSON at exit")
     serve.set_defaults(func=cmd_serve_arm)

@@ -8,6 +8,8 @@ asserts beyond sanity: the VM's tails are not ours to promise, machine_notes.md 
 from __future__ import annotations
 
 import os
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -383,6 +385,33 @@ def test_a_teleport_in_the_hook_is_seen_by_the_same_tick():
     ServoLoop(arm, core, hook=hook, realtime=False).run_simulated(5)
     np.testing.assert_allclose(arm.sent[3], teleported, atol=1e-9)
     np.testing.assert_allclose(arm.sent[4], teleported, atol=1e-9)
+
+
+def test_servo_cpus_pin_only_the_loop_thread():
+    """ServoLoop(cpus=...) pins the thread that runs the loop while it runs; threads started before (libzmq's I/O
+    thread in the arm server) keep their CPUs, and the thread gets its old set back after the loop."""
+    cpu = min(os.sched_getaffinity(0))
+    before = os.sched_getaffinity(0)
+    arm, core = make()
+    seen = []
+    loop = ServoLoop(arm, core, hook=lambda rec: seen.append(os.sched_getaffinity(0)), realtime=False, cpus={cpu})
+    other = []
+    t = threading.Thread(target=lambda: (time.sleep(0.05), other.append(os.sched_getaffinity(0))))
+    t.start()
+    stats = loop.run(max_ticks=100)
+    t.join()
+    assert seen and all(s == {cpu} for s in seen) and stats["cpus"] == [cpu]
+    assert other == [before] and os.sched_getaffinity(0) == before
+
+
+def test_arm_server_refuses_servo_cpus_it_cannot_use():
+    from hardware.server import ArmServerConfig
+    from robotstack.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="servo_cpus"):
+        ArmServerConfig(servo_cpus="4096")
+    with pytest.raises(ConfigError, match="servo_cpus"):
+        ArmServerConfig(servo_cpus="x")
 
 
 def test_1khz_loop_with_pybullet_reports_period_stats():
