@@ -139,9 +139,10 @@ def add_verbs(sub) -> None:
     dep.add_argument("--best-of-n", type=int, default=None, metavar="N",
                      help="candidates per decision, the critic's best executed (an artifact exported with --critic; "
                           "default: its manifest critic.n); 1 = plain")
-    dep.add_argument("--targets", default="joint", choices=["joint", "cartesian"],
-                     help="joint: IK in the controller; cartesian: send the TCP target, the server's servo solves IK "
-                          "(no IK between state arrival and target send; the server needs the arm's kinematics)")
+    dep.add_argument("--targets", default="auto", choices=["auto", "joint", "cartesian"],
+                     help="cartesian: send the TCP target, the server's servo solves IK (no IK between state arrival "
+                          "and target send); joint: IK in the controller; auto (default): cartesian when the server "
+                          "offers it (its describe), else joint")
     dep.add_argument("--cpus", default="", help="pin the controller to these CPUs, e.g. 1 (keep serve-arm --cpus "
                                                 "on others)")
     dep.add_argument("--seed", type=int, default=0, help="seed recorded for the first episode")

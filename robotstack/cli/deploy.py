@@ -227,7 +227,7 @@ def deploy(args) -> int:
         ctl.connect()
         spec = runner.spec
         print(f"deploy: {spec.policy_id} (To={spec.n_obs_steps}, Ta={spec.n_action_steps}, {spec.control_hz:g} Hz) on "
-              f"{args.arm}; event-driven loop, target re-send {args.command_hz:g} Hz; "
+              f"{args.arm}; event-driven loop, {ctl.targets} targets, re-sent at {args.command_hz:g} Hz; "
               f"{'plain' if runner.artifact.n == 1 else f'best-of-{runner.artifact.n}'}", file=sys.stderr)
         results = run_controller(ctl, episodes=args.episodes, duration_s=args.duration or None,
                                  max_steps=args.max_steps or None, store=store, task=spec.task or "deploy",

@@ -88,6 +88,10 @@ class ArmClient:
     def heartbeat(self, timeout_s: float | None = None) -> m.Status:
         return self.request(m.Heartbeat(source="runtime"), timeout_s).msg
 
+    def describe(self, timeout_s: float | None = None) -> m.Description:
+        """The server's limits, box, rates, modes and the target kinds it takes (docs/protocol.md §4)."""
+        return self.request(m.Describe(), timeout_s).msg
+
     def estop(self, reason: str, timeout_s: float = 0.5) -> m.Status | None:
         """Engage the software stop; best effort (returns None when the server did not answer)."""
         try:

@@ -45,7 +45,7 @@ from robotstack.runtime.scheduler import ActionScheduler
 from robotstack.runtime.telemetry import Telemetry
 
 
-TARGET_KINDS = ("joint", "cartesian")
+TARGET_KINDS = ("joint", "cartesian", "auto")
 
 
 @dataclass
@@ -69,7 +69,8 @@ class ControllerConfig:
     # "joint": IK here, joint targets on the wire (IK of a step whose plan missed runs between state arrival and
     # send). "cartesian": the TCP target itself goes out (CartesianTarget) and the arm server's servo solves IK in
     # its own loop, so no IK sits between state arrival and target send; the server must have the arm's kinematics
-    # (the Panda drivers do; a server without them rejects with no_kinematics, docs/protocol.md).
+    # (the Panda drivers do; a server without them rejects with no_kinematics, docs/protocol.md). "auto": cartesian
+    # when the server's `describe` offers cartesian_target, else joint (decided in connect()).
     targets: str = "joint"
     safety: SafetyConfig = field(default_factory=SafetyConfig)
 
@@ -122,6 +123,8 @@ class Controller:
         self._blend_k = 0
         self.swaps = 0
         self.quit = False  # a device asked to quit
+        # the target kind in use: "auto" is decided by connect() (joint until then)
+        self.targets = "joint" if self.cfg.targets == "auto" else self.cfg.targets
 
     # --- setup ------------------------------------------------------------------------------------------
     def connect(self, timeout_s: float = 3.0) -> None:
@@ -130,6 +133,9 @@ class Controller:
         # first contact: the control connection may still be in its CURVE handshake (the server's ZAP thread) after
         # state flows, so this one request gets the whole connect timeout, later heartbeats the short one
         self.client.heartbeat(timeout_s=timeout_s)
+        if self.cfg.targets == "auto":
+            offered = self.client.describe(timeout_s=timeout_s).targets
+            self.targets = "cartesian" if "cartesian_target" in offered else "joint"
         if self.policy is not None:
             check_arm(self.spec, st, f"the arm at {self.client.endpoints.state}")
         elif len(st.joint_pos) != 7 or st.eef_pos is None:
@@ -190,7 +196,7 @@ class Controller:
         mapper = self._mapper = EEActionMapper(spec.action_scale(), ik_iters=cfg.ik_iters)
         mapper.reset(st.joint_pos, None if st.gripper is None else float(st.gripper[0]))
         q_target, grip = np.array(st.joint_pos, dtype=np.float64), mapper.gripper
-        cartesian = cfg.targets == "cartesian"
+        cartesian = self.targets == "cartesian"
         tcp_target = np.append(mapper.target_pos, mapper.target_yaw)  # (x, y, z, yaw): the measured TCP at first
         if self.policy is not None:
             self.policy.reset()

@@ -165,3 +165,21 @@ def test_first_state_after_the_reset_reply_shows_the_reset(shared_server, polici
             assert np.linalg.norm(st.eef_pos - left_at) > 0.02, (st.eef_pos, left_at)
     finally:
         client.close()
+
+
+def test_auto_targets_follow_what_the_server_offers(shared_server, policies):
+    """targets="auto" (deploy's default): Cartesian when the server's describe lists cartesian_target (the Panda
+    drivers do)."""
+    from robotstack.runtime.controller import ControllerConfig
+
+    client = ArmClient(parse_bind(shared_server.addr))
+    try:
+        assert "cartesian_target" in client.describe(timeout_s=2.0).targets
+        ctl = Controller(client, PolicyRunner(policies["slow_x"]), ControllerConfig(targets="auto"))
+        assert ctl.targets == "joint"  # until connect() asks
+        ctl.connect()
+        assert ctl.targets == "cartesian"
+        res = ctl.run_episode(max_steps=4)
+        assert res.ok and "target_joint_pos" not in res.frames
+    finally:
+        client.close()
