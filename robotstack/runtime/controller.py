@@ -294,7 +294,9 @@ class Controller:
                     pending_row = tele.begin_step(t_state, t_recv, t_infer)
                     frames.append({"obs": obs, "action": action.astype(np.float32), "raw": raw.astype(np.float32),
                                    "intervention": intervention, "tcp_target": tcp_target.astype(np.float32),
-                                   "q_target": None if cartesian else q_target.astype(np.float32),
+                                   # NaN with Cartesian targets: the server solved IK (one store schema either way)
+                                   "q_target": np.full(len(q_target), np.nan, np.float32) if cartesian
+                                   else q_target.astype(np.float32),
                                    "grip": np.float32(grip), "row": pending_row, "policy_id": self._policy_id()})
                     step += 1
                     next_policy += dt_ns
@@ -432,8 +434,7 @@ class Controller:
             r = rows[f["row"]]
             out.setdefault("policy_action", []).append(f["raw"])
             out.setdefault("target_tcp", []).append(f["tcp_target"])  # (x, y, z, yaw) sent or solved for
-            if f["q_target"] is not None:  # joint targets only (Cartesian: the server solved IK)
-                out.setdefault("target_joint_pos", []).append(f["q_target"])
+            out.setdefault("target_joint_pos", []).append(f["q_target"])
             out.setdefault("target_gripper", []).append(np.array([f["grip"]], np.float32))
             out.setdefault("step_times", []).append(((r - t0) * 1e-9).astype(np.float64))  # (5,) see COLS
             out.setdefault("latency_ms", []).append(np.array(

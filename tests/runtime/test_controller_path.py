@@ -125,7 +125,8 @@ def test_cartesian_targets_drive_the_arm_like_joint_targets(shared_server, polic
                                                                 "workspace", "invalid") and v}
             assert not bad, bad  # (stale ones can happen on a loaded machine; not what this test is about)
             f = res.frames
-            assert ("target_joint_pos" in f) == (kind == "joint") and f["target_tcp"].shape == (16, 4)
+            assert f["target_tcp"].shape == (16, 4) and f["target_joint_pos"].shape == (16, 7)
+            assert np.isnan(f["target_joint_pos"]).all() == (kind == "cartesian")  # the server solved IK
             tel = ctl.telemetry.summary()
             if kind == "cartesian":
                 assert tel["ik_ahead"] + tel["ik_on_step"] == 0  # no IK in the controller at all
@@ -180,6 +181,6 @@ def test_auto_targets_follow_what_the_server_offers(shared_server, policies):
         ctl.connect()
         assert ctl.targets == "cartesian"
         res = ctl.run_episode(max_steps=4)
-        assert res.ok and "target_joint_pos" not in res.frames
+        assert res.ok and np.isnan(res.frames["target_joint_pos"]).all()
     finally:
         client.close()

@@ -306,17 +306,20 @@ def test_keep_alive_between_episodes_holds_off_the_heartbeat_watchdog(shared_ser
 
 def test_deploy_cartesian_targets_pinned_records_tcp_targets(shared_server, policies, tmp_path):
     """`deploy --targets cartesian --cpus N`: the real deploy process, pinned, sends TCP targets (the server's servo
-    solves IK); the recorded episode carries the TCP targets and no joint targets; a CPU it may not use is refused."""
+    solves IK); the recorded episode carries the TCP targets and NaN joint targets, and a joint-target run appends
+    to the same store (one schema); a CPU it may not use is refused."""
     cpu = str(min(os.sched_getaffinity(0)))
-    proc = deploy_proc(shared_server, policies["plus_x"], "--max-steps", "10", "--targets", "cartesian",
-                       "--cpus", cpu, "--record", str(tmp_path / "cart.zarr"))
-    out, _ = proc.communicate(timeout=90)
-    assert proc.returncode == 0, out
+    for kind in ("joint", "cartesian"):
+        proc = deploy_proc(shared_server, policies["plus_x"], "--max-steps", "10", "--targets", kind,
+                           "--cpus", cpu, "--record", str(tmp_path / "cart.zarr"))
+        out, _ = proc.communicate(timeout=90)
+        assert proc.returncode == 0, out
     from robotstack.data.store import EpisodeStore
 
     store = EpisodeStore.open(tmp_path / "cart.zarr")
-    ep = store.episode(0)
-    assert "target_joint_pos" not in ep and ep["target_tcp"].shape == (10, 4)
+    assert np.isfinite(store.episode(0)["target_joint_pos"]).all()
+    ep = store.episode(1)
+    assert np.isnan(ep["target_joint_pos"]).all() and ep["target_tcp"].shape == (10, 4)
     x = ep["target_tcp"][:, 0]
     assert x[-1] - x[0] > 0.05  # the +x policy's TCP targets advanced
     store.close()
