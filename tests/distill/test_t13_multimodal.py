@@ -122,13 +122,15 @@ def train_teacher(gen: torch.Generator):
     return teacher.eval().requires_grad_(False), float(loss.detach())
 
 
-def distill_ctm(teacher, gen: torch.Generator):
-    """Mirror of robotstack.train.distill.distill's ctm loop, fed fresh toy batches."""
+def distill_ctm(teacher, gen: torch.Generator, policy=None):
+    """Mirror of robotstack.train.distill.distill's ctm loop, fed fresh toy batches. `policy`: the student's
+    ConsistencyConfig (default: DistillConfig's); bench/bench_cm_param.py passes both parameterizations."""
     from policies.consistency import edm
+    from policies.consistency.config import ConsistencyConfig
     from policies.diffusion.model import ACTION_KEY
     from robotstack.train.distill import DistillConfig, TrainConfig, build_student, ctm_loss, update_target
 
-    cfg = DistillConfig(teacher="<in-memory teacher>",
+    cfg = DistillConfig(teacher="<in-memory teacher>", policy=policy or ConsistencyConfig(),
                         train=TrainConfig(steps=DISTILL_STEPS, batch_size=DISTILL_BATCH, lr=DISTILL_LR))
     t = cfg.train
     student = build_student(cfg, teacher)
