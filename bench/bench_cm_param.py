@@ -1,20 +1,21 @@
 """Consistency student parameterization (issue 10 item 5): "edm" vs "teacher_eps", side by side in one run.
 
     python bench/bench_cm_param.py [--parts t13,task] [--variants edm,teacher_eps,teacher_eps_s5]
-        [--teacher runs/cm/il_reach/checkpoints/latest] [--label reach] [--distill-steps 300] [--episodes 50]
+        [--teacher runs/cm/il_reach/checkpoints/latest] [--label reach] [--episodes 50]
+        [--distill-config configs/distill/demo_reach.yaml] [--distill-steps 300]
         [--work runs/cm] [--out cm_param]
 
 Parts (every variant sees the same seeds):
   t13   the toy of tests/distill/test_t13_multimodal.py (rti_consistency.md §4.2 T13): one DDPM teacher, then one
         CTM distillation per variant (the test's loop and settings); per-mode mass and mean error, MMD^2 to the
         teacher's Heun samples, for the one-step (CM-1) and chained (CM-3) student, at init and after distillation.
-  task  a trained diffusion checkpoint (--teacher): `distill` (configs/distill/demo_reach.yaml + the variant's
-        policy.* overrides, --distill-steps steps), then `evaluate` the teacher (its sampler, DDIM-10) and each
+  task  a trained diffusion checkpoint (--teacher): `distill` (--distill-config + the variant's policy.*
+        overrides, --distill-steps steps), then `evaluate` the teacher (its sampler, DDIM-10) and each
         student at CM-1 and CM-3 over the same --episodes evaluation seeds.
 Variants (policy.* overrides of DistillConfig): edm = CP's EDM-preconditioned student (the previous default);
 teacher_eps = read as the teacher's epsilon-model (= the teacher at init), sigma_max 80; teacher_eps_s5 = the
 same with sigma_max 5 (the one-step sample starts at sigma 5, where x0 = x - sigma eps amplifies an epsilon error
-5x instead of 80x; training covers the same range).
+5x instead of 80x; training covers the same range); teacher_eps_s2 likewise with sigma_max 2.
 Results are merged per part/label into bench/results/<out>.json.
 """
 
@@ -37,6 +38,7 @@ VARIANTS = {
     "edm": {"parameterization": "edm"},
     "teacher_eps": {"parameterization": "teacher_eps"},
     "teacher_eps_s5": {"parameterization": "teacher_eps", "sigma_max": 5.0},
+    "teacher_eps_s2": {"parameterization": "teacher_eps", "sigma_max": 2.0},
 }
 
 
@@ -99,7 +101,8 @@ def run_t13(variants: list[str]) -> dict:
 
 
 # ============================================================================================= task
-def run_task(variants: list[str], teacher: str, distill_steps: int, episodes: int, work: Path, label: str) -> dict:
+def run_task(variants: list[str], teacher: str, distill_config: str, distill_steps: int, episodes: int, work: Path,
+             label: str) -> dict:
     from robotstack.core.config import load_config
     from robotstack.eval.rollout import evaluate_checkpoint
     from robotstack.train.distill import DistillConfig, distill
@@ -112,7 +115,7 @@ def run_task(variants: list[str], teacher: str, distill_steps: int, episodes: in
     for name in variants:
         overrides = [f"teacher={teacher}", f"train.steps={distill_steps}", f"train.checkpoint_every={distill_steps}"]
         overrides += [f"policy.{k}={v}" for k, v in VARIANTS[name].items()]
-        cfg = load_config(DistillConfig, ROOT / "configs" / "distill" / "demo_reach.yaml", overrides)
+        cfg = load_config(DistillConfig, ROOT / distill_config, overrides)
         run_dir = work / f"student_{label}_{name}"
         t1 = time.perf_counter()
         _, summary = distill(cfg, run_dir, show_progress=False)
@@ -124,7 +127,8 @@ def run_task(variants: list[str], teacher: str, distill_steps: int, episodes: in
                                                          "distill_s": summary["wall_s"], "overrides": overrides}
             print(f"{label} {name} cm{steps}: {rows[f'{name}_cm{steps}']['success_rate']} "
                   f"({time.perf_counter() - t1:.0f}s)", flush=True)
-    return {"teacher": teacher, "episodes": episodes, "distill_steps": distill_steps, "rows": rows,
+    return {"teacher": teacher, "episodes": episodes, "distill_config": distill_config,
+            "distill_steps": distill_steps, "rows": rows,
             "wall_s": time.perf_counter() - t0}
 
 
@@ -134,6 +138,7 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--teacher", default="runs/cm/il_reach/checkpoints/latest")
     ap.add_argument("--label", default="reach")
+    ap.add_argument("--distill-config", default="configs/distill/demo_reach.yaml")
     ap.add_argument("--distill-steps", type=int, default=300)
     ap.add_argument("--episodes", type=int, default=50)
     ap.add_argument("--work", default="runs/cm")
@@ -160,7 +165,7 @@ def main() -> None:
     if "task" in parts:
         work = Path(args.work)
         work.mkdir(parents=True, exist_ok=True)
-        runs[args.label] = run_task(variants, args.teacher, args.distill_steps, args.episodes, work, args.label) | {
+        runs[args.label] = run_task(variants, args.teacher, args.distill_config, args.distill_steps, args.episodes, work, args.label) | {
             "machine": machine(), "command": sys.argv}
         write_results(args.out, doc)
         r = runs[args.label]["rows"]

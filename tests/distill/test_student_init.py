@@ -118,3 +118,35 @@ def test_ctm_loss_falls_from_the_teacher_initialized_student():
         update_target(target, student, 0.0)
         losses.append(float(loss.detach()))
     assert sum(losses[-4:]) < 0.7 * sum(losses[:4]), (losses[:4], losses[-4:])
+
+
+def test_teacher_eps_student_checkpoint_and_onnx_export(tmp_path):
+    """The option travels in the checkpoint's config and the exported graph is the torch student (cm1 and cm3)."""
+    import numpy as np
+
+    import sim
+    from policies.checkpoint import load_checkpoint, save_checkpoint
+    from robotstack.export.onnx_export import export_artifact
+    from robotstack.runtime.artifact import load_artifact
+
+    student, _ = tiny_student("ctm", parameterization="teacher_eps")
+    save_checkpoint(tmp_path / "ck", student, extra={"task": "reach"})
+    loaded = load_checkpoint(tmp_path / "ck")
+    assert loaded.config.consistency.parameterization == "teacher_eps"
+    env = sim.make("reach")
+    try:
+        spec = env.unwrapped.task_spec()
+    finally:
+        env.close()
+    rng = np.random.default_rng(0)
+    for sampler, n in (("cm1", 1), ("cm3", 3)):
+        m = export_artifact(tmp_path / "ck", sampler, tmp_path / sampler, latency_runs=5, parity_trials=2,
+                            task_spec=spec)
+        assert m["parity"]["ok"] and m["parity"]["max_abs_err"] <= 1e-4, m["parity"]
+        art = load_artifact(tmp_path / sampler)
+        h = {k: rng.uniform(-2, 2, shape).astype(np.float32) for k, (shape, _) in art.obs_spec.items()}
+        noise = rng.standard_normal((1, n, 8, 4)).astype(np.float32)
+        got = art.run_raw("policy", {**{k: v[None] for k, v in h.items()}, "noise": noise})
+        ref = loaded.predict_action({k: torch.from_numpy(v[None]) for k, v in h.items()}, steps=n,
+                                    noises=[torch.from_numpy(noise[:, i]) for i in range(n)])
+        np.testing.assert_allclose(got["chunk"], ref.chunk.numpy(), atol=1e-4, rtol=0)
