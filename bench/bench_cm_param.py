@@ -165,8 +165,9 @@ def main() -> None:
     if "task" in parts:
         work = Path(args.work)
         work.mkdir(parents=True, exist_ok=True)
-        runs[args.label] = run_task(variants, args.teacher, args.distill_config, args.distill_steps, args.episodes, work, args.label) | {
-            "machine": machine(), "command": sys.argv}
+        result = run_task(variants, args.teacher, args.distill_config, args.distill_steps, args.episodes, work,
+                          args.label)
+        runs[args.label] = result | {"machine": machine(), "command": sys.argv}
         write_results(args.out, doc)
         r = runs[args.label]["rows"]
         print_table(f"{args.label}: success over {args.episodes} episodes",

@@ -55,8 +55,8 @@ XFAIL_REASON = (
     "student mode masses 0.509/0.491 (pass); per-mode mean error 0.213/0.224 (> 0.05; teacher Heun 0.023/0.017); "
     "MMD^2(student, teacher) 2.35e-2 > bound 3*1.94e-4 + 1e-3 = 1.58e-3 (h=0.5). The 1-step student puts a "
     "fraction of its samples between the two modes. Not fixed by DistillConfig defaults + 3000 steps (mean error "
-    "~0.26, MMD 3.2e-2), dsm_weighting=uniform at batch 64 (~0.24, 3.7e-2) or dsm_weight=0 at batch 128 (~0.10, 5.7e-2). "
-    "policy.parameterization=teacher_eps (bench/bench_cm_param.py, bench/results/cm_param.json): 0.58-0.65, MMD "
+    "~0.26, MMD 3.2e-2), dsm_weighting=uniform at batch 64 (~0.24, 3.7e-2) or dsm_weight=0 at batch 128 (~0.10, "
+    "5.7e-2). policy.parameterization=teacher_eps (bench/bench_cm_param.py, bench/results/cm_param.json): 0.58-0.65, MMD "
     "9.3e-2 from sigma_max 80; 0.23-0.24, MMD 1.9e-2 with sigma_max 2.")
 
 
