@@ -88,6 +88,11 @@ def pseudo_huber(x: torch.Tensor, y: torch.Tensor, c: float | None = None) -> to
     return torch.sqrt((diff ** 2).sum(-1) + c * c) - c
 
 
+def nearest_timestep(sigma: torch.Tensor, log_sigmas: torch.Tensor) -> torch.Tensor:
+    """(B,) sigma -> (B,) long: the train step whose log sigma_t (log_sigmas (N,)) is nearest to log sigma."""
+    return (torch.log(sigma.to(log_sigmas.dtype))[:, None] - log_sigmas[None, :]).abs().argmin(dim=1)
+
+
 class EpsTeacher:
     """EDM denoiser D(x, sigma) from a DiffusionPolicy's epsilon-denoiser, for one fixed cond (B, Dc)."""
 
@@ -100,8 +105,7 @@ class EpsTeacher:
 
     def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
         """(B,) sigma -> (B,) long: the train step with the nearest log-sigma."""
-        d = (torch.log(sigma.to(torch.float64))[:, None] - self.log_sigmas[None, :]).abs()
-        return d.argmin(dim=1)
+        return nearest_timestep(sigma, self.log_sigmas)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if self.cond is None:

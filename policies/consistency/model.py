@@ -7,8 +7,25 @@ Modules and state-dict names mirror DiffusionPolicy (`normalizer`, `obs_encoder`
 student is warm-started by copying the teacher's tensors (`warm_start_from`). Everything is in normalized
 action space until `_unnormalize`.
 
-method "ctm":  g = c_skip(t) x + c_out(t) F(c_in(t) x, round(c_noise(t)), [cond | emb(c_noise(s))])
+method "ctm", parameterization "edm" (CP's student):
+               g = c_skip(t) x + c_out(t) F(c_in(t) x, round(c_noise(t)), [cond | emb(c_noise(s))])
                G(x, t, s) = (s/t) x + (1 - s/t) g            -> G(x, t, t) = x and G(x, sigma_min, s) = x
+     Warm-started from an epsilon-teacher this is an unrelated function at step 0: F's weights were trained on
+     time inputs 0..N-1 and epsilon outputs, here they get c_noise = 250 ln(sigma) (-980..1100) and are read
+     as an x0-residual.
+method "ctm", parameterization "teacher_eps" (issue 10 item 5): F is read as the teacher reads its epsilon-model,
+     in the variance-exploding view x = x0 + sigma z, i.e. x_vp = x / sqrt(1 + sigma^2):
+               t(sigma) = the teacher's training step whose sigma_t = sqrt((1 - abar_t) / abar_t) is nearest in log
+               g(x, sigma, s) = x - sigma ramp(sigma) F(x / sqrt(1 + sigma^2), t(sigma), [cond | emb(c_noise(s))])
+               ramp(sigma) = clamp((sigma - sigma_min) / (sigma_b - sigma_min), 0, 1), sigma_b = the smallest
+                             teacher sigma_t above sigma_min (0.025 = t 0 of cosine-100 with sigma_min 0.02)
+               G(x, t, s) = r x + (1 - r) g,  r = (s - sigma_min) / (t - sigma_min)  (r = 1 when s = t)
+     so with the teacher's weights (new s-columns zero) G(x, sigma, sigma_min) = g = the teacher's unclipped x0
+     prediction x0 = (x_vp - sqrt(1 - abar_t) eps) / sqrt(abar_t) at its own step, for every sigma >= sigma_b;
+     and G(x, sigma_min, s) = G(x, t, t) = x for any weights (boundary condition). sigma_max must not exceed
+     the teacher's largest sigma_t (2029 for cosine-100, 1.32 for linear-100): the one-step sample then starts
+     at a noise level the teacher was trained on. Cost: x0 = x - sigma F amplifies an error in F by sigma, where
+     EDM's c_out caps it at sigma_data (bench/results/cm_param.json measures both).
      sample:   x = G(z * sigma_max, sigma_max, sigma_min); chained: x <- G(x + sqrt(s_k^2 - smin^2) z_k, s_k, smin)
                at s_k = karras grid bins round(i N / n), i = 1..n-1 (CP uses bins 27, 54 of 80; its code
                feeds those numbers as raw sigmas - a quirk we do not copy).
@@ -23,6 +40,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
+
+from robotstack.core.errors import ConfigError
 
 from policies.common.layers import SinusoidalPosEmb
 from policies.common.normalizer import Normalizer
@@ -50,11 +69,33 @@ class ConsistencyPolicy(nn.Module):
         self.register_buffer("sigmas", edm.karras_sigmas(cc.bins, cc.sigma_min, cc.sigma_max, cc.rho).float(),
                              persistent=False)
         self._schedule: NoiseSchedule | None = None
+        if self.teacher_eps:
+            log_sig, sigma_b = self._teacher_sigma_range()
+            self.register_buffer("teacher_log_sigmas", log_sig, persistent=False)
+            self.sigma_b = sigma_b
 
     # ------------------------------------------------------------------ helpers
     @property
     def method(self) -> str:
         return self.config.consistency.method
+
+    @property
+    def teacher_eps(self) -> bool:
+        return self.method == "ctm" and self.config.consistency.parameterization == "teacher_eps"
+
+    def _teacher_sigma_range(self) -> tuple[torch.Tensor, float]:
+        """-> (log sigma_t (N,) of the teacher's training steps, sigma_b); checks sigma_min/max against them."""
+        cc = self.config.consistency
+        ac = self.schedule.alphas_cumprod.to(torch.float64)
+        sig = ((1 - ac) / ac).sqrt()
+        above = sig[sig > cc.sigma_min]
+        if not len(above) or cc.sigma_max > float(sig.max()):
+            raise ConfigError(
+                f"config consistency.sigma_min/sigma_max: ({cc.sigma_min}, {cc.sigma_max}) with parameterization "
+                f"teacher_eps must lie inside the teacher's noise levels sigma_t in [{float(sig.min()):.4g}, "
+                f"{float(sig.max()):.4g}] ({self.config.base.scheduler.beta_schedule}, "
+                f"{self.config.base.scheduler.num_train_timesteps} steps); lower sigma_max")
+        return sig.log().float(), float(above.min())
 
     @property
     def schedule(self) -> NoiseSchedule:
@@ -80,12 +121,26 @@ class ConsistencyPolicy(nn.Module):
         """G(x_t, t, s): x (B, T, Da), sigma_t / sigma_s (B,) -> (B, T, Da)."""
         cc = self.config.consistency
         st, ss = sigma_t.reshape(-1, 1, 1), sigma_s.reshape(-1, 1, 1)
-        t_in = edm.c_noise(sigma_t).round()
         ctx = torch.cat([cond, self.s_emb(edm.c_noise(sigma_s))], dim=-1)
+        if self.teacher_eps:
+            g = self.eps_denoise(x, sigma_t, ctx)
+            r = torch.where(st > ss, (ss - cc.sigma_min) / (st - cc.sigma_min).clamp(min=1e-12),
+                            torch.ones_like(st))
+            return r * x + (1.0 - r) * g
+        t_in = edm.c_noise(sigma_t).round()
         f = self.denoiser(edm.c_in(st, cc.sigma_data) * x, t_in, ctx)
         g = edm.c_skip(st, cc.sigma_min, cc.sigma_data) * x + edm.c_out(st, cc.sigma_min, cc.sigma_data) * f
         r = ss / st
         return r * x + (1.0 - r) * g
+
+    def eps_denoise(self, x: torch.Tensor, sigma: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        """teacher_eps g(x, sigma): x (B, T, Da) VE sample, sigma (B,), ctx (B, Dc + Ds) -> x0 estimate (B, T, Da)."""
+        smin = self.config.consistency.sigma_min
+        t = edm.nearest_timestep(sigma, self.teacher_log_sigmas)
+        s = sigma.reshape(-1, 1, 1)
+        eps = self.denoiser(x / (1.0 + s ** 2).sqrt(), t, ctx)
+        ramp = ((s - smin) / (self.sigma_b - smin)).clamp(0.0, 1.0)
+        return x - s * ramp * eps
 
     def rl100_jump(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """x0 = F(x_t, t, cond): x (B, T, Da), t (B,) long -> (B, T, Da)."""

@@ -22,6 +22,10 @@ Methods (rti_consistency.md §2, rl100.md §6):
   DSM weight: CP multiplies lambda = (sigma^2 + sd^2)/(sigma sd)^2 with an (elementwise, ~squared) loss; our
   d is ~ an L2 norm (not squared), so the matching weight is sqrt(lambda) (`dsm_weighting: sqrt_karras`).
   CP's student dropout (0.2) is not used: the MLP denoiser has no dropout layer.
+  With `policy.parameterization: teacher_eps` (the student reads its network as the teacher's epsilon, x0 =
+  x - sigma F; policies/consistency/model.py) d(loss)/dF grows with sigma (x80 at sigma 80) where EDM's c_out
+  caps it at sigma_d, so both terms are weighted by `eps_balance` = sigma_d / sqrt(sigma^2 + sigma_d^2) = EDM's
+  c_out(sigma) / sigma, which restores EDM's per-sigma gradient scale on F within a batch.
 Both: the student is warm-started from the teacher (encoder and normalizer copied and frozen; ctm's new
 s-embedding columns zero-initialized); only the student's denoiser trains.
 
@@ -186,6 +190,13 @@ def dsm_sigmas(cc: ConsistencyConfig, b: int, gen: torch.Generator) -> torch.Ten
     return torch.where(half, grid, logn).clamp(cc.sigma_min, cc.sigma_max).float()
 
 
+def eps_balance(sigma: torch.Tensor, cc: ConsistencyConfig) -> torch.Tensor:
+    """(B,) -> (B,) sigma_d / sqrt(sigma^2 + sigma_d^2) for parameterization teacher_eps, else ones (module doc)."""
+    if cc.parameterization != "teacher_eps":
+        return torch.ones_like(sigma)
+    return cc.sigma_data / (sigma ** 2 + cc.sigma_data ** 2).sqrt()
+
+
 def dsm_weight(sigma: torch.Tensor, cc: ConsistencyConfig, weighting: str) -> torch.Tensor:
     lam = edm.karras_weight(sigma, cc.sigma_data)
     return {"karras": lam, "sqrt_karras": lam.sqrt(), "uniform": torch.ones_like(lam)}[weighting]
@@ -208,12 +219,12 @@ def ctm_loss(student: ConsistencyPolicy, target: ConsistencyPolicy, teacher_d: e
         x_u = edm.heun_step(teacher_d, x_t, s_t, s_u)
         tgt = target.ctm_jump(target.ctm_jump(x_u, s_u, s_s, cond), s_s, s_min, cond)
     pred = target.ctm_jump(student.ctm_jump(x_t, s_t, s_s, cond), s_s, s_min, cond)  # grads via the inner jump
-    l_ctm = edm.pseudo_huber(pred, tgt).mean()
+    l_ctm = (eps_balance(s_t, cc) * edm.pseudo_huber(pred, tgt)).mean()
 
     sigma = dsm_sigmas(cc, b, gen)
     x_s = x0 + sigma.reshape(-1, 1, 1) * torch.randn(x0.shape, generator=gen)
     den = student.ctm_jump(x_s, sigma, s_min, cond)
-    l_dsm = (dsm_weight(sigma, cc, cfg.loss.dsm_weighting) * edm.pseudo_huber(den, x0)).mean()
+    l_dsm = (eps_balance(sigma, cc) * dsm_weight(sigma, cc, cfg.loss.dsm_weighting) * edm.pseudo_huber(den, x0)).mean()
     loss = cfg.loss.ctm_weight * l_ctm + cfg.loss.dsm_weight * l_dsm
     return loss, {"loss": float(loss.detach()), "loss_ctm": float(l_ctm.detach()), "loss_dsm": float(l_dsm.detach())}
 

@@ -17,15 +17,17 @@ def tiny_teacher(seed: int = 0):
     return policy.eval()
 
 
-def tiny_student(method: str = "ctm", seed: int = 0):
+def tiny_student(method: str = "ctm", seed: int = 0, parameterization: str = "edm", perturb: bool = True):
     from policies.consistency.config import ConsistencyConfig, ConsistencyPolicyConfig
     from policies.consistency.model import ConsistencyPolicy, warm_start_from
 
     teacher = tiny_teacher(seed)
     torch.manual_seed(seed + 1)
-    student = ConsistencyPolicy(ConsistencyPolicyConfig(base=teacher.config,
-                                                        consistency=ConsistencyConfig(method=method)))
+    cc = ConsistencyConfig(method=method, parameterization=parameterization)
+    student = ConsistencyPolicy(ConsistencyPolicyConfig(base=teacher.config, consistency=cc))
     warm_start_from(student, teacher)
+    if not perturb:  # the student exactly as distillation starts it
+        return student.eval(), teacher
     # perturb so the zero-initialized s-columns and copied weights are not a special case
     with torch.no_grad():
         for p in student.denoiser.parameters():
