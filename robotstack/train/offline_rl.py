@@ -37,6 +37,12 @@ Choices where the sources are silent or the IL checkpoint differs (rl100.md §13
 - Optimiser moments are kept across a revert (rl_math.apply_gate leaves them alone; not stated in the sources).
 - PPO clip eps is constant (the code decays it over the first 200 steps; the target of the decay is not given).
 - Joint CD: one student step per PPO update (rl100_same_noise_loss, train/distill.py) against the accepted teacher.
+- Encoder frozen (the code's fix_encoder offline, rl100.md §4.2, §4.4), so the paper's "encoder regularisers
+  (recon, VIB KL) divided by 10 in the RL stages" has nothing to act on here: no encoder loss is computed. (The
+  IL configs, RGB ones included, train with encoder.vib / encoder.recon off anyway.)
+- RGB observations: the chunk starts are encoded once, in passes bounded by image pixels
+  (policies/rl/features.py), and PPO, the critics, the ensemble and joint CD all read those cached features;
+  the camera frames are dropped after encoding (bench/results/rl100_rgb_short.json: one short RGB run on push).
 
 Run dir (train il's layout, train/common.py):
     RUN_DIR/config.json, metrics.csv (+ tb/), summary.json, gate.jsonl (one line per gate decision)
