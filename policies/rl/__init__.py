@@ -14,11 +14,13 @@ denoise_ppo
     sigma_table(schedule, K, eta, smin, smax) -> SigmaTable(timesteps, prev, sigma (K,), sigma_clipped (K,))
     executed_mask(T, Da, start, Ta) / policy_executed_mask(policy) -> (T, Da) bool
     deterministic_cond(policy, obs)           -> (B, Dc) VIB-mean features (with grad)
-    sample_chain(policy, obs, K, eta, mask)   -> DenoisingChain(chain (B,K+1,T,Da), log_probs (B,K), ..., action)
+    sample_chain(policy, obs | cond=, K, eta) -> DenoisingChain(chain (B,K+1,T,Da), log_probs (B,K), ..., action)
     chain_step_log_prob(..., k) / chain_log_probs(policy, cond, chain, ts, tps, mask) -> (B,) / (B, K)
     normalize_advantage(adv (B,)); broadcast_advantage(adv (B,), K, gamma_denoise=None) -> (B, K)
     clipped_surrogate(new (B,K), old (B,K), adv (B,K), eps) -> Surrogate(loss, ratio, clip_frac, approx_kl)
     ppo_update(policy, opt, chain, adv (B,), DenoisePPOConfig) -> stats
+features (RGB through the RL stages)
+    block_rows(policy_config) -> rows per encoder pass (bounded by image pixels); encode_blocks(policy, obs) -> (B, Dc)
 transition (AM-Q's model, rl100.md §4.3)
     EnsembleConfig; fit_ensemble(feat (N,Dc), action (N,Ta*Da), next_feat (N,Dc), cfg, gen) -> (TransitionEnsemble,
     FitReport); TransitionEnsemble.sample(feat, action, gen) -> next feat (one random elite per row); save / load

@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import functools
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,8 @@ def env_kwargs(policy_config, max_episode_steps: int | None = None, render: bool
 def make_vector_env(task: str, num_envs: int, kwargs: dict[str, Any]) -> gym.vector.VectorEnv:
     fns = [functools.partial(sim.make, task, **kwargs) for _ in range(num_envs)]
     mode = gym.vector.AutoresetMode.DISABLED
+    if kwargs.get("cameras"):  # spawned workers render headless: without MUJOCO_GL mujoco picks glfw and fails
+        os.environ.setdefault("MUJOCO_GL", "egl")
     if num_envs == 1:
         return gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)
     return gym.vector.AsyncVectorEnv(fns, context="spawn", autoreset_mode=mode)

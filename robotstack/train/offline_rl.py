@@ -37,6 +37,12 @@ Choices where the sources are silent or the IL checkpoint differs (rl100.md §13
 - Optimiser moments are kept across a revert (rl_math.apply_gate leaves them alone; not stated in the sources).
 - PPO clip eps is constant (the code decays it over the first 200 steps; the target of the decay is not given).
 - Joint CD: one student step per PPO update (rl100_same_noise_loss, train/distill.py) against the accepted teacher.
+- Encoder frozen (the code's fix_encoder offline, rl100.md §4.2, §4.4), so the paper's "encoder regularisers
+  (recon, VIB KL) divided by 10 in the RL stages" has nothing to act on here: no encoder loss is computed. (The
+  IL configs, RGB ones included, train with encoder.vib / encoder.recon off anyway.)
+- RGB observations: the chunk starts are encoded once, in passes bounded by image pixels
+  (policies/rl/features.py), and PPO, the critics, the ensemble and joint CD all read those cached features;
+  the camera frames are dropped after encoding (bench/results/rl100_rgb_short.json: one short RGB run on push).
 
 Run dir (train il's layout, train/common.py):
     RUN_DIR/config.json, metrics.csv (+ tb/), summary.json, gate.jsonl (one line per gate decision)
@@ -95,6 +101,7 @@ from policies.rl.critics import (DoubleQ, ValueNet, iql_q_loss, iql_value_loss, 
                                  soft_update, td_target)
 from policies.rl.denoise_ppo import (DenoisePPOConfig, normalize_advantage, ppo_update, rl100_scheduler,
                                      sample_chain)
+from policies.rl.features import block_rows, encode_blocks
 from policies.rl.transition import EnsembleConfig, TransitionEnsemble, fit_ensemble
 
 CANDIDATE_FILE = "candidate.safetensors"
@@ -293,9 +300,11 @@ def load_policy(cfg: OfflineRLConfig) -> DiffusionPolicy:
 # ============================================================================================= data
 @dataclass
 class ChunkData:
-    """Every chunk start of the stores, encoded once by the frozen encoder (all tensors have S rows)."""
+    """Every chunk start of the stores, encoded once by the frozen encoder (all tensors have S rows). The
+    observation arrays themselves (camera frames for an RGB policy) are not kept: PPO, the critics, the model
+    and joint CD all read `feat`."""
 
-    sampler: ChunkSampler  # the obs windows (PPO re-encodes them inside sample_chain)
+    n_episodes: int
     feat: torch.Tensor  # (S, Dc)
     next_feat: torch.Tensor  # (S, Dc) window ending at t + h'
     action: torch.Tensor  # (S, Ta*Da) executed chunk, normalised
@@ -310,13 +319,13 @@ def _store_keys(path: str) -> list[str]:
         return store.keys()
 
 
-def _obs_torch(obs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in obs.items()}
-
-
 @torch.no_grad()
-def load_chunks(cfg: OfflineRLConfig, policy: DiffusionPolicy, block: int = 2048) -> ChunkData:
+def load_chunks(cfg: OfflineRLConfig, policy: DiffusionPolicy, block: int | None = None) -> ChunkData:
+    """Encode every chunk start (and its successor window) once. `block` rows per encoder pass: None =
+    policies/rl/features.block_rows (2048 for state, ~100 for a 96x96 camera: the RGB activations of 2048 rows
+    took ~4 GB)."""
     c = policy.config
+    block = block_rows(c) if block is None else block
     obs_keys = list(c.obs_shapes)
     optional = [k for k in (K.TERMINATED, K.TRUNCATED) if all(k in _store_keys(p) for p in cfg.data.paths)]
     arrays, ends, _ = load_stores(cfg.data.paths, [*obs_keys, K.ACTION, K.REWARD, *optional])
@@ -329,8 +338,8 @@ def load_chunks(cfg: OfflineRLConfig, policy: DiffusionPolicy, block: int = 2048
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("feat", "next", "act", "r", "h", "d", "c")}
     for s in range(0, len(sampler.starts), block):
         b = sampler.batch(sampler.starts[s:s + block])
-        parts["feat"].append(policy.encode_obs(_obs_torch(b.obs), deterministic=True).cond)
-        parts["next"].append(policy.encode_obs(_obs_torch(b.next_obs), deterministic=True).cond)
+        parts["feat"].append(encode_blocks(policy, b.obs, block))
+        parts["next"].append(encode_blocks(policy, b.next_obs, block))
         act = policy.normalizer.normalize(ACTION_KEY, torch.from_numpy(b.actions).to(torch.float32))
         parts["act"].append(act.flatten(1))
         parts["r"].append(torch.from_numpy(b.reward_sum).float())
@@ -338,7 +347,8 @@ def load_chunks(cfg: OfflineRLConfig, policy: DiffusionPolicy, block: int = 2048
         parts["d"].append(torch.from_numpy(b.done).float())
         parts["c"].append(torch.from_numpy(b.complete))
     cat = {k: torch.cat(v) for k, v in parts.items()}
-    return ChunkData(sampler, cat["feat"], cat["next"], cat["act"], cat["r"], cat["h"], cat["d"], cat["c"])
+    return ChunkData(int(len(sampler.episode_ends)), cat["feat"], cat["next"], cat["act"], cat["r"], cat["h"],
+                     cat["d"], cat["c"])
 
 
 # ========================================================================================== critics
@@ -481,7 +491,7 @@ def run(cfg: OfflineRLConfig, run_dir: str | Path, resume: bool = False, show_pr
     bar = progress_bar(None, show_progress)
     interrupted, start, end = False, 0, t.steps if stop_at is None else min(t.steps, stop_at)
     summary: dict = {"run_dir": str(run_dir), "task": cfg.task, "policy": str(cfg.policy),
-                     "n_chunks": int(data.feat.shape[0]), "n_episodes": int(len(data.sampler.episode_ends))}
+                     "n_chunks": int(data.feat.shape[0]), "n_episodes": data.n_episodes}
     try:
         with bar, StopRequest() as stop:
             # ---- critics and the transition model: fitted once per run, reloaded on resume
@@ -543,16 +553,17 @@ def run(cfg: OfflineRLConfig, run_dir: str | Path, resume: bool = False, show_pr
                 logger.log(0, {"amq": amq0})
 
             task = bar.add_task("ppo (offline)", total=t.steps, completed=start, status="")
-            n = len(data.sampler.starts)
+            n = data.feat.shape[0]
             sums: dict[str, float] = {}
             n_sum = 0
             for step in range(start, end):
                 lr = t.lr_at(step)
                 set_lr(opt, lr)
-                rows = numpy_rng(t.seed, step).integers(0, n, t.batch_size)
-                obs = _obs_torch(data.sampler.batch(data.sampler.starts[rows]).obs)
-                chain = sample_chain(behaviour, obs, steps=cfg.ppo.ddim_steps, eta=1.0,
-                                     generator=torch_gen(t.seed, step, stream=1))
+                rows = torch.from_numpy(numpy_rng(t.seed, step).integers(0, n, t.batch_size))
+                # the cached frozen-encoder features of those starts (= encode_obs of their windows): an RGB
+                # policy does not re-run its CNN on every batch
+                chain = sample_chain(behaviour, None, steps=cfg.ppo.ddim_steps, eta=1.0,
+                                     generator=torch_gen(t.seed, step, stream=1), cond=data.feat[rows])
                 with torch.no_grad():
                     a_exec = chain.chain[:, -1][:, policy.executed_slice].flatten(1)
                     adv = normalize_advantage(q.min_q(chain.cond, a_exec) - v(chain.cond))

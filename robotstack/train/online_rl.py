@@ -19,7 +19,11 @@ Choices where the spec leaves room (rl100.md §13), recorded in the checkpoint's
 - Encoder frozen online (the official code unfreezes it with recon/VIB / 10). Frozen features make the stored
   `cond` the exact PPO input (the first ratio of every update is 1, asserted each update as ratio0_max_dev),
   keep the value's input fixed, and keep the student (which reads the teacher's encoder) consistent. The
-  encoder regularisers therefore do not enter here.
+  encoder regularisers therefore do not enter here (the paper's "regularisers / 10 in the RL stages" is moot
+  while the encoder is frozen; RGB runs included).
+- RGB observations: each decision encodes its camera window once (rollouts.py); the collection's
+  next-observation features are encoded in passes bounded by image pixels (policies/rl/features.py), and PPO
+  reads the stored features only. Env workers render headless (MUJOCO_GL defaults to egl when cameras are on).
 - The IL checkpoint's scheduler is converted for RL (rl.grid: rl100): the RL-100 DDIM grid 91..1 (leading spacing,
   steps_offset 1, last step to abar_0), eta 1, sigma in [0.01, sigma_max] with sigma_max from the paper (0.8
   single-action, 0.1 chunks) unless given. Training used all 100 timesteps, so only the inference grid changes;

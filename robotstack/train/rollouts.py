@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from policies.rl.denoise_ppo import sample_chain
+from policies.rl.features import encode_blocks
 
 
 @dataclass
@@ -211,8 +212,8 @@ class Collector:
                 for i in np.flatnonzero(reset):
                     slots[i].start_episode(_obs_at(obs, i, keys), seeds[i])
         decisions = [d for s in slots for d in s.closed]
-        next_cond = policy.encode_obs(_to_torch([d["next_obs"] for d in decisions], keys),
-                                      deterministic=True).cond.numpy()
+        # in bounded blocks: one pass over ~1000 decisions' camera windows would need GBs of activations
+        next_cond = encode_blocks(policy, {k: np.stack([d["next_obs"][k] for d in decisions]) for k in keys}).numpy()
         arr = lambda name, dtype=None: np.asarray([d[name] for d in decisions], dtype=dtype)  # noqa: E731
         return Rollout(np.stack(arr("chain")), arr("log_probs", np.float32), arr("cond", np.float32), next_cond,
                        arr("reward", np.float64), arr("n_steps", np.int64), arr("terminated", bool),

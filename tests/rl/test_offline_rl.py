@@ -199,8 +199,7 @@ def test_gate_step_rejects_a_worse_candidate_and_accepts_a_better_one(store, il_
     assert state.amq_behaviour == d["amq_new"] and state.n_accepted == 1
     assert [json.loads(ln)["accepted"] for ln in log.read_text().splitlines()] == [False, True]
     # the next PPO ratio is exactly 1: chains of the new pi_i scored by the candidate
-    obs = orl._obs_torch(data.sampler.batch(data.sampler.starts[:8]).obs)
-    chain = sample_chain(behaviour, obs, steps=4, generator=torch.Generator().manual_seed(1))
+    chain = sample_chain(behaviour, None, steps=4, generator=torch.Generator().manual_seed(1), cond=data.feat[:8])
     new = chain_log_probs(better, chain.cond, chain.chain, chain.timesteps, chain.prev_timesteps)
     assert torch.equal(new, chain.log_probs)
 

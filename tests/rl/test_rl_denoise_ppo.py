@@ -177,3 +177,17 @@ def test_ratio_is_one_with_a_trained_vib_encoder_only_with_deterministic_feature
     sampled = policy.encode_obs(obs).cond  # train mode -> reparameterised sample
     new = dp.chain_log_probs(policy, sampled, ch.chain, ch.timesteps, ch.prev_timesteps)
     assert not torch.allclose(new, ch.log_probs)
+
+
+def test_sample_chain_from_cached_features_equals_sampling_from_obs():
+    """The offline stage samples from its cached frozen-encoder features (cond=) instead of re-encoding the
+    observations (camera frames) each batch: same generator -> the same chain, log-probs and actions."""
+    policy = chunk_policy()
+    obs = random_obs(policy.config, 6, seed=3)
+    a = dp.sample_chain(policy, obs, steps=4, generator=torch.Generator().manual_seed(7))
+    cond = policy.encode_obs(obs, deterministic=True).cond
+    b = dp.sample_chain(policy, None, steps=4, generator=torch.Generator().manual_seed(7), cond=cond)
+    for name in ("chain", "log_probs", "timesteps", "prev_timesteps", "cond", "action", "chunk"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    with pytest.raises(ValueError, match="exactly one of obs and cond"):
+        dp.sample_chain(policy, obs, steps=4, cond=cond)
