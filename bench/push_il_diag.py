@@ -114,8 +114,8 @@ def run(checkpoint: str, episodes: int, seed: int, sampler: str = "ddim", steps:
                    show_progress=False)
     helper_env.close()
     eps = sorted(obs.done, key=lambda e: e["episode"])
-    return {"checkpoint": checkpoint, "seed": seed, "n_action_steps": policy.config.n_action_steps, "summary": summarize(eps), "eval_summary": res.summary(),
-            "episodes": eps}
+    return {"checkpoint": checkpoint, "seed": seed, "n_action_steps": policy.config.n_action_steps,
+            "summary": summarize(eps), "eval_summary": res.summary(), "episodes": eps}
 
 
 def main() -> None:
