@@ -38,3 +38,16 @@ def tiny_student(method: str = "ctm", seed: int = 0, parameterization: str = "ed
 def obs_batch(config, batch: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {k: torch.rand((batch, config.n_obs_steps, *s), generator=g) * 4 - 2 for k, s in config.obs_shapes.items()}
+
+
+def assert_boundary_condition(student, t=(0.5, 3.0, 40.0)) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """G(x, sigma_min, sigma_min) = x and G(x, t, t) = x for a ctm student; returns (x, t, cond) for more checks."""
+    cc = student.config.consistency
+    cond = student.encode_obs(obs_batch(student.config, len(t)))
+    x = torch.randn(len(t), 8, 4)
+    smin = torch.full((len(t),), cc.sigma_min)
+    t = torch.tensor(t)
+    with torch.no_grad():
+        torch.testing.assert_close(student.ctm_jump(x, smin, smin, cond), x, atol=1e-6, rtol=0)
+        torch.testing.assert_close(student.ctm_jump(x, t, t, cond), x, atol=1e-6, rtol=0)
+    return x, t, cond
