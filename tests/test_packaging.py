@@ -59,17 +59,11 @@ def _not_source(directory: str, names: list[str]) -> set[str]:
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory) -> Path:
-    sys.path.insert(0, str(ROOT / "tests" / "distill"))
-    from fast_policy_testing import tiny_teacher
+    import sim
+    from robotstack.export.tiny import export_tiny
 
-    from policies.checkpoint import save_checkpoint
-    from robotstack.export.onnx_export import export_artifact
-
-    root = tmp_path_factory.mktemp("pkg_art")
-    save_checkpoint(root / "teacher", tiny_teacher(), extra={"task": "push"})
-    export_artifact(root / "teacher", "ddim", root / "ddim", steps=3, latency_runs=3, parity_trials=1,
-                    control_rate_hz=10.0)
-    return root / "ddim"
+    # a real exporter artifact (manifest v2+ needs the task spec the exporter copies from the sim task)
+    return export_tiny(tmp_path_factory.mktemp("pkg_art") / "ddim", sim.make("push").unwrapped.task_spec())
 
 
 @pytest.mark.slow
