@@ -312,6 +312,7 @@ class PandaEnv(gym.Env):
         d, h = self.data, self.h
         quat = np.zeros(4)
         mujoco.mju_mat2Quat(quat, d.site_xmat[h.tcp_site])
+        quat = rot.canonical_tcp_quat(quat)  # one sign over the whole yaw range (the runtime's state_obs does the same)
         obj = np.empty(7 * len(self._obj_body))
         for i, b in enumerate(self._obj_body):
             obj[7 * i : 7 * i + 3] = d.xpos[b]

@@ -75,6 +75,19 @@ def mat_yaw(R: np.ndarray) -> float:
     return float(np.arctan2(R[1, 0], R[0, 0]))
 
 
+# the hand pointing down at yaw 0 (kinematics.down_rotation(0) = 180 deg about x), (w, x, y, z)
+TCP_QUAT_REF = np.array([0.0, 1.0, 0.0, 0.0])
+
+
+def canonical_tcp_quat(q) -> np.ndarray:
+    """The sign of q (q and -q are one rotation) nearest TCP_QUAT_REF: continuous for a down-pointing hand over
+    yaw in (-pi, pi). A plain matrix -> quaternion conversion (MuJoCo's mju_mat2Quat, ours) flips the sign at yaw
+    -pi/2, inside the action contract's +-1.6 rad, so a policy saw a 1.4 jump in ``robot_eef_quat`` for a 0.15 rad
+    turn. Within |yaw| < pi/2 it equals that conversion, so data recorded there is unchanged."""
+    q = np.asarray(q)
+    return -q if float(q @ TCP_QUAT_REF) < 0 else q
+
+
 def quat_xyzw_to_wxyz(q) -> np.ndarray:
     x, y, z, w = q
     return np.array([w, x, y, z], dtype=np.float64)

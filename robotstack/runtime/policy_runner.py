@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from robotstack.core import keys as K
+from robotstack.core.rotations import canonical_tcp_quat
 from robotstack.core.ee_action import EEActionSpec
 from robotstack.core.errors import ArtifactError, ConfigError
 from robotstack.core.manifest import MANIFEST, Manifest
@@ -110,6 +111,8 @@ def state_obs(state) -> dict[str, np.ndarray]:
         v = getattr(state, f, None)
         if v is not None:
             out[key] = np.asarray(v, dtype=np.float32)
+    if K.EEF_QUAT in out:  # the sign the sim's observation uses, whatever convention the arm server's driver has
+        out[K.EEF_QUAT] = canonical_tcp_quat(out[K.EEF_QUAT]).astype(np.float32)
     for cam, frame in (state.cameras or {}).items():
         out[K.image_key(cam)] = np.asarray(frame.image)
     return out
