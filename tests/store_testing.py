@@ -19,3 +19,14 @@ def record_store(path: Path, task: str = "reach", episodes: int = 4, noise: floa
         store.close()
         env.close()
     return path
+
+
+def train_tiny_il(config: dict, store: Path, obs_keys: list[str], run: Path) -> Path:
+    """Train the IL stage (robotstack.train.il) with ``config`` on ``store`` into ``run``; returns
+    RUN/checkpoints/latest (a real policy checkpoint for the stages that start from one)."""
+    from robotstack.core.config import from_dict
+    from robotstack.train.il import ILConfig, train
+
+    doc = {**config, "data": {"paths": [str(store)], "obs_keys": list(obs_keys)}}
+    train(from_dict(ILConfig, doc), run, show_progress=False)
+    return run / "checkpoints" / "latest"

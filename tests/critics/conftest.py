@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from store_testing import record_store
+from store_testing import record_store, train_tiny_il
 from tests.train.conftest import TINY
 
 
@@ -19,10 +19,5 @@ def reach_store(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def reach_policy(reach_store, tmp_path_factory) -> Path:
     """RUN/checkpoints/latest of a tiny 8-step IL run (To=2, T=8, Ta=4) on the reach store."""
-    from robotstack.core.config import from_dict
-    from robotstack.train.il import ILConfig, train
-
-    doc = {**TINY, "data": {"paths": [str(reach_store)], "obs_keys": ["robot_eef_pos", "robot_gripper", "goal"]}}
-    run = tmp_path_factory.mktemp("critic_policy") / "il_run"
-    train(from_dict(ILConfig, doc), run, show_progress=False)
-    return run / "checkpoints" / "latest"
+    return train_tiny_il(TINY, reach_store, ["robot_eef_pos", "robot_gripper", "goal"],
+                         tmp_path_factory.mktemp("critic_policy") / "il_run")

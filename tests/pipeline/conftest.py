@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from store_testing import train_tiny_il
 
 ROOT = Path(__file__).resolve().parents[2]
 OBS_KEYS = ["robot_eef_pos", "robot_gripper", "goal"]
@@ -67,14 +68,9 @@ def record_demos(path: Path, episodes: int, seed: int = 0, task: str = "reach") 
 @pytest.fixture(scope="module")
 def tiny_policy(tmp_path_factory) -> tuple[Path, Path]:
     """(demo store, RUN/checkpoints/latest) of an 8-step IL run on 3 reach demos: a real, untrained-ish policy."""
-    from robotstack.core.config import from_dict
-    from robotstack.train.il import ILConfig, train
-
     root = tmp_path_factory.mktemp("tiny_policy")
     store = record_demos(root / "demos.zarr", 3)
-    train(from_dict(ILConfig, {**TINY_IL, "data": {"paths": [str(store)], "obs_keys": OBS_KEYS}}), root / "il",
-          show_progress=False)
-    return store, root / "il" / "checkpoints" / "latest"
+    return store, train_tiny_il(TINY_IL, store, OBS_KEYS, root / "il")
 
 
 def tree_state(path: Path) -> dict[str, tuple[int, int]]:

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 import rl_testing  # noqa: F401  (one torch thread)
 from robotstack.core.errors import ConfigError
 from robotstack.train import offline_rl as orl
-from store_testing import record_store
+from store_testing import record_store, train_tiny_il
 
 OBS_KEYS = ["robot_eef_pos", "robot_gripper", "goal"]
 TINY_IL = {"task": "reach",
@@ -33,13 +33,7 @@ def store(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def il_ckpt(store, tmp_path_factory) -> Path:
-    from robotstack.core.config import from_dict
-    from robotstack.train.il import ILConfig, train
-
-    run = tmp_path_factory.mktemp("orl_il") / "il"
-    train(from_dict(ILConfig, {**TINY_IL, "data": {"paths": [str(store)], "obs_keys": OBS_KEYS}}), run,
-          show_progress=False)
-    return run / "checkpoints" / "latest"
+    return train_tiny_il(TINY_IL, store, OBS_KEYS, tmp_path_factory.mktemp("orl_il") / "il")
 
 
 def overrides(store, il_ckpt, *extra) -> list[str]:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import rl_testing  # noqa: F401  (one torch thread)
-from store_testing import record_store
+from store_testing import record_store, train_tiny_il
 
 from robotstack.core.config import from_dict
 from robotstack.core.errors import ConfigError
@@ -32,13 +32,9 @@ OBS_KEYS = ["robot_eef_pos", "robot_gripper", "goal"]
 
 @pytest.fixture(scope="module")
 def il_ckpt(tmp_path_factory) -> Path:
-    from robotstack.train.il import ILConfig, train
-
     root = tmp_path_factory.mktemp("online_rl")
     store = record_store(root / "reach.zarr", episodes=2)
-    doc = {**train_fixtures.TINY, "data": {"paths": [str(store)], "obs_keys": OBS_KEYS}}
-    train(from_dict(ILConfig, doc), root / "il", show_progress=False)
-    return root / "il" / "checkpoints" / "latest"
+    return train_tiny_il(train_fixtures.TINY, store, OBS_KEYS, root / "il")
 
 
 def tiny_cfg(ckpt: Path, **over) -> OnlineRLConfig:

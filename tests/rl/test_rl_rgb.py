@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import rl_testing  # noqa: F401  (one torch thread)
-from store_testing import record_store
+from store_testing import record_store, train_tiny_il
 
 from robotstack.train import offline_rl as orl
 
@@ -43,13 +43,7 @@ def rgb_store(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def rgb_il(rgb_store, tmp_path_factory) -> Path:
-    from robotstack.core.config import from_dict
-    from robotstack.train.il import ILConfig, train
-
-    run = tmp_path_factory.mktemp("rgb_il") / "il"
-    train(from_dict(ILConfig, {**TINY_RGB_IL, "data": {"paths": [str(rgb_store)], "obs_keys": OBS_KEYS}}), run,
-          show_progress=False)
-    return run / "checkpoints" / "latest"
+    return train_tiny_il(TINY_RGB_IL, rgb_store, OBS_KEYS, tmp_path_factory.mktemp("rgb_il") / "il")
 
 
 def orl_overrides(store, ckpt, *extra) -> list[str]:

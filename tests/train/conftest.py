@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from store_testing import record_store
+from store_testing import record_store, train_tiny_il
 
 TINY = {
     "task": "reach",
@@ -36,10 +36,5 @@ def tiny_config_file(tiny_store, tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_teacher(tiny_store, tmp_path_factory) -> Path:
     """RUN/checkpoints/latest of a tiny 8-step IL run on the recorded reach store (a real teacher checkpoint)."""
-    from robotstack.core.config import from_dict
-    from robotstack.train.il import ILConfig, train
-
-    doc = {**TINY, "data": {"paths": [str(tiny_store)], "obs_keys": ["robot_eef_pos", "robot_gripper", "goal"]}}
-    run = tmp_path_factory.mktemp("teacher") / "il_run"
-    train(from_dict(ILConfig, doc), run, show_progress=False)
-    return run / "checkpoints" / "latest"
+    return train_tiny_il(TINY, tiny_store, ["robot_eef_pos", "robot_gripper", "goal"],
+                         tmp_path_factory.mktemp("teacher") / "il_run")
