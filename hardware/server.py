@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import re
 import threading
 import time
@@ -45,7 +44,7 @@ from hardware.protocol.transport import ControlRequest, Endpoints, Received, Ser
 from hardware.servo import FUTURE, MODES, REJECT_REASONS, ServoConfig, ServoCore, ServoLoop, ServoTarget, TickRecord
 from robotstack.core.config import from_dict as read_config
 from robotstack.core.errors import ConfigError
-from robotstack.core.timing import parse_cpus
+from robotstack.core.timing import parse_cpus, usable_cpus
 
 log = logging.getLogger("robotstack.hardware.server")
 
@@ -125,12 +124,9 @@ class ArmServerConfig:
                 bad(key, ">= 0")
         if self.servo_cpus:
             try:
-                want = parse_cpus(self.servo_cpus)
+                usable_cpus(self.servo_cpus)
             except ValueError as e:
                 raise ConfigError(f"arm server config: servo_cpus: {e}") from None
-            allowed = os.sched_getaffinity(0)
-            if not want <= allowed:
-                bad("servo_cpus", f"CPUs this process may use ({sorted(allowed)}); {sorted(want - allowed)} are not")
 
 
 class ArmServer:

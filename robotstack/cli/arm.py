@@ -17,18 +17,13 @@ def cmd_serve_arm(args: argparse.Namespace) -> int:
     from hardware.server import ArmServer, ArmServerConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if args.cpus:  # refuse before any work (checked again by ArmServerConfig)
-        import os
-
-        from robotstack.core.timing import parse_cpus
+    if args.cpus:  # refuse before any work (ArmServerConfig checks it again)
+        from robotstack.core.timing import usable_cpus
 
         try:
-            want = parse_cpus(args.cpus)
+            usable_cpus(args.cpus)
         except ValueError as e:
             raise SystemExit(f"serve-arm: {e}") from None
-        if not want <= os.sched_getaffinity(0):
-            raise SystemExit(f"serve-arm: --cpus {args.cpus!r}: CPUs {sorted(want - os.sched_getaffinity(0))} are "
-                             f"not available (this process may use {sorted(os.sched_getaffinity(0))})")
     kwargs, scenes = {}, None
     if args.driver in ("pybullet", "mujoco"):
         import sim

@@ -81,17 +81,24 @@ def parse_cpus(spec: str) -> set[int]:
     return cpus
 
 
-def pin_cpus(spec: str) -> set[int]:
-    """Pin this process (and the threads it starts after this call: libzmq's I/O thread, onnxruntime's pool) to
-    the CPUs in ``spec``. Keeping the arm server's servo loop and the controller on different cores stops the
-    SCHED_FIFO servo thread from preempting the controller between state arrival and target send (measured in
-    bench_control.py --pin). Refuses CPUs this process may not use, naming them."""
+def usable_cpus(spec: str) -> set[int]:
+    """parse_cpus, and refuse CPUs this process may not use (ValueError naming them)."""
     import os
 
-    want = parse_cpus(spec)
-    allowed = os.sched_getaffinity(0)
+    want, allowed = parse_cpus(spec), os.sched_getaffinity(0)
     if not want <= allowed:
         raise ValueError(f"--cpus {spec!r}: CPUs {sorted(want - allowed)} are not available "
                          f"(this process may use {sorted(allowed)})")
+    return want
+
+
+def pin_cpus(spec: str) -> set[int]:
+    """Pin this process (and the threads it starts after this call: libzmq's I/O thread, onnxruntime's pool) to
+    the CPUs in ``spec`` (usable_cpus). Keeping the arm server's servo loop and the controller on different cores
+    stops the SCHED_FIFO servo thread from preempting the controller between state arrival and target send
+    (measured in bench_control.py --pin)."""
+    import os
+
+    want = usable_cpus(spec)
     os.sched_setaffinity(0, want)
     return want
