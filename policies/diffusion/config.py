@@ -141,6 +141,10 @@ class DiffusionPolicyConfig:
     action_norm: str = "minmax"  # minmax keeps actions in [-1, 1], which clip_sample assumes
     beta_kl: float = 1e-3  # RL-100: 1e-3 (yaml); divide by 10 in RL stages
     beta_recon: float = 0.5
+    # RTI "scale" mode (rti_consistency.md §1): >1 makes the action normalizer map the gripper (the last action
+    # dim) to env / gripper_factor instead of minmax, so its two modes sit 2/factor apart in model space and RTI's
+    # small-K' warm start can switch it (the paper retrains with factor 10). 1 = plain action_norm.
+    gripper_factor: float = 1.0
 
     def __post_init__(self) -> None:
         self.obs_shapes = {str(k): tuple(int(d) for d in v) for k, v in dict(self.obs_shapes).items()}
@@ -162,6 +166,8 @@ class DiffusionPolicyConfig:
         for name in ("obs_norm", "action_norm"):
             if getattr(self, name) not in ("minmax", "meanstd", "identity"):
                 raise ConfigError(f"config {name}: {getattr(self, name)!r} not in minmax|meanstd|identity")
+        if not self.gripper_factor >= 1.0:
+            raise ConfigError(f"config gripper_factor: {self.gripper_factor!r}, expected >= 1 (1 = off, RTI's 10)")
         if self.denoiser.kind == "unet":
             factor = 2 ** (len(self.denoiser.unet_down_dims) - 1)
             if self.horizon % factor:

@@ -15,7 +15,7 @@ RL interface (rl100.md §2; all tensors in normalized action space):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -49,6 +49,16 @@ class DenoisingTrajectory(NamedTuple):
     chunk: torch.Tensor  # (B, T, Da) env units
 
 
+def scale_action_dims(normalizer: Normalizer, dims: Sequence[int], factor: float) -> None:
+    """Make the action normalizer map each dim in dims to env_value / factor (RTI's scale mode, robomimic's
+    identity normalizer then / factor); the other dims keep their fitted stats."""
+    st = normalizer.stats[ACTION_KEY]
+    scale, offset = st.scale.detach().double().numpy().copy(), st.offset.detach().double().numpy().copy()
+    for d in dims:
+        scale[d], offset[d] = 1.0 / factor, 0.0
+    normalizer.set_stats(ACTION_KEY, scale=scale, offset=offset)
+
+
 class DiffusionPolicy(nn.Module):
     def __init__(self, config: DiffusionPolicyConfig):
         super().__init__()
@@ -76,6 +86,8 @@ class DiffusionPolicy(nn.Module):
     def fit_normalizer(self, data: Mapping[str, np.ndarray]) -> None:
         """Fit stats from arrays {"action": (N, Da), low-dim key: (N, D), ...}; every key must be present."""
         self.normalizer.fit_all(data)
+        if self.config.gripper_factor != 1.0:
+            scale_action_dims(self.normalizer, [self.config.action_dim - 1], self.config.gripper_factor)
 
     def check_obs(self, obs: Mapping[str, torch.Tensor]) -> int:
         """Fail early with the key and the expected shape; returns B."""

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from policies.diffusion.model import ACTION_KEY, ActionPrediction, DiffusionPolicy
+from policies.diffusion.model import ACTION_KEY, ActionPrediction, DiffusionPolicy, scale_action_dims
 from policies.diffusion.samplers import (STEP_SEMANTICS, check_steps, count_nfe, listed_prev, n_stochastic_steps,
                                          run_chain, sample_chunk)
 
@@ -102,12 +102,9 @@ def threshold_gripper(a: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
 def scale_gripper_normalizer(policy: DiffusionPolicy, dims: Sequence[int], factor: float) -> None:
     """Scale mode ("divide the dataset's gripper by factor before training"): after `fit_normalizer`, make the
     action normalizer map gripper dims to env_value / factor (robomimic's identity normalizer then /factor).
-    Call it before training; the stats are saved with the weights, so inference and export follow."""
-    st = policy.normalizer.stats[ACTION_KEY]
-    scale, offset = st.scale.detach().double().numpy().copy(), st.offset.detach().double().numpy().copy()
-    for d in dims:
-        scale[d], offset[d] = 1.0 / factor, 0.0
-    policy.normalizer.set_stats(ACTION_KEY, scale=scale, offset=offset)
+    Call it before training; the stats are saved with the weights, so inference and export follow. Training
+    does it itself with `policy.gripper_factor` (the IL config key)."""
+    scale_action_dims(policy.normalizer, dims, factor)
 
 
 def trained_gripper_factor(policy: DiffusionPolicy, dims: Sequence[int]) -> float | None:
