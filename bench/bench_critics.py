@@ -44,7 +44,7 @@ NAME = "bench_critics"
 
 def record_demos(task: str, path: Path, episodes: int, noise: float) -> dict:
     import sim
-    from robotstack.cli.record import open_or_create_store, record_scripted
+    from robotstack.data.recording import open_or_create_store, record_scripted
 
     env = sim.make(task)
     store = open_or_create_store(path, zarr_format=3)
@@ -63,7 +63,7 @@ def record_policy(checkpoint: Path, task: str, path: Path, episodes: int, seed: 
 
     import sim
     from policies.checkpoint import load_checkpoint
-    from robotstack.cli.record import open_or_create_store
+    from robotstack.data.recording import open_or_create_store
     from robotstack.data.recorder import EpisodeRecorder
 
     policy = load_checkpoint(checkpoint, weights="auto")

@@ -37,7 +37,7 @@ DEFAULT_TASKS = ["reach", "push", "pick_place", "push_t", "stack", "push_rgb", "
 def record_demos(task: str, cameras: tuple[str, ...], image_size: int, path: Path, demos: int, noise: float,
                  action_mode: str = "delta") -> dict:
     import sim
-    from robotstack.cli.record import open_or_create_store, record_scripted
+    from robotstack.data.recording import open_or_create_store, record_scripted
 
     env = sim.make(task, cameras=cameras, image_size=image_size, action_mode=action_mode)
     store = open_or_create_store(path, zarr_format=3)

@@ -71,7 +71,7 @@ def expert_success(task: str, noise: float, episodes: int, seed0: int = 1000) ->
 def record_fps(task: str, cameras: tuple[str, ...], episodes: int = 3) -> float:
     import sim
     from robotstack.data.store import EpisodeStore
-    from robotstack.cli.record import record_scripted
+    from robotstack.data.recording import record_scripted
 
     env = sim.make(task, cameras=cameras, image_size=96)
     expert = sim.make_expert(env, noise=0.0, seed=0)

@@ -8,7 +8,7 @@ from pathlib import Path
 def record_store(path: Path, task: str = "reach", episodes: int = 4, noise: float = 0.2,
                  cameras: tuple[str, ...] = (), image_size: int = 96) -> Path:
     import sim
-    from robotstack.cli.record import open_or_create_store, record_scripted
+    from robotstack.data.recording import open_or_create_store, record_scripted
 
     env = sim.make(task, cameras=cameras, image_size=image_size) if cameras else sim.make(task)
     store = open_or_create_store(path, zarr_format=3)

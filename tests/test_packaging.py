@@ -27,7 +27,7 @@ ROBOT_SIDE = textwrap.dedent("""
     import importlib.util, json, sys
     import numpy as np
     from robotstack.runtime.policy_runner import PolicyRunner
-    from robotstack.cli.record import open_or_create_store
+    from robotstack.data.recording import open_or_create_store
 
     art, store_path, extras_only = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
     runner = PolicyRunner(art)

@@ -22,7 +22,8 @@ def cmd_record(args: argparse.Namespace) -> int:
 
         return record_arm(args)
     import sim
-    from robotstack.cli.record import open_or_create_store, record_scripted, record_teleop
+    from robotstack.cli.record import record_teleop
+    from robotstack.data.recording import open_or_create_store, record_scripted
 
     env = sim.make(args.task, cameras=_cameras(args.cameras), image_size=args.image_size,
                    render_mode="rgb_array" if args.device != "scripted" else None, action_mode=args.action_mode)

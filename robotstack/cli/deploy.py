@@ -202,7 +202,7 @@ def deploy(args) -> int:
                      status_fn=None if args.quiet else _status_printer())
     store = None
     if args.record:
-        from robotstack.cli.record import open_or_create_store
+        from robotstack.data.recording import open_or_create_store
 
         store = open_or_create_store(args.record, zarr_format=3)
     keys_reader = None
@@ -265,7 +265,7 @@ def record_arm(args) -> int:
     from hardware.protocol import parse_bind
     from hardware.teleop import make_device
     from hardware.teleop.keyboard import HELP
-    from robotstack.cli.record import open_or_create_store
+    from robotstack.data.recording import open_or_create_store
     from robotstack.runtime.client import ArmClient
     from robotstack.runtime.controller import teleop_spec
 

@@ -1,7 +1,7 @@
 """The pipeline's plan and how each stage runs. Every stage's output is a run dir PIPELINE_DIR/<stage name>/ that
 ends with summary.json ({"interrupted": false, "wall_s": ..., ...}); a stage with such a summary is finished.
 
-    demos       demos/store.zarr            noisy scripted demos (robotstack.cli.record.record_scripted)
+    demos       demos/store.zarr            noisy scripted demos (robotstack.data.recording.record_scripted)
     il_m        il_m/ (train il run dir)    IL on D_m                              (Alg. 1 lines 2 and 13)
     offline_m   offline_m/                  offline RL on D_m from il_m: critics, gate, accepted policy
     collect_m   collect_m/store.zarr        rollouts of offline_m's accepted policy (source=policy, policy_id=offline_m)
@@ -287,7 +287,7 @@ def _env_kwargs(resolved: dict[str, Any]) -> dict[str, Any]:
 
 def _run_demos(stage: Stage, cfg: PipelineConfig, resolved: dict[str, Any], show_progress: bool) -> dict:
     import sim
-    from robotstack.cli.record import record_scripted
+    from robotstack.data.recording import record_scripted
     from robotstack.data.store import EpisodeStore
 
     d = cfg.demos

@@ -165,7 +165,7 @@ def test_env_absolute_mode_spec_latency_hold_and_metaworld_refusal():
 # --- store, training config, checkpoint task spec ------------------------------------------------------------------
 def _record(path, mode: str, episodes: int = 2):
     import sim
-    from robotstack.cli.record import open_or_create_store, record_scripted
+    from robotstack.data.recording import open_or_create_store, record_scripted
 
     env = sim.make("reach", action_mode=mode)
     store = open_or_create_store(path, zarr_format=3)

@@ -168,7 +168,7 @@ def test_critic_evaluate_cli_prints_estimate_and_mc(reach_policy, reach_store, t
 def _record_intervened(path: Path, episodes: int = 3) -> Path:
     """A reach store whose every step is flagged as a human intervention (expert = the 'human')."""
     import sim
-    from robotstack.cli.record import open_or_create_store
+    from robotstack.data.recording import open_or_create_store
     from robotstack.data.recorder import EpisodeRecorder
 
     env = sim.make("reach")

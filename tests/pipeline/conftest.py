@@ -51,7 +51,7 @@ def tiny_pipeline(tmp_path) -> Path:
 
 def record_demos(path: Path, episodes: int, seed: int = 0, task: str = "reach") -> Path:
     import sim
-    from robotstack.cli.record import record_scripted
+    from robotstack.data.recording import record_scripted
     from robotstack.data.store import EpisodeStore
 
     env = sim.make(task)

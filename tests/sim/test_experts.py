@@ -67,7 +67,7 @@ def test_expert_actions_are_a_function_of_what_the_policy_observes(name, env_fac
     """Regression (issue 10 #2): record clean episodes with the real recorder, then feed each stored frame, in
     shuffled order and restricted to the policy's obs keys, to a FRESH expert: it must give the recorded action.
     The old pick_place/stack expert (close for 6 steps, open for 4, phases in its head) fails this."""
-    from robotstack.cli.record import record_scripted
+    from robotstack.data.recording import record_scripted
     from robotstack.core import keys as K
     from robotstack.data.store import EpisodeStore
 
