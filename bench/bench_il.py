@@ -2,7 +2,8 @@
 (configs/il/<name>.yaml) and evaluate the EMA policy in sim.
 
     python bench/bench_il.py [--tasks reach,push,...] [--demos 50] [--noise 0.2] [--episodes 100]
-                             [--num-envs 2] [--action-mode delta|absolute] [--set train.steps=1000 ...]
+                             [--num-envs 2] [--action-mode delta|absolute] [--labels executed|clean]
+                             [--set train.steps=1000 ...]
 
 Reports per task: demo success, frames, training throughput (samples/s) and wall time of the config, success
 over `--episodes` evaluation episodes with its 95% Wilson interval and mean episode length. Results are merged
@@ -12,6 +13,9 @@ with each row. Nothing here is tuned to pass: the configs are the shipped defaul
 --action-mode (issue 10 item 3): the end-effector action mode the demos are recorded in and the policy is
 trained and evaluated in (core/ee_action.py); every row records it, and absolute-mode rows are stored under
 `<task>@absolute` so the delta rows (key `<task>`) are kept side by side.
+
+--labels clean: DART demos (robotstack/data/recording.py): the noisy expert drives, each frame is labelled with the
+clean expert's action in that state; rows `<task>@clean`.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ DEFAULT_TASKS = ["reach", "push", "pick_place", "push_t", "stack", "push_rgb", "
 
 
 def record_demos(task: str, cameras: tuple[str, ...], image_size: int, path: Path, demos: int, noise: float,
-                 action_mode: str = "delta") -> dict:
+                 action_mode: str = "delta", labels: str = "executed") -> dict:
     import sim
     from robotstack.data.recording import open_or_create_store, record_scripted
 
@@ -43,16 +47,17 @@ def record_demos(task: str, cameras: tuple[str, ...], image_size: int, path: Pat
     store = open_or_create_store(path, zarr_format=3)
     try:
         stats = record_scripted(env, sim.make_expert(env, noise=noise, seed=0), store, task, demos, seed=0,
-                                noise=noise, show_progress=False)
+                                noise=noise, show_progress=False, labels=labels)
     finally:
         store.close()
         env.close()
     return {"demo_success": stats.success_rate, "demo_frames": stats.frames, "record_s": stats.seconds}
 
 
-def row_key(name: str, action_mode: str) -> str:
-    """Results key: the task name for delta rows (as before the modes existed), `<task>@<mode>` otherwise."""
-    return name if action_mode == "delta" else f"{name}@{action_mode}"
+def row_key(name: str, action_mode: str, labels: str = "executed") -> str:
+    """Results key: the task name for delta rows with executed labels (as before the options existed), else
+    `<task>@absolute`, `<task>@clean`, `<task>@absolute@clean`."""
+    return name + ("" if action_mode == "delta" else f"@{action_mode}") + ("" if labels == "executed" else f"@{labels}")
 
 
 def run_task(name: str, args: argparse.Namespace, work: Path) -> dict:
@@ -64,11 +69,11 @@ def run_task(name: str, args: argparse.Namespace, work: Path) -> dict:
     base = resolve_config(str(config), list(args.set), None)
     cams = tuple(k[len(K.IMAGE_PREFIX):] for k in base.data.obs_keys if K.is_image_key(k))
     mode = args.action_mode
-    store = work / f"{row_key(name, mode)}_demos.zarr"
+    store = work / f"{row_key(name, mode, args.labels)}_demos.zarr"
     row: dict = {"task": name, "env": base.task, "config": str(config.relative_to(ROOT)), "overrides": list(args.set),
-                 "demos": args.demos, "noise": args.noise, "action_mode": mode}
+                 "demos": args.demos, "noise": args.noise, "action_mode": mode, "labels": args.labels}
     if not store.exists():
-        row |= record_demos(base.task, cams, 96, store, args.demos, args.noise, mode)
+        row |= record_demos(base.task, cams, 96, store, args.demos, args.noise, mode, args.labels)
     else:  # reused from an earlier run of this script: report what is in it
         from robotstack.data.store import EpisodeStore
 
@@ -77,7 +82,7 @@ def run_task(name: str, args: argparse.Namespace, work: Path) -> dict:
             row |= {"demo_success": sum(m.success for m in metas) / max(1, len(metas)), "demo_frames": s.n_frames}
     cfg = resolve_config(str(config), [f"data.paths=[{store}]", "eval.episodes=0", f"action_mode={mode}", *args.set],
                          None)
-    run_dir = work / f"{row_key(name, mode)}_run"
+    run_dir = work / f"{row_key(name, mode, args.labels)}_run"
     t0 = time.perf_counter()
     summary = train(cfg, run_dir, show_progress=not args.quiet)
     row |= {"train_steps": cfg.train.steps, "batch_size": cfg.train.batch_size, "train_wall_s": time.perf_counter() - t0,
@@ -101,6 +106,8 @@ def main() -> None:
     p.add_argument("--num-envs", type=int, default=2)
     p.add_argument("--action-mode", default="delta", choices=["delta", "absolute"],
                    help="end-effector action mode of demos, training and evaluation (rows keyed <task>@absolute)")
+    p.add_argument("--labels", default="executed", choices=["executed", "clean"],
+                   help="demo labels: executed (noisy) actions, or the expert's clean ones (DART; rows <task>@clean)")
     p.add_argument("--set", action="append", default=[], help="config override for every task, e.g. train.steps=500")
     p.add_argument("--work", default=str(ROOT / "runs" / "bench_il"), help="demo stores and run dirs (git-ignored)")
     p.add_argument("--workers", type=int, default=1,
@@ -115,7 +122,7 @@ def main() -> None:
     names = [t for t in args.tasks.split(",") if t]
 
     def keep(name: str, row: dict) -> None:
-        key = row_key(name, args.action_mode)
+        key = row_key(name, args.action_mode, args.labels)
         rows[key] = row | {"machine": machine(), "workers": args.workers}
         previous[key] = rows[key]
         write_results("bench_il", {"tasks": previous})  # after every task: a long run keeps what it measured

@@ -378,7 +378,9 @@ class NoisyExpert:
 
     The clean experts plan in delta units; with an absolute-mode ``action_spec`` the final (noisy) delta intent is
     emitted as the absolute target measured TCP + step (core/ee_action.py absolute_from_delta), so one expert and
-    one noise process drive both action modes."""
+    one noise process drive both action modes. After each `act`, `clean_action` is the action the clean expert
+    wanted in that state (same units, no noise, pause or detour): record it as the label to get DART demos
+    (noisy states, clean labels; record_scripted(labels="clean"))."""
 
     def __init__(self, expert, n_action: int, noise: float = 0.0, seed: int | None = None,
                  action_spec: ee.EEActionSpec | None = None):
@@ -394,12 +396,14 @@ class NoisyExpert:
 
     def reset(self) -> None:
         self.expert.reset()
+        self.clean_action: np.ndarray | None = None
         self.pause = 0
         self.detour = 0
         self.detour_dir = np.zeros(self.n_action - 1)
 
     def act(self, obs) -> np.ndarray:
         a = np.asarray(self.expert.act(obs), dtype=np.float64).copy()
+        self.clean_action = self._emit(a.copy(), obs)  # what the clean expert wants here (DART labels)
         if self.noise > 0:
             if self.pause == 0 and self.detour == 0:
                 u = self.rng.random()
@@ -417,6 +421,9 @@ class NoisyExpert:
                 self.detour -= 1
                 a[:-1] = 0.7 * self.detour_dir
             a[:-1] += self.rng.normal(0.0, 0.5 * self.noise, self.n_action - 1)
+        return self._emit(a, obs)
+
+    def _emit(self, a: np.ndarray, obs) -> np.ndarray:
         if self.absolute:
             a = ee.absolute_from_delta(self.action_spec, a, obs[keys.EEF_POS], quat_yaw(obs[keys.EEF_QUAT]))
         return np.clip(a, -1.0, 1.0).astype(np.float32)

@@ -325,6 +325,7 @@ class MetaWorldExpert:
     `noise` in [0, 1]: Gaussian noise with std `noise` (in normalized action units; 0.3 = 3 mm/step of mocap
     jitter) on all 4 dims, then clipped to [-1, 1]; plus random pauses (with probability 0.02 * noise per step
     the arm holds still for 1-5 steps, gripper command kept). `noise=0` is the deterministic expert.
+    After each `act`, `clean_action` is Meta-World's policy action before noise (DART labels, as NoisyExpert).
 
     `act(obs)` reads the env's raw 39-d Meta-World obs (`env.unwrapped.raw_obs`), so pass the env's latest
     observation; a raw (39,) array may be passed instead of the Dict.
@@ -346,17 +347,20 @@ class MetaWorldExpert:
         self.policy = ENV_POLICY_MAP[base.task_name]()
         self._rng = np.random.default_rng(seed)
         self._pause_left = 0
+        self.clean_action: np.ndarray | None = None
 
     def reset(self, seed: int | None = None) -> None:
         if seed is not None:
             self._rng = np.random.default_rng(seed)
         self._pause_left = 0
+        self.clean_action: np.ndarray | None = None
 
     def act(self, obs: Any = None) -> np.ndarray:
         raw = obs if isinstance(obs, np.ndarray) and obs.shape == (39,) else self.env.raw_obs
         with warnings.catch_warnings():  # metaworld.policies.move warns on saturated gains every step
             warnings.simplefilter("ignore", UserWarning)
             action = np.asarray(self.policy.get_action(raw), np.float64)
+        self.clean_action = np.clip(action, -1.0, 1.0).astype(np.float32)  # DART label (see NoisyExpert)
         if self.noise > 0.0:
             action = action + self._rng.normal(0.0, self.noise, size=action.shape)
             if self._pause_left == 0 and self._rng.random() < self.PAUSE_PROB_AT_1 * self.noise:

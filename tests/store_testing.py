@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 def record_store(path: Path, task: str = "reach", episodes: int = 4, noise: float = 0.2,
-                 cameras: tuple[str, ...] = (), image_size: int = 96) -> Path:
+                 cameras: tuple[str, ...] = (), image_size: int = 96, labels: str = "executed") -> Path:
     import sim
     from robotstack.data.recording import open_or_create_store, record_scripted
 
@@ -14,7 +14,7 @@ def record_store(path: Path, task: str = "reach", episodes: int = 4, noise: floa
     store = open_or_create_store(path, zarr_format=3)
     try:
         record_scripted(env, sim.make_expert(env, noise=noise, seed=0), store, task, episodes, seed=0, noise=noise,
-                        show_progress=False)
+                        show_progress=False, labels=labels)
     finally:
         store.close()
         env.close()

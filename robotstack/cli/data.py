@@ -12,6 +12,9 @@ def _cameras(text: str) -> tuple[str, ...]:
 
 
 def cmd_record(args: argparse.Namespace) -> int:
+    if args.labels == "clean" and args.device != "scripted":
+        raise SystemExit(f"robotstack record --labels clean: needs --device scripted (only a scripted expert knows "
+                         f"the clean action), got --device {args.device}")
     if getattr(args, "arm", ""):  # teleop through an arm server (robotstack/cli/deploy.py)
         if args.device == "scripted":
             raise SystemExit("robotstack record --arm: needs --device keyboard or spacemouse")
@@ -32,7 +35,7 @@ def cmd_record(args: argparse.Namespace) -> int:
         if args.device == "scripted":
             expert = sim.make_expert(env, noise=args.noise, seed=args.seed)
             stats = record_scripted(env, expert, store, args.task, args.episodes, args.seed, args.noise,
-                                    realtime=args.realtime, show_progress=not args.quiet)
+                                    realtime=args.realtime, show_progress=not args.quiet, labels=args.labels)
         else:
             from hardware.teleop import make_device
 
@@ -82,6 +85,9 @@ def add_verbs(sub) -> None:
     rec.add_argument("--out", required=True, help="episode store path (created, or appended to)")
     rec.add_argument("--zarr-format", type=int, default=3, choices=[2, 3])
     rec.add_argument("--noise", type=float, default=0.0, help="scripted expert suboptimality in [0, 1]")
+    rec.add_argument("--labels", default="executed", choices=["executed", "clean"],
+                     help="scripted: record the executed (noisy) action, or the expert's clean action in each state "
+                          "while the noisy one is executed (DART: noise widens the visited states, labels stay clean)")
     rec.add_argument("--seed", type=int, default=0, help="seed of the first episode (then seed+1, ...)")
     rec.add_argument("--cameras", default="", help="comma-separated cameras to record as RGB, e.g. front,wrist")
     rec.add_argument("--image-size", type=int, default=96)

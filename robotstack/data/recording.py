@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from robotstack.core.progress import progress_bar
 from robotstack.core.timing import RateKeeper
 from robotstack.data.recorder import EpisodeRecorder
@@ -41,8 +43,21 @@ def open_or_create_store(out: str | Path, zarr_format: int) -> EpisodeStore:
     return EpisodeStore.create(path, zarr_format=zarr_format)
 
 
+LABELS = ("executed", "clean")
+
+
 def record_scripted(env, expert, store: EpisodeStore, task: str, episodes: int, seed: int, noise: float,
-                    realtime: bool = False, show_progress: bool = True) -> RecordStats:
+                    realtime: bool = False, show_progress: bool = True, labels: str = "executed") -> RecordStats:
+    """Run `episodes` episodes (seeds seed, seed+1, ...) and append each to `store`.
+
+    labels: which action each frame records. "executed" (default): the action sent to the env, noise included -
+    what a person's teleop demo is. "clean": the env still executes the noisy action, but the frame's label is
+    the expert's noise-free action in that state (`expert.clean_action`), i.e. DART (Laskey et al. 2017): the
+    noise widens the states the demos visit (recoveries from off-nominal states), the labels say what to do
+    there instead of copying the noise. Only a scripted expert can give such labels.
+    """
+    if labels not in LABELS:
+        raise ValueError(f"record labels={labels!r}: expected one of {LABELS}")
     spec = env.unwrapped.task_spec()
     control_hz = spec["control_hz"]
     store.set_action_mode(spec.get("action_mode", "delta"))
@@ -58,13 +73,15 @@ def record_scripted(env, expert, store: EpisodeStore, task: str, episodes: int, 
             ep_seed = seed + ep
             obs, info = env.reset(seed=ep_seed)
             expert.reset()
-            recorder.begin(source="scripted", task=task, seed=ep_seed, policy_id=f"expert(noise={noise:g})")
+            recorder.begin(source="scripted", task=task, seed=ep_seed,
+                           policy_id=f"expert(noise={noise:g})" + (", labels=clean" if labels == "clean" else ""))
             rate = RateKeeper(control_hz) if realtime else None
             success = False
             while True:
                 action = expert.act(obs)
+                label = action if labels == "executed" else _clean_label(expert, action)
                 next_obs, reward, terminated, truncated, info = env.step(action)
-                recorder.add(obs, action, reward, terminated, truncated)
+                recorder.add(obs, label, reward, terminated, truncated)
                 success = success or bool(info.get("is_success", False))
                 obs = next_obs
                 if rate:
@@ -84,3 +101,14 @@ def record_scripted(env, expert, store: EpisodeStore, task: str, episodes: int, 
             progress.stop()
     stats.seconds = time.monotonic() - t0
     return stats
+
+
+def _clean_label(expert, action) -> np.ndarray:
+    clean = getattr(expert, "clean_action", None)
+    if clean is None:
+        raise ValueError(f"record labels='clean': the expert {type(expert).__name__} gives no clean_action after act(); "
+                         f"use labels='executed'")
+    clean = np.asarray(clean, dtype=np.float32)
+    if clean.shape != np.shape(action):
+        raise ValueError(f"record labels='clean': clean_action shape {clean.shape} != action shape {np.shape(action)}")
+    return clean

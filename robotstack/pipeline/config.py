@@ -36,6 +36,7 @@ class StageRef:
 class DemosSection:
     episodes: int = 50
     noise: float = 0.2  # the scripted expert's action noise: mixed-quality data on purpose
+    labels: str = "executed"  # executed (noisy) actions, or "clean": DART labels (data/recording.py)
     seed: int = 0  # episode i is recorded with seed + i
 
 
@@ -122,6 +123,8 @@ class PipelineConfig:
                 raise ConfigError(f"{name}: expected >= {lo}, got {value}")
         if not 0.0 <= self.demos.noise <= 1.0:
             raise ConfigError(f"demos.noise: expected in [0, 1], got {self.demos.noise}")
+        if self.demos.labels not in ("executed", "clean"):
+            raise ConfigError(f"demos.labels: expected 'executed' or 'clean', got {self.demos.labels!r}")
         c = self.critic
         if c.kind not in CRITIC_KINDS:
             raise ConfigError(f"critic.kind: {c.kind!r}, expected one of {list(CRITIC_KINDS)}")

@@ -299,7 +299,8 @@ def _run_demos(stage: Stage, cfg: PipelineConfig, resolved: dict[str, Any], show
         done = store.n_episodes  # a resumed stage records the rest (episode seeds continue where it stopped)
         if done < d.episodes:
             record_scripted(env, sim.make_expert(env, noise=d.noise, seed=d.seed + done), store, cfg.task,
-                            d.episodes - done, seed=d.seed + done, noise=d.noise, show_progress=show_progress)
+                            d.episodes - done, seed=d.seed + done, noise=d.noise, show_progress=show_progress,
+                            labels=d.labels)
     finally:
         env.close()
         store.close()
