@@ -1,15 +1,26 @@
 """Inference-speed benchmark: per-decision latency (batch 1, one thread) and closed-loop success of fast samplers
 over the *same* trained diffusion policy per task.
 
-Rows: DDPM-100, DDIM-10, DDIM-1 (Ta = 8 per decision), RTI K' = 2/3/5 (steps [K'..0], one action per decision,
-first call DDPM-100; pick_place uses the gripper clip mode), CM-1 torch, CM-1 onnxruntime, CM-3 torch (a
-CTM-distilled student, Ta = 8). Latency = wall time of one `act` call including obs normalization and encoding.
+Rows: DDPM-100, DDIM-10, DDIM-1 (Ta per decision), RTI K' = 2/3/5 (steps [K'..0], one action per decision,
+first call DDPM-100, gripper_mode "auto" on every task: what the exported RTI artifact does, resolved per policy
+by policies/diffusion/rti.py - "scale" for a policy trained with the gripper scaled, else "clip" factor 10; the
+old factor-1 clip froze the gripper by construction), CM-1 torch, CM-1 onnxruntime, CM-3 torch (a CTM-distilled
+student). Latency = wall time of one `act` call including obs normalization and encoding.
 
-Prerequisites (the policies are trained with the IL trainer, `robotstack train il`):
+Speed section (issue 10's target: CM-1 on onnxruntime >= 10x faster than DDIM-10 on onnxruntime and >= 100x
+faster than DDPM-100, same network, batch 1, one thread, side by side in one run): the teacher is exported as
+deterministic DDIM-10 and DDIM-100 artifacts (the unrolled 100-call chain is DDPM-100's cost on onnxruntime:
+same 100 denoiser calls, our exporter has no stochastic DDPM graph) next to the CM-1 student artifact (the same
+denoiser architecture, initialised from the teacher), and DDPM-100 in torch is timed too. The calls are
+interleaved round-robin (rotating order) on one fixed observation, so machine noise hits every row alike;
+ratios are of medians and of means.
+
+Prerequisites (the policies are trained with the IL trainer, `robotstack train il`), either
     robotstack record --task T --episodes 50 --noise 0.2 --out data/il/T.zarr
     robotstack train il --config configs/il/T.yaml --out runs/bench_inference/T eval.episodes=0
-Run:  .venv/bin/python bench/bench_inference.py [--tasks push,pick_place,push_t] [--episodes 100]
-Writes bench/results/bench_inference.json; students/artifacts are cached under runs/bench_inference/T/.
+or the run dirs of bench_il: `--runs runs/bench_il --run-name {task}_run`.
+Run:  .venv/bin/python bench/bench_inference.py [--tasks push,pick_place,push_t] [--episodes 100] [--speed-only]
+Writes bench/results/bench_inference*.json; students/artifacts are cached in each run dir.
 """
 
 from __future__ import annotations
@@ -54,13 +65,12 @@ def actors(task: str, run: Path, distill_steps: int, method: str, seed: int):
     manifest = export_artifact(student_dir, "cm1", art_dir, latency_runs=100,
                                task_spec=sim.make(task).unwrapped.task_spec())
     gen = torch.Generator().manual_seed(seed)
-    grip = "clip" if task == "pick_place" else "none"
 
     def chunked(sampler: str, k: int):
         return TorchActor(keys, to, lambda o: policy.predict_action(o, sampler=sampler, steps=k, generator=gen).action)
 
     def rti(k: int):
-        r = RTISampler(policy, RTIConfig(k_start=k, gripper_mode=grip, factor=1.0))
+        r = RTISampler(policy, RTIConfig(k_start=k, gripper_mode="auto"))
         return TorchActor(keys, to, lambda o: r(o, generator=gen).action, reset=r.reset), len(r.steps)
 
     out = [("DDIM-10", 10, chunked("ddim", 10)), ("DDIM-1", 1, chunked("ddim", 1))]
@@ -71,7 +81,57 @@ def actors(task: str, run: Path, distill_steps: int, method: str, seed: int):
     out.append(("CM-1 onnxruntime", 1, load_artifact(art_dir, seed=seed)))
     out.append(("CM-3 torch", 3, TorchActor(keys, to, lambda o: student.predict_action(o, steps=3, generator=gen).action)))
     out.append(("DDPM-100", 100, chunked("ddpm", 100)))  # last: by far the slowest row, partial runs keep the rest
-    return out, manifest
+    return out, manifest, (ckpt, art_dir)
+
+
+def speed(task: str, run: Path, teacher: Path, cm1_dir: Path, rounds: int, seed: int) -> dict:
+    """Side-by-side latency of one decision (batch 1, one thread): CM-1 / DDIM-10 / DDIM-100 on onnxruntime and
+    DDPM-100 in torch, calls interleaved round-robin on one real observation. -> {row: stats} + ratios."""
+    import sim
+    from policies.checkpoint import load_checkpoint
+    from robotstack.export.onnx_export import export_artifact
+    from robotstack.runtime.artifact import load_artifact
+
+    spec = sim.make(task).unwrapped.task_spec()
+    arts = {"CM-1 ort": load_artifact(cm1_dir, seed=seed, threads=1)}
+    for k in (10, 100):
+        out = run / f"artifact_ddim{k}"
+        if not (out / "manifest.json").is_file():
+            export_artifact(teacher, "ddim", out, steps=k, latency_runs=5, task_spec=spec)
+        arts[f"DDIM-{k} ort"] = load_artifact(out, seed=seed, threads=1)
+    policy = load_checkpoint(teacher, weights="ema")
+    c = policy.config
+    env = sim.make(task)
+    obs, _ = env.reset(seed=seed)
+    env.close()
+    hist = {k: np.repeat(np.asarray(obs[k])[None], c.n_obs_steps, axis=0) for k in c.obs_shapes}
+    thist = {k: torch.from_numpy(np.asarray(v, np.float32)[None]) for k, v in hist.items()}
+    gen = torch.Generator().manual_seed(seed)
+
+    def ddpm100():
+        with torch.no_grad():
+            policy.predict_action(thist, sampler="ddpm", steps=100, generator=gen)
+
+    calls = {name: (lambda a=a: a.act(hist)) for name, a in arts.items()} | {"DDPM-100 torch": ddpm100}
+    names = list(calls)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(5):  # warm-up: first onnxruntime runs allocate
+        for n in names:
+            calls[n]()
+    for r in range(rounds):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            t0 = time.perf_counter()
+            calls[n]()
+            times[n].append(time.perf_counter() - t0)
+    stats = {n: {"p50_ms": float(np.percentile(t, 50) * 1e3), "p99_ms": float(np.percentile(t, 99) * 1e3),
+                 "mean_ms": float(np.mean(t) * 1e3), "n": len(t)} for n, t in times.items()}
+    base = stats["CM-1 ort"]
+    ratios = {f"{n} / CM-1 ort": {"p50": stats[n]["p50_ms"] / base["p50_ms"],
+                                  "mean": stats[n]["mean_ms"] / base["mean_ms"]} for n in names if n != "CM-1 ort"}
+    return {"rows": stats, "ratios": ratios, "rounds": rounds,
+            "targets": {"DDIM-10 ort / CM-1 ort >= 10": ratios["DDIM-10 ort / CM-1 ort"]["p50"] >= 10,
+                        "DDPM-100 torch / CM-1 ort >= 100": ratios["DDPM-100 torch / CM-1 ort"]["p50"] >= 100,
+                        "DDIM-100 ort / CM-1 ort >= 100": ratios["DDIM-100 ort / CM-1 ort"]["p50"] >= 100}}
 
 
 def main() -> None:
@@ -79,6 +139,9 @@ def main() -> None:
     ap.add_argument("--tasks", default="push,pick_place,push_t")
     ap.add_argument("--episodes", type=int, default=100)
     ap.add_argument("--runs", default=str(ROOT / "runs" / "bench_inference"))
+    ap.add_argument("--run-name", default="{task}", help="run dir name under --runs, e.g. {task}_run for bench_il's")
+    ap.add_argument("--speed-rounds", type=int, default=200, help="interleaved calls per row in the speed section")
+    ap.add_argument("--speed-only", action="store_true", help="only the side-by-side speed section (no rollouts)")
     ap.add_argument("--distill-steps", type=int, default=1000)
     ap.add_argument("--method", default="ctm", choices=["ctm", "rl100"])
     ap.add_argument("--only", default="", help="comma-separated row names to run (default all)")
@@ -87,18 +150,26 @@ def main() -> None:
     torch.set_num_threads(1)
     from robotstack.eval.actor_rollout import rollout_actor
 
-    rows, payload = [], {"episodes": args.episodes, "distill_steps": args.distill_steps, "method": args.method,
+    rows, speed_rows, payload = [], [], {"episodes": args.episodes, "distill_steps": args.distill_steps, "method": args.method,
                          "threads": 1, "batch": 1, "results": {}}
     only = set(filter(None, args.only.split(",")))
     out_name = "bench_inference" if args.tasks == "push,pick_place,push_t" else "bench_inference_" + args.tasks.replace(",", "_")
     if only:  # a partial run gets its own file instead of overwriting the full one
         out_name += "_only_" + "_".join(sorted(only)).replace(" ", "").replace("'", "").replace("=", "")
+    if args.speed_only:
+        out_name += "_speed"
     for task in args.tasks.split(","):
-        run = Path(args.runs) / task
-        acts, manifest = actors(task, run, args.distill_steps, args.method, args.seed)
-        payload["results"][task] = {"export_manifest_latency": manifest["latency"], "rows": {}}
+        run = Path(args.runs) / args.run_name.format(task=task)
+        acts, manifest, (teacher, cm1_dir) = actors(task, run, args.distill_steps, args.method, args.seed)
+        sp = speed(task, run, teacher, cm1_dir, args.speed_rounds, args.seed)
+        payload["results"][task] = {"export_manifest_latency": manifest["latency"], "speed": sp, "rows": {},
+                                    "run": str(run)}
+        for name, st in sp["rows"].items():
+            ratio = sp["ratios"].get(f"{name} / CM-1 ort", {"p50": 1.0})["p50"]
+            speed_rows.append([task, name, st["p50_ms"], st["p99_ms"], st["mean_ms"], ratio])
+        write_results(out_name, payload)
         for name, nfe, actor in acts:
-            if only and name not in only:
+            if args.speed_only or (only and name not in only):
                 continue
             t0 = time.perf_counter()
             res = rollout_actor(actor, task, args.episodes, show_progress=False, description=f"{task} {name}")
@@ -110,6 +181,9 @@ def main() -> None:
                   f"{s['decision_p99_ms']:.3f} ms success {s['success_rate']:.2f} ({time.perf_counter() - t0:.0f} s)",
                   flush=True)
             write_results(out_name, payload)
+    payload["speed_table"] = print_table(
+        "bench_inference speed: one decision, batch 1, 1 thread, interleaved (x = p50 / CM-1 ort p50)",
+        ["task", "row", "p50 ms", "p99 ms", "mean ms", "x CM-1 ort"], speed_rows)
     text = print_table("bench_inference: per-decision latency (batch 1, 1 thread) and success",
                        ["task", "sampler", "NFE", "p50 ms", "p99 ms", "success", "95% CI", "episodes", "mean len"],
                        rows)
