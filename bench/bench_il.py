@@ -54,10 +54,12 @@ def record_demos(task: str, cameras: tuple[str, ...], image_size: int, path: Pat
     return {"demo_success": stats.success_rate, "demo_frames": stats.frames, "record_s": stats.seconds}
 
 
-def row_key(name: str, action_mode: str, labels: str = "executed") -> str:
+def row_key(name: str, action_mode: str, labels: str = "executed", tag: str = "") -> str:
     """Results key: the task name for delta rows with executed labels (as before the options existed), else
-    `<task>@absolute`, `<task>@clean`, `<task>@absolute@clean`."""
-    return name + ("" if action_mode == "delta" else f"@{action_mode}") + ("" if labels == "executed" else f"@{labels}")
+    `<task>@absolute`, `<task>@clean`, `<task>@absolute@clean`; `--tag T` appends `@T` (a variant run with
+    `--set` overrides kept beside the default row)."""
+    return (name + ("" if action_mode == "delta" else f"@{action_mode}") + ("" if labels == "executed" else f"@{labels}")
+            + (f"@{tag}" if tag else ""))
 
 
 def run_task(name: str, args: argparse.Namespace, work: Path) -> dict:
@@ -69,7 +71,7 @@ def run_task(name: str, args: argparse.Namespace, work: Path) -> dict:
     base = resolve_config(str(config), list(args.set), None)
     cams = tuple(k[len(K.IMAGE_PREFIX):] for k in base.data.obs_keys if K.is_image_key(k))
     mode = args.action_mode
-    store = work / f"{row_key(name, mode, args.labels)}_demos.zarr"
+    store = work / f"{row_key(name, mode, args.labels, args.tag)}_demos.zarr"
     row: dict = {"task": name, "env": base.task, "config": str(config.relative_to(ROOT)), "overrides": list(args.set),
                  "demos": args.demos, "noise": args.noise, "action_mode": mode, "labels": args.labels}
     if not store.exists():
@@ -82,7 +84,7 @@ def run_task(name: str, args: argparse.Namespace, work: Path) -> dict:
             row |= {"demo_success": sum(m.success for m in metas) / max(1, len(metas)), "demo_frames": s.n_frames}
     cfg = resolve_config(str(config), [f"data.paths=[{store}]", "eval.episodes=0", f"action_mode={mode}", *args.set],
                          None)
-    run_dir = work / f"{row_key(name, mode, args.labels)}_run"
+    run_dir = work / f"{row_key(name, mode, args.labels, args.tag)}_run"
     t0 = time.perf_counter()
     summary = train(cfg, run_dir, show_progress=not args.quiet)
     row |= {"train_steps": cfg.train.steps, "batch_size": cfg.train.batch_size, "train_wall_s": time.perf_counter() - t0,
@@ -108,6 +110,7 @@ def main() -> None:
                    help="end-effector action mode of demos, training and evaluation (rows keyed <task>@absolute)")
     p.add_argument("--labels", default="executed", choices=["executed", "clean"],
                    help="demo labels: executed (noisy) actions, or the expert's clean ones (DART; rows <task>@clean)")
+    p.add_argument("--tag", default="", help="row key suffix @TAG for a variant (e.g. with --set overrides)")
     p.add_argument("--set", action="append", default=[], help="config override for every task, e.g. train.steps=500")
     p.add_argument("--work", default=str(ROOT / "runs" / "bench_il"), help="demo stores and run dirs (git-ignored)")
     p.add_argument("--workers", type=int, default=1,
@@ -117,13 +120,14 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "bench_il.json"
-    previous = json.loads(path.read_text()).get("tasks", {}) if path.exists() else {}
     rows = {}
     names = [t for t in args.tasks.split(",") if t]
 
     def keep(name: str, row: dict) -> None:
-        key = row_key(name, args.action_mode, args.labels)
+        key = row_key(name, args.action_mode, args.labels, args.tag)
         rows[key] = row | {"machine": machine(), "workers": args.workers}
+        # re-read before every write: runs side by side (other tasks, --labels, --tag) keep each other's rows
+        previous = json.loads(path.read_text()).get("tasks", {}) if path.exists() else {}
         previous[key] = rows[key]
         write_results("bench_il", {"tasks": previous})  # after every task: a long run keeps what it measured
 

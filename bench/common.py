@@ -50,5 +50,7 @@ def _fmt(v) -> str:
 def write_results(name: str, payload: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({"machine": machine(), **payload}, indent=2, default=str))
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"machine": machine(), **payload}, indent=2, default=str))
+    tmp.replace(path)  # atomic: a benchmark running beside this one never reads a half-written file
     return path
