@@ -142,6 +142,7 @@ def main() -> None:
     ap.add_argument("--run-name", default="{task}", help="run dir name under --runs, e.g. {task}_run for bench_il's")
     ap.add_argument("--speed-rounds", type=int, default=200, help="interleaved calls per row in the speed section")
     ap.add_argument("--speed-only", action="store_true", help="only the side-by-side speed section (no rollouts)")
+    ap.add_argument("--out-name", default="", help="results file name under bench/results (default from the args)")
     ap.add_argument("--distill-steps", type=int, default=1000)
     ap.add_argument("--method", default="ctm", choices=["ctm", "rl100"])
     ap.add_argument("--only", default="", help="comma-separated row names to run (default all)")
@@ -158,6 +159,7 @@ def main() -> None:
         out_name += "_only_" + "_".join(sorted(only)).replace(" ", "").replace("'", "").replace("=", "")
     if args.speed_only:
         out_name += "_speed"
+    out_name = args.out_name or out_name
     for task in args.tasks.split(","):
         run = Path(args.runs) / args.run_name.format(task=task)
         acts, manifest, (teacher, cm1_dir) = actors(task, run, args.distill_steps, args.method, args.seed)
