@@ -142,6 +142,7 @@ def main() -> None:
     ap.add_argument("--run-name", default="{task}", help="run dir name under --runs, e.g. {task}_run for bench_il's")
     ap.add_argument("--speed-rounds", type=int, default=200, help="interleaved calls per row in the speed section")
     ap.add_argument("--speed-only", action="store_true", help="only the side-by-side speed section (no rollouts)")
+    ap.add_argument("--tag", default="", help="results key <task>@TAG: a variant policy (e.g. a bench_il --tag run)")
     ap.add_argument("--out-name", default="", help="results file name under bench/results (default from the args)")
     ap.add_argument("--distill-steps", type=int, default=1000)
     ap.add_argument("--method", default="ctm", choices=["ctm", "rl100"])
@@ -164,11 +165,12 @@ def main() -> None:
         run = Path(args.runs) / args.run_name.format(task=task)
         acts, manifest, (teacher, cm1_dir) = actors(task, run, args.distill_steps, args.method, args.seed)
         sp = speed(task, run, teacher, cm1_dir, args.speed_rounds, args.seed)
-        payload["results"][task] = {"export_manifest_latency": manifest["latency"], "speed": sp, "rows": {},
-                                    "run": str(run)}
+        key = f"{task}@{args.tag}" if args.tag else task
+        payload["results"][key] = {"export_manifest_latency": manifest["latency"], "speed": sp, "rows": {},
+                                   "run": str(run)}
         for name, st in sp["rows"].items():
             ratio = sp["ratios"].get(f"{name} / CM-1 ort", {"p50": 1.0})["p50"]
-            speed_rows.append([task, name, st["p50_ms"], st["p99_ms"], st["mean_ms"], ratio])
+            speed_rows.append([key, name, st["p50_ms"], st["p99_ms"], st["mean_ms"], ratio])
         write_results(out_name, payload)
         for name, nfe, actor in acts:
             if args.speed_only or (only and name not in only):
@@ -176,9 +178,9 @@ def main() -> None:
             t0 = time.perf_counter()
             res = rollout_actor(actor, task, args.episodes, show_progress=False, description=f"{task} {name}")
             s = res.summary()
-            rows.append([task, name, nfe, s["decision_p50_ms"], s["decision_p99_ms"], s["success_rate"],
+            rows.append([key, name, nfe, s["decision_p50_ms"], s["decision_p99_ms"], s["success_rate"],
                          f"[{s['ci95_low']:.2f},{s['ci95_high']:.2f}]", s["episodes"], s["mean_length"]])
-            payload["results"][task]["rows"][name] = s | {"nfe": nfe}
+            payload["results"][key]["rows"][name] = s | {"nfe": nfe}
             print(f"{task:10s} {name:18s} nfe {nfe:3d} p50 {s['decision_p50_ms']:.3f} ms p99 "
                   f"{s['decision_p99_ms']:.3f} ms success {s['success_rate']:.2f} ({time.perf_counter() - t0:.0f} s)",
                   flush=True)

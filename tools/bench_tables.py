@@ -71,26 +71,44 @@ ROW_ORDER = ["DDPM-100", "DDIM-10", "DDIM-1", "RTI K'=2", "RTI K'=3", "RTI K'=5"
 
 
 def inference_table() -> str:
-    """Rows of one task may come from several runs (bench_inference_<task>.json and partial `--only` runs)."""
+    """Rows of one task (or task@variant) may come from several runs (bench_inference_<...>.json, `--only` runs);
+    the speed-only files hold no rollout rows."""
     parts = []
-    files = sorted(RESULTS.glob("bench_inference_*.json"))
-    for task in ("push", "pick_place", "push_t"):
-        found: dict = {}
-        for f in files:
-            found |= json.loads(f.read_text()).get("results", {}).get(task, {}).get("rows", {})
-        if not found:
-            continue
+    files = sorted(RESULTS.glob("bench_inference*.json"))
+    found: dict[str, dict] = {}
+    for f in files:
+        for key, res in json.loads(f.read_text()).get("results", {}).items():
+            found.setdefault(key, {}).update(res.get("rows", {}))
+    for key in sorted(k for k in found if found[k]):
         rows = []
-        for name in sorted(found, key=lambda n: ROW_ORDER.index(n) if n in ROW_ORDER else 99):
-            r = found[name]
+        for name in sorted(found[key], key=lambda n: ROW_ORDER.index(n) if n in ROW_ORDER else 99):
+            r = found[key][name]
             rows.append([name, r["nfe"], f"{r['decision_p50_ms']:.3f}", f"{r['decision_p99_ms']:.3f}",
                          f"{pct(r['success_rate'])} [{pct(r['ci95_low'])}, {pct(r['ci95_high'])}]",
                          r["episodes"]])
-        parts.append(f"**{task}**\n\n" + table(["sampler", "NFE", "p50 ms", "p99 ms", "success (95% CI)",
-                                                  "episodes"], rows))
+        parts.append(f"**{key}**\n\n" + table(["sampler", "NFE", "p50 ms", "p99 ms", "success (95% CI)",
+                                                 "episodes"], rows))
     return "\n\n".join(parts) or "(bench_inference not run)"
 
 
+def speed_table() -> str:
+    """The side-by-side speed sections (bench_inference's interleaved CM-1 / DDIM-10 / DDIM-100 / DDPM-100 calls)."""
+    rows = []
+    for f in sorted(RESULTS.glob("bench_inference*.json")):
+        d = json.loads(f.read_text())
+        for key, res in d.get("results", {}).items():
+            sp = res.get("speed")
+            if not sp:
+                continue
+            for name, st in sp["rows"].items():
+                ratio = sp["ratios"].get(f"{name} / CM-1 ort", {"p50": 1.0, "mean": 1.0})
+                rows.append([key, name, f"{st['p50_ms']:.2f}", f"{st['p99_ms']:.2f}", f"{st['mean_ms']:.2f}",
+                             f"{ratio['p50']:.1f}x", f"{ratio['mean']:.1f}x", _measured(d)])
+    return table(["task", "row", "p50 ms", "p99 ms", "mean ms", "p50 / CM-1 ort p50", "mean / CM-1 ort mean",
+                  "measured (commit, date)"], rows) if rows else "(no speed section measured)"
+
+
 if __name__ == "__main__":
-    for title, fn in (("bench_sim", sim_table), ("bench_il", il_table), ("bench_inference", inference_table)):
+    for title, fn in (("bench_sim", sim_table), ("bench_il", il_table), ("bench_inference", inference_table),
+                      ("bench_inference speed", speed_table)):
         print(f"### {title}\n\n{fn()}\n")
