@@ -26,6 +26,7 @@ Writes bench/results/bench_inference*.json; students/artifacts are cached in eac
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -163,8 +164,9 @@ def main() -> None:
     out_name = args.out_name or out_name
     for task in args.tasks.split(","):
         run = Path(args.runs) / args.run_name.format(task=task)
-        acts, manifest, (teacher, cm1_dir) = actors(task, run, args.distill_steps, args.method, args.seed)
-        sp = speed(task, run, teacher, cm1_dir, args.speed_rounds, args.seed)
+        env_task = json.loads((run / "config.json").read_text())["task"]  # e.g. config mw_push -> mw:push-v3
+        acts, manifest, (teacher, cm1_dir) = actors(env_task, run, args.distill_steps, args.method, args.seed)
+        sp = speed(env_task, run, teacher, cm1_dir, args.speed_rounds, args.seed)
         key = f"{task}@{args.tag}" if args.tag else task
         payload["results"][key] = {"export_manifest_latency": manifest["latency"], "speed": sp, "rows": {},
                                    "run": str(run)}
@@ -176,7 +178,7 @@ def main() -> None:
             if args.speed_only or (only and name not in only):
                 continue
             t0 = time.perf_counter()
-            res = rollout_actor(actor, task, args.episodes, show_progress=False, description=f"{task} {name}")
+            res = rollout_actor(actor, env_task, args.episodes, show_progress=False, description=f"{task} {name}")
             s = res.summary()
             rows.append([key, name, nfe, s["decision_p50_ms"], s["decision_p99_ms"], s["success_rate"],
                          f"[{s['ci95_low']:.2f},{s['ci95_high']:.2f}]", s["episodes"], s["mean_length"]])
