@@ -33,6 +33,7 @@ def il_view(cfg: ILConfig) -> dict:
     assert doc.pop("action_mode") == "delta"  # added after the snapshot (issue 10 item 3); delta = as before
     assert doc["data"].pop("episodes") == "all"  # added after the snapshot: every episode, as before
     assert doc["policy"].pop("kind") == "diffusion"  # every shipped config trains the diffusion policy
+    assert doc["policy"].pop("gripper_factor") == 1.0  # added after the snapshot (RTI scale mode); 1 = off
     return doc
 
 
