@@ -60,13 +60,12 @@ def policy_obs_keys(name: str) -> list[str]:
     return yaml.safe_load(path.read_text())["data"]["obs_keys"]
 
 
-@pytest.mark.parametrize("name", ["reach", "push", "pick_place", "stack", pytest.param("push_t", marks=pytest.mark.xfail(
-    strict=True, reason="push_t's planar planner keeps a phase, a contact and a random contact choice (see "
-                        "PlanarPushExpert); not memoryless yet"))])
+@pytest.mark.parametrize("name", ["reach", "push", "pick_place", "stack", "push_t"])
 def test_expert_actions_are_a_function_of_what_the_policy_observes(name, env_factory, tmp_path):
     """Regression (issue 10 #2): record clean episodes with the real recorder, then feed each stored frame, in
     shuffled order and restricted to the policy's obs keys, to a FRESH expert: it must give the recorded action.
-    The old pick_place/stack expert (close for 6 steps, open for 4, phases in its head) fails this."""
+    The old pick_place/stack expert (close for 6 steps, open for 4, phases in its head) fails this, and so does the
+    old push_t planner (phase, chosen contact, plan, random choice among near-tied contacts)."""
     from robotstack.data.recording import record_scripted
     from robotstack.core import keys as K
     from robotstack.data.store import EpisodeStore
