@@ -50,6 +50,16 @@ def test_clean_expert_success_rate_100_seeds(name, env_factory):
     assert rate >= 0.95, rate
 
 
+@pytest.mark.slow
+def test_push_t_expert_at_demo_noise_100_seeds(env_factory):
+    """bench_il records push_t demos at noise 0.2: the memoryless expert must still solve it under that noise
+    (measured 100%; the bar leaves room for the noise's pauses and detours)."""
+    env = env_factory("push_t")
+    expert = sim.make_expert(env, noise=0.2, seed=0)
+    rate = np.mean([run_episode(env, expert, seed) for seed in range(100)])
+    assert rate >= 0.9, rate
+
+
 def policy_obs_keys(name: str) -> list[str]:
     """The observation keys the task's IL policy is trained on (configs/il/<task>.yaml)."""
     from pathlib import Path
