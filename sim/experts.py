@@ -171,7 +171,7 @@ def _candidates(rects, spacing: float = 0.01) -> list[tuple[np.ndarray, np.ndarr
 
 
 class PlanarPushExpert:
-    """push_t: push object `obj` to goal (x, y[, yaw]) with the closed finger pair; memoryless (see module docstring).
+    """push_t: push the object to goal (x, y[, yaw]) with the closed finger pair; memoryless (see module docstring).
 
     Every action is a function of the current observation alone: the contact is re-chosen each step, and what to do
     is read off where the TCP is relative to that contact (like LinePushExpert). The choice is stable frame to frame
@@ -264,7 +264,7 @@ class PlanarPushExpert:
         dpsi = self._hand_yaw(tw[i], tcp_yaw) - tcp_yaw
         dyaw = float(np.clip(0.8 * dpsi / env.max_step_yaw, -1, 1))
         in_corridor = dist[i] < self.CORRIDOR and -0.012 < gap[i] < APPROACH_GAP + 0.012
-        if in_corridor and tcp[2] < Z_PUSH + 0.012:  # push: closed loop on the contact point, which moves with the object
+        if in_corridor and tcp[2] < Z_PUSH + 0.012:  # push: closed loop on the contact point (it moves with the T)
             d = -nw[i] * np.cos(ang) + tw[i] * np.sin(ang)
             speed = step * float(np.clip(np.linalg.norm(D) / 0.06, 0.25, 0.6))
             v = d * speed - tw[i] * lateral[i] * 0.5
