@@ -5,16 +5,17 @@ a recorded or a remote env the same way. `make_panda_expert(env, noise, seed)` w
 `NoisyExpert`: noise in [0, 1] sets Gaussian action noise (std 0.5 * noise on the motion dims), random pauses
 and short random detours; noise = 0 gives the clean expert exactly.
 
-reach, push (`LinePushExpert`), pick_place and stack (`PickPlaceExpert`) are memoryless: each action is a function
-of the current observation restricted to the policy's obs keys (tests/sim/test_experts.py replays recorded frames
-through a fresh expert). push_t still uses a planar planner with hidden state (phase, contact, plan, random
-contact choice): making it memoryless means a new contact rule that is stable frame to frame without a plan,
-which was not done in issue 10's time box. Its planner scores candidate contacts on the object's outline by how well
-the quasi-static motion they would cause (force along the push direction, torque about the centre of mass through
-the object's radius of gyration) matches the motion still needed (position error and, for the T, yaw error),
-lifts the closed fingers over to the best contact, pushes with the finger pair held flush to that edge, and
-re-plans when the contact is lost or stops helping. Near-ties between contacts are broken at random, so two
-demonstrations from the same state can go around different sides of the block (multimodal data).
+reach, push (`LinePushExpert`), pick_place, stack (`PickPlaceExpert`) and push_t (`PlanarPushExpert`) are memoryless:
+each action is a function of the current observation restricted to the policy's obs keys (tests/sim/test_experts.py
+replays recorded frames through a fresh expert). push_t's expert scores candidate contacts on the object's outline by
+how well the quasi-static motion they would cause (force along the push direction, torque about the centre of mass
+through the object's radius of gyration) matches the motion still needed (position error and, for the T, yaw
+error), and re-chooses the contact every step, deterministically: the contact being pushed keeps a score bonus, and
+near-ties go to the contact nearest the TCP, so the choice is stable frame to frame through the observed TCP, not
+through memory. The TCP's place relative to that contact says what to do: push (finger pair flush to the edge,
+closed loop on the contact point), descend at the approach point, lift, or travel at a safe height. (The former
+planner kept a phase, the chosen contact and a random choice among near-ties in its head; a policy seeing To = 2
+frames cannot recover those, and push_t imitation scored 1-3%.)
 """
 
 from __future__ import annotations
@@ -170,152 +171,110 @@ def _candidates(rects, spacing: float = 0.01) -> list[tuple[np.ndarray, np.ndarr
 
 
 class PlanarPushExpert:
-    """Push object `obj` to goal (x, y[, yaw]) with the closed finger pair (see module docstring)."""
+    """push_t: push the object to goal (x, y[, yaw]) with the closed finger pair; memoryless (see module docstring).
+
+    Every action is a function of the current observation alone: the contact is re-chosen each step, and what to do
+    is read off where the TCP is relative to that contact (like LinePushExpert). The choice is stable frame to frame
+    without a plan because it is hysteretic through the observed TCP: a contact the pusher is engaged with (TCP low,
+    in that contact's push corridor) gets a score bonus, and among contacts scoring within TIE_MARGIN of the best the
+    one whose corridor is nearest the TCP wins.
+    """
 
     PUSH_ANGLES = (-0.35, 0.0, 0.35)  # push direction relative to the inward normal (inside the friction cone)
-    TIE_MARGIN = 0.08  # contacts this close to the best score count as equally good (random choice among them)
+    TIE_MARGIN = 0.08  # contacts this close to the best score count as equally good (nearest to the TCP wins)
+    STICK = 0.3  # score bonus of the contact being pushed: switch only when another is clearly better
+    MIN_SCORE = 0.25  # a push that helps less than this is abandoned (no bonus)
+    CORRIDOR = 0.012  # lateral half width of a contact's push corridor (TCP xy within it = engaged)
 
-    def __init__(self, env: PandaEnv, polys, use_yaw_goal: bool, length_scale: float = 0.1, seed=None):
+    def __init__(self, env: PandaEnv, polys, use_yaw_goal: bool, length_scale: float = 0.1):
         self.env = env
         rects = _rects_from_polys(polys)
-        self.cands = _candidates(rects)
-        self.P, self.N, self.T = (np.array([c[k] for c in self.cands]) for k in range(3))
+        self.P, self.N, self.T = (np.array([c[k] for c in _candidates(rects)]) for k in range(3))
         pts = np.concatenate([np.stack(np.meshgrid(np.linspace(x0, x1, 20), np.linspace(y0, y1, 20)), -1)
                               .reshape(-1, 2) for x0, y0, x1, y1 in rects])
         areas = np.repeat([(x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in rects], 400)
         self.c2 = float(np.sum(areas * (pts**2).sum(1)) / areas.sum())  # radius of gyration^2
         self.use_yaw_goal = use_yaw_goal
         self.L = length_scale  # metres per radian when comparing rotation with translation
-        self.rng = np.random.default_rng(seed)
-        self.reset()
 
     def reset(self) -> None:
-        self.phase = "plan"
-        self.contact = None
-        self.seg_steps = 0
-        self.psi_plan = None
-
-    # object-frame contact -> world
-    def _world(self, pose, p, n, t):
-        x, y, yaw = pose
-        c, s = np.cos(yaw), np.sin(yaw)
-        R = np.array([[c, -s], [s, c]])
-        return np.array([x, y]) + R @ p, R @ n, R @ t
+        pass
 
     def _desired(self, pose, goal) -> np.ndarray:
         e_yaw = wrap_angle(goal[2] - pose[2]) if self.use_yaw_goal else 0.0
         return np.array([goal[0] - pose[0], goal[1] - pose[1], self.L * e_yaw])
 
-    def _scores(self, pose, D, idx=None, angles=PUSH_ANGLES) -> np.ndarray:
+    def _scores(self, R, D) -> np.ndarray:
         """Cosine between the object twist each (candidate, angle) push would cause and the desired twist D.
 
         Quasi-static model: force d at lever r gives twist ~ (d, (r x d) / c2); rotation scaled by L (m/rad).
-        Returns (n_candidates, n_angles).
+        R: the object's 2-D rotation. Returns (n_candidates, n_angles).
         """
-        c, s = np.cos(pose[2]), np.sin(pose[2])
-        R = np.array([[c, -s], [s, c]])
-        P, N, T = (self.P, self.N, self.T) if idx is None else (self.P[idx], self.N[idx], self.T[idx])
-        r, n, t = P @ R.T, N @ R.T, T @ R.T
-        ang = np.asarray(angles)[None, :, None]
+        r, n, t = self.P @ R.T, self.N @ R.T, self.T @ R.T
+        ang = np.asarray(self.PUSH_ANGLES)[None, :, None]
         d = -n[:, None, :] * np.cos(ang) + t[:, None, :] * np.sin(ang)  # (n, a, 2)
         torque = r[:, None, 0] * d[..., 1] - r[:, None, 1] * d[..., 0]
         V = np.concatenate([d, (self.L * torque / self.c2)[..., None]], axis=-1)
         return (V @ D) / (np.linalg.norm(V, axis=-1) * np.linalg.norm(D) + 1e-9)
 
-    def _plan(self, pose, D) -> None:
-        scores = self._scores(pose, D)
-        c, s = np.cos(pose[2]), np.sin(pose[2])
-        R = np.array([[c, -s], [s, c]])
-        app = pose[:2] + (self.P + self.N * (PUSHER_HALF_T + APPROACH_GAP)) @ R.T
-        reachable = (app[:, 0] > 0.28) & (app[:, 0] < 0.78) & (np.abs(app[:, 1]) < 0.38)
-        scores[~reachable] = -np.inf  # approach point outside the workspace
-        # Multimodality: group the good contacts (score within TIE_MARGIN of the best) by edge direction and by
-        # which side of the centre of mass they sit on, pick a group at random, then its best contact. Two runs
-        # from the same state may push from different sides of the block.
-        good = np.argwhere(scores > scores.max() - self.TIE_MARGIN)
-        groups: dict = {}
-        for i, j in good:
-            side = int(np.sign(self.P[i] @ self.T[i] + 1e-9))
-            key = (tuple(np.round(self.N[i]).astype(int)), side)
-            if key not in groups or scores[i, j] > scores[groups[key]]:
-                groups[key] = (i, j)
-        keys_ = sorted(groups)
-        i, j = groups[keys_[self.rng.integers(len(keys_))]]
-        self.contact = (int(i), float(self.PUSH_ANGLES[j]))
-        self.seg_steps = 0
-        self.psi_plan = None
+    def _hand_yaw(self, tw, tcp_yaw: float) -> float:
+        """Hand yaw with the finger pair flush to an edge of world tangent tw: the equivalent (the pair is symmetric
+        under pi) nearest the current hand yaw, clipped to the yaw limit; flipped by pi only when clipping would
+        leave it more than 0.4 rad off (hysteresis through the observed hand yaw, so it does not flip mid-push)."""
+        psi = float(np.arctan2(tw[0], -tw[1]))
+        want = tcp_yaw + (psi - tcp_yaw + np.pi / 2) % np.pi - np.pi / 2
+        lim = YAW_LIMIT - 0.05
+        if abs(want) > lim + 0.4:
+            want -= np.sign(want) * np.pi
+        return float(np.clip(want, -lim, lim))
 
     def act(self, obs) -> np.ndarray:
         env, step = self.env, self.env.max_step_pos
         tcp = np.asarray(obs[keys.EEF_POS], float)
-        o = obs[keys.OBJECT_STATE]
+        o = np.asarray(obs[keys.OBJECT_STATE], float)
         pose = np.array([o[0], o[1], quat_yaw(o[3:7])])
-        goal = np.asarray(obs[keys.GOAL], float)
-        goal = np.array([goal[0], goal[1], goal[2] if self.use_yaw_goal else 0.0])
-        D = self._desired(pose, goal)
+        g = np.asarray(obs[keys.GOAL], float)
+        D = self._desired(pose, np.array([g[0], g[1], g[2] if self.use_yaw_goal else 0.0]))
         tcp_yaw = quat_yaw(obs[keys.EEF_QUAT])  # equals the yaw of kinematics.down_rotation
 
-        if self.phase == "plan" or self.contact is None:
-            self._plan(pose, D)
-            self.phase = "lift"
-        i, ang = self.contact
-        pw, nw, tw = self._world(pose, *self.cands[i])
-        # finger pair flush with the edge: hand y (= (sin psi, -cos psi)) parallel to the edge tangent. The
-        # absolute hand yaw is chosen once per contact (nearest equivalent within the yaw limit) and then follows
-        # the object's rotation, so it never flips between the two equivalent solutions mid-push.
-        if self.psi_plan is None:
-            psi = np.arctan2(tw[0], -tw[1])
-            dpsi = (psi - tcp_yaw + np.pi / 2) % np.pi - np.pi / 2  # the closed finger pair is symmetric under pi
-            want = tcp_yaw + dpsi
-            if abs(want) > YAW_LIMIT - 0.1:
-                want -= np.sign(want) * np.pi
-            self.psi_plan, self.obj_yaw_plan = want, pose[2]
-        want = self.psi_plan + wrap_angle(pose[2] - self.obj_yaw_plan)
-        want = float(np.clip(want, -YAW_LIMIT, YAW_LIMIT))
-        dpsi = want - tcp_yaw
-        dyaw = np.clip(0.8 * dpsi / env.max_step_yaw, -1, 1)
-        if not env.task.use_yaw:
-            dyaw, dpsi = 0.0, 0.0  # no yaw action (push): the finger pair meets the edge at whatever angle
-        # pusher extent along the edge normal for the current hand yaw
+        # every candidate contact in the world, with the pusher's extent along its normal at the current hand yaw
+        c, s = np.cos(pose[2]), np.sin(pose[2])
+        R = np.array([[c, -s], [s, c]])
+        pw, nw, tw = pose[:2] + self.P @ R.T, self.N @ R.T, self.T @ R.T
         hx = np.array([np.cos(tcp_yaw), np.sin(tcp_yaw)])
-        ext = abs(hx @ nw) * PUSHER_HALF_N + abs(np.array([-hx[1], hx[0]]) @ nw) * PUSHER_HALF_T
-        contact_tcp = pw + nw * ext
-        approach = pw + nw * (ext + APPROACH_GAP)
-
-        if self.phase == "lift":
-            if tcp[2] > Z_SAFE - 0.01 or np.linalg.norm(tcp[:2] - approach) < 0.01:
-                self.phase = "travel"
-            else:
-                return _action(env, _move(np.array([0, 0, Z_SAFE + 0.01 - tcp[2]]), step), 1.0, dyaw)
-        if self.phase == "travel":
-            dest = np.array([approach[0], approach[1], max(tcp[2], Z_SAFE) if np.linalg.norm(tcp[:2] - approach)
-                             > 0.03 else tcp[2]])
-            if np.linalg.norm(tcp[:2] - approach) < 0.008 and abs(dpsi) < 0.15:
-                self.phase = "descend"
-            return _action(env, _move(dest - tcp, step), 1.0, dyaw)
-        if self.phase == "descend":
-            dest = np.array([approach[0], approach[1], Z_PUSH])
-            if tcp[2] < Z_PUSH + 0.006:
-                self.phase, self.seg_steps = "push", 0
-            return _action(env, _move(dest - tcp, step), 1.0, dyaw)
-
-        # push phase: closed loop on the contact point, which moves with the object
-        self.seg_steps += 1
+        ext = np.abs(nw @ hx) * PUSHER_HALF_N + np.abs(nw @ np.array([-hx[1], hx[0]])) * PUSHER_HALF_T
+        contact_tcp = pw + nw * ext[:, None]
+        approach = contact_tcp + nw * APPROACH_GAP
         rel = tcp[:2] - contact_tcp
-        gap = float(rel @ nw)
-        lateral = float(rel @ tw)
-        score = float(self._scores(pose, D, idx=[i], angles=(ang,))[0, 0])
-        best = float(self._scores(pose, D, angles=(0.0,)).max())
-        lost = gap > APPROACH_GAP + 0.012 or gap < -0.012 or abs(lateral) > 0.02
-        if lost or score < 0.25 or (self.seg_steps > 4 and best - score > 0.3):
-            self.phase = "plan"
-            return _action(env, _move(np.array([0, 0, Z_SAFE - tcp[2]]), step), 1.0, 0.0)
-        d = -nw * np.cos(ang) + tw * np.sin(ang)
-        err = np.linalg.norm(D)
-        speed = step * float(np.clip(err / 0.06, 0.25, 0.6))
-        v = d * speed - tw * lateral * 0.5
-        xyz = np.array([v[0], v[1], 0.6 * (Z_PUSH - tcp[2])]) / step
-        return _action(env, np.clip(xyz, -1, 1), 1.0, dyaw)
+        gap, lateral = np.sum(rel * nw, 1), np.sum(rel * tw, 1)
+        # distance from the TCP (xy) to each contact's push corridor, the segment contact_tcp -> approach
+        dist = np.hypot(lateral, np.maximum(0.0, gap - APPROACH_GAP) + np.maximum(0.0, -gap))
+
+        scores = self._scores(R, D)
+        best_ang = scores.argmax(1)
+        score = scores.max(1)
+        reachable = (approach[:, 0] > 0.28) & (approach[:, 0] < 0.78) & (np.abs(approach[:, 1]) < 0.38)
+        score[~reachable] = -np.inf  # approach point outside the workspace
+        engaged = (dist < self.CORRIDOR) & (gap > -0.012) & (tcp[2] < Z_PUSH + 0.012) & (score > self.MIN_SCORE)
+        eff = score + self.STICK * engaged
+        good = np.flatnonzero(eff > eff.max() - self.TIE_MARGIN)
+        i = int(good[np.argmin(dist[good])])
+        ang = self.PUSH_ANGLES[best_ang[i]]
+
+        dpsi = self._hand_yaw(tw[i], tcp_yaw) - tcp_yaw
+        dyaw = float(np.clip(0.8 * dpsi / env.max_step_yaw, -1, 1))
+        in_corridor = dist[i] < self.CORRIDOR and -0.012 < gap[i] < APPROACH_GAP + 0.012
+        if in_corridor and tcp[2] < Z_PUSH + 0.012:  # push: closed loop on the contact point (it moves with the T)
+            d = -nw[i] * np.cos(ang) + tw[i] * np.sin(ang)
+            speed = step * float(np.clip(np.linalg.norm(D) / 0.06, 0.25, 0.6))
+            v = d * speed - tw[i] * lateral[i] * 0.5
+            return _action(env, np.clip(np.array([v[0], v[1], 0.6 * (Z_PUSH - tcp[2])]) / step, -1, 1), 1.0, dyaw)
+        if in_corridor or np.linalg.norm(tcp[:2] - approach[i]) < 0.008:  # descend once the hand is turned
+            z = Z_PUSH if abs(dpsi) < 0.15 else tcp[2]
+            return _action(env, _move(np.array([*approach[i], z]) - tcp, step), 1.0, dyaw)
+        if tcp[2] < Z_SAFE - 0.015:  # low but out of position: lift before travelling over the block
+            return _action(env, _move(np.array([0.0, 0.0, Z_SAFE + 0.01 - tcp[2]]), step), 1.0, dyaw)
+        return _action(env, _move(np.array([*approach[i], Z_SAFE]) - tcp, step), 1.0, dyaw)
 
 
 class LinePushExpert:
@@ -440,7 +399,7 @@ def make_panda_expert(env: PandaEnv, noise: float = 0.0, seed: int | None = None
     elif name == "push":
         clean = LinePushExpert(env)
     elif name == "push_t":
-        clean = PlanarPushExpert(env, ps.t_block_polygons(), use_yaw_goal=True, length_scale=0.1, seed=seed)
+        clean = PlanarPushExpert(env, ps.t_block_polygons(), use_yaw_goal=True, length_scale=0.1)
     else:
         raise KeyError(f"no scripted expert for task {name!r}")
     return NoisyExpert(clean, len(env.action_names), noise=noise, seed=seed, action_spec=env.action_spec)
