@@ -144,6 +144,7 @@ def main() -> None:
     ap.add_argument("--speed-rounds", type=int, default=200, help="interleaved calls per row in the speed section")
     ap.add_argument("--speed-only", action="store_true", help="only the side-by-side speed section (no rollouts)")
     ap.add_argument("--tag", default="", help="results key <task>@TAG: a variant policy (e.g. a bench_il --tag run)")
+    ap.add_argument("--no-speed", action="store_true", help="skip the speed section (rollout rows only)")
     ap.add_argument("--out-name", default="", help="results file name under bench/results (default from the args)")
     ap.add_argument("--distill-steps", type=int, default=1000)
     ap.add_argument("--method", default="ctm", choices=["ctm", "rl100"])
@@ -166,11 +167,11 @@ def main() -> None:
         run = Path(args.runs) / args.run_name.format(task=task)
         env_task = json.loads((run / "config.json").read_text())["task"]  # e.g. config mw_push -> mw:push-v3
         acts, manifest, (teacher, cm1_dir) = actors(env_task, run, args.distill_steps, args.method, args.seed)
-        sp = speed(env_task, run, teacher, cm1_dir, args.speed_rounds, args.seed)
+        sp = None if args.no_speed else speed(env_task, run, teacher, cm1_dir, args.speed_rounds, args.seed)
         key = f"{task}@{args.tag}" if args.tag else task
         payload["results"][key] = {"export_manifest_latency": manifest["latency"], "speed": sp, "rows": {},
                                    "run": str(run)}
-        for name, st in sp["rows"].items():
+        for name, st in (sp["rows"] if sp else {}).items():
             ratio = sp["ratios"].get(f"{name} / CM-1 ort", {"p50": 1.0})["p50"]
             speed_rows.append([key, name, st["p50_ms"], st["p99_ms"], st["mean_ms"], ratio])
         write_results(out_name, payload)
