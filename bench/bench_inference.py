@@ -154,8 +154,9 @@ def main() -> None:
     torch.set_num_threads(1)
     from robotstack.eval.actor_rollout import rollout_actor
 
-    rows, speed_rows, payload = [], [], {"episodes": args.episodes, "distill_steps": args.distill_steps, "method": args.method,
-                         "threads": 1, "batch": 1, "results": {}}
+    rows, speed_rows = [], []
+    payload = {"episodes": args.episodes, "distill_steps": args.distill_steps, "method": args.method,
+               "threads": 1, "batch": 1, "results": {}}
     only = set(filter(None, args.only.split(",")))
     out_name = "bench_inference" if args.tasks == "push,pick_place,push_t" else "bench_inference_" + args.tasks.replace(",", "_")
     if only:  # a partial run gets its own file instead of overwriting the full one
