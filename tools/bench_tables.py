@@ -103,9 +103,9 @@ def speed_table() -> str:
             for name, st in sp["rows"].items():
                 ratio = sp["ratios"].get(f"{name} / CM-1 ort", {"p50": 1.0, "mean": 1.0})
                 rows.append([key, name, f"{st['p50_ms']:.2f}", f"{st['p99_ms']:.2f}", f"{st['mean_ms']:.2f}",
-                             f"{ratio['p50']:.1f}x", f"{ratio['mean']:.1f}x", _measured(d)])
+                             f"{ratio['p50']:.1f}x", f"{ratio['mean']:.1f}x", f"{f.stem}, {_measured(d)}"])
     return table(["task", "row", "p50 ms", "p99 ms", "mean ms", "p50 / CM-1 ort p50", "mean / CM-1 ort mean",
-                  "measured (commit, date)"], rows) if rows else "(no speed section measured)"
+                  "run (file, commit, date)"], rows) if rows else "(no speed section measured)"
 
 
 if __name__ == "__main__":
