@@ -21,6 +21,13 @@ def record_store(path: Path, task: str = "reach", episodes: int = 4, noise: floa
     return path
 
 
+# `train offline-rl`'s tiny budget (seconds on 2 cores), shared by the offline-RL, RGB and pipeline tests
+OFFLINE_RL_TINY = ["critic.steps=30", "critic.batch_size=64", "critic.hidden=[32,32]", "dynamics.hidden=[32]",
+                   "dynamics.weight_decay=[1.0e-5,1.0e-5]", "dynamics.max_epochs=5", "gate.every=2", "gate.horizon=2",
+                   "gate.batch_size=16", "train.steps=4", "train.batch_size=16", "train.lr=1.0e-3",
+                   "train.log_every=1", "train.checkpoint_every=2", "ppo.ddim_steps=4"]
+
+
 def train_tiny_il(config: dict, store: Path, obs_keys: list[str], run: Path) -> Path:
     """Train the IL stage (robotstack.train.il) with ``config`` on ``store`` into ``run``; returns
     RUN/checkpoints/latest (a real policy checkpoint for the stages that start from one)."""

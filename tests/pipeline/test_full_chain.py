@@ -10,16 +10,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from store_testing import OFFLINE_RL_TINY
 
 pytest.importorskip("robotstack.train.offline_rl")
 pytest.importorskip("robotstack.train.online_rl")
 
 ROOT = Path(__file__).resolve().parents[2]
-# the stages' own tiny budgets (as in their tests, tests/rl/test_offline_rl.py and test_online_rl.py)
-OFFLINE_TINY = ["critic.steps=30", "critic.batch_size=64", "critic.hidden=[32,32]", "dynamics.hidden=[32]",
-                "dynamics.weight_decay=[1.0e-5,1.0e-5]", "dynamics.max_epochs=5", "gate.every=2", "gate.horizon=2",
-                "gate.batch_size=16", "train.steps=4", "train.batch_size=16", "train.lr=1.0e-3",
-                "train.log_every=1", "train.checkpoint_every=2", "ppo.ddim_steps=4"]
+# the online stage's tiny budget (as in tests/rl/test_online_rl.py; the offline one is store_testing's);
 # joint distillation on: the online stage trains the student, so the distill stage is skipped
 ONLINE_TINY = ["env.num_envs=1", "train.env_steps=96", "train.rollout_env_steps=48", "ppo.minibatch_size=32",
                "ppo.epochs=1", "distill.enabled=true"]
@@ -32,7 +29,7 @@ def test_full_chain_on_reach(tiny_pipeline, tmp_path):
 
     doc = yaml.safe_load(tiny_pipeline.read_text())
     doc |= {"rounds": 1, "collect": {"episodes": 2},
-            "offline": {"config": str(ROOT / "configs" / "offline_rl" / "reach.yaml"), "overrides": OFFLINE_TINY},
+            "offline": {"config": str(ROOT / "configs" / "offline_rl" / "reach.yaml"), "overrides": OFFLINE_RL_TINY},
             "online": {"enabled": True, "config": str(ROOT / "configs" / "online_rl" / "reach.yaml"),
                        "overrides": ONLINE_TINY}}
     tiny_pipeline.write_text(yaml.safe_dump(doc))

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 import rl_testing  # noqa: F401  (one torch thread)
 from robotstack.core.errors import ConfigError
 from robotstack.train import offline_rl as orl
-from store_testing import record_store, train_tiny_il
+from store_testing import OFFLINE_RL_TINY, record_store, train_tiny_il
 
 OBS_KEYS = ["robot_eef_pos", "robot_gripper", "goal"]
 TINY_IL = {"task": "reach",
@@ -37,11 +37,7 @@ def il_ckpt(store, tmp_path_factory) -> Path:
 
 
 def overrides(store, il_ckpt, *extra) -> list[str]:
-    return [f"policy={il_ckpt}", f"data.paths=[{store}]", "critic.steps=30", "critic.batch_size=64",
-            "critic.hidden=[32,32]", "dynamics.hidden=[32]", "dynamics.weight_decay=[1.0e-5,1.0e-5]",
-            "dynamics.max_epochs=5", "gate.every=2", "gate.horizon=2", "gate.batch_size=16", "train.steps=4",
-            "train.batch_size=16", "train.lr=1.0e-3", "train.log_every=1", "train.checkpoint_every=2",
-            "ppo.ddim_steps=4", *extra]
+    return [f"policy={il_ckpt}", f"data.paths=[{store}]", *OFFLINE_RL_TINY, *extra]
 
 
 CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "offline_rl" / "reach.yaml")

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import rl_testing  # noqa: F401  (one torch thread)
-from store_testing import record_store, train_tiny_il
+from store_testing import OFFLINE_RL_TINY, record_store, train_tiny_il
 
 from robotstack.train import offline_rl as orl
 
@@ -47,10 +47,9 @@ def rgb_il(rgb_store, tmp_path_factory) -> Path:
 
 
 def orl_overrides(store, ckpt, *extra) -> list[str]:
-    return [f"policy={ckpt}", f"data.paths=[{store}]", "critic.steps=20", "critic.batch_size=32",
-            "critic.hidden=[32,32]", "dynamics.hidden=[32]", "dynamics.weight_decay=[1.0e-5,1.0e-5]",
-            "dynamics.max_epochs=3", "gate.every=2", "gate.horizon=2", "gate.batch_size=8", "train.steps=4",
-            "train.batch_size=16", "train.lr=1.0e-3", "train.checkpoint_every=2", "ppo.ddim_steps=4", *extra]
+    """The offline stage's tiny budget, smaller still where a CNN pass is the cost."""
+    return [f"policy={ckpt}", f"data.paths=[{store}]", *OFFLINE_RL_TINY, "critic.steps=20",
+            "critic.batch_size=32", "dynamics.max_epochs=3", "gate.batch_size=8", *extra]
 
 
 class EncodeSpy:
