@@ -9,7 +9,7 @@ Interface (shapes; obs/actions are in env units, normalization happens inside):
 RL interface (rl100.md §2; all tensors in normalized action space):
     denoise_step_distribution(x_t, t, t_prev, cond) -> StepGaussian(mean, sigma, x0_pred, eps_pred)
     step_log_prob(x_prev, mean, sigma, reduce)      -> (B,) sum over executed (or all) elements
-    sample_with_trajectory(obs, steps)              -> DenoisingTrajectory (chain x_K..x_0 + per-step log-probs)
+    sample_with_trajectory(obs | cond=, steps)      -> DenoisingTrajectory (chain x_K..x_0 + per-step log-probs)
     chain_log_prob(cond, chain, timesteps, prev)    -> (B, K) log-probs of a stored chain under current weights
 """
 
@@ -186,16 +186,21 @@ class DiffusionPolicy(nn.Module):
         return self._unnormalize(x)
 
     @torch.no_grad()
-    def sample_with_trajectory(self, obs: Mapping[str, torch.Tensor], steps: int | None = None,
+    def sample_with_trajectory(self, obs: Mapping[str, torch.Tensor] | None, steps: int | None = None,
                                generator: torch.Generator | None = None, eta: float | None = None,
-                               sampler: str = "ddim") -> DenoisingTrajectory:
+                               sampler: str = "ddim", cond: torch.Tensor | None = None) -> DenoisingTrajectory:
         """Stochastic sampling (eta = scheduler.rl_eta, clipped sigma) keeping every x_k and its log-prob.
 
         The encoder runs deterministically so a later `chain_log_prob` with unchanged weights gives ratio 1.
+        cond (B, Dc) instead of obs: features the deterministic encoder already produced (e.g. a frozen-encoder
+        cache, so an image policy does not re-run its CNN); the chain and its noise draws are the same.
         """
+        if (obs is None) == (cond is None):
+            raise ValueError("sample_with_trajectory needs exactly one of obs and cond")
         sc = self.config.scheduler
         steps = steps or sc.num_inference_steps
-        cond = self.encode_obs(obs, deterministic=True).cond
+        if cond is None:
+            cond = self.encode_obs(obs, deterministic=True).cond
         x, chain, logps, ts, prev = self._sample(cond, sampler, steps, generator, sc.rl_eta if eta is None else eta,
                                                  clip=True, keep_chain=True)
         action, chunk = self._unnormalize(x)

@@ -173,21 +173,11 @@ def sample_chain(policy: nn.Module, obs: Mapping[str, torch.Tensor] | None, step
     scheduler [sigma_min, sigma_max]; log_probs (B, K) summed over `mask` (default: the executed Ta window).
 
     cond (B, Dc) instead of obs: features already encoded by the (frozen) encoder, e.g. the offline stage's
-    cache, so an image policy does not re-run its CNN on every PPO batch. The same sampler (policy._sample, the
-    one sample_with_trajectory runs after encoding) draws the chain, so the noise of a given generator is the
-    same either way."""
+    cache, so an image policy does not re-run its CNN on every PPO batch (same chain for the same generator)."""
     default = policy_executed_mask(policy)
     mask = default if mask is None else mask
     _check_rl_ready(policy, mask)
-    if (obs is None) == (cond is None):
-        raise ValueError("sample_chain needs exactly one of obs and cond")
-    if cond is None:
-        tr = policy.sample_with_trajectory(obs, steps=steps, generator=generator, eta=eta, sampler="ddim")
-    else:
-        x, xs, logps, ts, prev = policy._sample(cond, "ddim", steps, generator, eta, clip=True, keep_chain=True)
-        action, chunk = policy._unnormalize(x)
-        tr = DenoisingChain(torch.stack(xs, 1), torch.stack(logps, 1), torch.tensor(ts), torch.tensor(prev), cond,
-                            action, chunk)
+    tr = policy.sample_with_trajectory(obs, steps=steps, generator=generator, eta=eta, sampler="ddim", cond=cond)
     log_probs = tr.log_probs  # summed over the policy's executed window by the same step_log_prob
     if not torch.equal(mask, default):  # another window (e.g. the whole chunk): recompute over it
         log_probs = chain_log_probs(policy, tr.cond, tr.chain, tr.timesteps, tr.prev_timesteps, mask, eta)
