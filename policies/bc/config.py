@@ -27,6 +27,9 @@ class MLPBCConfig:
         if e.vib or e.recon:  # the regularizers belong to RL-100's diffusion stages, not to this baseline
             raise ConfigError(f"config policy.encoder: vib={e.vib} recon={e.recon}; the mlp_bc policy supports "
                               "neither (set both to false)")
+        if self.base.gripper_factor != 1.0:  # RTI's scale mode: a diffusion-sampler setting, meaningless here
+            raise ConfigError(f"config policy.gripper_factor: {self.base.gripper_factor}; the mlp_bc policy trains "
+                              "with plain action normalization (set it to 1)")
 
     # views of the base config, so rollout code written for DiffusionPolicy reads the same names
     obs_shapes = property(lambda self: self.base.obs_shapes)

@@ -25,12 +25,12 @@ def test_il_trained_with_gripper_factor_is_an_rti_scale_policy(tiny_store, tmp_p
     assert trained_gripper_factor(policy, [grip]) == 10.0
     rti = RTISampler(policy, RTIConfig(gripper_mode="auto"))
     assert (rti.config.gripper_mode, rti.config.factor) == ("scale", 10.0)
-    # the other action dims keep their minmax stats (trained data inside [-1, 1])
+    # the other action dims keep the stats a plain (factor 1) run fits on the same data
     plain = load_checkpoint(train_tiny_il(TINY, tiny_store, KEYS, tmp_path / "plain"))
     assert trained_gripper_factor(plain, [grip]) is None
-    for p in (policy, plain):
-        st = p.normalizer.stats["action"]
-        assert torch.equal(st.scale[:grip], plain.normalizer.stats["action"].scale[:grip])
+    scaled, ref = policy.normalizer.stats["action"], plain.normalizer.stats["action"]
+    assert torch.equal(scaled.scale[:grip], ref.scale[:grip]) and torch.equal(scaled.offset[:grip], ref.offset[:grip])
+    assert scaled.scale[grip] != ref.scale[grip]
 
 
 def test_gripper_factor_below_one_is_refused():
@@ -38,3 +38,12 @@ def test_gripper_factor_below_one_is_refused():
 
     with pytest.raises(ConfigError, match="gripper_factor"):
         DiffusionPolicyConfig.example().replace(gripper_factor=0.5)
+
+
+def test_mlp_bc_refuses_a_gripper_factor():
+    """The BC baseline would silently ignore it (it has no RTI sampler): refused, naming the key."""
+    from policies.bc.config import MLPBCConfig
+    from policies.diffusion.config import DiffusionPolicyConfig
+
+    with pytest.raises(ConfigError, match="gripper_factor"):
+        MLPBCConfig(base=DiffusionPolicyConfig.example().replace(gripper_factor=10.0))
