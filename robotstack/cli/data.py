@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from robotstack.core.keys import RECORD_LABELS
+
 
 def _cameras(text: str) -> tuple[str, ...]:
     return tuple(c for c in text.split(",") if c) if text else ()
@@ -85,7 +87,7 @@ def add_verbs(sub) -> None:
     rec.add_argument("--out", required=True, help="episode store path (created, or appended to)")
     rec.add_argument("--zarr-format", type=int, default=3, choices=[2, 3])
     rec.add_argument("--noise", type=float, default=0.0, help="scripted expert suboptimality in [0, 1]")
-    rec.add_argument("--labels", default="executed", choices=["executed", "clean"],
+    rec.add_argument("--labels", default="executed", choices=RECORD_LABELS,
                      help="scripted: record the executed (noisy) action, or the expert's clean action in each state "
                           "while the noisy one is executed (DART: noise widens the visited states, labels stay clean)")
     rec.add_argument("--seed", type=int, default=0, help="seed of the first episode (then seed+1, ...)")

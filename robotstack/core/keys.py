@@ -32,6 +32,8 @@ STEP_KEYS = (ACTION, REWARD, TERMINATED, TRUNCATED, INTERVENTION, TIMESTAMP, CAP
 
 # --- per-episode metadata (store meta/<key>, one row per episode) ----------------------------------
 SOURCES = ("scripted", "human", "policy", "intervention")
+# what a scripted recording stores as each frame's action: the executed (noisy) one, or the clean expert's (DART)
+RECORD_LABELS = ("executed", "clean")
 
 
 def image_key(camera: str) -> str:

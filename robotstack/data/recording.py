@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from robotstack.core import keys as K
 from robotstack.core.progress import progress_bar
 from robotstack.core.timing import RateKeeper
 from robotstack.data.recorder import EpisodeRecorder
@@ -43,9 +44,6 @@ def open_or_create_store(out: str | Path, zarr_format: int) -> EpisodeStore:
     return EpisodeStore.create(path, zarr_format=zarr_format)
 
 
-LABELS = ("executed", "clean")
-
-
 def record_scripted(env, expert, store: EpisodeStore, task: str, episodes: int, seed: int, noise: float,
                     realtime: bool = False, show_progress: bool = True, labels: str = "executed") -> RecordStats:
     """Run `episodes` episodes (seeds seed, seed+1, ...) and append each to `store`.
@@ -56,8 +54,8 @@ def record_scripted(env, expert, store: EpisodeStore, task: str, episodes: int, 
     noise widens the states the demos visit (recoveries from off-nominal states), the labels say what to do
     there instead of copying the noise. Only a scripted expert can give such labels.
     """
-    if labels not in LABELS:
-        raise ValueError(f"record labels={labels!r}: expected one of {LABELS}")
+    if labels not in K.RECORD_LABELS:
+        raise ValueError(f"record labels={labels!r}: expected one of {K.RECORD_LABELS}")
     spec = env.unwrapped.task_spec()
     control_hz = spec["control_hz"]
     store.set_action_mode(spec.get("action_mode", "delta"))

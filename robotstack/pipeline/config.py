@@ -24,6 +24,7 @@ from typing import Literal
 
 from robotstack.core.config import load_config, read_yaml_with_base
 from robotstack.core.errors import ConfigError
+from robotstack.core.keys import RECORD_LABELS
 
 
 @dataclass
@@ -123,8 +124,8 @@ class PipelineConfig:
                 raise ConfigError(f"{name}: expected >= {lo}, got {value}")
         if not 0.0 <= self.demos.noise <= 1.0:
             raise ConfigError(f"demos.noise: expected in [0, 1], got {self.demos.noise}")
-        if self.demos.labels not in ("executed", "clean"):
-            raise ConfigError(f"demos.labels: expected 'executed' or 'clean', got {self.demos.labels!r}")
+        if self.demos.labels not in RECORD_LABELS:
+            raise ConfigError(f"demos.labels: expected one of {RECORD_LABELS}, got {self.demos.labels!r}")
         c = self.critic
         if c.kind not in CRITIC_KINDS:
             raise ConfigError(f"critic.kind: {c.kind!r}, expected one of {list(CRITIC_KINDS)}")
