@@ -93,7 +93,10 @@ def speed(task: str, run: Path, teacher: Path, cm1_dir: Path, rounds: int, seed:
     from robotstack.export.onnx_export import export_artifact
     from robotstack.runtime.artifact import load_artifact
 
-    spec = sim.make(task).unwrapped.task_spec()
+    env = sim.make(task)
+    spec = env.unwrapped.task_spec()
+    obs, _ = env.reset(seed=seed)  # the one observation every row is timed on
+    env.close()
     arts = {"CM-1 ort": load_artifact(cm1_dir, seed=seed, threads=1)}
     for k in (10, 100):
         out = run / f"artifact_ddim{k}"
@@ -102,9 +105,6 @@ def speed(task: str, run: Path, teacher: Path, cm1_dir: Path, rounds: int, seed:
         arts[f"DDIM-{k} ort"] = load_artifact(out, seed=seed, threads=1)
     policy = load_checkpoint(teacher, weights="ema")
     c = policy.config
-    env = sim.make(task)
-    obs, _ = env.reset(seed=seed)
-    env.close()
     hist = {k: np.repeat(np.asarray(obs[k])[None], c.n_obs_steps, axis=0) for k in c.obs_shapes}
     thist = {k: torch.from_numpy(np.asarray(v, np.float32)[None]) for k, v in hist.items()}
     gen = torch.Generator().manual_seed(seed)

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 
 from robotstack.core import keys as K
-from robotstack.core.rotations import canonical_tcp_quat
 from robotstack.core.ee_action import EEActionSpec
 from robotstack.core.errors import ArtifactError, ConfigError
 from robotstack.core.manifest import MANIFEST, Manifest
+from robotstack.core.rotations import canonical_tcp_quat
 from robotstack.runtime.artifact import ArtifactPolicy
 
 
