@@ -92,7 +92,8 @@ def inference_table() -> str:
 
 
 def speed_table() -> str:
-    """The side-by-side speed sections (bench_inference's interleaved CM-1 / DDIM-10 / DDIM-100 / DDPM-100 calls)."""
+    """The side-by-side speed sections (bench_inference's CM-1 / DDIM-10 / DDIM-100 / DDPM-100 calls, interleaved
+    and, in files measured since the blocked schedule exists, blocked)."""
     rows = []
     for f in sorted(RESULTS.glob("bench_inference*.json")):
         d = json.loads(f.read_text())
@@ -100,11 +101,13 @@ def speed_table() -> str:
             sp = res.get("speed")
             if not sp:
                 continue
-            for name, st in sp["rows"].items():
-                ratio = sp["ratios"].get(f"{name} / CM-1 ort", {"p50": 1.0, "mean": 1.0})
-                rows.append([key, name, f"{st['p50_ms']:.2f}", f"{st['p99_ms']:.2f}", f"{st['mean_ms']:.2f}",
-                             f"{ratio['p50']:.1f}x", f"{ratio['mean']:.1f}x", f"{f.stem}, {_measured(d)}"])
-    return table(["task", "row", "p50 ms", "p99 ms", "mean ms", "p50 / CM-1 ort p50", "mean / CM-1 ort mean",
+            for schedule, section in (("interleaved", sp), ("blocked", sp.get("blocked"))):
+                for name, st in (section["rows"].items() if section else ()):
+                    ratio = section["ratios"].get(f"{name} / CM-1 ort", {"p50": 1.0, "mean": 1.0})
+                    rows.append([key, schedule, name, f"{st['p50_ms']:.2f}", f"{st['p99_ms']:.2f}",
+                                 f"{st['mean_ms']:.2f}", f"{ratio['p50']:.1f}x", f"{ratio['mean']:.1f}x",
+                                 f"{f.stem}, {_measured(d)}"])
+    return table(["task", "schedule", "row", "p50 ms", "p99 ms", "mean ms", "p50 / CM-1 ort p50", "mean / CM-1 ort mean",
                   "run (file, commit, date)"], rows) if rows else "(no speed section measured)"
 
 
