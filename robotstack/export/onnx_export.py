@@ -20,8 +20,9 @@ carried by the checkpoint (extra["task_spec"]). Without it the export is refused
 
 At export, recorded in manifest.json:
 - graph parity: each exported torch graph module vs its onnxruntime session (random in-range obs + noise,
-  every output) - catches exporter/opset problems;
-- sampler-path parity (`sampler_path_parity`): onnxruntime vs the torch sampler path the benchmarks run -
+  every output, action errors in model units as below) - catches exporter/opset problems;
+- sampler-path parity (`sampler_path_parity`, in normalized action units so that the tolerance does not depend
+  on a dim's range): onnxruntime vs the torch sampler path the benchmarks run -
   `policy.predict_action` (what `robotstack eval` calls; ddim with a seeded generator whose first draw is the
   graph's noise, cm with explicit noises) or the stateful `RTISampler` over several warm calls per episode, each
   side carrying its own state - with the executed actions gripper-thresholded by the same rule (> 0 -> +1) on
@@ -154,8 +155,18 @@ class _GraphExport:
             feeds = self.example(rng)
             ref = self.torch_run(feeds)
             got = dict(zip(self.graph.outputs, sess.run(None, feeds)))
-            err = max(err, max(float(np.abs(ref[n] - got[n]).max()) for n in self.graph.outputs))
+            err = max(err, max(float((np.abs(ref[n] - got[n]) * self.weights(n)).max()) for n in self.graph.outputs))
         return err
+
+    def weights(self, output: str) -> np.ndarray | float:
+        """Per-dim weights that put an output's error in model units: env-unit actions x the normalizer's scale;
+        the thresholded gripper dims of "action" stay unweighted (a flip must count as 2, not 2 x scale)."""
+        if output not in ("chunk", "action"):
+            return 1.0  # guess_out is already normalized
+        w = action_scale(self.graph.policy)
+        if output == "action":
+            w[list(self.graph.gripper_dims)] = 1.0
+        return w
 
     def latency(self, out_dir: Path, rng: np.random.Generator, runs: int) -> dict[str, Any]:
         sess = open_session(out_dir / self.file, threads=1)
@@ -290,6 +301,11 @@ def batch_parity(g: _GraphExport, out_dir: Path, rng: np.random.Generator, n: in
 GRIPPER_AMBIGUOUS = 1e-3
 
 
+def action_scale(policy: nn.Module) -> np.ndarray:
+    """(Da,) normalized = env x scale + offset: multiplying an env-unit action error by it gives model units."""
+    return policy.normalizer.stats[ACTION_KEY].scale.detach().numpy().astype(np.float64)
+
+
 @torch.no_grad()
 def sampler_path_parity(policy: nn.Module, sampler: str, steps: int | None, rti: RTIConfig | None,
                         dims: Sequence[int], out_dir: Path, rng: np.random.Generator, episodes: int,
@@ -301,7 +317,11 @@ def sampler_path_parity(policy: nn.Module, sampler: str, steps: int | None, rti:
                                                                        else ("policy",))}
     r = RTISampler(policy, rti_for_export(rti, steps)) if sampler == "rti" else None
     cont = [d for d in range(c.action_dim) if d not in dims]
-    err, mismatches, near, n = 0.0, 0, 0, 0
+    # Errors are measured in the model's (normalized) action units: env error x action_scale. In env units the
+    # tolerance would depend on each dim's range: a policy trained with the gripper / 10 (policy.gripper_factor)
+    # unnormalizes its float32 rounding x10 and failed a 1e-4 check at 1.2e-4. Gripper flips are counted apart.
+    scale = action_scale(policy)
+    err, err_env, mismatches, near, n = 0.0, 0.0, 0, 0, 0
     for _ in range(episodes):
         state = None
         if r is not None:
@@ -337,14 +357,16 @@ def sampler_path_parity(policy: nn.Module, sampler: str, steps: int | None, rti:
             flip = want[..., list(dims)] != got["action"][..., list(dims)]
             near += int((np.abs(raw) < GRIPPER_AMBIGUOUS).sum())
             mismatches += int((flip & (np.abs(raw) >= GRIPPER_AMBIGUOUS)).sum())
-            err = max(err, float(np.abs(want[..., cont] - got["action"][..., cont]).max()),
-                      float(np.abs(ref.chunk.numpy() - got["chunk"]).max()))
+            err = max(err, float((np.abs(want[..., cont] - got["action"][..., cont]) * scale[cont]).max()),
+                      float((np.abs(ref.chunk.numpy() - got["chunk"]) * scale).max()))
+            err_env = max(err_env, float(np.abs(ref.chunk.numpy() - got["chunk"]).max()))
             n += 1
     path = {"cm1": "ConsistencyPolicy.predict_action(steps=1, noises)",
             "cm3": "ConsistencyPolicy.predict_action(steps=3, noises)",
             "ddim": "DiffusionPolicy.predict_action(sampler='ddim', generator) (robotstack eval)",
             "rti": "RTISampler.__call__ (bench_inference / actor rollouts), state carried per side"}[sampler]
-    return {"max_abs_err": err, "gripper_mismatches": mismatches, "near_threshold": near, "decisions": n,
+    return {"max_abs_err": err, "units": "normalized action (env error x normalizer scale)",
+            "max_abs_err_env_units": err_env, "gripper_mismatches": mismatches, "near_threshold": near, "decisions": n,
             "torch_path": path, "gripper_rule": "> 0 -> +1 else -1 on both sides",
             "ok": err <= PARITY_TOL and mismatches == 0}
 
