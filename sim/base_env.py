@@ -293,7 +293,7 @@ class PandaEnv(gym.Env):
             # what an export manifest carries for the runtime (robotstack/core/manifest.py): the success
             # criterion as data, the robot, and the end-effector action contract (core/ee_action.py EEActionSpec)
             "success": self.task.success_criterion,
-            "robot": {"dof": len(self.h.arm_qpos), "kinematics": "panda"},
+            "robot": {"dof": len(self.h.arm_qpos), "kinematics": kin.NAME},
             "ee_action": self.action_spec.to_dict(),
         }
 

@@ -46,6 +46,7 @@ import numpy as np
 from gymnasium import spaces
 
 from robotstack.core import keys
+from robotstack.core.ee_action import EEActionSpec
 from robotstack.core.errors import ConfigError, UnknownTaskError
 
 __all__ = [
@@ -258,7 +259,23 @@ class MetaWorldEnv(gym.Env):
             "shaped_reward": self.shaped_reward,
             "cameras": list(self.cameras),
             "image_size": self.image_size,
+            # what an export manifest carries (robotstack/core/manifest.py), so Meta-World policies export too:
+            "robot": {"dof": 7, "kinematics": "sawyer"},  # the runtime's Panda IK refuses it (no Sawyer server)
+            # success is Meta-World's evaluate_state (task-specific: contact, angles), not an obs distance
+            "success": None,
+            "ee_action": self.ee_action_spec().to_dict(),
         }
+
+    def ee_action_spec(self) -> EEActionSpec:
+        """Meta-World's action contract in robotstack's terms: 1 unit = action_scale (1 cm) of mocap motion per
+        step, no yaw, the mocap box as the workspace. Meta-World has no lead limit (the mocap target integrates
+        the actions inside its box), so max_lead is the box diagonal: never binding. Gripper: the robot_gripper
+        observation's open value (0.1, a claw distance in metres, see the table above)."""
+        mw = self._mw
+        lo, hi = np.asarray(mw.mocap_low, np.float64), np.asarray(mw.mocap_high, np.float64)
+        return EEActionSpec(max_step_pos=float(mw.action_scale), max_step_yaw=0.0, use_yaw=False,
+                            ws_lo=tuple(lo), ws_hi=tuple(hi), max_lead=float(np.linalg.norm(hi - lo)),
+                            gripper_open=0.1)
 
     def render_camera_image(self, camera: str, size: int | None = None) -> np.ndarray:
         """(size, size, 3) uint8 RGB of `camera` for the current state (offsamples 0, shadows off)."""

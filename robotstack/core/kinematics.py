@@ -18,6 +18,8 @@ import numpy as np
 
 from robotstack.core.rotations import mat_yaw, rot_x, rot_z
 
+NAME = "panda"  # the kinematics name manifests and arm servers declare when this module applies
+
 # --- model constants ---------------------------------------------------------------------------------
 # modified DH rows (a_{i-1}, d_i, alpha_{i-1}) for joints 1..7, then the fixed flange row
 DH = np.array(

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from robotstack.core import keys as K
+from robotstack.core.kinematics import NAME as RUNTIME_KINEMATICS
 from robotstack.core.ee_action import EEActionSpec
 from robotstack.core.errors import ArtifactError, ConfigError
 from robotstack.core.manifest import MANIFEST, Manifest
@@ -36,6 +37,7 @@ class PolicySpec:
     action_names: list[str]
     ee_action: dict[str, Any]  # the action contract: EEActionSpec.to_dict()
     dof: int | None = None
+    kinematics: str = RUNTIME_KINEMATICS
     task: str = ""
     success: list | None = None  # robotstack.core.success criterion
     policy_id: str = ""
@@ -83,7 +85,7 @@ def spec_of(artifact: ArtifactPolicy) -> PolicySpec:
                       obs_dtypes={k: v["dtype"] for k, v in spec.items()}, n_obs_steps=int(act["To"]),
                       n_action_steps=int(act["Ta"]), horizon=int(act["T"]), control_hz=float(m.control_rate_hz),
                       action_names=list(act["names"]), ee_action=check_ee_action(m.ee_action, act["names"], where),
-                      dof=int(m.robot["dof"]), task=m.task["name"], success=m.task["success"],
+                      dof=int(m.robot["dof"]), kinematics=str(m.robot["kinematics"]), task=m.task["name"], success=m.task["success"],
                       policy_id=str(m.source.get("policy") or artifact.path.name), manifest=m)
 
 
@@ -124,6 +126,9 @@ def check_arm(spec: PolicySpec, state, arm_name: str = "arm") -> None:
     dof = len(state.joint_pos)
     if spec.dof is not None and int(spec.dof) != dof:
         problems.append(f"the policy was exported for {spec.dof} joints, the arm has {dof}")
+    if spec.kinematics != RUNTIME_KINEMATICS:  # e.g. a Meta-World (Sawyer) policy: its actions mean nothing here
+        problems.append(f"the policy was trained for {spec.kinematics!r} kinematics; the runtime maps end-effector "
+                        f"actions with {RUNTIME_KINEMATICS!r} kinematics only")
     if dof != 7:
         problems.append(f"ee_delta actions need the Panda kinematics (7 joints); the arm has {dof}")
     if state.eef_pos is None:

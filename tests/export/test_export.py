@@ -324,3 +324,25 @@ def test_sampler_path_parity_is_in_model_units(tmp_path, spec):
     path = m["parity"]["sampler_path"]
     assert m["parity"]["ok"] and path["max_abs_err"] <= 1e-4
     assert path["max_abs_err_env_units"] > 1e-4  # the old env-unit check would have refused this export
+
+
+def test_metaworld_policies_export(tmp_path):
+    """A Meta-World task spec carries what a manifest needs (its action contract, the Sawyer, no state success
+    criterion); before, every Meta-World export was refused for missing ee_action / robot / success."""
+    import sim
+    from robotstack.core.ee_action import EEActionSpec
+
+    env = sim.make("mw:push-v3")
+    try:
+        spec = env.unwrapped.task_spec()
+    finally:
+        env.close()
+    save_checkpoint(tmp_path / "teacher", tiny_teacher(), extra={"task": "mw:push-v3"})
+    m = export_artifact(tmp_path / "teacher", "ddim", tmp_path / "art", steps=2, task_spec=spec, latency_runs=2,
+                        parity_trials=1)
+    assert m["parity"]["ok"] and m["robot"] == {"dof": 7, "kinematics": "sawyer"} and m["task"]["success"] is None
+    contract = EEActionSpec.from_dict(m["ee_action"])
+    assert contract.max_step_pos == 0.01 and not contract.use_yaw  # Meta-World: 1 cm of mocap per unit, no yaw
+    art = load_artifact(tmp_path / "art")
+    assert art.act({k: np.zeros(shape, np.float32) for k, (shape, _) in art.obs_spec.items()}).shape == (
+        m["action"]["Ta"], 4)

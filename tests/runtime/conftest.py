@@ -105,4 +105,6 @@ def policies(tmp_path_factory, reach_spec):
         # exported for a 6-joint arm, with observations the reach arm does not provide in these shapes
         "mismatch": export_tiny(root / "mismatch", mismatch_spec,
                                 obs_shapes={"robot_eef_pos": (3,), "robot_joint_pos": (6,), "object_state": (9,)}),
+        # the reach contract but trained for another arm's kinematics (what a Meta-World / Sawyer export declares)
+        "sawyer": export_tiny(root / "sawyer", dict(reach_spec, robot={"dof": 7, "kinematics": "sawyer"})),
     }

@@ -181,6 +181,16 @@ def test_artifact_that_does_not_match_the_arm_is_refused(shared_server, policies
     client.close()
 
 
+def test_artifact_for_other_kinematics_is_refused(shared_server, policies):
+    """A 7-joint policy trained for another arm (a Meta-World Sawyer export) must not drive the Panda: its
+    end-effector actions are mapped with the Panda's kinematics. Joint count alone let it through before."""
+    client = ArmClient(parse_bind(shared_server.addr))
+    ctl = Controller(client, PolicyRunner(policies["sawyer"]))
+    with pytest.raises(ArtifactError, match="'sawyer' kinematics"):
+        ctl.connect()
+    client.close()
+
+
 def test_runtime_never_imports_torch(shared_server, policies):
     code = f"""
 import sys
