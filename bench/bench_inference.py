@@ -63,15 +63,19 @@ def actors(task: str, run: Path, distill_steps: int, method: str, seed: int):
         distill(cfg, student_run, show_progress=False)
     student = load_checkpoint(student_dir)
     art_dir = run / f"artifact_cm1_{method}_{distill_steps}"
-    manifest = export_artifact(student_dir, "cm1", art_dir, latency_runs=100,
-                               task_spec=sim.make(task).unwrapped.task_spec())
+    env = sim.make(task)
+    spec = env.unwrapped.task_spec()
+    env.close()
+    manifest = export_artifact(student_dir, "cm1", art_dir, latency_runs=100, task_spec=spec)
+    grip = tuple(spec.get("gripper_dims", [c.action_dim - 1]))  # Meta-World: () = a continuous grab effort
     gen = torch.Generator().manual_seed(seed)
 
     def chunked(sampler: str, k: int):
         return TorchActor(keys, to, lambda o: policy.predict_action(o, sampler=sampler, steps=k, generator=gen).action)
 
     def rti(k: int):
-        r = RTISampler(policy, RTIConfig(k_start=k, gripper_mode="auto"))
+        r = RTISampler(policy, RTIConfig(k_start=k, gripper_mode="auto", gripper_dims=grip) if grip
+                       else RTIConfig(k_start=k, gripper_mode="none"))
         return TorchActor(keys, to, lambda o: r(o, generator=gen).action, reset=r.reset), len(r.steps)
 
     out = [("DDIM-10", 10, chunked("ddim", 10)), ("DDIM-1", 1, chunked("ddim", 1))]

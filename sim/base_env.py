@@ -295,6 +295,7 @@ class PandaEnv(gym.Env):
             "success": self.task.success_criterion,
             "robot": {"dof": len(self.h.arm_qpos), "kinematics": kin.NAME},
             "ee_action": self.action_spec.to_dict(),
+            "gripper_dims": [len(self.action_names) - 1],  # the binary gripper command (> 0 closes): thresholded
         }
 
     # --- internals -----------------------------------------------------------------------------------------

@@ -16,8 +16,10 @@ import json
 
 
 def _dims(text: str, action_dim_hint: str = "") -> list[int] | None:
+    if text == "task":
+        return None  # the task spec's binary gripper dims (Panda: the last; Meta-World: none)
     if text == "last":
-        return None
+        return [-1]
     if text == "none":
         return []
     return [int(d) for d in text.split(",") if d]
@@ -160,7 +162,9 @@ def add_verbs(sub) -> None:
                         "with factor 10 (clip with factor 1 freezes the gripper at small K')")
     e.add_argument("--factor", type=float, default=10.0, help="rti gripper factor (clip/scale; auto picks its own)")
     e.add_argument("--step-semantics", default="official_t_minus_1", choices=["official_t_minus_1", "jump"])
-    e.add_argument("--gripper-dims", default="last", help="thresholded action dims: last | none | i,j")
+    e.add_argument("--gripper-dims", default="task",
+                   help="thresholded action dims: task (the task's binary gripper: Panda the last dim, Meta-World "
+                        "none) | last | none | i,j")
     e.add_argument("--control-rate", type=float, default=None, help="Hz (default: the task's)")
     e.add_argument("--task", default=None, help="sim task whose spec the manifest carries (default: the "
                                                 "checkpoint's task)")

@@ -87,6 +87,14 @@ def task_section(task_spec: dict | None, checkpoint: Path, action_dim: int) -> d
         "success": check_criterion(task_spec["success"], f"{where}.success")}
 
 
+def binary_gripper_dims(task_spec: dict, action_dim: int, override: Sequence[int] | None) -> list[int]:
+    """The action dims thresholded to +-1 (gripper > 0 closes): the caller's, else the task spec's `gripper_dims`
+    (Panda tasks: the last dim; Meta-World: none, its gripper is a continuous grab effort that a threshold would
+    change), else the last dim (task specs written before the field existed were all Panda tasks)."""
+    dims = override if override is not None else task_spec.get("gripper_dims", [action_dim - 1])
+    return [int(d) % action_dim for d in dims]
+
+
 def random_obs(policy: nn.Module, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """(1, To, *shape) obs inside the normalizer's fitted range (so parity is checked where it matters)."""
     c = policy.config
@@ -315,7 +323,7 @@ def sampler_path_parity(policy: nn.Module, sampler: str, steps: int | None, rti:
     chunk = (c.horizon, c.action_dim)
     sess = {role: open_session(out_dir / f"{role}.onnx") for role in (("init", "policy") if sampler == "rti"
                                                                        else ("policy",))}
-    r = RTISampler(policy, rti_for_export(rti, steps)) if sampler == "rti" else None
+    r = RTISampler(policy, rti_for_export(rti, steps, dims)) if sampler == "rti" else None
     cont = [d for d in range(c.action_dim) if d not in dims]
     # Errors are measured in the model's (normalized) action units: env error x action_scale. In env units the
     # tolerance would depend on each dim's range: a policy trained with the gripper / 10 (policy.gripper_factor)
@@ -371,10 +379,12 @@ def sampler_path_parity(policy: nn.Module, sampler: str, steps: int | None, rti:
             "ok": err <= PARITY_TOL and mismatches == 0}
 
 
-def rti_for_export(rti: RTIConfig | None, steps: int | None) -> RTIConfig:
+def rti_for_export(rti: RTIConfig | None, steps: int | None, gripper_dims: Sequence[int]) -> RTIConfig:
     """The exported RTI always starts with deterministic DDIM(steps) (init.onnx); the default gripper handling is
-    "auto" (policies/diffusion/rti.py: scale for a scale-trained policy, else clip with factor 10)."""
-    rti = rti or RTIConfig(gripper_mode="auto")
+    "auto" (policies/diffusion/rti.py: scale for a scale-trained policy, else clip with factor 10) on the task's
+    binary gripper dims, and "none" for a task without one (Meta-World's continuous grab effort)."""
+    rti = rti or (RTIConfig(gripper_mode="auto", gripper_dims=tuple(gripper_dims)) if gripper_dims
+                  else RTIConfig(gripper_mode="none"))
     return RTIConfig(**{**rti.__dict__, "init_sampler": "ddim", "init_steps": steps or rti.init_steps})
 
 
@@ -404,7 +414,7 @@ def build_graphs(policy: nn.Module, sampler: str, steps: int | None, rti: RTICon
     if batch_axis:
         raise ConfigError("export --sampler rti --critic: best-of-N needs independent candidates per decision "
                           "(cm1, cm3 or ddim); RTI carries one warm-start state between calls")
-    r = RTISampler(policy, rti_for_export(rti, steps))
+    r = RTISampler(policy, rti_for_export(rti, steps, gripper_dims))
     rti = r.config  # gripper "auto" resolved
     s = r.n_step_noise()
     warm_extra = {"guess": (1, *chunk)} | ({"step_noise": (1, s, *chunk)} if s else {})
@@ -428,7 +438,7 @@ def export_artifact(checkpoint: str | Path, sampler: str, out: str | Path, *, st
                     control_rate_hz: float | None = None, task_spec: dict | None = None, seed: int = 0,
                     parity_trials: int = 5, latency_runs: int = 200, weights: str = "auto",
                     critic: nn.Module | None = None, best_of_n: int = 32) -> dict[str, Any]:
-    """Write the artifact dir; returns the manifest (as a dict). gripper_dims None = the last action dim;
+    """Write the artifact dir; returns the manifest (as a dict). gripper_dims None = the task's (binary_gripper_dims);
     task_spec None = the checkpoint's extra["task_spec"]; control_rate_hz None = the task's control rate.
     critic: a best-of-N scorer module (module docstring), exported as critic.onnx with default N = best_of_n."""
     if sampler not in SAMPLERS:
@@ -441,7 +451,8 @@ def export_artifact(checkpoint: str | Path, sampler: str, out: str | Path, *, st
     c = policy.config
     extra = read_extra(checkpoint)
     task = task_section(task_spec if task_spec is not None else extra.get("task_spec"), checkpoint, c.action_dim)
-    dims = [c.action_dim - 1] if gripper_dims is None else [int(d) % c.action_dim for d in gripper_dims]
+    dims = binary_gripper_dims(task_spec if task_spec is not None else extra.get("task_spec"), c.action_dim,
+                               gripper_dims)
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("policy.onnx", "init.onnx", CRITIC_FILE, MANIFEST):
         (out / stale).unlink(missing_ok=True)

@@ -343,6 +343,11 @@ def test_metaworld_policies_export(tmp_path):
     assert m["parity"]["ok"] and m["robot"] == {"dof": 7, "kinematics": "sawyer"} and m["task"]["success"] is None
     contract = EEActionSpec.from_dict(m["ee_action"])
     assert contract.max_step_pos == 0.01 and not contract.use_yaw  # Meta-World: 1 cm of mocap per unit, no yaw
+    # Meta-World's gripper is a continuous grab effort: not thresholded (a +-1 threshold took CM-1 on mw:push
+    # from 97% to 30%); the Panda tasks keep their binary last dim
+    assert m["gripper"]["dims"] == [] and spec["gripper_dims"] == []
     art = load_artifact(tmp_path / "art")
-    assert art.act({k: np.zeros(shape, np.float32) for k, (shape, _) in art.obs_spec.items()}).shape == (
-        m["action"]["Ta"], 4)
+    rng = np.random.default_rng(0)
+    grips = np.concatenate([art.act({k: rng.uniform(-1, 1, shape).astype(np.float32)
+                                     for k, (shape, _) in art.obs_spec.items()})[:, 3] for _ in range(5)])
+    assert grips.shape == (5 * m["action"]["Ta"],) and not np.isin(grips, [-1.0, 1.0]).all()
