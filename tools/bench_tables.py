@@ -70,15 +70,34 @@ ROW_ORDER = ["DDPM-100", "DDIM-10", "DDIM-1", "RTI K'=2", "RTI K'=3", "RTI K'=5"
              "CM-3 torch"]
 
 
-def inference_table() -> str:
-    """Rows of one task (or task@variant) may come from several runs (bench_inference_<...>.json, `--only` runs);
-    the speed-only files hold no rollout rows."""
-    parts = []
-    files = sorted(RESULTS.glob("bench_inference*.json"))
+def _inference_rows() -> dict[str, dict]:
+    """task (or task@variant) -> {row name: result}; rows of one key may come from several runs
+    (bench_inference_<...>.json, `--only` runs); the speed-only files hold no rollout rows."""
     found: dict[str, dict] = {}
-    for f in files:
+    for f in sorted(RESULTS.glob("bench_inference*.json")):
         for key, res in json.loads(f.read_text()).get("results", {}).items():
             found.setdefault(key, {}).update(res.get("rows", {}))
+    return found
+
+
+SUMMARY_ROWS = ("DDIM-10", "RTI K'=2", "CM-1 onnxruntime")
+
+
+def inference_summary_table(variant: str = "b256") -> str:
+    """One line per task@variant: the issue-10 target rows (DDIM-10, RTI with 3 calls, the CM-1 artifact)."""
+    found = _inference_rows()
+    rows = []
+    for key in sorted(k for k in found if k.endswith(f"@{variant}")):
+        cells = [(f"{pct(r['success_rate'])} [{pct(r['ci95_low'])}, {pct(r['ci95_high'])}]" if r else "-")
+                 for r in (found[key].get(name) for name in SUMMARY_ROWS)]
+        rows.append([key, *cells])
+    return table(["task", *(f"{n} success [95% CI]" for n in SUMMARY_ROWS)], rows) if rows else "(none)"
+
+
+def inference_table() -> str:
+    """Per task (or task@variant), every measured row (see _inference_rows)."""
+    parts = []
+    found = _inference_rows()
     for key in sorted(k for k in found if found[k]):
         rows = []
         for name in sorted(found[key], key=lambda n: ROW_ORDER.index(n) if n in ROW_ORDER else 99):
@@ -113,5 +132,6 @@ def speed_table() -> str:
 
 if __name__ == "__main__":
     for title, fn in (("bench_sim", sim_table), ("bench_il", il_table), ("bench_inference", inference_table),
-                      ("bench_inference speed", speed_table)):
+                      ("bench_inference speed", speed_table),
+                      ("bench_inference summary (@b256)", inference_summary_table)):
         print(f"### {title}\n\n{fn()}\n")
