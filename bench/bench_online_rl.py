@@ -104,9 +104,9 @@ def main() -> None:
     ap.add_argument("--work", default=str(ROOT / "runs" / NAME))
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
-    path = RESULTS / f"{NAME}.json"
-    payload = json.loads(path.read_text()) if path.is_file() else {"results": {}}
     row = run(args.task, args.policy, args.variant, args.set, Path(args.work), args.quiet)
+    path = RESULTS / f"{NAME}.json"  # read after the (long) run: parallel runs each add their own row
+    payload = json.loads(path.read_text()) if path.is_file() else {"results": {}}
     payload["results"][f"{args.task}@{args.variant}"] = row | {"machine": machine()}
     payload["table"] = table(payload["results"])
     print(f"wrote {write_results(NAME, payload)}")
