@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
@@ -130,8 +131,27 @@ def speed_table() -> str:
                   "run (file, commit, date)"], rows) if rows else "(no speed section measured)"
 
 
+def online_rl_table() -> str:
+    """bench_online_rl: one line per task@variant (start / end evaluation, the evaluation curve, train success)."""
+    d = load("bench_online_rl")
+    rows = []
+    for key, r in (d or {}).get("results", {}).items():
+        ev = r["evals"]
+        tr = [u["train_success"] for u in r["updates"]  # NaN: no episode ended within that update
+              if u["train_success"] is not None and not math.isnan(u["train_success"])]
+        k = max(1, len(tr) // 4)
+        rows.append([key, " ".join(r["overrides"]), pct(ev[0]["success"]),
+                     f"{pct(ev[-1]['success'])} [{pct(ev[-1]['ci95'][0])}, {pct(ev[-1]['ci95'][1])}]",
+                     " / ".join(f"{pct(e['success'])}@{e['env_steps'] // 1000}k" for e in ev),
+                     f"{pct(sum(tr[:k]) / k)} -> {pct(sum(tr[-k:]) / k)}" if tr else "-", r["env_steps"],
+                     f"{r['wall_s'] / 60:.0f} min"])
+    return table(["task@variant", "overrides", "start", "end", "eval curve", "train success, first -> last quarter",
+                  "env steps", "wall"], rows) if rows else "(bench_online_rl not run)"
+
+
 if __name__ == "__main__":
     for title, fn in (("bench_sim", sim_table), ("bench_il", il_table), ("bench_inference", inference_table),
                       ("bench_inference speed", speed_table),
-                      ("bench_inference summary (@b256)", inference_summary_table)):
+                      ("bench_inference summary (@b256)", inference_summary_table),
+                      ("bench_online_rl", online_rl_table)):
         print(f"### {title}\n\n{fn()}\n")
