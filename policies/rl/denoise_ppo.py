@@ -34,6 +34,7 @@ from policies.diffusion.config import SchedulerConfig
 from policies.diffusion.noise import NoiseSchedule, clip_sigma
 
 UPDATE_MODES = ("per_step", "batched")
+LOGPROB_MODES = ("sum", "mean")
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -51,6 +52,10 @@ class DenoisePPOConfig:
     # the weights after step k. "batched" = one step on the sum over k (spec §12.5: acceptable, must be recorded).
     update: str = "per_step"
     max_grad_norm: float | None = 0.5
+    # "sum" = RL-100: a step's log-prob sums the executed Ta x Da dims (the ratio is the product over dims).
+    # "mean" = DPPO: the per-dim average, so the ratio is the geometric mean over dims (the sum's ratio to the
+    # 1/(Ta*Da) power) and DPPO's clip / lr settings mean what they mean there. Stored log-probs stay sums.
+    logprob: str = "sum"
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -64,6 +69,8 @@ class DenoisePPOConfig:
             raise ConfigError(f"config denoise_ppo.gamma_denoise must be in (0, 1] or null, got {self.gamma_denoise}")
         if self.update not in UPDATE_MODES:
             raise ConfigError(f"config denoise_ppo.update: {self.update!r} is not one of {UPDATE_MODES}")
+        if self.logprob not in LOGPROB_MODES:
+            raise ConfigError(f"config denoise_ppo.logprob: {self.logprob!r} is not one of {LOGPROB_MODES}")
 
 
 def rl100_scheduler(sigma_max: float | None = 0.8, sigma_min: float = 0.01, **overrides) -> SchedulerConfig:
@@ -250,17 +257,18 @@ def ppo_update(policy: nn.Module, optimizer: torch.optim.Optimizer, batch: Denoi
     params = [p for grp in optimizer.param_groups for p in grp["params"]] if params is None else list(params)
     k_steps = batch.log_probs.shape[1]
     adv_k = broadcast_advantage(adv, k_steps, cfg.gamma_denoise)
+    scale = 1.0 / float(mask.sum()) if cfg.logprob == "mean" else 1.0  # log-prob sum -> per-dim mean
     outs: list[Surrogate] = []
     if cfg.update == "batched":
         new = chain_log_probs(policy, cond, batch.chain, batch.timesteps, batch.prev_timesteps, mask, cfg.eta)
-        outs.append(clipped_surrogate(new, batch.log_probs, adv_k, cfg.clip_eps))
+        outs.append(clipped_surrogate(new * scale, batch.log_probs * scale, adv_k, cfg.clip_eps))
         _step(optimizer, outs[-1].loss, params, cfg.max_grad_norm)
     else:
         for k in range(k_steps):
             new = chain_step_log_prob(policy, cond, batch.chain, batch.timesteps, batch.prev_timesteps, k, mask,
                                       cfg.eta)
-            outs.append(clipped_surrogate(new[:, None], batch.log_probs[:, k:k + 1], adv_k[:, k:k + 1],
-                                          cfg.clip_eps))
+            outs.append(clipped_surrogate(new[:, None] * scale, batch.log_probs[:, k:k + 1] * scale,
+                                          adv_k[:, k:k + 1], cfg.clip_eps))
             _step(optimizer, outs[-1].loss, params, cfg.max_grad_norm)
     ratios = torch.cat([o.ratio for o in outs], 1)
     return {"loss": float(sum(float(o.loss.detach()) for o in outs)),

@@ -104,6 +104,7 @@ class PPOConfig:
     clip_eps: float = 0.2
     update: str = "per_step"  # per_step (official: one actor step per denoising step) | batched
     gamma_denoise: float | None = None  # None = RL-100 (A broadcast unchanged); a float = DPPO's variant
+    logprob: str = "sum"  # sum = RL-100 (over the executed dims) | mean = DPPO's per-dim average (denoise_ppo)
     epochs: int = 5  # K_epochs (code: 10 yaml / 5 script)
     minibatch_size: int = 128  # decisions
     lr: float = 3.0e-6  # actor (code 3e-6 yaml / 5.8e-6 script)
@@ -201,7 +202,7 @@ class OnlineRLConfig:
     def ppo_config(self) -> DenoisePPOConfig:
         return DenoisePPOConfig(steps=self.rl.steps, eta=self.rl.eta, clip_eps=self.ppo.clip_eps,
                                 gamma_denoise=self.ppo.gamma_denoise, update=self.ppo.update,
-                                max_grad_norm=self.ppo.max_grad_norm)
+                                max_grad_norm=self.ppo.max_grad_norm, logprob=self.ppo.logprob)
 
 
 # ========================================================================================= builders

@@ -149,6 +149,27 @@ def test_ppo_update_first_ratio_is_one_and_moves_weights(update):
     assert any(not torch.equal(a, p) for a, p in zip(before, policy.denoiser.parameters()))
 
 
+def test_mean_logprob_ratio_is_the_per_dim_geometric_mean():
+    """logprob "mean" (DPPO): each step's ratio is the "sum" ratio (RL-100) to the power 1 / (executed dims), so the
+    same clip_eps is a much wider trust region; the stored behaviour log-probs stay sums."""
+    policy = chunk_policy()
+    ch = dp.sample_chain(policy, random_obs(policy.config, 8), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        for p in policy.denoiser.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+        log_ratio = dp.chain_log_probs(policy, ch.cond, ch.chain, ch.timesteps, ch.prev_timesteps) - ch.log_probs
+    n = int(dp.policy_executed_mask(policy).sum())
+    frozen = torch.optim.SGD(policy.denoiser.parameters(), lr=0.0)  # measures the ratios, moves nothing
+    adv = dp.normalize_advantage(torch.randn(8))
+    for mode, expected in (("sum", log_ratio), ("mean", log_ratio / n)):
+        cfg = dp.DenoisePPOConfig(update="batched", logprob=mode, clip_eps=0.5)
+        got = dp.ppo_update(policy, frozen, ch, adv, cfg)["ratio_max_dev"]
+        assert got == pytest.approx(float((expected.exp() - 1).abs().max()), rel=1e-4)
+    assert n > 1 and float(log_ratio.abs().max()) > 1e-2  # the two modes really differ here
+    with pytest.raises(Exception, match="denoise_ppo.logprob"):
+        dp.DenoisePPOConfig(logprob="median")
+
+
 def test_config_validation_names_the_key():
     from robotstack.core.errors import ConfigError
 
