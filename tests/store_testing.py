@@ -28,6 +28,18 @@ OFFLINE_RL_TINY = ["critic.steps=30", "critic.batch_size=64", "critic.hidden=[32
                    "train.log_every=1", "train.checkpoint_every=2", "ppo.ddim_steps=4"]
 
 
+# the tiny IL config (MLP 32 wide, 8 steps: well under a second) of every test that needs a real IL checkpoint
+TINY_IL = {
+    "task": "reach",
+    "policy": {"horizon": 8, "n_action_steps": 4,
+               "denoiser": {"mlp_width": 32, "mlp_depth": 1, "mlp_time_dim": 16},
+               "encoder": {"state_hidden": [32], "state_feature_dim": 16}},
+    "train": {"steps": 8, "batch_size": 8, "log_every": 2, "checkpoint_every": 4, "warmup_steps": 2,
+              "num_threads": 1},
+    "eval": {"episodes": 0},
+}
+
+
 def train_tiny_il(config: dict, store: Path, obs_keys: list[str], run: Path) -> Path:
     """Train the IL stage (robotstack.train.il) with ``config`` on ``store`` into ``run``; returns
     RUN/checkpoints/latest (a real policy checkpoint for the stages that start from one)."""

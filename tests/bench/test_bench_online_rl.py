@@ -8,19 +8,10 @@ import json
 
 import pytest
 
-from store_testing import record_store, train_tiny_il
+from store_testing import TINY_IL, record_store, train_tiny_il
 
 from bench import bench_online_rl
 
-TINY_IL = {
-    "task": "reach",
-    "policy": {"horizon": 8, "n_action_steps": 4,
-               "denoiser": {"mlp_width": 32, "mlp_depth": 1, "mlp_time_dim": 16},
-               "encoder": {"state_hidden": [32], "state_feature_dim": 16}},
-    "train": {"steps": 8, "batch_size": 8, "log_every": 2, "checkpoint_every": 4, "warmup_steps": 2,
-              "num_threads": 1},
-    "eval": {"episodes": 0},
-}
 TINY_ONLINE = ["env.num_envs=1", "train.env_steps=160", "train.rollout_env_steps=80", "ppo.minibatch_size=16",
                "ppo.epochs=1", "distill.enabled=false", "eval.episodes=2", "eval.every=1", "eval.num_envs=1"]
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from store_testing import TINY_IL as TINY
 from store_testing import record_store, train_tiny_il
-from tests.train.conftest import TINY
 
 
 @pytest.fixture(scope="session")

@@ -7,20 +7,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+import store_testing
 from store_testing import train_tiny_il
 
 ROOT = Path(__file__).resolve().parents[2]
 OBS_KEYS = ["robot_eef_pos", "robot_gripper", "goal"]
-TINY_IL = {
-    "task": "reach",
-    "data": {"paths": ["set-by-the-pipeline.zarr"], "obs_keys": OBS_KEYS},
-    "policy": {"horizon": 8, "n_action_steps": 4,
-               "denoiser": {"mlp_width": 32, "mlp_depth": 1, "mlp_time_dim": 16},
-               "encoder": {"state_hidden": [32], "state_feature_dim": 16}},
-    "train": {"steps": 8, "batch_size": 8, "log_every": 2, "checkpoint_every": 4, "warmup_steps": 2,
-              "num_threads": 1},
-    "eval": {"episodes": 0},
-}
+TINY_IL = {**store_testing.TINY_IL, "data": {"paths": ["set-by-the-pipeline.zarr"], "obs_keys": OBS_KEYS}}
 TINY_PIPELINE = {
     "task": "reach",
     "rounds": 0,

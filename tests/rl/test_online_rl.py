@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import rl_testing  # noqa: F401  (one torch thread)
-from store_testing import record_store, train_tiny_il
+from store_testing import TINY_IL, record_store, train_tiny_il
 
 from robotstack.core.config import from_dict
 from robotstack.core.errors import ConfigError
@@ -22,10 +22,6 @@ from robotstack.train.online_rl import OnlineRLConfig
 from robotstack.train.rl_math import gae
 from robotstack.train.rollouts import Collector
 
-# the tiny reach store + IL config of the training-stage tests (tests/train/conftest.py), reused, not copied
-_spec = importlib.util.spec_from_file_location("train_fixtures", Path(__file__).parents[1] / "train" / "conftest.py")
-train_fixtures = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(train_fixtures)
 
 OBS_KEYS = ["robot_eef_pos", "robot_gripper", "goal"]
 
@@ -34,7 +30,7 @@ OBS_KEYS = ["robot_eef_pos", "robot_gripper", "goal"]
 def il_ckpt(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("online_rl")
     store = record_store(root / "reach.zarr", episodes=2)
-    return train_tiny_il(train_fixtures.TINY, store, OBS_KEYS, root / "il")
+    return train_tiny_il(TINY_IL, store, OBS_KEYS, root / "il")
 
 
 def tiny_cfg(ckpt: Path, **over) -> OnlineRLConfig:

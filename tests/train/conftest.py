@@ -7,17 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from store_testing import record_store, train_tiny_il
+from store_testing import TINY_IL, record_store, train_tiny_il
 
-TINY = {
-    "task": "reach",
-    "policy": {"horizon": 8, "n_action_steps": 4,
-               "denoiser": {"mlp_width": 32, "mlp_depth": 1, "mlp_time_dim": 16},
-               "encoder": {"state_hidden": [32], "state_feature_dim": 16}},
-    "train": {"steps": 8, "batch_size": 8, "log_every": 2, "checkpoint_every": 4, "warmup_steps": 2,
-              "num_threads": 1},
-    "eval": {"episodes": 0},
-}
+TINY = TINY_IL  # the training-stage tests' name for it
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY
+from store_testing import TINY_IL as TINY
 from store_testing import train_tiny_il
 
 from policies.checkpoint import load_checkpoint
