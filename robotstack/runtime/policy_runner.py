@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from robotstack.core import keys as K
-from robotstack.core.kinematics import NAME as RUNTIME_KINEMATICS
 from robotstack.core.ee_action import EEActionSpec
 from robotstack.core.errors import ArtifactError, ConfigError
+from robotstack.core.kinematics import NAME as RUNTIME_KINEMATICS
 from robotstack.core.manifest import MANIFEST, Manifest
 from robotstack.core.rotations import canonical_tcp_quat
 from robotstack.runtime.artifact import ArtifactPolicy
@@ -85,7 +85,8 @@ def spec_of(artifact: ArtifactPolicy) -> PolicySpec:
                       obs_dtypes={k: v["dtype"] for k, v in spec.items()}, n_obs_steps=int(act["To"]),
                       n_action_steps=int(act["Ta"]), horizon=int(act["T"]), control_hz=float(m.control_rate_hz),
                       action_names=list(act["names"]), ee_action=check_ee_action(m.ee_action, act["names"], where),
-                      dof=int(m.robot["dof"]), kinematics=str(m.robot["kinematics"]), task=m.task["name"], success=m.task["success"],
+                      dof=int(m.robot["dof"]), kinematics=str(m.robot["kinematics"]), task=m.task["name"],
+                      success=m.task["success"],
                       policy_id=str(m.source.get("policy") or artifact.path.name), manifest=m)
 
 
