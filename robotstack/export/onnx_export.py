@@ -381,11 +381,16 @@ def sampler_path_parity(policy: nn.Module, sampler: str, steps: int | None, rti:
 
 def rti_for_export(rti: RTIConfig | None, steps: int | None, gripper_dims: Sequence[int]) -> RTIConfig:
     """The exported RTI always starts with deterministic DDIM(steps) (init.onnx); the default gripper handling is
-    "auto" (policies/diffusion/rti.py: scale for a scale-trained policy, else clip with factor 10) on the task's
-    binary gripper dims, and "none" for a task without one (Meta-World's continuous grab effort)."""
-    rti = rti or (RTIConfig(gripper_mode="auto", gripper_dims=tuple(gripper_dims)) if gripper_dims
-                  else RTIConfig(gripper_mode="none"))
-    return RTIConfig(**{**rti.__dict__, "init_sampler": "ddim", "init_steps": steps or rti.init_steps})
+    "auto" (policies/diffusion/rti.py: scale for a scale-trained policy, else clip with factor 10). A config that
+    names no gripper dims gets the export's binary gripper dims (the task's), and "auto" becomes "none" for a task
+    without one (Meta-World's continuous grab effort), whether the config came from the caller or the default."""
+    rti = rti or RTIConfig(gripper_mode="auto")
+    fields = {**rti.__dict__, "init_sampler": "ddim", "init_steps": steps or rti.init_steps}
+    if not rti.gripper_dims:
+        fields["gripper_dims"] = tuple(gripper_dims)
+        if not gripper_dims and rti.gripper_mode == "auto":
+            fields["gripper_mode"] = "none"
+    return RTIConfig(**fields)
 
 
 def build_graphs(policy: nn.Module, sampler: str, steps: int | None, rti: RTIConfig | None,
@@ -450,9 +455,9 @@ def export_artifact(checkpoint: str | Path, sampler: str, out: str | Path, *, st
         raise ConfigError(f"export {checkpoint}: normalizer stats are missing for some keys; refusing to export")
     c = policy.config
     extra = read_extra(checkpoint)
-    task = task_section(task_spec if task_spec is not None else extra.get("task_spec"), checkpoint, c.action_dim)
-    dims = binary_gripper_dims(task_spec if task_spec is not None else extra.get("task_spec"), c.action_dim,
-                               gripper_dims)
+    task_spec = task_spec if task_spec is not None else extra.get("task_spec")
+    task = task_section(task_spec, checkpoint, c.action_dim)
+    dims = binary_gripper_dims(task_spec, c.action_dim, gripper_dims)
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("policy.onnx", "init.onnx", CRITIC_FILE, MANIFEST):
         (out / stale).unlink(missing_ok=True)

@@ -346,6 +346,10 @@ def test_metaworld_policies_export(tmp_path):
     # Meta-World's gripper is a continuous grab effort: not thresholded (a +-1 threshold took CM-1 on mw:push
     # from 97% to 30%); the Panda tasks keep their binary last dim
     assert m["gripper"]["dims"] == [] and spec["gripper_dims"] == []
+    # RTI too, also when the caller passes its own config (as `robotstack export --sampler rti` does)
+    rti = export_artifact(tmp_path / "teacher", "rti", tmp_path / "rti", steps=2, task_spec=spec, latency_runs=2,
+                          parity_trials=1, rti=RTIConfig(k_start=1, gripper_mode="auto"))
+    assert rti["rti"]["gripper_mode"] == "none" and rti["rti"]["gripper_dims"] == []
     art = load_artifact(tmp_path / "art")
     rng = np.random.default_rng(0)
     grips = np.concatenate([art.act({k: rng.uniform(-1, 1, shape).astype(np.float32)
