@@ -76,23 +76,27 @@ def run(task: str, policy: str, variant: str, overrides: list[str], work: Path, 
             "run_dir": str(run_dir), **curve(run_dir)}
 
 
+COLUMNS = ["task@variant", "overrides", "start", "end", "eval curve", "train success, first -> last quarter",
+           "env steps", "wall"]
+
+
+def summary_row(key: str, r: dict) -> list:
+    """One results row -> the COLUMNS cells (this script's table and tools/bench_tables.py's README table)."""
+    ev = r["evals"]
+    pct = lambda x: f"{x:.0%}"  # noqa: E731
+    tr = [u["train_success"] for u in r["updates"]  # NaN: no episode ended within that update
+          if u["train_success"] is not None and not math.isnan(u["train_success"])]
+    k = max(1, len(tr) // 4)
+    return [key, " ".join(r["overrides"]) or "(shipped)", pct(ev[0]["success"]) if ev else "-",
+            f"{pct(ev[-1]['success'])} [{pct(ev[-1]['ci95'][0])}, {pct(ev[-1]['ci95'][1])}]" if ev else "-",
+            " / ".join(f"{pct(e['success'])}@{e['env_steps'] // 1000}k" for e in ev),
+            f"{pct(sum(tr[:k]) / k)} -> {pct(sum(tr[-k:]) / k)}" if tr else "-", r["env_steps"],
+            f"{r['wall_s'] / 60:.0f} min"]
+
+
 def table(results: dict) -> str:
-    rows = []
-    for key, r in results.items():
-        ev = r["evals"]
-        first, last = (ev[0], ev[-1]) if ev else ({}, {})
-        tr = [u["train_success"] for u in r["updates"]  # NaN: no episode ended within that update
-              if u["train_success"] is not None and not math.isnan(u["train_success"])]
-        k = max(1, len(tr) // 4)
-        rows.append([key, " ".join(r["overrides"]) or "(shipped)",
-                     f"{first.get('success', float('nan')):.0%}", f"{last.get('success', float('nan')):.0%} "
-                     f"[{last['ci95'][0]:.0%}, {last['ci95'][1]:.0%}]" if ev else "-",
-                     " / ".join(f"{e['success']:.0%}@{e['env_steps'] // 1000}k" for e in ev),
-                     f"{sum(tr[:k]) / k:.0%} -> {sum(tr[-k:]) / k:.0%}" if tr else "-",
-                     r["env_steps"], f"{r['wall_s'] / 60:.0f} min"])
-    return print_table("online RL (train online-rl) learning curves: deterministic DDIM eval, 95% CI",
-                       ["task@variant", "overrides", "start", "end", "eval curve", "train success first -> last "
-                        "quarter", "env steps", "wall"], rows)
+    return print_table("online RL (train online-rl) learning curves: deterministic DDIM eval, 95% CI", COLUMNS,
+                       [summary_row(key, r) for key, r in results.items()])
 
 
 def main() -> None:

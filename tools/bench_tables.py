@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
@@ -132,21 +131,15 @@ def speed_table() -> str:
 
 
 def online_rl_table() -> str:
-    """bench_online_rl: one line per task@variant (start / end evaluation, the evaluation curve, train success)."""
+    """bench_online_rl: one line per task@variant (bench/bench_online_rl.py's summary_row)."""
+    import sys
+
+    sys.path.insert(0, str(RESULTS.parents[1]))
+    from bench.bench_online_rl import COLUMNS, summary_row
+
     d = load("bench_online_rl")
-    rows = []
-    for key, r in (d or {}).get("results", {}).items():
-        ev = r["evals"]
-        tr = [u["train_success"] for u in r["updates"]  # NaN: no episode ended within that update
-              if u["train_success"] is not None and not math.isnan(u["train_success"])]
-        k = max(1, len(tr) // 4)
-        rows.append([key, " ".join(r["overrides"]), pct(ev[0]["success"]),
-                     f"{pct(ev[-1]['success'])} [{pct(ev[-1]['ci95'][0])}, {pct(ev[-1]['ci95'][1])}]",
-                     " / ".join(f"{pct(e['success'])}@{e['env_steps'] // 1000}k" for e in ev),
-                     f"{pct(sum(tr[:k]) / k)} -> {pct(sum(tr[-k:]) / k)}" if tr else "-", r["env_steps"],
-                     f"{r['wall_s'] / 60:.0f} min"])
-    return table(["task@variant", "overrides", "start", "end", "eval curve", "train success, first -> last quarter",
-                  "env steps", "wall"], rows) if rows else "(bench_online_rl not run)"
+    rows = [summary_row(key, r) for key, r in (d or {}).get("results", {}).items()]
+    return table(COLUMNS, rows) if rows else "(bench_online_rl not run)"
 
 
 if __name__ == "__main__":
