@@ -22,7 +22,7 @@ from torch import nn
 
 from policies.bc.config import MLPBCConfig
 from policies.bc.loss import chunk_mse
-from policies.common.normalizer import Normalizer
+from policies.common.normalizer import policy_normalizer
 from policies.common.obs_check import check_obs
 from policies.diffusion.model import ACTION_KEY, ActionPrediction
 from policies.encoders.obs_encoder import ObsEncoder
@@ -33,9 +33,7 @@ class MLPBCPolicy(nn.Module):
         super().__init__()
         self.config = config
         c = config.base
-        modes = {k: c.obs_norm for k in c.low_dim_keys} | {ACTION_KEY: c.action_norm}
-        shapes = {k: c.obs_shapes[k] for k in c.low_dim_keys} | {ACTION_KEY: (c.action_dim,)}
-        self.normalizer = Normalizer(shapes, modes)
+        self.normalizer = policy_normalizer(c)
         self.obs_encoder = ObsEncoder(c.obs_shapes, c.low_dim_keys, c.image_keys, c.n_obs_steps, c.encoder)
         layers: list[nn.Module] = []
         width_in = self.obs_encoder.out_dim

@@ -147,3 +147,11 @@ class Normalizer(nn.Module):
                 f"normalizer stats for key {key!r} are missing: call policy.fit_normalizer(...) on the training "
                 f"data or load a checkpoint that contains them")
         return st
+
+
+def policy_normalizer(config) -> Normalizer:
+    """The normalizer of a policy built on a DiffusionPolicyConfig (diffusion, consistency and MLP-BC policies):
+    the low-dim obs keys in `obs_norm`, the action in `action_norm`, meanstd std floored at `obs_std_floor`."""
+    modes = {k: config.obs_norm for k in config.low_dim_keys} | {"action": config.action_norm}
+    shapes = {k: config.obs_shapes[k] for k in config.low_dim_keys} | {"action": (config.action_dim,)}
+    return Normalizer(shapes, modes, std_eps=config.obs_std_floor)

@@ -44,7 +44,7 @@ from torch import nn
 from robotstack.core.errors import ConfigError
 
 from policies.common.layers import SinusoidalPosEmb
-from policies.common.normalizer import Normalizer
+from policies.common.normalizer import policy_normalizer
 from policies.common.obs_check import check_obs
 from policies.consistency import edm
 from policies.consistency.config import ConsistencyPolicyConfig
@@ -59,9 +59,7 @@ class ConsistencyPolicy(nn.Module):
         super().__init__()
         self.config = config
         b, cc = config.base, config.consistency
-        modes = {k: b.obs_norm for k in b.low_dim_keys} | {ACTION_KEY: b.action_norm}
-        shapes = {k: b.obs_shapes[k] for k in b.low_dim_keys} | {ACTION_KEY: (b.action_dim,)}
-        self.normalizer = Normalizer(shapes, modes)
+        self.normalizer = policy_normalizer(b)
         self.obs_encoder = ObsEncoder(b.obs_shapes, b.low_dim_keys, b.image_keys, b.n_obs_steps, b.encoder)
         extra = cc.s_embed_dim if cc.method == "ctm" else 0
         self.denoiser = build_denoiser(b.denoiser, b.horizon, b.action_dim, self.obs_encoder.out_dim + extra)

@@ -138,6 +138,10 @@ class DiffusionPolicyConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     obs_norm: str = "minmax"  # for low-dim obs keys: minmax | meanstd | identity
+    # meanstd's std floor, in env units. 1e-6 (the old fixed value) lets a near-constant dim (push's cube height
+    # std 0.7 mm, cube tilt quaternion ~0.01) be scaled by 100-1000x, so a millimetre of tilt in a rollout reads as
+    # tens of sigma; 0.01 (1 cm, ~1 deg of quaternion) keeps such dims near their physical size.
+    obs_std_floor: float = 1e-6
     action_norm: str = "minmax"  # minmax keeps actions in [-1, 1], which clip_sample assumes
     beta_kl: float = 1e-3  # RL-100: 1e-3 (yaml); divide by 10 in RL stages
     beta_recon: float = 0.5
@@ -166,6 +170,8 @@ class DiffusionPolicyConfig:
         for name in ("obs_norm", "action_norm"):
             if getattr(self, name) not in ("minmax", "meanstd", "identity"):
                 raise ConfigError(f"config {name}: {getattr(self, name)!r} not in minmax|meanstd|identity")
+        if not self.obs_std_floor > 0:
+            raise ConfigError(f"config obs_std_floor: {self.obs_std_floor!r}, expected > 0 (e.g. 1e-6 or 0.01)")
         if not self.gripper_factor >= 1.0:
             raise ConfigError(f"config gripper_factor: {self.gripper_factor!r}, expected >= 1 (1 = off, RTI's 10)")
         if self.denoiser.kind == "unet":

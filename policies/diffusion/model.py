@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from policies.common.layers import as_step_tensor
-from policies.common.normalizer import Normalizer
+from policies.common.normalizer import Normalizer, policy_normalizer
 from policies.common.obs_check import check_obs
 from policies.diffusion import loss as loss_fns
 from policies.diffusion.config import DiffusionPolicyConfig
@@ -64,9 +64,7 @@ class DiffusionPolicy(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        modes = {k: c.obs_norm for k in c.low_dim_keys} | {ACTION_KEY: c.action_norm}
-        shapes = {k: c.obs_shapes[k] for k in c.low_dim_keys} | {ACTION_KEY: (c.action_dim,)}
-        self.normalizer = Normalizer(shapes, modes)
+        self.normalizer = policy_normalizer(c)
         self.obs_encoder = ObsEncoder(c.obs_shapes, c.low_dim_keys, c.image_keys, c.n_obs_steps, c.encoder)
         self.denoiser = build_denoiser(c.denoiser, c.horizon, c.action_dim, self.obs_encoder.out_dim)
         self._schedule: NoiseSchedule | None = None  # built on first use (diffusers import is slow)

@@ -57,3 +57,29 @@ def test_policy_without_stats_refuses_to_act():
         policy.predict_action(random_obs(policy.config, 1))
     with pytest.raises(KeyError, match="no data for keys"):
         policy.fit_normalizer({"action": np.zeros((3, 4))})
+
+
+@pytest.mark.parametrize("kind", ["diffusion", "mlp_bc"])
+def test_obs_std_floor_keeps_near_constant_dims_at_physical_size(kind):
+    """push's cube height varies by ~0.7 mm in the demos: with the old fixed 1e-6 floor, a 5 mm lift in a rollout
+    read as ~7 sigma; with obs_std_floor 0.01 it stays under one unit. Dims with a real spread are unaffected."""
+    import dataclasses
+
+    from policies.bc.config import MLPBCConfig
+    from policies.bc.model import MLPBCPolicy
+
+    base = dataclasses.replace(DiffusionPolicyConfig.example(), obs_norm="meanstd", obs_std_floor=0.01)
+    policy = DiffusionPolicy(base) if kind == "diffusion" else MLPBCPolicy(MLPBCConfig(base=base))
+    rng = np.random.default_rng(0)
+    cube = np.concatenate([rng.normal(0.5, 0.05, (500, 2)), rng.normal(0.02, 7e-4, (500, 1)),
+                           rng.normal(0.0, 0.01, (500, 4))], axis=1)
+    policy.fit_normalizer({"robot_eef_pos": rng.normal(0.4, 0.1, (500, 3)), "object_state": cube,
+                           "action": rng.uniform(-1, 1, (500, 4))})
+    lifted = torch.tensor([0.5, 0.0, 0.025, 0.0, 0.0, 0.0, 0.0], dtype=torch.float32)
+    z = policy.normalizer.normalize("object_state", lifted)
+    assert abs(float(z[2])) < 1.0  # 5 mm above the mean height: < 1 unit (was ~7 at a 1e-6 floor)
+    spread = policy.normalizer.normalize("object_state", torch.tensor(cube[:, :2].mean(0).tolist() + [0.02] * 5,
+                                                                      dtype=torch.float32) + 0.05)
+    assert float(spread[0]) == pytest.approx(1.0, abs=0.15)  # x: std 0.05, not floored
+    with pytest.raises(Exception, match="obs_std_floor"):
+        dataclasses.replace(base, obs_std_floor=0.0)
