@@ -25,6 +25,7 @@ from policies.bc.loss import chunk_mse
 from policies.common.normalizer import policy_normalizer
 from policies.common.obs_check import check_obs
 from policies.diffusion.model import ACTION_KEY, ActionPrediction
+from policies.encoders import derived
 from policies.encoders.obs_encoder import ObsEncoder
 
 
@@ -34,7 +35,8 @@ class MLPBCPolicy(nn.Module):
         self.config = config
         c = config.base
         self.normalizer = policy_normalizer(c)
-        self.obs_encoder = ObsEncoder(c.obs_shapes, c.low_dim_keys, c.image_keys, c.n_obs_steps, c.encoder)
+        self.obs_encoder = ObsEncoder(c.obs_shapes | c.state_shapes, list(c.state_shapes), c.image_keys,
+                                      c.n_obs_steps, c.encoder)
         layers: list[nn.Module] = []
         width_in = self.obs_encoder.out_dim
         for _ in range(config.depth):
@@ -49,8 +51,9 @@ class MLPBCPolicy(nn.Module):
         return slice(s, s + self.config.n_action_steps)
 
     def fit_normalizer(self, data: Mapping[str, np.ndarray]) -> None:
-        """Fit stats from arrays {"action": (N, Da), low-dim key: (N, D), ...}; every key must be present."""
-        self.normalizer.fit_all(data)
+        """Fit stats from arrays {"action": (N, Da), low-dim key: (N, D), ...}; every key must be present (the
+        derived features are computed from them)."""
+        self.normalizer.fit_all(derived.fit_arrays(self.config.base, data))
 
     def check_obs(self, obs: Mapping[str, torch.Tensor]) -> int:
         """Fail early with the key and the expected shape; returns B."""
@@ -60,9 +63,7 @@ class MLPBCPolicy(nn.Module):
         """obs (B, To, ...) env units -> chunk (B, T, Da) in normalized action units."""
         b = self.check_obs(obs)
         c = self.config.base
-        normed = {k: self.normalizer.normalize(k, obs[k].to(torch.float32)) for k in c.low_dim_keys}
-        normed |= {k: obs[k] for k in c.image_keys}
-        cond = self.obs_encoder(normed, deterministic=True).cond
+        cond = self.obs_encoder(derived.encoder_inputs(self.normalizer, c, obs), deterministic=True).cond
         return self.head(cond).reshape(b, c.horizon, c.action_dim)
 
     def compute_loss(self, batch: Mapping[str, object]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -151,7 +151,8 @@ class Normalizer(nn.Module):
 
 def policy_normalizer(config) -> Normalizer:
     """The normalizer of a policy built on a DiffusionPolicyConfig (diffusion, consistency and MLP-BC policies):
-    the low-dim obs keys in `obs_norm`, the action in `action_norm`, meanstd std floored at `obs_std_floor`."""
-    modes = {k: config.obs_norm for k in config.low_dim_keys} | {"action": config.action_norm}
-    shapes = {k: config.obs_shapes[k] for k in config.low_dim_keys} | {"action": (config.action_dim,)}
+    the state-encoder inputs (low-dim obs keys and derived features) in `obs_norm`, the action in `action_norm`,
+    meanstd's std floored at `obs_std_floor`."""
+    modes = {k: config.obs_norm for k in config.state_shapes} | {"action": config.action_norm}
+    shapes = dict(config.state_shapes) | {"action": (config.action_dim,)}
     return Normalizer(shapes, modes, std_eps=config.obs_std_floor)

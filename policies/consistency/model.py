@@ -51,6 +51,7 @@ from policies.consistency.config import ConsistencyPolicyConfig
 from policies.diffusion.denoisers import build_denoiser
 from policies.diffusion.model import ACTION_KEY, ActionPrediction
 from policies.diffusion.noise import NoiseSchedule
+from policies.encoders import derived
 from policies.encoders.obs_encoder import ObsEncoder
 
 
@@ -60,7 +61,8 @@ class ConsistencyPolicy(nn.Module):
         self.config = config
         b, cc = config.base, config.consistency
         self.normalizer = policy_normalizer(b)
-        self.obs_encoder = ObsEncoder(b.obs_shapes, b.low_dim_keys, b.image_keys, b.n_obs_steps, b.encoder)
+        self.obs_encoder = ObsEncoder(b.obs_shapes | b.state_shapes, list(b.state_shapes), b.image_keys,
+                                      b.n_obs_steps, b.encoder)
         extra = cc.s_embed_dim if cc.method == "ctm" else 0
         self.denoiser = build_denoiser(b.denoiser, b.horizon, b.action_dim, self.obs_encoder.out_dim + extra)
         self.s_emb = SinusoidalPosEmb(cc.s_embed_dim) if cc.method == "ctm" else None
@@ -109,9 +111,7 @@ class ConsistencyPolicy(nn.Module):
         """obs env units (B, To, ...) -> cond (B, Dc) (deterministic encoder)."""
         self.check_obs(obs)
         c = self.config.base
-        normed = {k: self.normalizer.normalize(k, obs[k].to(torch.float32)) for k in c.low_dim_keys}
-        normed |= {k: obs[k] for k in c.image_keys}
-        return self.obs_encoder(normed, deterministic=True).cond
+        return self.obs_encoder(derived.encoder_inputs(self.normalizer, c, obs), deterministic=True).cond
 
     # ------------------------------------------------------------------ the jumps
     def ctm_jump(self, x: torch.Tensor, sigma_t: torch.Tensor, sigma_s: torch.Tensor,

@@ -19,6 +19,8 @@ from robotstack.core import config as config_reader
 from robotstack.core.errors import ConfigError
 from robotstack.core.keys import is_image_key
 
+from policies.encoders import derived
+
 
 DENOISERS = ("mlp", "unet")
 SAMPLERS = ("ddim", "ddpm")
@@ -142,6 +144,8 @@ class DiffusionPolicyConfig:
     # std 0.7 mm, cube tilt quaternion ~0.01) be scaled by 100-1000x, so a millimetre of tilt in a rollout reads as
     # tens of sigma; 0.01 (1 cm, ~1 deg of quaternion) keeps such dims near their physical size.
     obs_std_floor: float = 1e-6
+    # derived features (policies/encoders/derived.py), extra state-encoder inputs computed from the raw obs keys
+    obs_features: list[str] = field(default_factory=list)
     action_norm: str = "minmax"  # minmax keeps actions in [-1, 1], which clip_sample assumes
     beta_kl: float = 1e-3  # RL-100: 1e-3 (yaml); divide by 10 in RL stages
     beta_recon: float = 0.5
@@ -170,6 +174,10 @@ class DiffusionPolicyConfig:
         for name in ("obs_norm", "action_norm"):
             if getattr(self, name) not in ("minmax", "meanstd", "identity"):
                 raise ConfigError(f"config {name}: {getattr(self, name)!r} not in minmax|meanstd|identity")
+        self.obs_features = [str(n) for n in self.obs_features]
+        problem = derived.check_features(self.obs_features, self.low_dim_keys)
+        if problem:
+            raise ConfigError(f"config obs_features: {problem}")
         if not self.obs_std_floor > 0:
             raise ConfigError(f"config obs_std_floor: {self.obs_std_floor!r}, expected > 0 (e.g. 1e-6 or 0.01)")
         if not self.gripper_factor >= 1.0:
@@ -197,6 +205,11 @@ class DiffusionPolicyConfig:
     @property
     def low_dim_size(self) -> int:
         return sum(self.obs_shapes[k][0] for k in self.low_dim_keys)
+
+    @property
+    def state_shapes(self) -> dict[str, tuple[int, ...]]:
+        """What the state encoder reads, in order: the low-dim obs keys, then the derived features."""
+        return {k: self.obs_shapes[k] for k in self.low_dim_keys} | derived.feature_shapes(self.obs_features)
 
     # ------------------------------------------------------------------ io
     def to_dict(self) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from policies.diffusion import loss as loss_fns
 from policies.diffusion.config import DiffusionPolicyConfig
 from policies.diffusion.denoisers import build_denoiser
 from policies.diffusion.noise import NoiseSchedule, StepGaussian, clip_sigma, gaussian_log_prob
+from policies.encoders import derived
 from policies.encoders.obs_encoder import EncoderOutput, ObsEncoder
 
 ACTION_KEY = "action"
@@ -65,7 +66,8 @@ class DiffusionPolicy(nn.Module):
         self.config = config
         c = config
         self.normalizer = policy_normalizer(c)
-        self.obs_encoder = ObsEncoder(c.obs_shapes, c.low_dim_keys, c.image_keys, c.n_obs_steps, c.encoder)
+        self.obs_encoder = ObsEncoder(c.obs_shapes | c.state_shapes, list(c.state_shapes), c.image_keys,
+                                      c.n_obs_steps, c.encoder)
         self.denoiser = build_denoiser(c.denoiser, c.horizon, c.action_dim, self.obs_encoder.out_dim)
         self._schedule: NoiseSchedule | None = None  # built on first use (diffusers import is slow)
 
@@ -82,8 +84,9 @@ class DiffusionPolicy(nn.Module):
         return slice(s, s + self.config.n_action_steps)
 
     def fit_normalizer(self, data: Mapping[str, np.ndarray]) -> None:
-        """Fit stats from arrays {"action": (N, Da), low-dim key: (N, D), ...}; every key must be present."""
-        self.normalizer.fit_all(data)
+        """Fit stats from arrays {"action": (N, Da), low-dim key: (N, D), ...}; every key must be present (the
+        derived features are computed from them)."""
+        self.normalizer.fit_all(derived.fit_arrays(self.config, data))
         if self.config.gripper_factor != 1.0:
             scale_action_dims(self.normalizer, [self.config.action_dim - 1], self.config.gripper_factor)
 
@@ -94,9 +97,7 @@ class DiffusionPolicy(nn.Module):
     def encode_obs(self, obs: Mapping[str, torch.Tensor], deterministic: bool | None = None) -> EncoderOutput:
         """obs in env units (B, To, ...) -> EncoderOutput (cond (B, Dc), kl, recon, normalized state)."""
         self.check_obs(obs)
-        normed = {k: self.normalizer.normalize(k, obs[k].to(torch.float32)) for k in self.config.low_dim_keys}
-        normed |= {k: obs[k] for k in self.config.image_keys}
-        return self.obs_encoder(normed, deterministic=deterministic)
+        return self.obs_encoder(derived.encoder_inputs(self.normalizer, self.config, obs), deterministic=deterministic)
 
     # ------------------------------------------------------------------ training
     def compute_loss(self, batch: Mapping[str, object], generator: torch.Generator | None = None

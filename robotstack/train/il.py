@@ -210,7 +210,7 @@ def build_policy(cfg: ILConfig, data: TrainData) -> DiffusionPolicy | MLPBCPolic
     torch.manual_seed(cfg.train.seed)  # same seed -> same initial weights on every rank
     base = policy_config(cfg, data.obs_shapes, data.action_dim)
     policy = MLPBCPolicy(MLPBCConfig(base)) if cfg.policy.kind == "mlp_bc" else DiffusionPolicy(base)
-    policy.fit_normalizer({k: data.arrays[k] for k in policy.normalizer.keys()})
+    policy.fit_normalizer({k: data.arrays[k] for k in (*base.low_dim_keys, K.ACTION)})
     return policy
 
 

@@ -355,3 +355,31 @@ def test_metaworld_policies_export(tmp_path):
     grips = np.concatenate([art.act({k: rng.uniform(-1, 1, shape).astype(np.float32)
                                      for k, (shape, _) in art.obs_spec.items()})[:, 3] for _ in range(5)])
     assert grips.shape == (5 * m["action"]["Ta"],) and not np.isin(grips, [-1.0, 1.0]).all()
+
+
+def test_derived_features_are_computed_inside_the_exported_graph(tmp_path):
+    """A policy with `obs_features` (policies/encoders/derived.py) exports as it is evaluated: the artifact takes
+    the raw observation keys only and computes the feature in the graph (parity with torch's predict_action)."""
+    import dataclasses
+
+    import sim
+    from policies.diffusion import DiffusionPolicy, DiffusionPolicyConfig
+
+    env = sim.make("push")
+    try:
+        spec = env.unwrapped.task_spec()
+    finally:
+        env.close()
+    shapes = {"robot_eef_pos": (3,), "robot_eef_quat": (4,), "object_state": (7,), "goal": (3,)}
+    cfg = dataclasses.replace(DiffusionPolicyConfig.example(), obs_shapes=shapes, action_dim=5,
+                              obs_features=["object_goal_frame"], obs_norm="meanstd", obs_std_floor=0.01)
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(cfg)
+    rng = np.random.default_rng(0)
+    policy.fit_normalizer({k: rng.uniform(-1.0, 1.0, (256, *s)) for k, s in {**shapes, "action": (5,)}.items()})
+    save_checkpoint(tmp_path / "teacher", policy.eval(), extra={"task": "push"})
+    m = export_artifact(tmp_path / "teacher", "ddim", tmp_path / "art", steps=2, task_spec=spec, latency_runs=2,
+                        parity_trials=2)
+    assert m["parity"]["ok"], m["parity"]
+    art = load_artifact(tmp_path / "art")
+    assert sorted(art.obs_spec) == sorted(shapes)  # raw keys in, no feature key on the wire

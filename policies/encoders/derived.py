@@ -1,0 +1,123 @@
+"""Derived observation features: fixed, parameter-free functions of the raw low-dim observation keys, computed
+inside the policy (before normalization), so they travel with the checkpoint and the exported ONNX graph while
+the store, the env and the arm server keep their keys.
+
+    policy.obs_features: [object_goal_frame]
+
+Each feature becomes one more low-dim input `feature_<name>` of the state encoder, normalized like the obs keys
+(its stats are fitted from the raw training arrays). The raw keys stay inputs too: a feature adds, never hides.
+
+object_goal_frame (push-like tasks; needs robot_eef_pos, robot_eef_quat, object_state, goal), 10 dims: the TCP
+and the first object seen from the frame whose x axis points from the object to the goal (xy):
+    [along, lateral, height]  TCP minus object, in that frame (m)
+    dist                      object-to-goal distance in xy (m)
+    dir_x, dir_y              the frame's x axis in world xy (unit)
+    cos 4a, sin 4a            a = object yaw minus the frame's heading: a cube looks the same every 90 deg
+    cos 2b, sin 2b            b = hand yaw minus the frame's heading: the closed finger pair is symmetric by 180 deg
+Why: a line pusher's action is nearly linear in these (push along x, correct the lateral offset, slow down with
+dist), while from world coordinates a network must learn a product of positions and directions precisely to the
+centimetre; and the cube's quaternion, which it would otherwise have to read its yaw from, is not symmetric.
+Only arithmetic and sqrt (no atan2), so the graph exports to ONNX as is.
+
+Glossary: ... any leading dims (N, or B x To), Do object_state width (7 per object: pos(3) + quat wxyz(4)).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from robotstack.core import keys as K
+
+FEATURE_PREFIX = "feature_"
+_EPS = 1e-9
+
+
+def _heading(c: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r = torch.sqrt(c * c + s * s + _EPS)
+    return c / r, s / r
+
+
+def _yaw_cos_sin(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(..., 4) wxyz quaternion -> (cos, sin) of its yaw (robotstack.core.rotations.quat_yaw, without atan2)."""
+    w, x, y, z = q.unbind(-1)
+    return _heading(1 - 2 * (y * y + z * z), 2 * (w * z + x * y))
+
+
+def _times(c: torch.Tensor, s: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos n a, sin n a) from (cos a, sin a) by repeated angle addition."""
+    cn, sn = c, s
+    for _ in range(n - 1):
+        cn, sn = cn * c - sn * s, sn * c + cn * s
+    return cn, sn
+
+
+def object_goal_frame(obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    tcp, hand_q = obs[K.EEF_POS], obs[K.EEF_QUAT]
+    obj, goal = obs[K.OBJECT_STATE], obs[K.GOAL]
+    obj_pos, obj_q = obj[..., 0:3], obj[..., 3:7]
+    gx, gy = goal[..., 0] - obj_pos[..., 0], goal[..., 1] - obj_pos[..., 1]
+    dist = torch.sqrt(gx * gx + gy * gy + _EPS)
+    dx, dy = gx / dist, gy / dist
+    rel = tcp - obj_pos
+    along, lateral = rel[..., 0] * dx + rel[..., 1] * dy, -rel[..., 0] * dy + rel[..., 1] * dx
+
+    def relative(c: torch.Tensor, s: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rc, rs = c * dx + s * dy, s * dx - c * dy  # angle minus the frame's heading
+        return _times(rc, rs, n)
+
+    oc, os_ = relative(*_yaw_cos_sin(obj_q), 4)
+    hc, hs = relative(*_yaw_cos_sin(hand_q), 2)
+    return torch.stack([along, lateral, rel[..., 2], dist, dx, dy, oc, os_, hc, hs], dim=-1)
+
+
+# name -> (function, output width, raw keys it reads)
+FEATURES = {"object_goal_frame": (object_goal_frame, 10, (K.EEF_POS, K.EEF_QUAT, K.OBJECT_STATE, K.GOAL))}
+
+
+def feature_key(name: str) -> str:
+    return FEATURE_PREFIX + name
+
+
+def check_features(names: list[str], low_dim_keys: list[str]) -> str | None:
+    """None when every name is known and its raw keys are observed, else the problem in words."""
+    for name in names:
+        if name not in FEATURES:
+            return f"unknown feature {name!r}; known: {sorted(FEATURES)}"
+        missing = [k for k in FEATURES[name][2] if k not in low_dim_keys]
+        if missing:
+            return f"feature {name!r} reads the obs keys {missing}, which are not in obs_shapes"
+    return None
+
+
+def feature_shapes(names: list[str]) -> dict[str, tuple[int, ...]]:
+    return {feature_key(n): (FEATURES[n][1],) for n in names}
+
+
+def compute(names: list[str], obs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """{feature_<name>: (..., D)} from raw env-unit obs tensors (..., D_key)."""
+    return {feature_key(n): FEATURES[n][0]({k: obs[k].to(torch.float32) for k in FEATURES[n][2]}) for n in names}
+
+
+def compute_arrays(names: list[str], data: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The same from numpy arrays (N, D_key), for fitting the normalizer; float64 in, float64 out."""
+    with torch.no_grad():
+        out = {feature_key(n): FEATURES[n][0]({k: torch.as_tensor(np.asarray(data[k], np.float64))
+                                               for k in FEATURES[n][2]}) for n in names}
+    return {k: v.numpy() for k, v in out.items()}
+
+
+def fit_arrays(config, data: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The arrays a policy normalizer is fitted on: `data` (raw obs keys and the action) plus the config's
+    derived features computed from it."""
+    return dict(data) | compute_arrays(config.obs_features, data)
+
+
+def encoder_inputs(normalizer, config, obs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Raw env-unit obs (B, To, ...) -> the state encoder's inputs: every low-dim key and derived feature
+    normalized, camera keys passed through (the one place the diffusion, consistency and BC models share)."""
+    state = {k: obs[k].to(torch.float32) for k in config.low_dim_keys} | compute(config.obs_features, obs)
+    normed = {k: normalizer.normalize(k, v) for k, v in state.items()}
+    return normed | {k: obs[k] for k in config.image_keys}
