@@ -209,7 +209,8 @@ class DiffusionPolicyConfig:
     @property
     def state_shapes(self) -> dict[str, tuple[int, ...]]:
         """What the state encoder reads, in order: the low-dim obs keys, then the derived features."""
-        return {k: self.obs_shapes[k] for k in self.low_dim_keys} | derived.feature_shapes(self.obs_features)
+        low_dim = self.low_dim_keys
+        return {k: self.obs_shapes[k] for k in low_dim} | derived.feature_shapes(self.obs_features, low_dim)
 
     # ------------------------------------------------------------------ io
     def to_dict(self) -> dict[str, Any]:

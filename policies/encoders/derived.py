@@ -7,13 +7,15 @@ the store, the env and the arm server keep their keys.
 Each feature becomes one more low-dim input `feature_<name>` of the state encoder, normalized like the obs keys
 (its stats are fitted from the raw training arrays). The raw keys stay inputs too: a feature adds, never hides.
 
-object_goal_frame (push-like tasks; needs robot_eef_pos, robot_eef_quat, object_state, goal), 10 dims: the TCP
-and the first object seen from the frame whose x axis points from the object to the goal (xy):
+object_goal_frame (push-like tasks; needs robot_eef_pos, object_state, goal, and reads robot_eef_quat when it is
+observed), 8 dims + 2 with the hand quaternion: the TCP and the first object seen from the frame whose x axis
+points from the object to the goal (xy):
     [along, lateral, height]  TCP minus object, in that frame (m)
     dist                      object-to-goal distance in xy (m)
     dir_x, dir_y              the frame's x axis in world xy (unit)
     cos 4a, sin 4a            a = object yaw minus the frame's heading: a cube looks the same every 90 deg
     cos 2b, sin 2b            b = hand yaw minus the frame's heading: the closed finger pair is symmetric by 180 deg
+                              (only with robot_eef_quat; Meta-World's observation has no hand orientation)
 Why: a line pusher's action is nearly linear in these (push along x, correct the lateral offset, slow down with
 dist), while from world coordinates a network must learn a product of positions and directions precisely to the
 centimetre; and the cube's quaternion, which it would otherwise have to read its yaw from, is not symmetric.
@@ -24,7 +26,8 @@ Glossary: ... any leading dims (N, or B x To), Do object_state width (7 per obje
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -55,8 +58,7 @@ def _times(c: torch.Tensor, s: torch.Tensor, n: int) -> tuple[torch.Tensor, torc
 
 
 def object_goal_frame(obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    tcp, hand_q = obs[K.EEF_POS], obs[K.EEF_QUAT]
-    obj, goal = obs[K.OBJECT_STATE], obs[K.GOAL]
+    tcp, obj, goal = obs[K.EEF_POS], obs[K.OBJECT_STATE], obs[K.GOAL]
     obj_pos, obj_q = obj[..., 0:3], obj[..., 3:7]
     gx, gy = goal[..., 0] - obj_pos[..., 0], goal[..., 1] - obj_pos[..., 1]
     dist = torch.sqrt(gx * gx + gy * gy + _EPS)
@@ -68,13 +70,26 @@ def object_goal_frame(obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         rc, rs = c * dx + s * dy, s * dx - c * dy  # angle minus the frame's heading
         return _times(rc, rs, n)
 
-    oc, os_ = relative(*_yaw_cos_sin(obj_q), 4)
-    hc, hs = relative(*_yaw_cos_sin(hand_q), 2)
-    return torch.stack([along, lateral, rel[..., 2], dist, dx, dy, oc, os_, hc, hs], dim=-1)
+    parts = [along, lateral, rel[..., 2], dist, dx, dy, *relative(*_yaw_cos_sin(obj_q), 4)]
+    if K.EEF_QUAT in obs:
+        parts += relative(*_yaw_cos_sin(obs[K.EEF_QUAT]), 2)
+    return torch.stack(parts, dim=-1)
 
 
-# name -> (function, output width, raw keys it reads)
-FEATURES = {"object_goal_frame": (object_goal_frame, 10, (K.EEF_POS, K.EEF_QUAT, K.OBJECT_STATE, K.GOAL))}
+class Feature(NamedTuple):
+    fn: Callable[[Mapping[str, torch.Tensor]], torch.Tensor]
+    needs: tuple[str, ...]  # raw keys it must have
+    optional: tuple[str, ...]  # raw keys it reads when observed
+    width: Callable[[set[str]], int]  # output width given the keys it reads
+
+
+FEATURES = {"object_goal_frame": Feature(object_goal_frame, (K.EEF_POS, K.OBJECT_STATE, K.GOAL), (K.EEF_QUAT,),
+                                         lambda read: 10 if K.EEF_QUAT in read else 8)}
+
+
+def _reads(name: str, low_dim_keys: list[str]) -> list[str]:
+    f = FEATURES[name]
+    return [*f.needs, *(k for k in f.optional if k in low_dim_keys)]
 
 
 def feature_key(name: str) -> str:
@@ -86,38 +101,41 @@ def check_features(names: list[str], low_dim_keys: list[str]) -> str | None:
     for name in names:
         if name not in FEATURES:
             return f"unknown feature {name!r}; known: {sorted(FEATURES)}"
-        missing = [k for k in FEATURES[name][2] if k not in low_dim_keys]
+        missing = [k for k in FEATURES[name].needs if k not in low_dim_keys]
         if missing:
             return f"feature {name!r} reads the obs keys {missing}, which are not in obs_shapes"
     return None
 
 
-def feature_shapes(names: list[str]) -> dict[str, tuple[int, ...]]:
-    return {feature_key(n): (FEATURES[n][1],) for n in names}
+def feature_shapes(names: list[str], low_dim_keys: list[str]) -> dict[str, tuple[int, ...]]:
+    return {feature_key(n): (FEATURES[n].width(set(_reads(n, low_dim_keys))),) for n in names}
 
 
-def compute(names: list[str], obs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """{feature_<name>: (..., D)} from raw env-unit obs tensors (..., D_key)."""
-    return {feature_key(n): FEATURES[n][0]({k: obs[k].to(torch.float32) for k in FEATURES[n][2]}) for n in names}
+def compute(names: list[str], obs: Mapping[str, torch.Tensor], low_dim_keys: list[str]) -> dict[str, torch.Tensor]:
+    """{feature_<name>: (..., D)} from raw env-unit obs tensors (..., D_key) of a policy observing low_dim_keys."""
+    return {feature_key(n): FEATURES[n].fn({k: obs[k].to(torch.float32) for k in _reads(n, low_dim_keys)})
+            for n in names}
 
 
-def compute_arrays(names: list[str], data: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def compute_arrays(names: list[str], data: Mapping[str, np.ndarray], low_dim_keys: list[str]
+                   ) -> dict[str, np.ndarray]:
     """The same from numpy arrays (N, D_key), for fitting the normalizer; float64 in, float64 out."""
     with torch.no_grad():
-        out = {feature_key(n): FEATURES[n][0]({k: torch.as_tensor(np.asarray(data[k], np.float64))
-                                               for k in FEATURES[n][2]}) for n in names}
+        out = {feature_key(n): FEATURES[n].fn({k: torch.as_tensor(np.asarray(data[k], np.float64))
+                                               for k in _reads(n, low_dim_keys)}) for n in names}
     return {k: v.numpy() for k, v in out.items()}
 
 
 def fit_arrays(config, data: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The arrays a policy normalizer is fitted on: `data` (raw obs keys and the action) plus the config's
     derived features computed from it."""
-    return dict(data) | compute_arrays(config.obs_features, data)
+    return dict(data) | compute_arrays(config.obs_features, data, config.low_dim_keys)
 
 
 def encoder_inputs(normalizer, config, obs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Raw env-unit obs (B, To, ...) -> the state encoder's inputs: every low-dim key and derived feature
     normalized, camera keys passed through (the one place the diffusion, consistency and BC models share)."""
-    state = {k: obs[k].to(torch.float32) for k in config.low_dim_keys} | compute(config.obs_features, obs)
+    state = ({k: obs[k].to(torch.float32) for k in config.low_dim_keys}
+             | compute(config.obs_features, obs, config.low_dim_keys))
     normed = {k: normalizer.normalize(k, v) for k, v in state.items()}
     return normed | {k: obs[k] for k in config.image_keys}

@@ -31,7 +31,7 @@ def scene(tcp, cube_xy, cube_yaw, goal_xy, hand_yaw):
 
 def frame(obs) -> np.ndarray:
     t = {k: torch.tensor(v, dtype=torch.float64)[None] for k, v in obs.items()}
-    return derived.compute(["object_goal_frame"], t)["feature_object_goal_frame"][0].double().numpy()
+    return derived.compute(["object_goal_frame"], t, list(t))["feature_object_goal_frame"][0].double().numpy()
 
 
 def test_object_goal_frame_reads_the_push_geometry():
@@ -80,7 +80,7 @@ def test_policy_with_features_fits_from_raw_arrays_and_reads_the_feature():
     obs = random_obs(policy.config, 2)
     assert "feature_object_goal_frame" not in obs  # not an observation: computed inside the policy
     state = policy.encode_obs(obs).state  # (B, To, Ds): what the state encoder read, normalized
-    feature = derived.compute(["object_goal_frame"], obs)["feature_object_goal_frame"]
+    feature = derived.compute(["object_goal_frame"], obs, policy.config.low_dim_keys)["feature_object_goal_frame"]
     assert state.shape == (2, 2, 3 + 4 + 7 + 3 + 10)
     torch.testing.assert_close(state[..., -10:], policy.normalizer.normalize("feature_object_goal_frame", feature))
     action = policy.predict_action(obs, steps=2).action
@@ -91,5 +91,20 @@ def test_bad_feature_configs_name_the_problem():
     with pytest.raises(ConfigError, match="unknown feature 'nope'"):
         _config(obs_features=["nope"])
     shapes = {"robot_eef_pos": (3,), "object_state": (7,)}
-    with pytest.raises(ConfigError, match=r"reads the obs keys \['robot_eef_quat', 'goal'\]"):
+    with pytest.raises(ConfigError, match=r"reads the obs keys \['goal'\]"):
         dataclasses.replace(DiffusionPolicyConfig.example(), obs_shapes=shapes, obs_features=["object_goal_frame"])
+
+
+def test_without_the_hand_quaternion_the_frame_has_8_dims():
+    """Meta-World observes no hand orientation: the feature then drops its hand-yaw pair (and still fits)."""
+    shapes = {"robot_eef_pos": (3,), "object_state": (7,), "goal": (3,)}
+    cfg = dataclasses.replace(DiffusionPolicyConfig.example(), obs_shapes=shapes, obs_features=["object_goal_frame"])
+    assert cfg.state_shapes["feature_object_goal_frame"] == (8,)
+    obs = scene([0.51, -0.05, 0.04], [0.5, 0.0], 0.3, [0.5, 0.2], hand_yaw=0.0)
+    with_hand = frame(obs)
+    del obs["robot_eef_quat"]
+    np.testing.assert_allclose(frame(obs), with_hand[:8])
+    policy = DiffusionPolicy(cfg)
+    rng = np.random.default_rng(0)
+    policy.fit_normalizer({k: rng.uniform(-1, 1, (64, *s)) for k, s in {**shapes, "action": (4,)}.items()})
+    assert policy.encode_obs(random_obs(cfg, 2)).state.shape == (2, 2, 3 + 7 + 3 + 8)

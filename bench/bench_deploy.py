@@ -1,0 +1,86 @@
+"""Deployment transfer benchmark: an exported policy through the real-time runtime on the PyBullet arm server vs
+the same artifact in MuJoCo (the training physics), same scenes (seeds), same success criterion.
+
+    python bench/bench_deploy.py --artifact runs/bench_il/push@goal_frame_run/artifact_cm1_ctm_1000 \
+        [--task push] [--episodes 50] [--max-steps 200] [--label "push IL CM-1"]
+
+Two processes on loopback, as on a robot: `robotstack serve-arm --driver pybullet --task T` (1 kHz servo) and a
+controller worker (bench_control's: onnxruntime PolicyRunner, the runtime Controller, joint targets), episodes
+back to back on the server's scenes (seeds 1001, 1002, ...). Then the artifact runs in MuJoCo on the same seeds
+through the same PolicyRunner (bench_control.mujoco_success). Reported: success on each with 95% Wilson intervals,
+the ratio PyBullet / MuJoCo (issue 11's deployment target: >= 0.9), stop reasons and controller latency.
+Results merge per label into bench/results/bench_deploy.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from bench.bench_control import mujoco_success, run_phase  # noqa: E402
+from bench.common import RESULTS, print_table, write_results  # noqa: E402
+
+NAME = "bench_deploy"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--artifact", required=True)
+    ap.add_argument("--task", default="push")
+    ap.add_argument("--episodes", type=int, default=50)
+    ap.add_argument("--max-steps", type=int, default=200)
+    ap.add_argument("--label", default="", help="results key (default: task + artifact dir name)")
+    args = ap.parse_args()
+    from hardware.protocol.transport import free_base_port
+    from robotstack.eval.metrics import wilson_interval
+
+    label = args.label or f"{args.task}: {Path(args.artifact).name}"
+    with tempfile.TemporaryDirectory() as td:
+        res = run_phase(args.task, 0.0, args.artifact, args.episodes, args.episodes, args.max_steps, Path(td),
+                        free_base_port())
+    eps = res["episodes"]
+    pb = [e["success"] for e in eps]
+    mj = np.array(mujoco_success(args.task, [e["seed"] for e in eps], args.artifact, args.max_steps), bool)
+    pb = np.array(pb, bool)
+    k_pb, k_mj, n = int(np.sum(pb)), int(np.sum(mj)), len(eps)
+    lat = res["telemetry"]["latency_ms"]
+    row = {"task": args.task, "artifact": args.artifact, "episodes": n,
+           "pybullet_success": k_pb / n, "pybullet_ci95": wilson_interval(k_pb, n),
+           "mujoco_success": k_mj / n, "mujoco_ci95": wilson_interval(k_mj, n),
+           "ratio": (k_pb / k_mj) if k_mj else None,
+           "stop_reasons": dict(collections.Counter(e["reason"] for e in eps)),
+           "both": int(np.sum(pb & mj)), "only_pybullet": int(np.sum(pb & ~mj)), "only_mujoco": int(np.sum(~pb & mj)),
+           "inference_p50_ms": lat["inference"]["p50"], "inference_p99_ms": lat["inference"]["p99"],
+           "wall_s": res["cpu"]["wall_s"], "server_status": res.get("server_status")}
+
+    def pct(x):
+        return f"{100 * x:.0f}%"
+
+    table = print_table(f"{NAME}: one artifact, PyBullet arm server (runtime) vs MuJoCo, same {n} seeds",
+                        ["label", "PyBullet (runtime)", "MuJoCo", "PyBullet / MuJoCo", "both / only PB / only MJ",
+                         "stops", "inference p50 / p99 ms"],
+                        [[label, f"{pct(row['pybullet_success'])} [{pct(row['pybullet_ci95'][0])}, "
+                                 f"{pct(row['pybullet_ci95'][1])}]",
+                          f"{pct(row['mujoco_success'])} [{pct(row['mujoco_ci95'][0])}, {pct(row['mujoco_ci95'][1])}]",
+                          f"{row['ratio']:.2f}" if row["ratio"] is not None else "-",
+                          f"{row['both']} / {row['only_pybullet']} / {row['only_mujoco']}",
+                          ", ".join(f"{k} {v}" for k, v in row["stop_reasons"].items()),
+                          f"{row['inference_p50_ms']:.2f} / {row['inference_p99_ms']:.2f}"]])
+    path = RESULTS / f"{NAME}.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    write_results(NAME, {"results": old.get("results", {}) | {label: row}, "table": table})
+
+
+if __name__ == "__main__":
+    main()
