@@ -142,9 +142,24 @@ def online_rl_table() -> str:
     return table(COLUMNS, rows) if rows else "(bench_online_rl not run)"
 
 
+def deploy_table() -> str:
+    """bench_deploy: one artifact on the PyBullet arm server (runtime) vs MuJoCo on the same seeds."""
+    d = load("bench_deploy")
+    rows = []
+    for label, r in (d or {}).get("results", {}).items():
+        pb, mj = r["pybullet_ci95"], r["mujoco_ci95"]
+        rows.append([label, r["episodes"], f"{pct(r['pybullet_success'])} [{pct(pb[0])}, {pct(pb[1])}]",
+                     f"{pct(r['mujoco_success'])} [{pct(mj[0])}, {pct(mj[1])}]",
+                     "-" if r["ratio"] is None else f"{r['ratio']:.2f}",
+                     f"{r['both']} / {r['only_pybullet']} / {r['only_mujoco']}",
+                     f"{r['inference_p50_ms']:.2f} / {r['inference_p99_ms']:.2f}"])
+    return table(["artifact", "episodes", "PyBullet arm server", "MuJoCo", "PyBullet / MuJoCo",
+                  "both / only PyBullet / only MuJoCo", "inference p50 / p99 ms"], rows) if rows else "(not run)"
+
+
 if __name__ == "__main__":
     for title, fn in (("bench_sim", sim_table), ("bench_il", il_table), ("bench_inference", inference_table),
                       ("bench_inference speed", speed_table),
                       ("bench_inference summary (@b256)", inference_summary_table),
-                      ("bench_online_rl", online_rl_table)):
+                      ("bench_online_rl", online_rl_table), ("bench_deploy", deploy_table)):
         print(f"### {title}\n\n{fn()}\n")
