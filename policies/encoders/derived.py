@@ -20,6 +20,9 @@ Why: a line pusher's action is nearly linear in these (push along x, correct the
 dist), while from world coordinates a network must learn a product of positions and directions precisely to the
 centimetre; and the cube's quaternion, which it would otherwise have to read its yaw from, is not symmetric.
 Only arithmetic and sqrt (no atan2), so the graph exports to ONNX as is.
+Caveat: the object yaw is read as robotstack's (w, x, y, z). Meta-World's object_state passes on Meta-World's own
+object quaternion, scipy's (x, y, z, w), for which these two dims only follow the frame's heading; mw:push's puck
+is round, so nothing is lost there, but a Meta-World task whose object yaw matters would need the order fixed first.
 
 Glossary: ... any leading dims (N, or B x To), Do object_state width (7 per object: pos(3) + quat wxyz(4)).
 """
