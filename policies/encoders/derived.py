@@ -24,7 +24,7 @@ Caveat: the object yaw is read as robotstack's (w, x, y, z). Meta-World's object
 object quaternion, scipy's (x, y, z, w), for which these two dims only follow the frame's heading; mw:push's puck
 is round, so nothing is lost there, but a Meta-World task whose object yaw matters would need the order fixed first.
 
-Glossary: ... any leading dims (N, or B x To), Do object_state width (7 per object: pos(3) + quat wxyz(4)).
+Glossary: tensors are (..., D) with any leading dims (N, or B x To); object_state is pos(3) + quat(4) per object.
 """
 
 from __future__ import annotations
