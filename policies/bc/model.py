@@ -35,8 +35,7 @@ class MLPBCPolicy(nn.Module):
         self.config = config
         c = config.base
         self.normalizer = policy_normalizer(c)
-        self.obs_encoder = ObsEncoder(c.obs_shapes | c.state_shapes, list(c.state_shapes), c.image_keys,
-                                      c.n_obs_steps, c.encoder)
+        self.obs_encoder = ObsEncoder.for_policy(c)
         layers: list[nn.Module] = []
         width_in = self.obs_encoder.out_dim
         for _ in range(config.depth):

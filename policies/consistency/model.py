@@ -61,8 +61,7 @@ class ConsistencyPolicy(nn.Module):
         self.config = config
         b, cc = config.base, config.consistency
         self.normalizer = policy_normalizer(b)
-        self.obs_encoder = ObsEncoder(b.obs_shapes | b.state_shapes, list(b.state_shapes), b.image_keys,
-                                      b.n_obs_steps, b.encoder)
+        self.obs_encoder = ObsEncoder.for_policy(b)
         extra = cc.s_embed_dim if cc.method == "ctm" else 0
         self.denoiser = build_denoiser(b.denoiser, b.horizon, b.action_dim, self.obs_encoder.out_dim + extra)
         self.s_emb = SinusoidalPosEmb(cc.s_embed_dim) if cc.method == "ctm" else None

@@ -66,8 +66,7 @@ class DiffusionPolicy(nn.Module):
         self.config = config
         c = config
         self.normalizer = policy_normalizer(c)
-        self.obs_encoder = ObsEncoder(c.obs_shapes | c.state_shapes, list(c.state_shapes), c.image_keys,
-                                      c.n_obs_steps, c.encoder)
+        self.obs_encoder = ObsEncoder.for_policy(c)
         self.denoiser = build_denoiser(c.denoiser, c.horizon, c.action_dim, self.obs_encoder.out_dim)
         self._schedule: NoiseSchedule | None = None  # built on first use (diffusers import is slow)
 

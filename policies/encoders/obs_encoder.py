@@ -51,6 +51,13 @@ class ObsEncoder(nn.Module):
         self.recon = ReconHead(self.latent_dim, state_dim, cfg.recon_hidden) if cfg.recon else None
         self.out_dim = n_obs_steps * self.latent_dim
 
+    @classmethod
+    def for_policy(cls, config) -> ObsEncoder:
+        """The encoder of a policy built on a DiffusionPolicyConfig: its low-dim keys and derived features
+        (config.state_shapes, in that order) and its cameras."""
+        return cls(config.obs_shapes | config.state_shapes, list(config.state_shapes), config.image_keys,
+                   config.n_obs_steps, config.encoder)
+
     def forward(self, obs: dict[str, torch.Tensor], deterministic: bool | None = None) -> EncoderOutput:
         """obs: low-dim keys (B, To, D) normalized float; image keys (B, To, H, W, 3) uint8.
 
