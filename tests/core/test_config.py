@@ -302,13 +302,15 @@ def test_policy_config_json_old_files_load_and_bad_ones_name_file_and_key(tmp_pa
     assert name == "diffusion" and extra == {"task": "push"}
     assert cfg.encoder.rgb_crop == (76, 76) and cfg.scheduler.sigma_max == 0.1
     assert cfg.obs_shapes["image_front"] == (84, 84, 3)
-    # every stored value round-trips; keys added since (scheduler.timestep_spacing, gripper_factor) take their
-    # defaults
+    # every stored value round-trips; keys added since (scheduler.timestep_spacing, gripper_factor, obs_std_floor,
+    # obs_features) take their defaults
     resolved = cfg.to_dict()
     added = set(resolved["scheduler"]) - set(OLD_DIFFUSION_DOC["config"]["scheduler"])
     assert added == {"timestep_spacing"}
     resolved["scheduler"] = {k: v for k, v in resolved["scheduler"].items() if k not in added}
     assert resolved.pop("gripper_factor") == 1.0
+    # the std floor and derived features added later default to what old checkpoints were trained with
+    assert resolved.pop("obs_std_floor") == 1e-6 and resolved.pop("obs_features") == []
     assert resolved == OLD_DIFFUSION_DOC["config"]
 
     doc = json.loads(json.dumps(OLD_DIFFUSION_DOC))
