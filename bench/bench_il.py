@@ -14,6 +14,9 @@ with each row. Nothing here is tuned to pass: the configs are the shipped defaul
 trained and evaluated in (core/ee_action.py); every row records it, and absolute-mode rows are stored under
 `<task>@absolute` so the delta rows (key `<task>`) are kept side by side.
 
+--randomize '{"friction": 0.4, "mass": 0.5}': the demos are recorded with the sim's domain randomisation (a
+robustness lever for deployment on another physics engine, bench_deploy); evaluation stays on the nominal scene.
+
 --labels clean: DART demos (robotstack/data/recording.py): the noisy expert drives, each frame is labelled with the
 clean expert's action in that state; rows `<task>@clean`.
 """
@@ -39,11 +42,12 @@ DEFAULT_TASKS = ["reach", "push", "pick_place", "push_t", "stack", "push_rgb", "
 
 
 def record_demos(task: str, cameras: tuple[str, ...], image_size: int, path: Path, demos: int, noise: float,
-                 action_mode: str = "delta", labels: str = "executed") -> dict:
+                 action_mode: str = "delta", labels: str = "executed", randomize: dict | None = None) -> dict:
     import sim
     from robotstack.data.recording import open_or_create_store, record_scripted
 
-    env = sim.make(task, cameras=cameras, image_size=image_size, action_mode=action_mode)
+    env = sim.make(task, cameras=cameras, image_size=image_size, action_mode=action_mode,
+                   **({"randomize": randomize} if randomize else {}))
     store = open_or_create_store(path, zarr_format=3)
     try:
         stats = record_scripted(env, sim.make_expert(env, noise=noise, seed=0), store, task, demos, seed=0,
@@ -73,9 +77,10 @@ def run_task(name: str, args: argparse.Namespace, work: Path) -> dict:
     mode = args.action_mode
     store = work / f"{row_key(name, mode, args.labels, args.tag)}_demos.zarr"
     row: dict = {"task": name, "env": base.task, "config": str(config.relative_to(ROOT)), "overrides": list(args.set),
-                 "demos": args.demos, "noise": args.noise, "action_mode": mode, "labels": args.labels}
+                 "demos": args.demos, "noise": args.noise, "action_mode": mode, "labels": args.labels,
+                 "record_randomize": args.randomize}
     if not store.exists():
-        row |= record_demos(base.task, cams, 96, store, args.demos, args.noise, mode, args.labels)
+        row |= record_demos(base.task, cams, 96, store, args.demos, args.noise, mode, args.labels, args.randomize)
     else:  # reused from an earlier run of this script: report what is in it
         from robotstack.data.store import EpisodeStore
 
@@ -110,6 +115,9 @@ def main() -> None:
                    help="end-effector action mode of demos, training and evaluation (rows keyed <task>@absolute)")
     p.add_argument("--labels", default="executed", choices=["executed", "clean"],
                    help="demo labels: executed (noisy) actions, or the expert's clean ones (DART; rows <task>@clean)")
+    p.add_argument("--randomize", type=json.loads, default=None,
+                   help='domain randomisation of the demo recording only (sim Randomize keys, JSON), e.g. '
+                        '\'{"friction": 0.4, "mass": 0.5}\'; evaluation stays nominal')
     p.add_argument("--tag", default="", help="row key suffix @TAG for a variant (e.g. with --set overrides)")
     p.add_argument("--set", action="append", default=[], help="config override for every task, e.g. train.steps=500")
     p.add_argument("--work", default=str(ROOT / "runs" / "bench_il"), help="demo stores and run dirs (git-ignored)")
