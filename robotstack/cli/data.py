@@ -13,11 +13,32 @@ def _cameras(text: str) -> tuple[str, ...]:
     return tuple(c for c in text.split(",") if c) if text else ()
 
 
+def _randomize(text: str) -> dict | None:
+    """--randomize JSON -> the sim's Randomize dict, checked before any store is touched."""
+    if not text:
+        return None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"robotstack record --randomize {text!r}: not JSON ({exc.msg}); expected e.g. "
+                         '\'{"friction": 0.4, "mass": 0.5}\'') from exc
+    from robotstack.core.errors import ConfigError
+    from sim.base_env import Randomize
+
+    try:
+        Randomize.read(doc)
+    except ConfigError as exc:
+        raise SystemExit(f"robotstack record --randomize: {exc}") from exc
+    return doc
+
+
 def cmd_record(args: argparse.Namespace) -> int:
     if args.labels == "clean" and args.device != "scripted":
         raise SystemExit(f"robotstack record --labels clean: needs --device scripted (only a scripted expert knows "
                          f"the clean action), got --device {args.device}")
     if getattr(args, "arm", ""):  # teleop through an arm server (robotstack/cli/deploy.py)
+        if args.randomize:
+            raise SystemExit("robotstack record --arm: --randomize is sim-only (a real arm's physics is what it is)")
         if args.device == "scripted":
             raise SystemExit("robotstack record --arm: needs --device keyboard or spacemouse")
         if args.action_mode != "delta":
@@ -26,12 +47,14 @@ def cmd_record(args: argparse.Namespace) -> int:
         from robotstack.cli.deploy import record_arm
 
         return record_arm(args)
+    randomize = _randomize(args.randomize)
     import sim
     from robotstack.cli.record import record_teleop
     from robotstack.data.recording import open_or_create_store, record_scripted
 
     env = sim.make(args.task, cameras=_cameras(args.cameras), image_size=args.image_size,
-                   render_mode="rgb_array" if args.device != "scripted" else None, action_mode=args.action_mode)
+                   render_mode="rgb_array" if args.device != "scripted" else None, action_mode=args.action_mode,
+                   **({"randomize": randomize} if randomize else {}))
     store = open_or_create_store(args.out, zarr_format=args.zarr_format)
     try:
         if args.device == "scripted":
@@ -97,6 +120,10 @@ def add_verbs(sub) -> None:
     rec.add_argument("--action-mode", default="delta", choices=["delta", "absolute"],
                      help="end-effector action mode of the recorded actions (core/ee_action.py); the store records "
                           "it and training refuses a config of the other mode")
+    rec.add_argument("--randomize", default="",
+                     help='sim domain randomisation while recording, JSON of sim Randomize keys (object_pose, friction, '
+                          'mass, action_latency_steps, obs_noise), e.g. \'{"friction": 0.4, "mass": 0.5}\'; recorded '
+                          "in each episode's policy_id")
     rec.add_argument("--live-view", default="", help="PNG path refreshed with the scene (teleop devices)")
     rec.add_argument("--quiet", action="store_true")
     rec.add_argument("--arm", default="", help="drive an arm server (tcp://HOST:PORT) instead of the sim")

@@ -72,7 +72,8 @@ def record_scripted(env, expert, store: EpisodeStore, task: str, episodes: int, 
             obs, info = env.reset(seed=ep_seed)
             expert.reset()
             recorder.begin(source="scripted", task=task, seed=ep_seed,
-                           policy_id=f"expert(noise={noise:g})" + (", labels=clean" if labels == "clean" else ""))
+                           policy_id=f"expert(noise={noise:g})" + (", labels=clean" if labels == "clean" else "")
+                           + _randomize_tag(spec))
             rate = RateKeeper(control_hz) if realtime else None
             success = False
             while True:
@@ -99,6 +100,13 @@ def record_scripted(env, expert, store: EpisodeStore, task: str, episodes: int, 
             progress.stop()
     stats.seconds = time.monotonic() - t0
     return stats
+
+
+def _randomize_tag(spec: dict) -> str:
+    """", randomize(friction=0.4, mass=0.5)" when the env randomises anything (provenance in each episode's
+    policy_id), else ""."""
+    on = {k: v for k, v in (spec.get("randomize") or {}).items() if v}
+    return f", randomize({', '.join(f'{k}={v:g}' for k, v in on.items())})" if on else ""
 
 
 def _clean_label(expert, action) -> np.ndarray:

@@ -59,3 +59,23 @@ def test_clean_labels_need_a_scripted_device(tmp_path):
                         "--labels", "clean", "--out", str(tmp_path / "s.zarr")], capture_output=True, text=True)
     assert r.returncode != 0 and "--labels clean" in r.stderr and "scripted" in r.stderr
     assert not (tmp_path / "s.zarr").exists()
+
+
+def test_record_randomize_records_with_domain_randomisation_and_says_so(tmp_path):
+    """`record --randomize` (deployment robustness: push demos with friction/mass randomised kept 0.80 of their
+    MuJoCo success on the PyBullet arm server vs 0.70, bench_deploy): the episodes say how they were recorded, and
+    a bad key fails by name before any store is created."""
+    from robotstack.data.store import EpisodeStore
+
+    out = tmp_path / "dr.zarr"
+    r = subprocess.run([sys.executable, "-m", "robotstack.cli", "record", "--task", "push", "--episodes", "2",
+                        "--noise", "0.2", "--randomize", '{"friction": 0.4, "mass": 0.5}', "--quiet",
+                        "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    with EpisodeStore.open(out) as s:
+        ids = [m.policy_id for m in s.episode_metas()]
+    assert ids == ["expert(noise=0.2), randomize(friction=0.4, mass=0.5)"] * 2
+    bad = subprocess.run([sys.executable, "-m", "robotstack.cli", "record", "--task", "push", "--randomize",
+                          '{"frcition": 0.4}', "--out", str(tmp_path / "bad.zarr")], capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode != 0 and "frcition" in bad.stderr and not (tmp_path / "bad.zarr").exists()
