@@ -50,9 +50,8 @@ def main() -> None:
         res = run_phase(args.task, 0.0, args.artifact, args.episodes, args.episodes, args.max_steps, Path(td),
                         free_base_port())
     eps = res["episodes"]
-    pb = [e["success"] for e in eps]
+    pb = np.array([e["success"] for e in eps], bool)
     mj = np.array(mujoco_success(args.task, [e["seed"] for e in eps], args.artifact, args.max_steps), bool)
-    pb = np.array(pb, bool)
     k_pb, k_mj, n = int(np.sum(pb)), int(np.sum(mj)), len(eps)
     lat = res["telemetry"]["latency_ms"]
     row = {"task": args.task, "artifact": args.artifact, "episodes": n,
