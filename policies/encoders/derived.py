@@ -114,25 +114,19 @@ def feature_shapes(names: list[str], low_dim_keys: list[str]) -> dict[str, tuple
     return {feature_key(n): (FEATURES[n].width(set(_reads(n, low_dim_keys))),) for n in names}
 
 
-def compute(names: list[str], obs: Mapping[str, torch.Tensor], low_dim_keys: list[str]) -> dict[str, torch.Tensor]:
+def compute(names: list[str], obs: Mapping[str, torch.Tensor], low_dim_keys: list[str],
+            dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """{feature_<name>: (..., D)} from raw env-unit obs tensors (..., D_key) of a policy observing low_dim_keys."""
-    return {feature_key(n): FEATURES[n].fn({k: obs[k].to(torch.float32) for k in _reads(n, low_dim_keys)})
-            for n in names}
-
-
-def compute_arrays(names: list[str], data: Mapping[str, np.ndarray], low_dim_keys: list[str]
-                   ) -> dict[str, np.ndarray]:
-    """The same from numpy arrays (N, D_key), for fitting the normalizer; float64 in, float64 out."""
-    with torch.no_grad():
-        out = {feature_key(n): FEATURES[n].fn({k: torch.as_tensor(np.asarray(data[k], np.float64))
-                                               for k in _reads(n, low_dim_keys)}) for n in names}
-    return {k: v.numpy() for k, v in out.items()}
+    return {feature_key(n): FEATURES[n].fn({k: obs[k].to(dtype) for k in _reads(n, low_dim_keys)}) for n in names}
 
 
 def fit_arrays(config, data: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The arrays a policy normalizer is fitted on: `data` (raw obs keys and the action) plus the config's
-    derived features computed from it."""
-    return dict(data) | compute_arrays(config.obs_features, data, config.low_dim_keys)
+    """The arrays a policy normalizer is fitted on: `data` (raw obs keys (N, D) and the action) plus the config's
+    derived features computed from it in float64."""
+    raw = {k: torch.as_tensor(np.asarray(data[k])) for k in config.low_dim_keys if k in data}
+    with torch.no_grad():
+        feats = compute(config.obs_features, raw, config.low_dim_keys, dtype=torch.float64)
+    return dict(data) | {k: v.numpy() for k, v in feats.items()}
 
 
 def encoder_inputs(normalizer, config, obs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
