@@ -32,6 +32,20 @@ from bench.bench_control import mujoco_success, run_phase  # noqa: E402
 from bench.common import RESULTS, print_table, write_results  # noqa: E402
 
 NAME = "bench_deploy"
+COLUMNS = ["artifact", "episodes", "PyBullet arm server", "MuJoCo", "PyBullet / MuJoCo",
+           "both / only PyBullet / only MuJoCo", "stops", "inference p50 / p99 ms"]
+
+
+def summary_row(label: str, r: dict) -> list:
+    """One results row -> the COLUMNS cells (this script's table and tools/bench_tables.py's README table)."""
+    def rate(x: float, ci) -> str:
+        return f"{100 * x:.0f}% [{100 * ci[0]:.0f}%, {100 * ci[1]:.0f}%]"
+
+    return [label, r["episodes"], rate(r["pybullet_success"], r["pybullet_ci95"]),
+            rate(r["mujoco_success"], r["mujoco_ci95"]), "-" if r["ratio"] is None else f"{r['ratio']:.2f}",
+            f"{r['both']} / {r['only_pybullet']} / {r['only_mujoco']}",
+            ", ".join(f"{k} {v}" for k, v in sorted(r["stop_reasons"].items())),
+            f"{r['inference_p50_ms']:.2f} / {r['inference_p99_ms']:.2f}"]
 
 
 def main() -> None:
@@ -63,22 +77,11 @@ def main() -> None:
            "inference_p50_ms": lat["inference"]["p50"], "inference_p99_ms": lat["inference"]["p99"],
            "wall_s": res["cpu"]["wall_s"], "server_status": res.get("server_status")}
 
-    def pct(x):
-        return f"{100 * x:.0f}%"
-
-    table = print_table(f"{NAME}: one artifact, PyBullet arm server (runtime) vs MuJoCo, same {n} seeds",
-                        ["label", "PyBullet (runtime)", "MuJoCo", "PyBullet / MuJoCo", "both / only PB / only MJ",
-                         "stops", "inference p50 / p99 ms"],
-                        [[label, f"{pct(row['pybullet_success'])} [{pct(row['pybullet_ci95'][0])}, "
-                                 f"{pct(row['pybullet_ci95'][1])}]",
-                          f"{pct(row['mujoco_success'])} [{pct(row['mujoco_ci95'][0])}, {pct(row['mujoco_ci95'][1])}]",
-                          f"{row['ratio']:.2f}" if row["ratio"] is not None else "-",
-                          f"{row['both']} / {row['only_pybullet']} / {row['only_mujoco']}",
-                          ", ".join(f"{k} {v}" for k, v in row["stop_reasons"].items()),
-                          f"{row['inference_p50_ms']:.2f} / {row['inference_p99_ms']:.2f}"]])
     path = RESULTS / f"{NAME}.json"
-    old = json.loads(path.read_text()) if path.exists() else {}
-    write_results(NAME, {"results": old.get("results", {}) | {label: row}, "table": table})
+    results = (json.loads(path.read_text()) if path.exists() else {}).get("results", {}) | {label: row}
+    table = print_table(f"{NAME}: one artifact, PyBullet arm server (runtime) vs MuJoCo, same seeds", COLUMNS,
+                        [summary_row(k, r) for k, r in results.items()])
+    write_results(NAME, {"results": results, "table": table})
 
 
 if __name__ == "__main__":

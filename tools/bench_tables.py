@@ -144,17 +144,14 @@ def online_rl_table() -> str:
 
 def deploy_table() -> str:
     """bench_deploy: one artifact on the PyBullet arm server (runtime) vs MuJoCo on the same seeds."""
+    import sys
+
+    sys.path.insert(0, str(RESULTS.parents[1]))
+    from bench.bench_deploy import COLUMNS, summary_row
+
     d = load("bench_deploy")
-    rows = []
-    for label, r in (d or {}).get("results", {}).items():
-        pb, mj = r["pybullet_ci95"], r["mujoco_ci95"]
-        rows.append([label, r["episodes"], f"{pct(r['pybullet_success'])} [{pct(pb[0])}, {pct(pb[1])}]",
-                     f"{pct(r['mujoco_success'])} [{pct(mj[0])}, {pct(mj[1])}]",
-                     "-" if r["ratio"] is None else f"{r['ratio']:.2f}",
-                     f"{r['both']} / {r['only_pybullet']} / {r['only_mujoco']}",
-                     f"{r['inference_p50_ms']:.2f} / {r['inference_p99_ms']:.2f}"])
-    return table(["artifact", "episodes", "PyBullet arm server", "MuJoCo", "PyBullet / MuJoCo",
-                  "both / only PyBullet / only MuJoCo", "inference p50 / p99 ms"], rows) if rows else "(not run)"
+    rows = [summary_row(label, r) for label, r in (d or {}).get("results", {}).items()]
+    return table(COLUMNS, rows) if rows else "(bench_deploy not run)"
 
 
 if __name__ == "__main__":
