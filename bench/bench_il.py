@@ -125,6 +125,8 @@ def main() -> None:
                    help="tasks trained side by side in separate processes (each config uses 1 torch thread)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args()
+    if args.randomize and not args.tag:  # the demo store is reused by row key: untagged, it would be the nominal one
+        p.error("--randomize needs --tag (its rows and demo stores must not be the nominal task's)")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "bench_il.json"
