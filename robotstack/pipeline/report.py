@@ -65,6 +65,8 @@ def _stage_row(stage: Stage, state: dict) -> dict:
            "wall_s": state.get(stage.name, {}).get("wall_s", summary.get("wall_s")),
            "env_steps": summary.get("env_steps"), "success": success_of(stage, summary),
            "student_success": success_of(stage, summary, "student_eval_"), "summary": summary}
+    if stage.kind == "select" and summary:
+        row["round_gate"] = {k: summary.get(k) for k in ("kept", "policy", "evals", "gate_episodes", "gate_seed")}
     if stage.kind == "offline":
         gate = read_gate(stage.run_dir)
         row["gate"] = {"decisions": gate, **{k: summary.get(k) for k in ("amq_initial", "amq_final", "n_accepted",
@@ -79,7 +81,7 @@ def build_doc(cfg: PipelineConfig, root: Path, plan: list[Stage], state: dict, r
                                                                      "by_source", "by_policy_id")}}
             for r in rows if r["kind"] in ("demos", "merge") and r["summary"]]
     export_stage = next(s for s in plan if s.kind == "export")
-    teacher_stage = next((s.name for s in plan if s.module and s.kind != "distill"
+    teacher_stage = next((s.name for s in plan if (s.module or s.kind == "select") and s.kind != "distill"
                           and str(s.run_dir / "checkpoints" / "latest") == export_stage.inputs["teacher"]), None)
     teacher = by_name.get(teacher_stage, {}) if teacher_stage else {}
     tvs = {"teacher_stage": teacher_stage, "teacher": teacher.get("success"),
@@ -162,6 +164,14 @@ def render_markdown(doc: dict, plots: list[Path]) -> str:
             lines.append(f"| {r['name']} | total | {_num(r['gate'].get('amq_initial'))} | "
                          f"{_num(r['gate'].get('amq_final'))} | {r['gate'].get('n_accepted')} accepted, "
                          f"{r['gate'].get('n_rejected')} rejected | |")
+    selects = [r for r in doc["stages"] if r.get("round_gate")]
+    if selects:
+        lines += ["", "## Round gate (sim, its own seeds)", "",
+                  "| stage | rolled-out policy (incumbent) | re-imitated (candidate) | kept |", "|---|---|---|---|"]
+        for r in selects:
+            g, ev = r["round_gate"], r["round_gate"]["evals"]
+            lines.append(f"| {r['name']} | {ev['incumbent']['success_rate']:.0%} | {ev['candidate']['success_rate']:.0%}"
+                         f" | {g['kept']} ({g['gate_episodes']} episodes each from seed {g['gate_seed']}) |")
     t = doc["teacher_vs_student"]
     lines += ["", "## Teacher vs student", "", "| policy | success |", "|---|---|",
               f"| teacher ({t['teacher_stage']}, DDIM) | {_pct(t['teacher'])} |",

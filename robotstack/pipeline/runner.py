@@ -42,6 +42,8 @@ def _pin_config(cfg: PipelineConfig, root: Path) -> None:
         saved = json.loads(path.read_text())
         if "critic" not in saved and cfg.critic.kind == "none":
             saved["critic"] = doc["critic"]  # a pipeline dir started before critics existed: the same pipeline
+        if "round_gate" not in saved and cfg.round_gate.episodes == 0:
+            saved["round_gate"] = doc["round_gate"]  # started before the round gate existed: the same plan
         changes = _diff(saved, doc)
         if changes:
             raise ConfigError(f"--out {root} holds a pipeline started with another config ({'; '.join(changes)}); "

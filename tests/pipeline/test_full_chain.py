@@ -28,7 +28,7 @@ def test_full_chain_on_reach(tiny_pipeline, tmp_path):
     from robotstack.pipeline.runner import run_pipeline
 
     doc = yaml.safe_load(tiny_pipeline.read_text())
-    doc |= {"rounds": 1, "collect": {"episodes": 2},
+    doc |= {"rounds": 1, "collect": {"episodes": 2}, "round_gate": {"episodes": 2},
             "offline": {"config": str(ROOT / "configs" / "offline_rl" / "reach.yaml"), "overrides": OFFLINE_RL_TINY},
             "online": {"enabled": True, "config": str(ROOT / "configs" / "online_rl" / "reach.yaml"),
                        "overrides": ONLINE_TINY}}
@@ -37,8 +37,8 @@ def test_full_chain_on_reach(tiny_pipeline, tmp_path):
     result = run_pipeline(str(tiny_pipeline), [], out=str(out), show_progress=False)
     assert result["status"] == "finished"
     names = [s["name"] for s in result["stages"]]
-    assert names == ["demos", "il_0", "offline_0", "collect_0", "merge_0", "il_1", "online", "distill", "export",
-                     "evaluate"]
+    assert names == ["demos", "il_0", "offline_0", "collect_0", "merge_0", "il_1", "select_1", "online", "distill",
+                     "export", "evaluate"]
     with EpisodeStore.open(out / "merge_0" / "store.zarr") as st:  # D_1 = demos + every rollout of offline_0
         metas = st.episode_metas()
         assert [m.source for m in metas] == ["scripted"] * 3 + ["policy"] * 2
@@ -46,7 +46,10 @@ def test_full_chain_on_reach(tiny_pipeline, tmp_path):
     il1 = json.loads((out / "il_1" / "config.json").read_text())
     assert il1["data"]["paths"] == [str(out / "merge_0" / "store.zarr")]
     online = json.loads((out / "online" / "config.json").read_text())
-    assert online["policy"] == str(out / "il_1" / "checkpoints" / "latest")
+    assert online["policy"] == str(out / "select_1" / "checkpoints" / "latest")  # the round gate's pick
+    kept = json.loads((out / "select_1" / "summary.json").read_text())["kept"]
+    picked = {"candidate": out / "il_1", "incumbent": out / "offline_0"}[kept] / "checkpoints" / "latest"
+    assert (out / "select_1" / "checkpoints" / "latest").resolve() == picked.resolve()
     assert online["critic"] == str(out / "offline_0" / "critics")
     assert (out / "report.md").is_file() and (out / "export" / "artifact" / "policy.onnx").is_file()
     by = {s["name"]: s for s in result["stages"]}

@@ -17,8 +17,8 @@ def test_report_reads_gate_decisions_and_rates(tiny_pipeline, tmp_path):
     cfg = load_pipeline_config(tiny_pipeline, ["rounds=1", "offline.config=offline.yaml"])
     root = tmp_path / "p"
     plan = build_plan(cfg, root)
-    assert [s.name for s in plan] == ["demos", "il_0", "offline_0", "collect_0", "merge_0", "il_1", "distill",
-                                      "export", "evaluate"]
+    assert [s.name for s in plan] == ["demos", "il_0", "offline_0", "collect_0", "merge_0", "il_1", "select_1",
+                                      "distill", "export", "evaluate"]
     off = root / "offline_0"
     off.mkdir(parents=True)
     gate = [{"update": 5, "amq_old": 0.40, "amq_new": 0.45, "accepted": True, "mode": "delta_revert"},
