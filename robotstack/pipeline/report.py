@@ -170,8 +170,9 @@ def render_markdown(doc: dict, plots: list[Path]) -> str:
                   "| stage | rolled-out policy (incumbent) | re-imitated (candidate) | kept |", "|---|---|---|---|"]
         for r in selects:
             g, ev = r["round_gate"], r["round_gate"]["evals"]
-            lines.append(f"| {r['name']} | {ev['incumbent']['success_rate']:.0%} | {ev['candidate']['success_rate']:.0%}"
-                         f" | {g['kept']} ({g['gate_episodes']} episodes each from seed {g['gate_seed']}) |")
+            inc, cand = ev["incumbent"]["success_rate"], ev["candidate"]["success_rate"]
+            lines.append(f"| {r['name']} | {inc:.0%} | {cand:.0%} | {g['kept']} ({g['gate_episodes']} episodes each "
+                         f"from seed {g['gate_seed']}) |")
     t = doc["teacher_vs_student"]
     lines += ["", "## Teacher vs student", "", "| policy | success |", "|---|---|",
               f"| teacher ({t['teacher_stage']}, DDIM) | {_pct(t['teacher'])} |",

@@ -269,8 +269,9 @@ def run_stage(stage: Stage, cfg: PipelineConfig, resolved: dict[str, Any], show_
     """Run (or resume) one stage; -> its summary (summary["interrupted"] True: Ctrl-C, stop the pipeline)."""
     if stage.module is not None:
         return _run_train(stage, show_progress)
-    return {"demos": _run_demos, "collect": _run_collect, "merge": _run_merge, "select": _run_select,
-            "value": _run_value, "export": _run_export, "evaluate": _run_evaluate}[stage.kind](stage, cfg, resolved, show_progress)
+    run = {"demos": _run_demos, "collect": _run_collect, "merge": _run_merge, "select": _run_select,
+           "value": _run_value, "export": _run_export, "evaluate": _run_evaluate}[stage.kind]
+    return run(stage, cfg, resolved, show_progress)
 
 
 def _run_train(stage: Stage, show_progress: bool) -> dict:
@@ -386,7 +387,8 @@ def _run_select(stage: Stage, cfg: PipelineConfig, resolved: dict[str, Any], sho
     tmp = link.with_name("latest.tmp")
     if tmp.is_symlink() or tmp.exists():
         tmp.unlink()
-    os.symlink(os.path.relpath(Path(stage.inputs[kept]).resolve(), link.parent), tmp)  # survives moving PIPELINE_DIR
+    # relative, so moving PIPELINE_DIR keeps it; to the kept step_N itself (its `latest` resolved)
+    os.symlink(os.path.relpath(Path(stage.inputs[kept]).resolve(), link.parent.resolve()), tmp)
     os.replace(tmp, link)
     chosen = evals[kept]
     return write_summary(stage, {"kept": kept, "policy": stage.inputs[kept], "evals": evals,
