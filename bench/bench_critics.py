@@ -200,6 +200,28 @@ def part_b(name: str, info: dict, args, work: Path) -> dict:
     return {"task": task, "methods": rows}
 
 
+COLUMNS_A = ["task", "policy", "ALOE estimate [95% CI]", "MC return [95% CI]", "relative error",
+             "success (MC episodes)", "critic / all wall"]
+COLUMNS_B = ["task", "method", "success [95% CI]", "train wall", "eval wall"]
+
+
+def rows_a(doc: dict) -> list[list]:
+    """(a) rows of a results doc (this script's table and tools/bench_tables.py's README table)."""
+    ci = lambda lo, hi: f"[{lo:.3f}, {hi:.3f}]"  # noqa: E731
+    return [[task, r["policy"], f"{r['estimate']:.3f} {ci(*r['estimate_ci95'])}",
+             f"{r['mc_return']:.3f} {ci(*r['mc_ci95'])}", f"{100 * r['rel_error']:.0f}%",
+             f"{100 * r['success_rate']:.0f}%", f"{r['critic_wall_s'] / 60:.1f} / {r['wall_s'] / 60:.1f} min"]
+            for task, a in doc.get("a", {}).items() for r in a["policies"]]
+
+
+def rows_b(doc: dict) -> list[list]:
+    """(b) rows of a results doc."""
+    pct = lambda x: f"{100 * x:.0f}%"  # noqa: E731
+    return [[task, m, f"{pct(r['success_rate'])} [{pct(r['ci95'][0])}, {pct(r['ci95'][1])}]",
+             f"{r.get('train_wall_s', 0) / 60:.1f} min", f"{r['eval_wall_s'] / 60:.1f} min"]
+            for task, b in doc.get("b", {}).items() for m, r in b["methods"].items()]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks-a", default="push,stack")
@@ -258,14 +280,8 @@ def main() -> None:
     for name in [t for t in args.tasks_b.split(",") if t]:
         doc["b"][name] = part_b(name, prep(name), args, work) | {"settings": settings}
         save()
-    rows_a = [[n, r["policy"], r["estimate"], r["mc_return"], f"{r['rel_error']:.1%}", r["success_rate"],
-               round(r["wall_s"])] for n, a in doc["a"].items() for r in a["policies"]]
-    print_table("(a) ALOE evaluation error", ["task", "policy", "estimate", "MC return", "|est-MC|/|MC|",
-                                              "success", "wall s"], rows_a)
-    rows_b = [[n, m, r["success_rate"], f"[{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]",
-               round(r.get("train_wall_s", 0) + r["eval_wall_s"])] for n, b in doc["b"].items()
-              for m, r in b["methods"].items()]
-    print_table("(b) success from mixed-quality data", ["task", "method", "success", "95% CI", "wall s"], rows_b)
+    print_table("(a) ALOE evaluation error", COLUMNS_A, rows_a(doc))
+    print_table("(b) success from mixed-quality data", COLUMNS_B, rows_b(doc))
     save()
     print(f"wrote {path}")
 

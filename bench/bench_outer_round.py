@@ -33,11 +33,12 @@ EVAL_SEED = 100_000  # bench_il's evaluation seeds
 COLLECT_SEED = 200_000  # the pipeline's: round m collects from 200,000 + 10,000 m
 
 
-def evaluate(checkpoint: Path, task: str, episodes: int) -> dict:
-    from policies.checkpoint import load_checkpoint
-    from robotstack.eval.rollout import evaluate as run
+def evaluate(checkpoint: Path, episodes: int, out_dir: Path) -> dict:
+    """The checkpoint (EMA when present) in its own task on bench_il's seeds; episode JSON under out_dir."""
+    from robotstack.eval.rollout import evaluate_checkpoint
 
-    s = run(load_checkpoint(checkpoint, weights="auto"), task, episodes, seed=EVAL_SEED, show_progress=False).summary()
+    res, _ = evaluate_checkpoint(checkpoint, episodes, seed=EVAL_SEED, out_dir=out_dir, show_progress=False)
+    s = res.summary()
     return {k: s[k] for k in ("success_rate", "ci95_low", "ci95_high", "mean_length", "wall_s")}
 
 
@@ -98,11 +99,12 @@ def main() -> None:
 
     task = resolve_config(config, [], None).task
     entry = {"task": task, "from": start, "rollouts_per_round": args.rollouts, "reimitate": args.reimitate,
-             "overrides": args.set, "start": {"policy": str(policy), "eval": evaluate(policy, task, args.episodes)},
+             "overrides": args.set, "start": {"policy": str(policy),
+                                               "eval": evaluate(policy, args.episodes, work / "start_eval")},
              "rounds": []}
     for m in range(args.rounds):
         row, policy, store = one_round(m, task, config, policy, store, work, args)
-        row["eval"] = evaluate(policy, task, args.episodes)
+        row["eval"] = evaluate(policy, args.episodes, work / f"round_{m}" / "eval")
         entry["rounds"].append(row)
     path = RESULTS / f"{NAME}.json"
     results = json.loads(path.read_text()).get("results", {}) if path.exists() else {}

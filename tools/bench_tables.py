@@ -154,30 +154,18 @@ def deploy_table() -> str:
     return table(COLUMNS, rows) if rows else "(bench_deploy not run)"
 
 
-def _ci(lo, hi) -> str:
-    return f"[{lo:.3f}, {hi:.3f}]"
-
-
 def critics_tables() -> str:
     """bench_critics: (a) ALOE estimate vs Monte Carlo per policy, (b) success per method from mixed data."""
+    import sys
+
+    sys.path.insert(0, str(RESULTS.parents[1]))
+    from bench.bench_critics import COLUMNS_A, COLUMNS_B, rows_a, rows_b
+
     d = load("bench_critics")
     if not d:
         return "(bench_critics not run)"
-    rows_a = [[task, r["policy"], f"{r['estimate']:.3f} {_ci(*r['estimate_ci95'])}",
-               f"{r['mc_return']:.3f} {_ci(*r['mc_ci95'])}", f"{100 * r['rel_error']:.0f}%", pct(r["success_rate"]),
-               f"{r['critic_wall_s'] / 60:.1f} / {r['wall_s'] / 60:.1f} min"]
-              for task, a in d.get("a", {}).items() for r in a["policies"]]
-    rows_b = [[task, m, f"{pct(r['success_rate'])} [{pct(r['ci95'][0])}, {pct(r['ci95'][1])}]",
-               f"{r.get('train_wall_s', 0) / 60:.1f} min", f"{r['eval_wall_s'] / 60:.1f} min"]
-              for task, b in d.get("b", {}).items() for m, r in b["methods"].items()]
-    out = []
-    if rows_a:
-        out.append(table(["task", "policy", "ALOE estimate [95% CI]", "MC return [95% CI]", "relative error",
-                          "success (MC episodes)", "critic / all wall"], rows_a))
-    if rows_b:
-        out.append(table(["task", "method", "success [95% CI]", "train wall", "eval wall"], rows_b))
+    out = [table(cols, rows) for cols, rows in ((COLUMNS_A, rows_a(d)), (COLUMNS_B, rows_b(d))) if rows]
     return "\n\n".join(out) or "(bench_critics has no rows)"
-
 
 if __name__ == "__main__":
     for title, fn in (("bench_sim", sim_table), ("bench_il", il_table), ("bench_inference", inference_table),
