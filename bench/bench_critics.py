@@ -240,7 +240,7 @@ def main() -> None:
     p.add_argument("--work", default="/tmp/bench_critics")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--name", default=NAME, help="results file bench/results/<name>.json (parallel runs: one each)")
-    p.add_argument("--merge", nargs="*", default=[], help="fold these result files into <name>.json, print, exit")
+    p.add_argument("--merge", nargs="+", default=[], help="fold these result files into <name>.json, print, exit")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args()
     import torch
