@@ -1,7 +1,8 @@
 """Chunked-critic benchmark (issue 12): ALOE evaluation error and best-of-N / AWR success from mixed-quality data.
 
     python bench/bench_critics.py [--tasks-a push,stack] [--tasks-b stack,mw_push] [--demos 50] [--noise 0.3]
-        [--il-steps 3000] [--rollouts 20] [--critic-steps 3000] [--mc-episodes 50] [--episodes 100] [--n 32]
+        [--il-steps 3000] [--rollouts 20] [--critic-steps 3000] [--aloe-steps 20000] [--mc-episodes 100]
+        [--episodes 100] [--n 32]
         [--awr-steps 1000] [--work DIR] [--quiet]
 
 Per task (name = a configs/il/<name>.yaml preset):
@@ -161,7 +162,8 @@ def part_a(name: str, info: dict, args, work: Path) -> dict:
     for ckpt in info["policies"]:
         run = work / name / f"aloe_{Path(ckpt).name}"
         t0 = time.perf_counter()
-        summary = train_critic("aloe", Path(ckpt), [Path(p) for p in info["mixed"]], run, args)
+        summary = train_critic("aloe", Path(ckpt), [Path(p) for p in info["mixed"]], run, args,
+                               [f"train.steps={args.aloe_steps}"])
         t_critic = time.perf_counter() - t0
         r = evaluate_policy_value(ckpt, run / "checkpoints" / "latest",
                                   episodes=args.mc_episodes, num_samples=args.samples, out=run / "value",
@@ -231,9 +233,11 @@ def main() -> None:
     p.add_argument("--il-steps", type=int, default=3000)
     p.add_argument("--rollouts", type=int, default=20, help="recorded rollouts per IL checkpoint")
     p.add_argument("--critic-steps", type=int, default=3000)
+    p.add_argument("--aloe-steps", type=int, default=20000,
+                   help="(a) ALOE evaluation critic steps (targets cached: ~30 steps/s on 2 cores)")
     p.add_argument("--critic-batch", type=int, default=256)
     p.add_argument("--samples", type=int, default=4, help="ALOE policy samples per state (M)")
-    p.add_argument("--mc-episodes", type=int, default=50)
+    p.add_argument("--mc-episodes", type=int, default=100)
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--n", type=int, default=32, help="best-of-N candidates")
     p.add_argument("--awr-steps", type=int, default=1000)

@@ -215,3 +215,33 @@ def test_every_critic_preset_loads(path):
     assert cfg.scored_len <= 4  # the IL presets execute Ta = 4 actions per chunk
     with pytest.raises(ConfigError, match="policy"):
         resolve_config(str(path), ["data.paths=[d.zarr]"], None)
+
+
+def test_aloe_target_cache_holds_the_policys_chunks_at_each_starts_next_state(reach_policy, reach_store):
+    """aloe.cache_targets: row lookup by start frame returns the chunks the policy drew at *that* chunk's next state
+    (recomputed here block by block with the cache's generators), and a frame that is not a start is refused."""
+    import numpy as np
+
+    from robotstack.train.common import torch_gen
+    from robotstack.train.critic import (TargetChunkCache, build_scorer, load_chunks, open_policy, policy_chunks)
+
+    args = _args(reach_policy, reach_store, "aloe")[1:]
+    cfg = resolve_config(args[0], args[1:], None)
+    policy, _ = open_policy(cfg)
+    keys = list(policy.config.obs_shapes)
+    sampler, arrays = load_chunks(cfg, keys, policy.config.n_obs_steps)
+    scorer = build_scorer(cfg, policy, keys, arrays)
+    block, m = 7, 2
+    cache = TargetChunkCache(sampler, policy, scorer, m, steps=2, seed=3, block=block)
+    assert cache.chunks.shape == (len(sampler), m, policy.config.n_action_steps, policy.config.action_dim)
+    rng = np.random.default_rng(0)
+    for j in rng.choice(-(-len(sampler) // block), size=3, replace=False):
+        starts = sampler.starts[j * block:(j + 1) * block]
+        nb = sampler.batch(starts)
+        nt = {k: torch.from_numpy(np.ascontiguousarray(nb.next_obs[k])) for k in keys}
+        want = scorer.normalize_actions(policy_chunks(policy, nt, m, 2, torch_gen(3, int(j), stream=9)))
+        order = rng.permutation(len(starts))  # a batch asks in any order
+        got = cache.lookup(torch.from_numpy(starts[order]))
+        assert torch.equal(got, want[:, torch.from_numpy(order)])
+    with pytest.raises(KeyError):  # past the data (every in-range frame of this store may be a start)
+        cache.lookup(torch.tensor([int(sampler.episode_ends[-1])]))
