@@ -56,7 +56,8 @@ def add_verbs(sub) -> None:
                                                   "default: train one on --data (configs/critic/aloe.yaml)")
     ev.add_argument("--episodes", type=int, default=50, help="fresh rollouts for the MC return")
     ev.add_argument("--samples", type=int, default=16, help="policy chunks per start state for the estimate")
-    ev.add_argument("--critic-steps", type=int, default=3000, help="training steps when no --critic is given")
+    ev.add_argument("--critic-steps", type=int, default=5000, help="training steps when no --critic is given "
+                                                                   "(configs/critic/aloe.yaml's)")
     ev.add_argument("--seed", type=int, default=100_000)
     ev.add_argument("--max-episode-steps", type=int, default=0)
     ev.add_argument("--out", default="", help="output dir (default CHECKPOINT/critic_eval)")
