@@ -138,6 +138,8 @@ def prepare(name: str, args, work: Path) -> dict:
     task = resolve_config(str(ROOT / "configs" / "il" / f"{name}.yaml"), [], None).task
     d = work / name
     d.mkdir(parents=True, exist_ok=True)
+    if (d / "prepare.json").is_file():  # the data of an earlier run, reused: keep what was measured making it
+        return json.loads((d / "prepare.json").read_text())
     info: dict = {"task": task, "wall_s": {}}
     t0 = time.perf_counter()
     if not (d / "demos.zarr").exists():
@@ -152,6 +154,7 @@ def prepare(name: str, args, work: Path) -> dict:
                             for i, c in enumerate(ckpts)]
     info["wall_s"]["record_rollouts"] = time.perf_counter() - t0
     info["mixed"] = [str(d / "demos.zarr"), str(d / "rollouts.zarr")]
+    (d / "prepare.json").write_text(json.dumps(info, indent=2))
     return info
 
 
