@@ -167,6 +167,7 @@ def critics_tables() -> str:
     out = [table(cols, rows) for cols, rows in ((COLUMNS_A, rows_a(d)), (COLUMNS_B, rows_b(d))) if rows]
     return "\n\n".join(out) or "(bench_critics has no rows)"
 
+
 if __name__ == "__main__":
     for title, fn in (("bench_sim", sim_table), ("bench_il", il_table), ("bench_inference", inference_table),
                       ("bench_inference speed", speed_table),

@@ -80,12 +80,12 @@ class DataConfig:
 class AloeConfig:
     num_samples: int = 4  # M current-policy chunks per next state (target) / per state (AWR baseline)
     policy_steps: int = 0  # DDIM steps of those samples; 0 = the policy's own
-    # The evaluated policy is fixed while its critic trains, so its M chunks at each chunk's next state can be
-    # drawn once, before training, for every start of the data (one batched pass) instead of per batch: the
-    # per-step cost drops from M*B diffusion samples to an MLP step (M=4, B=256 on 2 cores: ~1 -> ~30 steps/s), which is what lets the
-    # TD critic train long enough to propagate a sparse terminal reward back to the start states. The target's
-    # expectation over a' ~ pi then uses the same M draws per state all along (unbiased, a fixed Monte Carlo
-    # sample); memory N_chunks * M * h * Da floats. false = fresh draws every step (the spec's literal loop).
+    # The evaluated policy is fixed while its critic trains, so its M chunks at each chunk's next state are drawn
+    # once, before training, for every start of the data (one batched pass) instead of per batch: a step becomes
+    # an MLP step (M=4, B=256 on 2 cores: ~1 -> ~30 steps/s), which lets the TD critic train long enough to carry
+    # a sparse terminal reward back to the start states. The target's expectation over a' ~ pi then uses the same
+    # M draws per state throughout (a fixed Monte Carlo sample); memory N_chunks * M * h * Da floats.
+    # false = fresh draws every step (the spec's literal loop).
     cache_targets: bool = True
 
 
@@ -293,9 +293,9 @@ class TargetChunkCache:
 
     def lookup(self, index: torch.Tensor) -> torch.Tensor:
         """start frames (B,) -> (M, B, Ta, Da) normalised chunks."""
-        rows = np.searchsorted(self.starts, index.numpy())
-        if np.any(rows >= len(self.starts)) or np.any(self.starts[np.minimum(rows, len(self.starts) - 1)]
-                                                       != index.numpy()):
+        frames = index.numpy()
+        rows = np.minimum(np.searchsorted(self.starts, frames), len(self.starts) - 1)
+        if not np.array_equal(self.starts[rows], frames):
             raise KeyError("TargetChunkCache: a batch start is not one of the sampler's starts")
         return self.chunks[torch.from_numpy(rows)].transpose(0, 1)
 
