@@ -3,7 +3,7 @@
     python bench/bench_critics.py [--tasks-a push,stack] [--tasks-b stack,mw_push] [--demos 50] [--noise 0.3]
         [--il-steps 3000] [--rollouts 20] [--critic-steps 3000] [--aloe-steps 20000] [--mc-episodes 100]
         [--episodes 100] [--n 32]
-        [--awr-steps 1000] [--work DIR] [--quiet]
+        [--awr-steps 1000] [--methods BC,QC,NS,DQC,ALOE-AWR] [--work DIR] [--quiet]
 
 Per task (name = a configs/il/<name>.yaml preset):
   1. noisy scripted demos (--demos, --noise) -> demos.zarr;
@@ -188,21 +188,49 @@ def part_b(name: str, info: dict, args, work: Path) -> dict:
     bc_dir = work / name / "bc" / "checkpoints" / "latest"
     bc = load_checkpoint(bc_dir, weights="auto")
     seed = 200_000
-    rows = {"BC": success(bc, task, args.episodes, seed, args.quiet) | {"train_wall_s": t_bc}}
+    wanted = methods(args)
+    rows = {}
+    if "BC" in wanted:
+        rows["BC"] = success(bc, task, args.episodes, seed, args.quiet) | {"train_wall_s": t_bc}
     for method in ("qc", "ns", "dqc"):
+        if method.upper() not in wanted:
+            continue
         t0 = time.perf_counter()
         train_critic(method, bc_dir, mixed, work / name / f"b_{method}", args)
         t_train = time.perf_counter() - t0
         scorer = load_scorer(work / name / f"b_{method}" / "checkpoints" / "latest")
         rows[method.upper()] = success(BestOfNPolicy(bc, scorer, args.n), task, args.episodes, seed, args.quiet) | {
             "train_wall_s": t_train, "n": args.n}
-    t0 = time.perf_counter()
-    run = work / name / "b_aloe_awr"
-    train_critic("aloe", bc_dir, mixed, run, args, [f"awr.steps={args.awr_steps}"])
-    awr = load_checkpoint(run / "awr" / "checkpoints" / "latest")
-    rows["ALOE-AWR"] = success(awr, task, args.episodes, seed, args.quiet) | {
-        "train_wall_s": time.perf_counter() - t0, "awr_steps": args.awr_steps}
-    return {"task": task, "methods": rows}
+    if "ALOE-AWR" in wanted:
+        t0 = time.perf_counter()
+        run = work / name / "b_aloe_awr"
+        train_critic("aloe", bc_dir, mixed, run, args, [f"awr.steps={args.awr_steps}"])
+        awr = load_checkpoint(run / "awr" / "checkpoints" / "latest", weights="auto")
+        awr_cfg = json.loads((run / "config.json").read_text())["awr"]
+        rows["ALOE-AWR"] = success(awr, task, args.episodes, seed, args.quiet) | {
+            "train_wall_s": time.perf_counter() - t0, "awr_steps": args.awr_steps, "awr": awr_cfg}
+    # each row keeps the settings of the run that measured it: --methods reruns merge per method
+    return {"task": task, "methods": {m: r | {"run": args.name} for m, r in rows.items()}}
+
+
+METHODS_B = ("BC", "QC", "NS", "DQC", "ALOE-AWR")
+
+
+def methods(args) -> list[str]:
+    wanted = [m for m in args.methods.split(",") if m]
+    bad = [m for m in wanted if m not in METHODS_B]
+    if bad:
+        raise SystemExit(f"--methods: {bad} not in {METHODS_B}")
+    return wanted
+
+
+def merge_b(old: dict, new: dict) -> dict:
+    """(b) results per task, merged per method: a rerun of some methods replaces those rows only."""
+    out = dict(old)
+    for task, entry in new.items():
+        prev = out.get(task, {})
+        out[task] = prev | entry | {"methods": prev.get("methods", {}) | entry.get("methods", {})}
+    return out
 
 
 COLUMNS_A = ["task", "policy", "ALOE estimate [95% CI]", "MC return [95% CI]", "relative error",
@@ -244,6 +272,8 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--n", type=int, default=32, help="best-of-N candidates")
     p.add_argument("--awr-steps", type=int, default=1000)
+    p.add_argument("--methods", default=",".join(METHODS_B),
+                   help="(b) rows to run; the others are kept from the results file (merged per method)")
     p.add_argument("--work", default="/tmp/bench_critics")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--name", default=NAME, help="results file bench/results/<name>.json (parallel runs: one each)")
@@ -261,8 +291,9 @@ def main() -> None:
     doc.setdefault("b", {})
     for other in args.merge:  # results of parallel runs (other --name), merged per part and task
         o = json.loads(Path(other).read_text())
-        for part in ("a", "b", "prepare"):
+        for part in ("a", "prepare"):
             doc[part] = doc.get(part, {}) | o.get(part, {})
+        doc["b"] = merge_b(doc.get("b", {}), o.get("b", {}))
         doc.setdefault("runs", []).append({"file": Path(other).name, "settings": o.get("settings"),
                                            "wall_s": o.get("wall_s")})
     if args.merge:
@@ -284,8 +315,9 @@ def main() -> None:
     for name in [t for t in args.tasks_a.split(",") if t]:
         doc["a"][name] = part_a(name, prep(name), args, work) | {"settings": settings}
         save()
+    methods(args)  # a bad --methods fails before any work
     for name in [t for t in args.tasks_b.split(",") if t]:
-        doc["b"][name] = part_b(name, prep(name), args, work) | {"settings": settings}
+        doc["b"] = merge_b(doc["b"], {name: part_b(name, prep(name), args, work) | {"settings": settings}})
         save()
     print_table("(a) ALOE evaluation error", COLUMNS_A, rows_a(doc))
     print_table("(b) success from mixed-quality data", COLUMNS_B, rows_b(doc))

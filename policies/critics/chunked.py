@@ -37,7 +37,7 @@ VARIANTS = ("dqc", "qc", "ns", "os")
 OUTPUTS = ("sigmoid", "linear")
 REGRESSIONS = ("expectile", "quantile")
 AGGS = ("mean", "min")
-WEIGHT_MODES = ("exp_clip", "batch_softmax", "norm_exp_clip")
+WEIGHT_MODES = ("exp_clip", "batch_softmax", "norm_exp_clip", "none")
 _EPS = 1e-6  # logit clamp (spec §4.4: logit of an aggregated probability must be clamped)
 
 
@@ -320,12 +320,16 @@ def advantage_weights(adv: torch.Tensor, beta: float = 1.0, mode: str = "exp_cli
                    a constant factor, spec §4.2)
     norm_exp_clip: min(exp(((A - mean) / std) / beta), w_max), A standardised over the batch (scale-free beta,
                    like RL-100's normalised advantages; std floored at 1e-8)
+    none:          1 for every sample: the control (a plain BC fine-tune on the same windows and steps), which
+                   separates what the critic's weights do from what fine-tuning itself does
     """
     if beta <= 0:
         raise ValueError(f"advantage_weights: beta={beta!r}, expected > 0")
     if mode not in WEIGHT_MODES:
         raise ValueError(f"advantage_weights: mode {mode!r}, expected one of {WEIGHT_MODES}")
     adv = adv.detach()
+    if mode == "none":
+        return torch.ones_like(adv)
     if mode == "batch_softmax":
         return adv.numel() * torch.softmax(adv.reshape(-1) / beta, 0).reshape(adv.shape)
     if mode == "norm_exp_clip":

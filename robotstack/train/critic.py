@@ -56,8 +56,11 @@ from robotstack.core.progress import print_summary, progress_bar
 from robotstack.data.chunks import ChunkSampler
 from robotstack.data.store import load_stores
 from robotstack.train.common import (CONFIG_NAME, LoopConfig, MetricWindow, RunLogger, StopRequest,
-                                     load_training_state, numpy_rng, read_metrics, resolve_stage_config, run_dir_for,
-                                     save_run_checkpoint, set_lr, torch_gen, truncate_metrics)
+                                     load_training_state, numpy_rng, read_metrics, resolve_stage_config,
+                                     restore_run_checkpoint, run_dir_for, save_run_checkpoint, set_lr, torch_gen,
+                                     truncate_metrics)
+
+from policies.common.ema import EMA
 
 from policies.critics.chunked import (WEIGHT_MODES, AloeCritic, ChunkCriticConfig, DQCCritics, advantage_weights,
                                       aloe_advantage, intervention_weights)
@@ -97,12 +100,19 @@ class AwrConfig:
     beta: float = 1.0
     mode: str = "norm_exp_clip"  # chunked.WEIGHT_MODES
     w_max: float = 20.0
+    # The proposal is an IL policy's EMA weights (decay up to 0.9999); fine-tuning its live copy at lr 1e-4 and
+    # evaluating those raw weights loses that averaging (measured on stack: see README "Chunked critics"). So the
+    # fine-tune keeps its own EMA with this constant decay, started at the proposal, and that EMA is the AWR
+    # policy (saved as the checkpoint's EMA weights, which `load_checkpoint(weights="auto")` reads). 0 = no EMA.
+    ema_decay: float = 0.999
     checkpoint_every: int = 0  # 0 = only at the end
 
     def __post_init__(self) -> None:
-        if self.mode not in WEIGHT_MODES or self.beta <= 0 or self.w_max <= 0 or self.steps < 0:
+        if (self.mode not in WEIGHT_MODES or self.beta <= 0 or self.w_max <= 0 or self.steps < 0
+                or not 0 <= self.ema_decay < 1):
             raise ConfigError(f"config awr: mode={self.mode!r} (expected one of {WEIGHT_MODES}), beta={self.beta}, "
-                              f"w_max={self.w_max}, steps={self.steps}: expected beta > 0, w_max > 0, steps >= 0")
+                              f"w_max={self.w_max}, steps={self.steps}, ema_decay={self.ema_decay}: expected "
+                              f"beta > 0, w_max > 0, steps >= 0, 0 <= ema_decay < 1")
 
 
 @dataclass
@@ -343,7 +353,10 @@ def awr_loss(policy: DiffusionPolicy, obs: dict[str, torch.Tensor], action: torc
 @torch.no_grad()
 def awr_weights(cfg: CriticStageConfig, scorer: CriticScorer, proposal: DiffusionPolicy,
                 obs: dict[str, torch.Tensor], action: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """(B,) weights from A = min_i Q_i(s, executed window actions) - mean_m min_i Q_i(s, a_m ~ proposal)."""
+    """(B,) weights from A = min_i Q_i(s, executed window actions) - mean_m min_i Q_i(s, a_m ~ proposal);
+    awr.mode none: ones, without querying the critic."""
+    if cfg.awr.mode == "none":
+        return torch.ones(action.shape[0])
     start = proposal.executed_slice.start
     h = cfg.critic.h
     feat = scorer.encode_obs({k: obs[k] for k in scorer.config.obs_shapes})
@@ -359,7 +372,8 @@ def awr_weights(cfg: CriticStageConfig, scorer: CriticScorer, proposal: Diffusio
 def awr_finetune(cfg: CriticStageConfig, scorer: CriticScorer, proposal: DiffusionPolicy, extra: dict,
                  obs_keys: list[str], run_dir: Path, logger: RunLogger, stop: StopRequest, show_progress: bool
                  ) -> tuple[DiffusionPolicy, bool]:
-    """Fine-tune a copy of the policy on the stores' windows with AWR weights. -> (policy, interrupted)."""
+    """Fine-tune a copy of the policy on the stores' windows with AWR weights. -> (the policy to evaluate: the
+    fine-tune's EMA, or its live weights with awr.ema_decay 0; interrupted)."""
     from robotstack.train.distill import load_windows, sample_batch
 
     a, t = cfg.awr, cfg.train
@@ -368,11 +382,14 @@ def awr_finetune(cfg: CriticStageConfig, scorer: CriticScorer, proposal: Diffusi
     policy.normalizer.requires_grad_(False)
     windows = load_windows(cfg.data.paths, list(pc.obs_shapes), pc.n_obs_steps, pc.horizon)
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=a.lr, weight_decay=0.0)
+    ema = EMA(policy, min_decay=a.ema_decay, max_decay=a.ema_decay) if a.ema_decay else None
+    averaged = ema.averaged if ema is not None else None
     awr_dir = run_dir / "awr"
     start = 0
     if (awr_dir / "checkpoints" / "latest" / "train_state.json").is_file():
-        policy.load_state_dict(load_file(str(awr_dir / "checkpoints" / "latest" / "model.safetensors")))
-        start = int(load_training_state(awr_dir / "checkpoints" / "latest", opt)["step"])
+        start = int(restore_run_checkpoint(awr_dir, policy, opt, averaged)["step"])
+        if ema is not None:
+            ema.step = start
     awr_extra = extra | {"stage": "critic_awr", "awr_from": str(cfg.policy), "critic_run": str(run_dir)}
     bar = progress_bar("awr fine-tune", show_progress)
     task = bar.add_task("awr", total=a.steps, completed=start, status="")
@@ -386,6 +403,8 @@ def awr_finetune(cfg: CriticStageConfig, scorer: CriticScorer, proposal: Diffusi
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if ema is not None:
+                ema.update(policy)
             done = step + 1
             if t.log_due(done) or done == a.steps:
                 logger.log(t.steps + done, {"awr/loss": float(loss.detach()), "awr/w_mean": float(w.mean()),
@@ -394,11 +413,11 @@ def awr_finetune(cfg: CriticStageConfig, scorer: CriticScorer, proposal: Diffusi
             interrupted = stop.requested
             if done == a.steps or interrupted or (a.checkpoint_every and done % a.checkpoint_every == 0):
                 policy.eval()
-                save_run_checkpoint(awr_dir, done, policy, opt, extra=awr_extra | {"step": done})
+                save_run_checkpoint(awr_dir, done, policy, opt, averaged, extra=awr_extra | {"step": done})
                 policy.train()
             if interrupted:
                 break
-    return policy.eval(), interrupted
+    return (averaged if averaged is not None else policy).eval(), interrupted
 
 
 # ============================================================================================= loop

@@ -147,6 +147,36 @@ def test_aloe_with_awr_writes_a_policy_any_verb_opens(reach_policy, reach_store,
     assert any("awr/loss" in r for r in read_metrics(run))
 
 
+def test_awr_policy_is_the_fine_tunes_ema_and_mode_none_is_plain_bc(reach_policy, reach_store, tmp_path):
+    """The AWR policy that is saved and opened is an EMA of the fine-tune started at the proposal (awr.ema_decay),
+    not its live weights; ema_decay 0 keeps the live weights; awr.mode none (the control) weights every sample 1."""
+    from policies.checkpoint import EMA_FILE, load_checkpoint
+
+    def run_awr(name, *extra):
+        run = tmp_path / name
+        assert cli(["train", "critic", *_args(reach_policy, reach_store, "aloe"), "awr.steps=3", "awr.batch_size=4",
+                    "aloe.num_samples=2", *extra, "--out", str(run), "--quiet"]) == 0
+        return run / "awr" / "checkpoints" / "latest"
+
+    latest = run_awr("ema", "awr.ema_decay=0.9")
+    start = load_checkpoint(reach_policy).state_dict()
+    live, ema = load_file(str(latest / "model.safetensors")), load_file(str(latest / EMA_FILE))
+    opened = load_checkpoint(latest, weights="auto").state_dict()
+    keys = [k for k in live if "denoiser" in k and live[k].is_floating_point()]
+    assert all(torch.equal(opened[k], ema[k]) for k in keys)  # what the eval verbs open ("auto") is the EMA
+    moved = [k for k in keys if not torch.equal(live[k], start[k])]
+    assert moved and any(not torch.equal(ema[k], live[k]) for k in moved)
+    # the EMA lies between the start and the live weights: it moved less than the live weights did
+    dist = lambda a: sum(float((a[k] - start[k]).norm()) for k in moved)  # noqa: E731
+    assert 0 < dist(ema) < dist(live)
+    latest0 = run_awr("live", "awr.ema_decay=0")
+    assert not (latest0 / EMA_FILE).exists()
+    assert all(torch.equal(load_checkpoint(latest0, weights="auto").state_dict()[k],
+                           load_file(str(latest0 / "model.safetensors"))[k]) for k in keys)
+    none = run_awr("none", "awr.mode=none")
+    assert [r["awr/w_mean"] for r in read_metrics(none.parents[2]) if "awr/w_mean" in r][-1] == 1.0
+
+
 def test_critic_evaluate_cli_prints_estimate_and_mc(reach_policy, reach_store, tmp_path, capsys):
     out = tmp_path / "ce"
     code = cli(["critic", "evaluate", "--checkpoint", str(reach_policy), "--data", str(reach_store),

@@ -1,0 +1,21 @@
+"""bench/bench_critics.py: a (b) rerun of some methods (--methods) replaces those rows only, so a row measured
+under other settings keeps them (each row records the run that measured it)."""
+
+from __future__ import annotations
+
+from bench.bench_critics import merge_b
+
+
+def test_a_method_rerun_replaces_that_row_and_keeps_the_others():
+    old = {"stack": {"task": "stack", "settings": {"name": "first"},
+                     "methods": {"BC": {"success_rate": 0.25, "run": "first"},
+                                 "ALOE-AWR": {"success_rate": 0.15, "run": "first"}}},
+           "mw_push": {"task": "mw_push", "methods": {"BC": {"success_rate": 0.4}}}}
+    new = {"stack": {"task": "stack", "settings": {"name": "rerun"},
+                     "methods": {"ALOE-AWR": {"success_rate": 0.3, "run": "rerun"}}}}
+    out = merge_b(old, new)
+    assert out["stack"]["methods"]["BC"] == {"success_rate": 0.25, "run": "first"}
+    assert out["stack"]["methods"]["ALOE-AWR"] == {"success_rate": 0.3, "run": "rerun"}
+    assert out["mw_push"] == old["mw_push"]
+    assert old["stack"]["methods"]["ALOE-AWR"]["success_rate"] == 0.15  # inputs untouched
+    assert merge_b({}, new) == new
