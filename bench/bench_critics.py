@@ -3,7 +3,7 @@
     python bench/bench_critics.py [--tasks-a push,stack] [--tasks-b stack,mw_push] [--demos 50] [--noise 0.3]
         [--il-steps 3000] [--rollouts 20] [--critic-steps 3000] [--aloe-steps 20000] [--mc-episodes 100]
         [--episodes 100] [--n 32]
-        [--awr-steps 1000] [--methods BC,QC,NS,DQC,ALOE-AWR] [--work DIR] [--quiet]
+        [--awr-steps 1000] [--methods BC,QC,NS,DQC,ALOE-AWR,AWR-control] [--work DIR] [--quiet]
 
 Per task (name = a configs/il/<name>.yaml preset):
   1. noisy scripted demos (--demos, --noise) -> demos.zarr;
@@ -16,7 +16,9 @@ Per task (name = a configs/il/<name>.yaml preset):
     --mc-episodes fresh rollouts (robotstack.eval.critic_eval; same gamma).
 (b) success, tasks-b: BC = IL on the mixed data (the preset, --il-steps); QC / NS / DQC = best-of-N (--n) with BC as
     the proposal and the critic of configs/critic/{qc,ns,dqc}.yaml trained on the mixed data; ALOE-AWR = BC
-    fine-tuned by advantage-weighted denoising (configs/critic/aloe.yaml, --awr-steps). --episodes each, same seeds.
+    fine-tuned by advantage-weighted denoising (configs/critic/aloe.yaml, --awr-steps); AWR-control = the same
+    fine-tune with every weight 1 (awr.mode none), which separates the critic's weights from fine-tuning itself.
+    --episodes each, same seeds.
 Every stage's wall time is recorded. Results: bench/results/bench_critics.json (merged per task and part).
 Nothing is tuned to pass; the configs are the shipped presets plus the step/batch overrides printed with each row.
 """
@@ -209,11 +211,21 @@ def part_b(name: str, info: dict, args, work: Path) -> dict:
         awr_cfg = json.loads((run / "config.json").read_text())["awr"]
         rows["ALOE-AWR"] = success(awr, task, args.episodes, seed, args.quiet) | {
             "train_wall_s": time.perf_counter() - t0, "awr_steps": args.awr_steps, "awr": awr_cfg}
+    if "AWR-control" in wanted:  # the same fine-tune with every weight 1: what fine-tuning alone does
+        t0 = time.perf_counter()
+        run = work / name / "b_awr_control"
+        # awr.mode none never queries the critic: one critic step keeps the stage's run-dir contract
+        train_critic("aloe", bc_dir, mixed, run, args, [f"awr.steps={args.awr_steps}", "awr.mode=none",
+                                                        "train.steps=1", "aloe.cache_targets=false"])
+        ctl = load_checkpoint(run / "awr" / "checkpoints" / "latest", weights="auto")
+        rows["AWR-control"] = success(ctl, task, args.episodes, seed, args.quiet) | {
+            "train_wall_s": time.perf_counter() - t0, "awr_steps": args.awr_steps,
+            "awr": json.loads((run / "config.json").read_text())["awr"]}
     # each row keeps the settings of the run that measured it: --methods reruns merge per method
     return {"task": task, "methods": {m: r | {"run": args.name} for m, r in rows.items()}}
 
 
-METHODS_B = ("BC", "QC", "NS", "DQC", "ALOE-AWR")
+METHODS_B = ("BC", "QC", "NS", "DQC", "ALOE-AWR", "AWR-control")
 
 
 def methods(args) -> list[str]:

@@ -4,7 +4,8 @@
         [--variant rl100] [--set train.env_steps=120000 rl.sigma_min=0.1 ...] [--work runs/bench_online_rl]
 
 Runs (or resumes: the same --work/--task/--variant continues the run dir WORK/<task>@<variant> with the policy
-and overrides it was started with, kept in its bench_start.json) the shipped configs/online_rl/<task>.yaml with
+and overrides it was started with, kept in its bench_start.json; --set on a resume, e.g. a larger
+train.env_steps, applies on top and is recorded with the row) the shipped configs/online_rl/<task>.yaml with
 the --set overrides, then reads the run's metrics.csv and records the curve:
 deterministic DDIM evaluation success with its 95% interval at every `eval.every` updates (the starting policy
 first), the stochastic training policy's success per update (episodes completed in that update's collection),
@@ -62,7 +63,10 @@ def run(task: str, policy: str, variant: str, overrides: list[str], work: Path, 
     started = run_dir / "bench_start.json"  # what the run was started with (a resume keeps the run's config)
     if (run_dir / "config.json").is_file():
         start = json.loads(started.read_text())
-        online_rl.main(None, [], resume=str(run_dir), show_progress=not quiet)
+        if overrides:  # e.g. a longer budget (train.env_steps=...) for a finished run: recorded with the row
+            start["resume_overrides"] = [*start.get("resume_overrides", []), *overrides]
+            started.write_text(json.dumps(start))
+        online_rl.main(None, overrides, resume=str(run_dir), show_progress=not quiet)
     else:
         if not policy:
             raise SystemExit(f"{run_dir} does not exist yet: --policy is needed to start it")
@@ -87,7 +91,8 @@ def summary_row(key: str, r: dict) -> list:
     tr = [u["train_success"] for u in r["updates"]  # NaN: no episode ended within that update
           if u["train_success"] is not None and not math.isnan(u["train_success"])]
     k = max(1, len(tr) // 4)
-    return [key, " ".join(r["overrides"]) or "(shipped)", pct(ev[0]["success"]) if ev else "-",
+    resumed = " ".join(r.get("resume_overrides", []))
+    return [key, (" ".join(r["overrides"]) or "(shipped)") + (f"; resumed with {resumed}" if resumed else ""), pct(ev[0]["success"]) if ev else "-",
             f"{pct(ev[-1]['success'])} [{pct(ev[-1]['ci95'][0])}, {pct(ev[-1]['ci95'][1])}]" if ev else "-",
             " / ".join(f"{pct(e['success'])}@{e['env_steps'] // 1000}k" for e in ev),
             f"{pct(sum(tr[:k]) / k)} -> {pct(sum(tr[-k:]) / k)}" if tr else "-", r["env_steps"],
