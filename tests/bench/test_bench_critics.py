@@ -1,5 +1,5 @@
 """bench/bench_critics.py: a (b) rerun of some methods (--methods) replaces those rows only, so a row measured
-under other settings keeps them (each row records the run that measured it)."""
+under other settings keeps them (each row records the run that measured it); bench/critic_diagnostics.py's AUC."""
 
 from __future__ import annotations
 
@@ -19,3 +19,15 @@ def test_a_method_rerun_replaces_that_row_and_keeps_the_others():
     assert out["mw_push"] == old["mw_push"]
     assert old["stack"]["methods"]["ALOE-AWR"]["success_rate"] == 0.15  # inputs untouched
     assert merge_b({}, new) == new
+
+
+def test_rank_auc_is_the_pairwise_win_rate_with_ties_half():
+    import numpy as np
+
+    from bench.critic_diagnostics import rank_auc
+
+    rng = np.random.default_rng(0)
+    pos, neg = rng.integers(0, 5, 40).astype(float), rng.integers(0, 5, 30).astype(float)
+    pairwise = ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (40 * 30)
+    assert rank_auc(pos, neg) == pairwise
+    assert rank_auc(np.array([2.0, 3.0]), np.array([0.0, 1.0])) == 1.0
