@@ -52,7 +52,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +114,12 @@ class PPOConfig:
     max_grad_norm: float = 0.5
     adam_eps: float = 1.0e-5
     value_hidden: list[int] = field(default_factory=lambda: [512, 512])  # fresh V only (critic: "")
+    # Fresh V only: epochs of plain-MSE regression of V on the first collection's GAE returns before the first
+    # actor step (DPPO's critic warm-up). Value clipping bounds V's move to value_clip per update relative to the
+    # V that collected the batch, so a fresh V (outputs ~0) needs ~|return| / value_clip updates to reach returns
+    # of a dense reward (-5 on shaped reach: value mean 0.04 -> -2.2 in 6 updates), and the advantages of those
+    # updates come from that lagging baseline. 0 = off (the default: sparse returns lie in [0, 1]).
+    value_warmup_epochs: int = 0
 
 
 @dataclass
@@ -188,6 +194,7 @@ class OnlineRLConfig:
             raise ConfigError(f"config ppo.update: {self.ppo.update!r} not in {UPDATE_MODES}")
         checks = {"env.num_envs": self.env.num_envs >= 1, "rl.steps": self.rl.steps >= 1,
                   "ppo.epochs": self.ppo.epochs >= 1, "ppo.minibatch_size": self.ppo.minibatch_size >= 1,
+                  "ppo.value_warmup_epochs": self.ppo.value_warmup_epochs >= 0,
                   "train.env_steps": self.train.env_steps >= 1,
                   "train.rollout_env_steps": self.train.rollout_env_steps >= 1,
                   "eval.episodes": self.eval.episodes >= 0, "eval.num_envs": self.eval.num_envs >= 1,
@@ -195,7 +202,8 @@ class OnlineRLConfig:
                   "ray.num_workers": self.ray.num_workers >= 1, "ray.envs_per_worker": self.ray.envs_per_worker >= 1}
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
-            raise ConfigError(f"config {', '.join(bad)}: out of range (counts >= 1, gamma in (0, 1], lam in [0, 1])")
+            raise ConfigError(f"config {', '.join(bad)}: out of range (counts >= 1, ppo.value_warmup_epochs >= 0, "
+                              f"gamma in (0, 1], lam in [0, 1])")
         # the PPO knobs are validated by the one PPO config
         self.ppo_config()
 
@@ -361,6 +369,32 @@ def distill_step(learner: Learner, cond: torch.Tensor, teacher_steps: int, grad_
     nn.utils.clip_grad_norm_(learner.student.denoiser.parameters(), grad_clip)
     learner.student_opt.step()
     return float(loss.detach())
+
+
+def warm_up_value(learner: Learner, roll: Rollout, cfg: OnlineRLConfig, rng: np.random.Generator) -> float:
+    """ppo.value_warmup_epochs passes of unclipped MSE of V on the GAE returns of `roll` (recomputed with the
+    current V each pass), after shifting V's output bias to the returns' mean (Adam at the critic lr moves a fresh
+    output by ~lr per step: far too slow for returns of -10). -> the last pass's mean loss. The actor is untouched."""
+    p = cfg.ppo
+    cond, next_cond = torch.from_numpy(roll.cond), torch.from_numpy(roll.next_cond)
+
+    def returns() -> torch.Tensor:
+        with torch.no_grad():
+            values, next_values = learner.value(cond).double().numpy(), learner.value(next_cond).double().numpy()
+        return torch.from_numpy(advantages(roll, values, next_values, cfg.gae)[1]).float()
+
+    out_layer = [m for m in learner.value.modules() if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad():
+        out_layer.bias += returns().mean() - learner.value(cond).mean()
+    loss = float("nan")
+    for _ in range(p.value_warmup_epochs):
+        ret = returns()
+        perm, losses = torch.from_numpy(rng.permutation(len(roll))), []
+        for start in range(0, len(roll), p.minibatch_size):
+            idx = perm[start:start + p.minibatch_size]
+            losses.append(value_step(learner, cond[idx], ret[idx], ret[idx], replace(p, value_clip=None)))
+        loss = float(np.mean(losses))
+    return loss
 
 
 def first_ratio_deviation(policy: DiffusionPolicy, batch: DenoisingChain, eta: float) -> float:
@@ -537,7 +571,11 @@ def train(cfg: OnlineRLConfig, run_dir: str | Path, resume: bool = False, show_p
                     save_all(run_dir, env_steps, cfg, learner, teacher_extra, value_from, state())
                     break
                 t_upd = time.perf_counter()
-                stats = ppo_epochs(learner, roll, cfg, numpy_rng(t.seed, update, stream=2),
+                warmup = {}
+                if update == 0 and value_from == "fresh" and cfg.ppo.value_warmup_epochs:
+                    warmup = {"value_warmup_loss": warm_up_value(learner, roll, cfg,
+                                                                 numpy_rng(t.seed, update, stream=4))}
+                stats = warmup | ppo_epochs(learner, roll, cfg, numpy_rng(t.seed, update, stream=2),
                                    torch_gen(t.seed, update, stream=3))
                 update, env_steps, next_seed = update + 1, env_steps + roll.env_steps, next_seed + roll.n_started
                 updates_run += 1
