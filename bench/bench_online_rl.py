@@ -92,7 +92,8 @@ def summary_row(key: str, r: dict) -> list:
           if u["train_success"] is not None and not math.isnan(u["train_success"])]
     k = max(1, len(tr) // 4)
     resumed = " ".join(r.get("resume_overrides", []))
-    return [key, (" ".join(r["overrides"]) or "(shipped)") + (f"; resumed with {resumed}" if resumed else ""), pct(ev[0]["success"]) if ev else "-",
+    overrides = (" ".join(r["overrides"]) or "(shipped)") + (f"; resumed with {resumed}" if resumed else "")
+    return [key, overrides, pct(ev[0]["success"]) if ev else "-",
             f"{pct(ev[-1]['success'])} [{pct(ev[-1]['ci95'][0])}, {pct(ev[-1]['ci95'][1])}]" if ev else "-",
             " / ".join(f"{pct(e['success'])}@{e['env_steps'] // 1000}k" for e in ev),
             f"{pct(sum(tr[:k]) / k)} -> {pct(sum(tr[-k:]) / k)}" if tr else "-", r["env_steps"],

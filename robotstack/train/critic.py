@@ -60,8 +60,8 @@ from robotstack.train.common import (CONFIG_NAME, LoopConfig, MetricWindow, RunL
                                      restore_run_checkpoint, run_dir_for, save_run_checkpoint, set_lr, torch_gen,
                                      truncate_metrics)
 
+from policies.checkpoint import EMA_FILE
 from policies.common.ema import EMA
-
 from policies.critics.chunked import (WEIGHT_MODES, AloeCritic, ChunkCriticConfig, DQCCritics, advantage_weights,
                                       aloe_advantage, intervention_weights)
 from policies.critics.scorer import CriticScorer, ScorerConfig, save_scorer
@@ -386,7 +386,11 @@ def awr_finetune(cfg: CriticStageConfig, scorer: CriticScorer, proposal: Diffusi
     averaged = ema.averaged if ema is not None else None
     awr_dir = run_dir / "awr"
     start = 0
-    if (awr_dir / "checkpoints" / "latest" / "train_state.json").is_file():
+    latest = awr_dir / "checkpoints" / "latest"
+    if (latest / "train_state.json").is_file():
+        if averaged is not None and not (latest / EMA_FILE).is_file():
+            raise ConfigError(f"--resume: {latest} has no {EMA_FILE} (an AWR fine-tune without EMA); resume it with "
+                              f"awr.ema_decay=0")
         start = int(restore_run_checkpoint(awr_dir, policy, opt, averaged)["step"])
         if ema is not None:
             ema.step = start

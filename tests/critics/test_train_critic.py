@@ -171,6 +171,10 @@ def test_awr_policy_is_the_fine_tunes_ema_and_mode_none_is_plain_bc(reach_policy
     assert 0 < dist(ema) < dist(live)
     latest0 = run_awr("live", "awr.ema_decay=0")
     assert not (latest0 / EMA_FILE).exists()
+    # resuming that EMA-less fine-tune with an EMA is refused by name, not a KeyError from the missing file
+    with pytest.raises(ConfigError, match="no ema.safetensors"):
+        train(resolve_config(None, ["awr.steps=5", "awr.ema_decay=0.9"], str(latest0.parents[2])),
+              latest0.parents[2], resume=True, show_progress=False)
     assert all(torch.equal(load_checkpoint(latest0, weights="auto").state_dict()[k],
                            load_file(str(latest0 / "model.safetensors"))[k]) for k in keys)
     none = run_awr("none", "awr.mode=none")
