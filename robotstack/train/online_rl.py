@@ -371,28 +371,32 @@ def distill_step(learner: Learner, cond: torch.Tensor, teacher_steps: int, grad_
     return float(loss.detach())
 
 
+def value_targets(learner: Learner, roll: Rollout, gae_cfg: GAEConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """V of the decisions under the current value net and their GAE -> (values, advantages, returns), each (N,)."""
+    with torch.no_grad():
+        values = learner.value(torch.from_numpy(roll.cond)).double().numpy()
+        next_values = learner.value(torch.from_numpy(roll.next_cond)).double().numpy()
+    return (values, *advantages(roll, values, next_values, gae_cfg))
+
+
 def warm_up_value(learner: Learner, roll: Rollout, cfg: OnlineRLConfig, rng: np.random.Generator) -> float:
     """ppo.value_warmup_epochs passes of unclipped MSE of V on the GAE returns of `roll` (recomputed with the
     current V each pass), after shifting V's output bias to the returns' mean (Adam at the critic lr moves a fresh
     output by ~lr per step: far too slow for returns of -10). -> the last pass's mean loss. The actor is untouched."""
-    p = cfg.ppo
-    cond, next_cond = torch.from_numpy(roll.cond), torch.from_numpy(roll.next_cond)
-
-    def returns() -> torch.Tensor:
-        with torch.no_grad():
-            values, next_values = learner.value(cond).double().numpy(), learner.value(next_cond).double().numpy()
-        return torch.from_numpy(advantages(roll, values, next_values, cfg.gae)[1]).float()
-
+    p, unclipped = cfg.ppo, replace(cfg.ppo, value_clip=None)
+    cond = torch.from_numpy(roll.cond)
+    values, _, ret = value_targets(learner, roll, cfg.gae)
     out_layer = [m for m in learner.value.modules() if isinstance(m, nn.Linear)][-1]
     with torch.no_grad():
-        out_layer.bias += returns().mean() - learner.value(cond).mean()
+        out_layer.bias += float(ret.mean() - values.mean())
     loss = float("nan")
     for _ in range(p.value_warmup_epochs):
-        ret = returns()
+        ret = torch.from_numpy(value_targets(learner, roll, cfg.gae)[2]).float()
         perm, losses = torch.from_numpy(rng.permutation(len(roll))), []
         for start in range(0, len(roll), p.minibatch_size):
             idx = perm[start:start + p.minibatch_size]
-            losses.append(value_step(learner, cond[idx], ret[idx], ret[idx], replace(p, value_clip=None)))
+            # plain MSE: with value_clip None the loss ignores its v_old argument
+            losses.append(value_step(learner, cond[idx], ret[idx], ret[idx], unclipped))
         loss = float(np.mean(losses))
     return loss
 
@@ -409,10 +413,8 @@ def ppo_epochs(learner: Learner, roll: Rollout, cfg: OnlineRLConfig, rng: np.ran
                gen: torch.Generator) -> dict[str, float]:
     """GAE + `ppo.epochs` passes of minibatches over one rollout. -> mean stats."""
     p, ppo_cfg = cfg.ppo, cfg.ppo_config()
-    cond, next_cond = torch.from_numpy(roll.cond), torch.from_numpy(roll.next_cond)
-    with torch.no_grad():
-        values, next_values = learner.value(cond).double().numpy(), learner.value(next_cond).double().numpy()
-    adv_np, ret_np = advantages(roll, values, next_values, cfg.gae)
+    cond = torch.from_numpy(roll.cond)
+    values, adv_np, ret_np = value_targets(learner, roll, cfg.gae)
     adv = normalize_advantage(torch.from_numpy(adv_np).float())
     ret, v_old = torch.from_numpy(ret_np).float(), torch.from_numpy(values).float()
     chain, logp = torch.from_numpy(roll.chain), torch.from_numpy(roll.log_probs)
