@@ -1,9 +1,10 @@
 """What a trained best-of-N critic knows, without any rollout (issue 12): states or actions?
 
-    python bench/critic_diagnostics.py --scorer CRUN/checkpoints/latest --policy RUN/checkpoints/latest \
-        --data A.zarr,B.zarr [--chunks 2000] [--states 300] [--n 32] [--name critic_diagnostics]
+    python bench/critic_diagnostics.py --critic CRUN --policy RUN/checkpoints/latest \
+        [--chunks 2000] [--states 300] [--n 32] [--name critic_diagnostics]
 
-On chunks drawn from the critic's own training stores (in distribution):
+CRUN is a `train critic` run dir: its latest scorer, and its own stores, chunk length and gamma, read through the
+stage's own loader (robotstack.train.critic.load_chunks). On chunks drawn from those stores (in distribution):
   auc_success_vs_fail   P(score of a chunk from a successful episode > one from a failed episode): how well the
                         critic tells good *states* apart (an episode's success is any reward > 0 in it)
   corr_q_progress       correlation of the score with -(frames left to the end) inside successful episodes
@@ -33,21 +34,18 @@ from bench.common import print_table, write_results  # noqa: E402
 def rank_auc(pos: np.ndarray, neg: np.ndarray) -> float:
     """P(a positive scores above a negative), ties counted half (the Mann-Whitney U / (n_pos n_neg))."""
     scores = np.concatenate([pos, neg])
-    order = scores.argsort(kind="mergesort")
     ranks = np.empty(len(scores))
-    ranks[order] = np.arange(1, len(scores) + 1)
-    for v in np.unique(scores):  # average ranks over ties
-        tie = scores == v
-        ranks[tie] = ranks[tie].mean()
+    ranks[scores.argsort(kind="mergesort")] = np.arange(1, len(scores) + 1)
+    _, tie, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    ranks = (np.bincount(tie, ranks) / counts)[tie]  # tied scores share their mean rank
     u = ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2
     return float(u / (len(pos) * len(neg)))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scorer", required=True)
-    p.add_argument("--policy", required=True)
-    p.add_argument("--data", required=True, help="comma-separated stores (the critic's training data)")
+    p.add_argument("--critic", required=True, help="a train critic run dir")
+    p.add_argument("--policy", required=True, help="the best-of-N proposal")
     p.add_argument("--chunks", type=int, default=2000)
     p.add_argument("--states", type=int, default=300)
     p.add_argument("--n", type=int, default=32)
@@ -57,23 +55,17 @@ def main() -> None:
     import torch
 
     from policies.checkpoint import load_checkpoint
-    from policies.critics.scorer import load_scorer, read_scorer_doc
-    from robotstack.core import keys as K
-    from robotstack.data.chunks import ChunkSampler
-    from robotstack.data.store import load_stores
+    from policies.critics.scorer import load_scorer
+    from robotstack.train.critic import load_chunks, resolve_config
 
     torch.set_num_threads(1)
-    scorer = load_scorer(args.scorer)
-    doc = read_scorer_doc(args.scorer)["extra"]
-    obs_keys, paths = list(scorer.config.obs_shapes), args.data.split(",")
-    arrays, ends, _ = load_stores(paths, [*obs_keys, K.ACTION, K.REWARD])
-    for flag in (K.TERMINATED, K.TRUNCATED):
-        arrays[flag] = load_stores(paths, [flag])[0][flag]
-    sampler = ChunkSampler(arrays, ends, int(doc["h"]), float(doc["gamma"]), obs_keys,
-                           n_obs_steps=scorer.config.n_obs_steps, complete_only=True)
-    reward = np.asarray(arrays[K.REWARD]).reshape(-1)
+    scorer_dir = Path(args.critic) / "checkpoints" / "latest"
+    scorer = load_scorer(scorer_dir)
+    cfg = resolve_config(None, [], args.critic)
+    sampler, _ = load_chunks(cfg, list(scorer.config.obs_shapes), scorer.config.n_obs_steps)
+    ends = sampler.episode_ends
     starts = np.concatenate([[0], ends[:-1]])
-    episode_success = np.array([reward[a:b].max() > 0 for a, b in zip(starts, ends)])
+    episode_success = np.array([sampler.rewards[a:b].max() > 0 for a, b in zip(starts, ends)])
     batch = sampler.sample(np.random.default_rng(args.seed), args.chunks)
     success = episode_success[sampler.episode_of[batch.index]]
     h_a = scorer.config.chunk_len
@@ -89,7 +81,8 @@ def main() -> None:
         q_cand = scorer(sub, cand)
     above = (q_cand > torch.from_numpy(q_data[:m])[:, None]).float().mean(1).numpy()
     left = (sampler.ep_end[batch.index] - batch.index)[success]
-    res = {"scorer": args.scorer, "policy": args.policy, "data": paths, "chunks": int(args.chunks), "states": m,
+    res = {"scorer": str(scorer_dir), "policy": args.policy, "data": cfg.data.paths, "chunks": int(args.chunks),
+           "states": m,
            "n": args.n, "success_chunk_share": float(success.mean()),
            "auc_success_vs_fail": rank_auc(q_data[success], q_data[~success]),
            "q_mean_success": float(q_data[success].mean()), "q_mean_fail": float(q_data[~success].mean()),

@@ -58,7 +58,8 @@ def main() -> None:
 
     torch.set_num_threads(1)
     run = Path(args.run)
-    cfg = from_dict(OnlineRLConfig, json.loads((run / "config.json").read_text()))
+    resolved = json.loads((run / "config.json").read_text())
+    cfg = from_dict(OnlineRLConfig, resolved)
     start = rl_ready(load_checkpoint(cfg.policy, weights=cfg.policy_weights), cfg.rl)
     final_dir = run / "checkpoints" / "latest"
     final = load_checkpoint(final_dir)
@@ -77,7 +78,7 @@ def main() -> None:
                 [[r["policy"], r["sampler"], f"{pct(r['success_rate'])} [{pct(r['ci95'][0])}, {pct(r['ci95'][1])}]"]
                  for r in rows])
     write_results(args.name, {"run": str(run), "task": cfg.task, "episodes": args.episodes, "seed": args.seed,
-                              "rl": json.loads((run / "config.json").read_text())["rl"], "rows": rows})
+                              "rl": resolved["rl"], "rows": rows})
 
 
 if __name__ == "__main__":
