@@ -4,7 +4,8 @@ over the *same* trained diffusion policy per task.
 Rows: DDPM-100, DDIM-10, DDIM-1 (Ta per decision), RTI K' = 2/3/5 (steps [K'..0], one action per decision,
 first call DDPM-100, gripper_mode "auto" on every task: what the exported RTI artifact does, resolved per policy
 by policies/diffusion/rti.py - "scale" for a policy trained with the gripper scaled, else "clip" factor 10; the
-old factor-1 clip froze the gripper by construction), CM-1 torch, CM-1 onnxruntime, CM-3 torch (a CTM-distilled
+old factor-1 clip froze the gripper by construction), "RTI 3-1-0" / "RTI 5-2-0" (strided 3-call step lists, stepped
+as jumps between listed levels), CM-1 torch, CM-1 onnxruntime, CM-3 torch (a CTM-distilled
 student). Latency = wall time of one `act` call including obs normalization and encoding.
 
 Speed section (issue 10's target: CM-1 on onnxruntime >= 10x faster than DDIM-10 on onnxruntime and >= 100x
@@ -73,15 +74,22 @@ def actors(task: str, run: Path, distill_steps: int, method: str, seed: int):
     def chunked(sampler: str, k: int):
         return TorchActor(keys, to, lambda o: policy.predict_action(o, sampler=sampler, steps=k, generator=gen).action)
 
-    def rti(k: int):
-        r = RTISampler(policy, RTIConfig(k_start=k, gripper_mode="auto", gripper_dims=grip) if grip
-                       else RTIConfig(k_start=k, gripper_mode="none"))
+    def rti(k: int, steps: tuple[int, ...] | None = None):
+        extra = {"steps": steps, "step_semantics": "jump"} if steps else {}
+        r = RTISampler(policy, RTIConfig(k_start=k, gripper_mode="auto", gripper_dims=grip, **extra) if grip
+                       else RTIConfig(k_start=k, gripper_mode="none", **extra))
         return TorchActor(keys, to, lambda o: r(o, generator=gen).action, reset=r.reset), len(r.steps)
 
     out = [("DDIM-10", 10, chunked("ddim", 10)), ("DDIM-1", 1, chunked("ddim", 1))]
     for k in (2, 3, 5):
         a, nfe = rti(k)
         out.append((f"RTI K'={k}", nfe, a))
+    # Strided 3-call lists (the official scale configs use [3,1,0]; rti_consistency.md §1.2), stepped as proper
+    # jumps to the next listed level ("jump"), not the official code's t -> t-1 posterior: a higher start level
+    # than K'=2 at the same 3 calls, so a guess far from the new chunk (a gripper flip) can still be moved.
+    for steps in ((3, 1, 0), (5, 2, 0)):
+        a, nfe = rti(steps[0], steps)
+        out.append(("RTI " + "-".join(map(str, steps)), nfe, a))
     out.append(("CM-1 torch", 1, TorchActor(keys, to, lambda o: student.predict_action(o, steps=1, generator=gen).action)))
     out.append(("CM-1 onnxruntime", 1, load_artifact(art_dir, seed=seed)))
     out.append(("CM-3 torch", 3, TorchActor(keys, to, lambda o: student.predict_action(o, steps=3, generator=gen).action)))

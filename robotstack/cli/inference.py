@@ -62,14 +62,27 @@ def _task_spec(checkpoint: str, task: str | None) -> dict:
         env.close()
 
 
+def _rti_steps(text: str | None) -> tuple[int, ...] | None:
+    """--rti-steps "5,2,0" -> (5, 2, 0); the list itself is checked by the sampler (descending, ends in 0)."""
+    from robotstack.core.errors import ConfigError
+
+    if not text:
+        return None
+    try:
+        return tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--rti-steps {text!r}: expected comma-separated integers, e.g. 5,2,0") from None
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from policies.diffusion.rti import RTIConfig
     from robotstack.export.onnx_export import export_artifact
 
     rti = None
     if args.sampler == "rti":
-        rti = RTIConfig(k_start=args.k_start, gripper_mode=args.gripper_mode, factor=args.factor,
-                        step_semantics=args.step_semantics, init_sampler="ddim", init_steps=args.steps)
+        rti = RTIConfig(k_start=args.k_start, steps=_rti_steps(args.rti_steps), gripper_mode=args.gripper_mode,
+                        factor=args.factor, step_semantics=args.step_semantics, init_sampler="ddim",
+                        init_steps=args.steps)
     critic = _load_scorer(args.critic) if args.critic else None
     m = export_artifact(args.checkpoint, args.sampler, args.out, steps=args.steps, rti=rti,
                         gripper_dims=_dims(args.gripper_dims), control_rate_hz=args.control_rate,
@@ -157,6 +170,9 @@ def add_verbs(sub) -> None:
     e.add_argument("--out", required=True, help="artifact dir")
     e.add_argument("--steps", type=int, default=None, help="DDIM steps (ddim; rti's first call)")
     e.add_argument("--k-start", type=int, default=2, help="rti: K' (steps K'..0)")
+    e.add_argument("--rti-steps", default=None,
+                   help="rti: an explicit descending step list ending in 0, e.g. 5,2,0 (3 calls from a higher "
+                        "start level than K'=2; use with --step-semantics jump); overrides --k-start")
     e.add_argument("--gripper-mode", default="auto", choices=["auto", "none", "clip", "scale"],
                    help="rti guess handling; auto = scale for a policy trained with the gripper scaled, else clip "
                         "with factor 10 (clip with factor 1 freezes the gripper at small K')")

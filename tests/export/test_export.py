@@ -1,5 +1,6 @@
 """ONNX export: torch-vs-onnxruntime parity for every sampler, manifest validation, torch-free loader."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -53,8 +54,12 @@ def artifacts(ckpts, spec, tmp_path_factory):
          "cm3": export_artifact(ckpts / "rl100", "cm3", out / "cm3", **kw),
          "ddim": export_artifact(ckpts / "teacher", "ddim", out / "ddim", steps=5, **kw),
          "rti": export_artifact(ckpts / "teacher", "rti", out / "rti", steps=5,
-                                rti=RTIConfig(k_start=2, gripper_mode="clip", factor=10.0), **kw)}
+                                rti=RTIConfig(k_start=2, gripper_mode="clip", factor=10.0), **kw),
+         "rti_jump": export_artifact(ckpts / "teacher", "rti", out / "rti_jump", steps=5, rti=RTI_JUMP, **kw)}
     return out, m
+
+
+RTI_JUMP = RTIConfig(steps=(5, 2, 0), step_semantics="jump", gripper_mode="clip", factor=10.0)  # strided, 3 calls
 
 
 @pytest.mark.parametrize("sampler", ["cm1", "cm3", "ddim", "rti"])
@@ -101,13 +106,15 @@ def test_cm_artifact_matches_the_torch_student(ckpts, artifacts):
             np.unique(got["action"][..., 3])))  # gripper thresholded to +-1 in the graph
 
 
-def test_rti_artifact_matches_the_torch_sampler_over_calls(ckpts, artifacts):
+@pytest.mark.parametrize("name, rti, steps", [("rti", RTIConfig(k_start=2, gripper_mode="clip", factor=10.0), [2, 1, 0]),
+                                               ("rti_jump", RTI_JUMP, [5, 2, 0])])
+def test_rti_artifact_matches_the_torch_sampler_over_calls(ckpts, artifacts, name, rti, steps):
     from policies.checkpoint import load_checkpoint
 
     out, m = artifacts
-    art = load_artifact(out / "rti")
+    art = load_artifact(out / name)
     policy = load_checkpoint(ckpts / "teacher", weights="auto")
-    r = RTISampler(policy, RTIConfig(k_start=2, gripper_mode="clip", factor=10.0, init_sampler="ddim", init_steps=5))
+    r = RTISampler(policy, dataclasses.replace(rti, init_sampler="ddim", init_steps=5))
     rng = np.random.default_rng(0)
     state = None
     for call in range(4):
@@ -125,7 +132,7 @@ def test_rti_artifact_matches_the_torch_sampler_over_calls(ckpts, artifacts):
         state = got["guess_out"]
         np.testing.assert_allclose(got["action"], ref.action.numpy(), atol=1e-4, rtol=0)
         np.testing.assert_allclose(state, r.guess.numpy(), atol=1e-4, rtol=0)
-    assert m["rti"]["rti"]["steps"] == [2, 1, 0] and m["rti"]["nfe"] == {"first_call": 5, "per_call": 3}
+    assert m[name]["rti"]["steps"] == steps and m[name]["nfe"] == {"first_call": 5, "per_call": 3}
     np.testing.assert_allclose(np.abs(state[..., 3]), 0.1, rtol=1e-6)  # clip mode: +-1/factor in the state
 
 
