@@ -5,7 +5,8 @@ the same artifact in MuJoCo (the training physics), same scenes (seeds), same su
         [--task push] [--episodes 50] [--max-steps 200] [--label "push IL CM-1"]
 
 Two processes on loopback, as on a robot: `robotstack serve-arm --driver pybullet --task T` (1 kHz servo) and a
-controller worker (bench_control's: onnxruntime PolicyRunner, the runtime Controller, joint targets), episodes
+controller worker (bench_control's: onnxruntime PolicyRunner, the runtime Controller; `--targets cartesian` by
+default, as `deploy` sends to a Panda server, or joint), episodes
 back to back on the server's scenes (seeds 1001, 1002, ...). Then the artifact runs in MuJoCo on the same seeds
 through the same PolicyRunner (bench_control.mujoco_success). Reported: success on each with 95% Wilson intervals,
 the ratio PyBullet / MuJoCo (issue 11's deployment target: >= 0.9), stop reasons and controller latency.
@@ -55,6 +56,9 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=50)
     ap.add_argument("--max-steps", type=int, default=200)
     ap.add_argument("--label", default="", help="results key (default: task + artifact dir name)")
+    ap.add_argument("--targets", default="cartesian", choices=["cartesian", "joint"],
+                    help="controller target kind: cartesian (what `deploy --targets auto` sends to a Panda server: "
+                         "its servo solves IK) or joint (IK on the controller, the rows before 2026-11-30)")
     args = ap.parse_args()
     from hardware.protocol.transport import free_base_port
     from robotstack.eval.metrics import wilson_interval
@@ -62,13 +66,13 @@ def main() -> None:
     label = args.label or f"{args.task}: {Path(args.artifact).name}"
     with tempfile.TemporaryDirectory() as td:
         res = run_phase(args.task, 0.0, args.artifact, args.episodes, args.episodes, args.max_steps, Path(td),
-                        free_base_port())
+                        free_base_port(), targets=args.targets)
     eps = res["episodes"]
     pb = np.array([e["success"] for e in eps], bool)
     mj = np.array(mujoco_success(args.task, [e["seed"] for e in eps], args.artifact, args.max_steps), bool)
     k_pb, k_mj, n = int(np.sum(pb)), int(np.sum(mj)), len(eps)
     lat = res["telemetry"]["latency_ms"]
-    row = {"task": args.task, "artifact": args.artifact, "episodes": n,
+    row = {"task": args.task, "artifact": args.artifact, "episodes": n, "targets": args.targets,
            "pybullet_success": k_pb / n, "pybullet_ci95": wilson_interval(k_pb, n),
            "mujoco_success": k_mj / n, "mujoco_ci95": wilson_interval(k_mj, n),
            "ratio": (k_pb / k_mj) if k_mj else None,

@@ -66,8 +66,8 @@ def _measured(row: dict) -> str:
     return f"{m.get('commit', '?')}, {str(m.get('date', '?'))[:10]}"
 
 
-ROW_ORDER = ["DDPM-100", "DDIM-10", "DDIM-1", "RTI K'=2", "RTI K'=3", "RTI K'=5", "CM-1 torch", "CM-1 onnxruntime",
-             "CM-3 torch"]
+ROW_ORDER = ["DDPM-100", "DDIM-10", "DDIM-1", "RTI K'=2", "RTI 3-1-0", "RTI 5-2-0", "RTI K'=3", "RTI K'=5", "CM-1 torch",
+             "CM-1 onnxruntime", "CM-3 torch"]
 
 
 def _inference_rows() -> dict[str, dict]:
@@ -80,7 +80,7 @@ def _inference_rows() -> dict[str, dict]:
     return found
 
 
-SUMMARY_ROWS = ("DDIM-10", "RTI K'=2", "CM-1 onnxruntime")
+SUMMARY_ROWS = ("DDIM-10", "RTI K'=2", "RTI 3-1-0", "RTI 5-2-0", "CM-1 onnxruntime")  # the RTI rows: 3 calls each
 
 
 def inference_summary_table(variant: str = "b256") -> str:
@@ -172,6 +172,8 @@ if __name__ == "__main__":
     for title, fn in (("bench_sim", sim_table), ("bench_il", il_table), ("bench_inference", inference_table),
                       ("bench_inference speed", speed_table),
                       ("bench_inference summary (@b256)", inference_summary_table),
+                      ("bench_inference summary (@g10b256: gripper trained at 1/10)",
+                       lambda: inference_summary_table("g10b256")),
                       ("bench_online_rl", online_rl_table), ("bench_deploy", deploy_table),
                       ("bench_critics", critics_tables)):
         print(f"### {title}\n\n{fn()}\n")

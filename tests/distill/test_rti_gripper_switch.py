@@ -11,7 +11,7 @@ flips from open to close, and a full DDIM sample flips with it. RTI starts each 
   snaps +-0.1 back to the nearest mode): measured, never switches at K' = 2..5.
 - scale mode (the gripper trained at +-1/10, the paper's choice) puts the modes 0.2 apart, inside the noise the
   model expects, so the posterior follows the weights: measured, RTI switches 0-5 decisions after the flip at
-  K' = 3 or with steps [3, 1, 0] (3 NFE); at K' = 2 only after ~20 decisions.
+  K' = 3 or with steps [3, 1, 0] or [5, 2, 0] stepped as jumps (3 NFE each); at K' = 2 only after ~20 decisions.
 """
 
 import dataclasses
@@ -89,7 +89,8 @@ def test_the_policy_itself_flips():
             assert sum(x == want for x in g) >= 8, (factor, w, g)
 
 
-SWITCHING = {"k3": dict(k_start=3), "steps_3_1_0": dict(steps=(3, 1, 0))}
+SWITCHING = {"k3": dict(k_start=3), "steps_3_1_0": dict(steps=(3, 1, 0)),
+             "steps_5_2_0_jump": dict(steps=(5, 2, 0), step_semantics="jump")}  # bench_inference's "RTI 5-2-0"
 
 
 @pytest.mark.parametrize("seed", [0, 1])
