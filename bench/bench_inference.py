@@ -5,7 +5,8 @@ Rows: DDPM-100, DDIM-10, DDIM-1 (Ta per decision), RTI K' = 2/3/5 (steps [K'..0]
 first call DDPM-100, gripper_mode "auto" on every task: what the exported RTI artifact does, resolved per policy
 by policies/diffusion/rti.py - "scale" for a policy trained with the gripper scaled, else "clip" factor 10; the
 old factor-1 clip froze the gripper by construction), "RTI 3-1-0" / "RTI 5-2-0" (strided 3-call step lists, stepped
-as jumps between listed levels), CM-1 torch, CM-1 onnxruntime, CM-3 torch (a CTM-distilled
+as jumps between listed levels; more such rows by name through --only, e.g. "RTI 8-4-0", "RTI 5-2-0 det" =
+posterior mean, "RTI 5-2-0 n2" = 2 actions per decision), CM-1 torch, CM-1 onnxruntime, CM-3 torch (a CTM-distilled
 student). Latency = wall time of one `act` call including obs normalization and encoding.
 
 Speed section (issue 10's target: CM-1 on onnxruntime >= 10x faster than DDIM-10 on onnxruntime and >= 100x
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -42,7 +44,21 @@ from bench.common import print_table, write_results  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def actors(task: str, run: Path, distill_steps: int, method: str, seed: int):
+RTI_ROW = re.compile(r"RTI (\d+(?:-\d+)+)( det)?(?: n(\d+))?")  # e.g. "RTI 5-2-0", "RTI 5-2-0 det", "RTI 8-4-0 n2"
+
+
+def rti_row_config(name: str) -> dict | None:
+    """A strided RTI row name -> RTIConfig fields: the step list (stepped as jumps), " det" = posterior mean
+    instead of DDPM posterior noise, " nK" = K actions executed per decision (RTI's default 1)."""
+    m = RTI_ROW.fullmatch(name)
+    if not m:
+        return None
+    steps = tuple(int(t) for t in m.group(1).split("-"))
+    return {"k_start": steps[0], "steps": steps, "step_semantics": "jump", "stochastic": not m.group(2),
+            "n_exec": int(m.group(3) or 1)}
+
+
+def actors(task: str, run: Path, distill_steps: int, method: str, seed: int, extra_rows: tuple[str, ...] = ()):
     from policies.checkpoint import load_checkpoint
     from policies.diffusion.rti import RTIConfig, RTISampler
     from robotstack.eval.actor_rollout import TorchActor
@@ -74,22 +90,23 @@ def actors(task: str, run: Path, distill_steps: int, method: str, seed: int):
     def chunked(sampler: str, k: int):
         return TorchActor(keys, to, lambda o: policy.predict_action(o, sampler=sampler, steps=k, generator=gen).action)
 
-    def rti(k: int, steps: tuple[int, ...] | None = None):
-        extra = {"steps": steps, "step_semantics": "jump"} if steps else {}
-        r = RTISampler(policy, RTIConfig(k_start=k, gripper_mode="auto", gripper_dims=grip, **extra) if grip
-                       else RTIConfig(k_start=k, gripper_mode="none", **extra))
+    def rti(**fields):
+        r = RTISampler(policy, RTIConfig(gripper_mode="auto", gripper_dims=grip, **fields) if grip
+                       else RTIConfig(gripper_mode="none", **fields))
         return TorchActor(keys, to, lambda o: r(o, generator=gen).action, reset=r.reset), len(r.steps)
 
     out = [("DDIM-10", 10, chunked("ddim", 10)), ("DDIM-1", 1, chunked("ddim", 1))]
     for k in (2, 3, 5):
-        a, nfe = rti(k)
+        a, nfe = rti(k_start=k)
         out.append((f"RTI K'={k}", nfe, a))
     # Strided 3-call lists (the official scale configs use [3,1,0]; rti_consistency.md §1.2), stepped as proper
     # jumps to the next listed level ("jump"), not the official code's t -> t-1 posterior: a higher start level
     # than K'=2 at the same 3 calls, so a guess far from the new chunk (a gripper flip) can still be moved.
-    for steps in ((3, 1, 0), (5, 2, 0)):
-        a, nfe = rti(steps[0], steps)
-        out.append(("RTI " + "-".join(map(str, steps)), nfe, a))
+    for name in ("RTI 3-1-0", "RTI 5-2-0", *(n for n in extra_rows if n not in ("RTI 3-1-0", "RTI 5-2-0"))):
+        fields = rti_row_config(name)
+        if fields:
+            a, nfe = rti(**fields)
+            out.append((name, nfe, a))
     out.append(("CM-1 torch", 1, TorchActor(keys, to, lambda o: student.predict_action(o, steps=1, generator=gen).action)))
     out.append(("CM-1 onnxruntime", 1, load_artifact(art_dir, seed=seed)))
     out.append(("CM-3 torch", 3, TorchActor(keys, to, lambda o: student.predict_action(o, steps=3, generator=gen).action)))
@@ -198,7 +215,8 @@ def main() -> None:
     for task in args.tasks.split(","):
         run = Path(args.runs) / args.run_name.format(task=task)
         env_task = json.loads((run / "config.json").read_text())["task"]  # e.g. config mw_push -> mw:push-v3
-        acts, manifest, (teacher, cm1_dir) = actors(env_task, run, args.distill_steps, args.method, args.seed)
+        acts, manifest, (teacher, cm1_dir) = actors(env_task, run, args.distill_steps, args.method, args.seed,
+                                                    tuple(only))
         sp = None if args.no_speed else speed(env_task, run, teacher, cm1_dir, args.speed_rounds, args.seed)
         key = f"{task}@{args.tag}" if args.tag else task
         payload["results"][key] = {"export_manifest_latency": manifest["latency"], "speed": sp, "rows": {},

@@ -75,14 +75,15 @@ def _rti_steps(text: str | None) -> tuple[int, ...] | None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from policies.diffusion.rti import RTIConfig
+    from policies.diffusion.rti import DEFAULT_EXPORT_STEPS, RTIConfig
     from robotstack.export.onnx_export import export_artifact
 
     rti = None
-    if args.sampler == "rti":
-        rti = RTIConfig(k_start=args.k_start, steps=_rti_steps(args.rti_steps), gripper_mode=args.gripper_mode,
-                        factor=args.factor, step_semantics=args.step_semantics, init_sampler="ddim",
-                        init_steps=args.steps)
+    if args.sampler == "rti":  # --k-start K' wins (steps K'..0), else --rti-steps, else the exporter's default
+        steps = None if args.k_start is not None else (_rti_steps(args.rti_steps) or DEFAULT_EXPORT_STEPS)
+        rti = RTIConfig(k_start=args.k_start if steps is None else steps[0], steps=steps,
+                        gripper_mode=args.gripper_mode, factor=args.factor, step_semantics=args.step_semantics,
+                        init_sampler="ddim", init_steps=args.steps)
     critic = _load_scorer(args.critic) if args.critic else None
     m = export_artifact(args.checkpoint, args.sampler, args.out, steps=args.steps, rti=rti,
                         gripper_dims=_dims(args.gripper_dims), control_rate_hz=args.control_rate,
@@ -169,15 +170,18 @@ def add_verbs(sub) -> None:
     e.add_argument("--sampler", required=True, choices=["cm1", "cm3", "ddim", "rti"])
     e.add_argument("--out", required=True, help="artifact dir")
     e.add_argument("--steps", type=int, default=None, help="DDIM steps (ddim; rti's first call)")
-    e.add_argument("--k-start", type=int, default=2, help="rti: K' (steps K'..0)")
+    e.add_argument("--k-start", type=int, default=None, help="rti: K' (steps K'..0, K'+1 calls); overrides "
+                                                                  "--rti-steps")
     e.add_argument("--rti-steps", default=None,
-                   help="rti: an explicit descending step list ending in 0, e.g. 5,2,0 (3 calls from a higher "
-                        "start level than K'=2; use with --step-semantics jump); overrides --k-start")
+                   help="rti: the warm calls' descending step list ending in 0 (default 10,5,0 = the exporter's "
+                        "DEFAULT_EXPORT_STEPS: 3 calls from noise level 10; K'=2 lost up to 80 points on stack)")
     e.add_argument("--gripper-mode", default="auto", choices=["auto", "none", "clip", "scale"],
                    help="rti guess handling; auto = scale for a policy trained with the gripper scaled, else clip "
                         "with factor 10 (clip with factor 1 freezes the gripper at small K')")
     e.add_argument("--factor", type=float, default=10.0, help="rti gripper factor (clip/scale; auto picks its own)")
-    e.add_argument("--step-semantics", default="official_t_minus_1", choices=["official_t_minus_1", "jump"])
+    e.add_argument("--step-semantics", default="jump", choices=["official_t_minus_1", "jump"],
+                   help="jump: step to the next listed level (default); official_t_minus_1: the official code's "
+                        "t -> t-1 posterior whatever the list (the same for a consecutive list like 2,1,0)")
     e.add_argument("--gripper-dims", default="task",
                    help="thresholded action dims: task (the task's binary gripper: Panda the last dim, Meta-World "
                         "none) | last | none | i,j")

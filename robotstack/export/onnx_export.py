@@ -63,7 +63,8 @@ from robotstack.runtime.artifact import open_session, sha256_file
 from policies.checkpoint import load_checkpoint, policy_name, read_extra, resolve_weights
 from policies.consistency.model import ConsistencyPolicy
 from policies.diffusion.model import ACTION_KEY, DiffusionPolicy
-from policies.diffusion.rti import RTIConfig, RTISampler, threshold_gripper
+from policies.diffusion.rti import (DEFAULT_EXPORT_SEMANTICS, DEFAULT_EXPORT_STEPS, RTIConfig, RTISampler,
+                                   threshold_gripper)
 
 OPSET = 17
 PARITY_TOL = 1e-4
@@ -380,11 +381,13 @@ def sampler_path_parity(policy: nn.Module, sampler: str, steps: int | None, rti:
 
 
 def rti_for_export(rti: RTIConfig | None, steps: int | None, gripper_dims: Sequence[int]) -> RTIConfig:
-    """The exported RTI always starts with deterministic DDIM(steps) (init.onnx); the default gripper handling is
+    """The exported RTI always starts with deterministic DDIM(steps) (init.onnx); with no config the warm calls
+    step over DEFAULT_EXPORT_STEPS ([10, 5, 0] as jumps, policies/diffusion/rti.py); the default gripper handling is
     "auto" (policies/diffusion/rti.py: scale for a scale-trained policy, else clip with factor 10). A config that
     names no gripper dims gets the export's binary gripper dims (the task's), and "auto" becomes "none" for a task
     without one (Meta-World's continuous grab effort), whether the config came from the caller or the default."""
-    rti = rti or RTIConfig(gripper_mode="auto")
+    rti = rti or RTIConfig(k_start=DEFAULT_EXPORT_STEPS[0], steps=DEFAULT_EXPORT_STEPS,
+                           step_semantics=DEFAULT_EXPORT_SEMANTICS, gripper_mode="auto")
     fields = {**rti.__dict__, "init_sampler": "ddim", "init_steps": steps or rti.init_steps}
     if not rti.gripper_dims:
         fields["gripper_dims"] = tuple(gripper_dims)
