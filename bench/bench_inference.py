@@ -198,13 +198,15 @@ def main() -> None:
     ap.add_argument("--method", default="ctm", choices=["ctm", "rl100"])
     ap.add_argument("--only", default="", help="comma-separated row names to run (default all)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eval-seed", type=int, default=100_000,
+                    help="first episode seed (episodes seed, seed+1, ...); another value = held-out scenes")
     args = ap.parse_args()
     torch.set_num_threads(1)
     from robotstack.eval.actor_rollout import rollout_actor
 
     rows, speed_rows = [], []
-    payload = {"episodes": args.episodes, "distill_steps": args.distill_steps, "method": args.method,
-               "threads": 1, "batch": 1, "results": {}}
+    payload = {"episodes": args.episodes, "eval_seed": args.eval_seed, "distill_steps": args.distill_steps,
+               "method": args.method, "threads": 1, "batch": 1, "results": {}}
     only = set(filter(None, args.only.split(",")))
     out_name = "bench_inference" if args.tasks == "push,pick_place,push_t" else "bench_inference_" + args.tasks.replace(",", "_")
     if only:  # a partial run gets its own file instead of overwriting the full one
@@ -230,7 +232,8 @@ def main() -> None:
             if args.speed_only or (only and name not in only):
                 continue
             t0 = time.perf_counter()
-            res = rollout_actor(actor, env_task, args.episodes, show_progress=False, description=f"{task} {name}")
+            res = rollout_actor(actor, env_task, args.episodes, seed=args.eval_seed, show_progress=False,
+                                description=f"{task} {name}")
             s = res.summary()
             rows.append([key, name, nfe, s["decision_p50_ms"], s["decision_p99_ms"], s["success_rate"],
                          f"[{s['ci95_low']:.2f},{s['ci95_high']:.2f}]", s["episodes"], s["mean_length"]])

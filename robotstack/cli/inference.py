@@ -173,8 +173,8 @@ def add_verbs(sub) -> None:
     e.add_argument("--k-start", type=int, default=None, help="rti: K' (steps K'..0, K'+1 calls); overrides "
                                                                   "--rti-steps")
     e.add_argument("--rti-steps", default=None,
-                   help="rti: the warm calls' descending step list ending in 0 (default 10,5,0 = the exporter's "
-                        "DEFAULT_EXPORT_STEPS: 3 calls from noise level 10; K'=2 lost up to 80 points on stack)")
+                   help="rti: the warm calls' descending step list ending in 0 (default 20,10,0 = the exporter's "
+                        "DEFAULT_EXPORT_STEPS: 3 calls from noise level 20; K'=2 lost up to 80 points on stack)")
     e.add_argument("--gripper-mode", default="auto", choices=["auto", "none", "clip", "scale"],
                    help="rti guess handling; auto = scale for a policy trained with the gripper scaled, else clip "
                         "with factor 10 (clip with factor 1 freezes the gripper at small K')")

@@ -382,7 +382,7 @@ def sampler_path_parity(policy: nn.Module, sampler: str, steps: int | None, rti:
 
 def rti_for_export(rti: RTIConfig | None, steps: int | None, gripper_dims: Sequence[int]) -> RTIConfig:
     """The exported RTI always starts with deterministic DDIM(steps) (init.onnx); with no config the warm calls
-    step over DEFAULT_EXPORT_STEPS ([10, 5, 0] as jumps, policies/diffusion/rti.py); the default gripper handling is
+    step over DEFAULT_EXPORT_STEPS ([20, 10, 0] as jumps, policies/diffusion/rti.py); the default gripper handling is
     "auto" (policies/diffusion/rti.py: scale for a scale-trained policy, else clip with factor 10). A config that
     names no gripper dims gets the export's binary gripper dims (the task's), and "auto" becomes "none" for a task
     without one (Meta-World's continuous grab effort), whether the config came from the caller or the default."""

@@ -8,7 +8,8 @@ flips from open to close, and a full DDIM sample flips with it. RTI starts each 
 - clip mode, factor 1 (the old benchmark setting) feeds a clean -1 gripper; the mixture posterior at x = -1
   gives the +1 mode a relative weight ~exp(-2 sqrt(abar) / (1 - abar)) < e^-170: the gripper can never switch
   (frozen by construction). Clip with factor 10 on a policy trained at +-1 freezes the same way (the denoiser
-  snaps +-0.1 back to the nearest mode): measured, never switches at K' = 2..5.
+  snaps +-0.1 back to the nearest mode): measured, never switches at K' = 2..5, nor from level 10 ([10, 5, 0]);
+  from level 20 ([20, 10, 0], 3 calls as jumps, the export default) it switches right after the flip.
 - scale mode (the gripper trained at +-1/10, the paper's choice) puts the modes 0.2 apart, inside the noise the
   model expects, so the posterior follows the weights: measured, RTI switches 0-5 decisions after the flip at
   K' = 3 or with steps [3, 1, 0] or [5, 2, 0] stepped as jumps (3 NFE each); at K' = 2 only after ~20 decisions.
@@ -109,6 +110,18 @@ def test_rti_clip_on_a_plus_minus_1_policy_freezes_the_gripper(mode, factor):
     for k in (3, 5):
         grip = executed_gripper(RTIConfig(k_start=k, gripper_mode=mode, factor=factor), factor=1.0)
         assert switch_after(grip) is None and set(grip) == {-1.0}, grip
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rti_from_level_20_switches_a_clipped_plus_minus_1_gripper(seed):
+    """The export default [20, 10, 0] (3 calls, jumps): starting at noise std ~0.31 the +-1 policy's posterior
+    reaches the other mode, so clip mode switches the gripper right after the flip; from level 10 this exact
+    (very sharp) denoiser still freezes, which is why the default starts at 20."""
+    cfg = dict(steps=(20, 10, 0), k_start=20, step_semantics="jump", gripper_mode="clip", factor=10.0)
+    grip = executed_gripper(RTIConfig(**cfg), factor=1.0, seed=seed)
+    assert all(g == -1.0 for g in grip[:10]) and switch_after(grip) is not None and switch_after(grip) <= 2, grip
+    frozen = executed_gripper(RTIConfig(**cfg | dict(steps=(10, 5, 0), k_start=10)), factor=1.0, seed=seed)
+    assert switch_after(frozen) is None, frozen
 
 
 def test_auto_gripper_mode_resolves_from_the_policy():

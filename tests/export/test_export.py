@@ -265,10 +265,10 @@ def test_cli_export_takes_the_task_contract_from_the_checkpoints_task(ckpts, spe
     assert m.control_rate_hz == spec["control_hz"] and m.action["names"] == spec["action_names"]
 
 
-@pytest.mark.parametrize("flags, steps", [([], [10, 5, 0]), (["--k-start", "2"], [2, 1, 0]),
+@pytest.mark.parametrize("flags, steps", [([], [20, 10, 0]), (["--k-start", "2"], [2, 1, 0]),
                                           (["--rti-steps", "5,2,0"], [5, 2, 0])])
 def test_cli_rti_export_steps(ckpts, tmp_path, flags, steps):
-    """The CLI's RTI default is the benchmark's 3-call list [10, 5, 0] stepped as jumps; --k-start K' gives the
+    """The CLI's RTI default is the benchmark's 3-call list [20, 10, 0] stepped as jumps; --k-start K' gives the
     consecutive K'..0, --rti-steps any list; a malformed list is refused by name."""
     cmd = [sys.executable, "-m", "robotstack.cli", "export", "--checkpoint", str(ckpts / "teacher"), "--sampler",
            "rti", "--steps", "5", "--out", str(tmp_path / "a")]
@@ -277,9 +277,9 @@ def test_cli_rti_export_steps(ckpts, tmp_path, flags, steps):
     m = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert m["rti"]["steps"] == steps and m["rti"]["step_semantics"] == "jump" and m["nfe"]["per_call"] == 3
     if not flags:
-        bad = subprocess.run(cmd[:-1] + [str(tmp_path / "b"), "--rti-steps", "10;5;0"], cwd=ROOT,
+        bad = subprocess.run(cmd[:-1] + [str(tmp_path / "b"), "--rti-steps", "20;10;0"], cwd=ROOT,
                              capture_output=True, text=True, timeout=300)
-        assert bad.returncode != 0 and "--rti-steps '10;5;0'" in bad.stderr and not (tmp_path / "b").exists()
+        assert bad.returncode != 0 and "--rti-steps '20;10;0'" in bad.stderr and not (tmp_path / "b").exists()
 
 
 def _episode(art, calls: int = 4) -> np.ndarray:
