@@ -4,9 +4,9 @@ over the *same* trained diffusion policy per task.
 Rows: DDPM-100, DDIM-10, DDIM-1 (Ta per decision), RTI K' = 2/3/5 (steps [K'..0], one action per decision,
 first call DDPM-100, gripper_mode "auto" on every task: what the exported RTI artifact does, resolved per policy
 by policies/diffusion/rti.py - "scale" for a policy trained with the gripper scaled, else "clip" factor 10; the
-old factor-1 clip froze the gripper by construction), "RTI 3-1-0" / "RTI 5-2-0" (strided 3-call step lists, stepped
-as jumps between listed levels; more such rows by name through --only, e.g. "RTI 8-4-0", "RTI 5-2-0 det" =
-posterior mean, "RTI 5-2-0 n2" = 2 actions per decision), CM-1 torch, CM-1 onnxruntime, CM-3 torch (a CTM-distilled
+old factor-1 clip froze the gripper by construction), "RTI 3-1-0" / "5-2-0" / "10-5-0" / "20-10-0" (strided 3-call
+step lists stepped as jumps between listed levels; 20-10-0 is the export default; more such rows by name through
+--only, e.g. "RTI 8-4-0", "RTI 5-2-0 det" = posterior mean, "RTI 5-2-0 n2" = 2 actions per decision), CM-1 torch, CM-1 onnxruntime, CM-3 torch (a CTM-distilled
 student). Latency = wall time of one `act` call including obs normalization and encoding.
 
 Speed section (issue 10's target: CM-1 on onnxruntime >= 10x faster than DDIM-10 on onnxruntime and >= 100x
@@ -45,6 +45,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 RTI_ROW = re.compile(r"RTI (\d+(?:-\d+)+)( det)?(?: n(\d+))?")  # e.g. "RTI 5-2-0", "RTI 5-2-0 det", "RTI 8-4-0 n2"
+
+
+STRIDED_RTI_ROWS = ("RTI 3-1-0", "RTI 5-2-0", "RTI 10-5-0", "RTI 20-10-0")  # 20-10-0: the export default
 
 
 def rti_row_config(name: str) -> dict | None:
@@ -102,7 +105,7 @@ def actors(task: str, run: Path, distill_steps: int, method: str, seed: int, ext
     # Strided 3-call lists (the official scale configs use [3,1,0]; rti_consistency.md §1.2), stepped as proper
     # jumps to the next listed level ("jump"), not the official code's t -> t-1 posterior: a higher start level
     # than K'=2 at the same 3 calls, so a guess far from the new chunk (a gripper flip) can still be moved.
-    for name in ("RTI 3-1-0", "RTI 5-2-0", *(n for n in extra_rows if n not in ("RTI 3-1-0", "RTI 5-2-0"))):
+    for name in (*STRIDED_RTI_ROWS, *(n for n in extra_rows if n not in STRIDED_RTI_ROWS)):
         fields = rti_row_config(name)
         if fields:
             a, nfe = rti(**fields)

@@ -106,8 +106,8 @@ def test_cm_artifact_matches_the_torch_student(ckpts, artifacts):
             np.unique(got["action"][..., 3])))  # gripper thresholded to +-1 in the graph
 
 
-@pytest.mark.parametrize("name, rti, steps", [("rti", RTIConfig(k_start=2, gripper_mode="clip", factor=10.0), [2, 1, 0]),
-                                               ("rti_jump", RTI_JUMP, [5, 2, 0])])
+@pytest.mark.parametrize("name, rti, steps", [
+    ("rti", RTIConfig(k_start=2, gripper_mode="clip", factor=10.0), [2, 1, 0]), ("rti_jump", RTI_JUMP, [5, 2, 0])])
 def test_rti_artifact_matches_the_torch_sampler_over_calls(ckpts, artifacts, name, rti, steps):
     from policies.checkpoint import load_checkpoint
 
