@@ -6,8 +6,8 @@ first call DDPM-100, gripper_mode "auto" on every task: what the exported RTI ar
 by policies/diffusion/rti.py - "scale" for a policy trained with the gripper scaled, else "clip" factor 10; the
 old factor-1 clip froze the gripper by construction), "RTI 3-1-0" / "5-2-0" / "10-5-0" / "20-10-0" (strided 3-call
 step lists stepped as jumps between listed levels; 20-10-0 is the export default; more such rows by name through
---only, e.g. "RTI 8-4-0", "RTI 5-2-0 det" = posterior mean, "RTI 5-2-0 n2" = 2 actions per decision), CM-1 torch, CM-1 onnxruntime, CM-3 torch (a CTM-distilled
-student). Latency = wall time of one `act` call including obs normalization and encoding.
+--only, e.g. "RTI 8-4-0", "RTI 5-2-0 det" = posterior mean, "RTI 5-2-0 n2" = 2 actions per decision), CM-1
+torch, CM-1 onnxruntime, CM-3 torch (a CTM-distilled student). Latency = wall time of one `act` call including obs normalization and encoding.
 
 Speed section (issue 10's target: CM-1 on onnxruntime >= 10x faster than DDIM-10 on onnxruntime and >= 100x
 faster than DDPM-100, same network, batch 1, one thread, side by side in one run): the teacher is exported as
