@@ -25,8 +25,10 @@ Discrete dims (the gripper, last action dim in our sim):
   Why: at K' <= 5 the noise std is 0.06-0.11, and a policy trained with the gripper at +-1 snaps any guess back
   to the nearest mode - clip with factor 1 (the old benchmark setting) feeds a clean +-1 and can never switch the
   gripper; scale training puts the modes 0.2 apart and RTI follows a flip within a few decisions
-  (tests/distill/test_rti_gripper_switch.py). Clip 10 on a +-1 policy is only the least-bad fallback: with an
-  ideal denoiser it freezes too, so `resolve_gripper_mode` says so (its reason string; the CLI prints it).
+  (tests/distill/test_rti_gripper_switch.py). Clip 10 on a +-1 policy freezes too at K' <= 10 with an ideal
+  denoiser, but switches from level 20, which is why the export default is [20, 10, 0] (DEFAULT_EXPORT_STEPS;
+  measured on the 9 benchmark tasks it matches DDIM-10, while scale training cost the one-step students 12-18
+  points); `resolve_gripper_mode` says so (its reason string; the CLI prints it).
 Defaults reuse the policy's own (training) schedule, not the official eval's silent linear-beta override.
 Stepping of listed timesteps: see policies/diffusion/samplers.py (`step_semantics`).
 """
@@ -138,9 +140,10 @@ def resolve_gripper_mode(policy: DiffusionPolicy, config: RTIConfig) -> tuple[RT
         return (dataclasses.replace(config, gripper_mode="scale", factor=factor),
                 f"auto -> scale: the policy was trained with the gripper / {factor:g}")
     return (dataclasses.replace(config, gripper_mode="clip", factor=AUTO_CLIP_FACTOR),
-            f"auto -> clip, factor {AUTO_CLIP_FACTOR:g}: the policy was trained with the gripper at +-1, where RTI "
-            f"at small K' may never switch the gripper (tests/distill/test_rti_gripper_switch.py); retrain with "
-            f"the gripper scaled (scale_gripper_normalizer) for a switchable RTI gripper")
+            f"auto -> clip, factor {AUTO_CLIP_FACTOR:g}: the policy was trained with the gripper at +-1; RTI "
+            f"switches such a gripper from a high start level (the export default {list(DEFAULT_EXPORT_STEPS)}) but "
+            f"at small K' may never (tests/distill/test_rti_gripper_switch.py): start high, or retrain with the "
+            f"gripper scaled (scale_gripper_normalizer)")
 
 
 # ------------------------------------------------------------------------------ the sampler
