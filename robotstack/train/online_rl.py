@@ -578,7 +578,7 @@ def train(cfg: OnlineRLConfig, run_dir: str | Path, resume: bool = False, show_p
                     warmup = {"value_warmup_loss": warm_up_value(learner, roll, cfg,
                                                                  numpy_rng(t.seed, update, stream=4))}
                 stats = warmup | ppo_epochs(learner, roll, cfg, numpy_rng(t.seed, update, stream=2),
-                                   torch_gen(t.seed, update, stream=3))
+                                            torch_gen(t.seed, update, stream=3))
                 update, env_steps, next_seed = update + 1, env_steps + roll.env_steps, next_seed + roll.n_started
                 updates_run += 1
                 eps = roll.episodes
