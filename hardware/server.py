@@ -247,6 +247,8 @@ class ArmServer:
         if verdict.accepted:
             self.core.heartbeat(now)  # a flowing target stream is a sign of life too (docs/protocol.md)
             self._accepted = (h.seq, h.send_time_ns, tick_ns)
+        else:  # the first few of each reason (then every 100th) with the detail, so a log says why
+            self._reject_log(verdict.reason, f"target seq {h.seq} rejected: {verdict.detail}")
 
     def _echo(self) -> tuple[int, int, int] | None:
         acc, applied = self._accepted, self.core.last_target_applied_ns
@@ -364,6 +366,9 @@ class ArmServer:
         hb = c.heartbeat_age_s(now)
         text = (f"{c.state} ({c.hold_reason}); heartbeat age {'-' if hb is None else f'{hb * 1e3:.0f} ms'}; "
                 f"ticks {c.counters.ticks}; stale holds {c.counters.stale_holds}; stops {c.counters.stops}")
+        clamped = {k: v for k, v in c.counters.clamps.items() if v and k.startswith("target_")}
+        if clamped:  # targets executed altered (joint range, box, nearest reachable pose): not rejects, but shown
+            text += "; targets clamped: " + ", ".join(f"{k} {v}" for k, v in sorted(clamped.items()))
         if detail:
             text = f"{detail}; {text}"
         return m.Status(reply_to_seq=reply_to, ok=ok and c.mode != "stop", mode=self.effective_mode(),

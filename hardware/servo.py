@@ -53,8 +53,8 @@ JOINT_LIMIT, UNKNOWN_MODE, FUTURE = "joint_limit", "unknown_mode", "future"
 REJECT_REASONS = (STOPPED, MODE_HOLD, NO_HEARTBEAT, INVALID, STALE, OUT_OF_ORDER, NO_KINEMATICS, ORIENTATION,
                   IK_FAILED, WORKSPACE, JOINT_LIMIT, UNKNOWN_MODE, FUTURE)
 # limit clamps, counted per tick (or per target for target_*)
-CLAMP_KINDS = ("target_joint_limit", "target_workspace", "acceleration", "max_step", "lead", "joint_limit",
-               "workspace")
+CLAMP_KINDS = ("target_joint_limit", "target_workspace", "target_unreachable", "acceleration", "max_step", "lead",
+               "joint_limit", "workspace")
 # upper bound on the distance from any Panda joint axis to the TCP (m): |dTCP| <= TCP_REACH_M * sum|dq|
 TCP_REACH_M = 1.3
 # the action contract's TCP box (core/ee_action.py WS_LO/WS_HI) plus a margin (m, per axis, below / above): targets
@@ -82,7 +82,14 @@ class ServoConfig:
     require_heartbeat: bool = True  # refuse targets until a first heartbeat arrives
     initial_mode: str = "servo"
     ik_iters: int = 30
-    ik_tol_m: float = 0.005  # reject a Cartesian target IK cannot reach within this distance
+    ik_tol_m: float = 0.005  # a Cartesian target IK reaches within this distance counts as reached
+    # A target inside the box that the arm cannot reach pointing down (the pocket right above the base: x < ~0.3 m
+    # near y = 0, the far top corners) is executed at the nearest pose the IK finds when that pose ends within this
+    # distance of it (counted clamps["target_unreachable"]), the way the sim env and the controller's own IK carry
+    # such a residual; farther it is rejected `ik_failed`. 0: reject every target IK ends farther than ik_tol_m from.
+    # 5 cm: the runtime's targets lead the TCP by at most 4 cm (ee_action.MAX_LEAD), so a hand at the edge of the
+    # reachable set sees residuals under that, while a target far out of reach is still refused.
+    ik_nearest_max_m: float = 0.05
     orientation_tol_rad: float = 0.35  # Cartesian quat may tilt this far from pointing down (IK keeps it down)
 
     @classmethod
@@ -105,6 +112,8 @@ class ServoConfig:
         for k in ("joint_margin", "max_lead", "heartbeat_timeout_s", "ik_tol_m", "orientation_tol_rad"):
             if not getattr(self, k) > 0 and not (k == "joint_margin" and self.joint_margin == 0):
                 bad(k, "> 0")
+        if not self.ik_nearest_max_m >= 0:
+            bad("ik_nearest_max_m", ">= 0")
         if self.max_step is not None and not self.max_step > 0:
             bad("max_step", "None or > 0")
         if self.workspace_mode not in ("reject", "clamp"):
@@ -240,7 +249,8 @@ class ServoCore:
                                  (self._kin.HOME_Q if self._kin is not None else (info.q_min + info.q_max) / 2),
                                  dtype=np.float64)
         self._lock = threading.RLock()
-        self._ik_last: tuple | None = None  # ((pos bytes, yaw), q_ref, q) of the last Cartesian target solved
+        # ((pos bytes, yaw), q_ref, q or the reject Verdict, clamped?) of the last Cartesian target solved
+        self._ik_last: tuple | None = None
         self.resyncs = 0  # teleports seen (resync); the loop re-reads the state when its hook caused one
         self.counters = ServoCounters(rejected={r: 0 for r in REJECT_REASONS}, clamps={k: 0 for k in CLAMP_KINDS})
         self.mode = c.initial_mode
@@ -361,13 +371,25 @@ class ServoCore:
             q_ref = self.home_q
         key = (pos.tobytes(), yaw)
         last = self._ik_last
-        if last is not None and last[0] == key and (np.array_equal(last[1], q_ref) or np.array_equal(last[2], q_ref)):
-            return last[2].copy()  # a re-sent target (controllers re-send at ~100 Hz) keeps its solution
+        if last is not None and last[0] == key and (np.array_equal(last[1], q_ref) or (
+                not isinstance(last[2], Verdict) and np.array_equal(last[2], q_ref))):
+            # a re-sent target (controllers re-send at ~100 Hz) keeps its solution, or its reject, without new IK
+            if isinstance(last[2], Verdict):
+                return last[2]
+            if last[3]:
+                self.counters.clamps["target_unreachable"] += 1
+            return last[2].copy()
         q = kin.solve_ik(q_ref, pos, yaw, iters=self.config.ik_iters, stall_m=IK_STALL_M)
         err = float(np.linalg.norm(kin.forward_kinematics(q)[2] - pos))
-        if err > self.config.ik_tol_m:
-            return self._reject(IK_FAILED, f"IK ended {err * 1000:.1f} mm from {np.round(pos, 3).tolist()}")
-        self._ik_last = (key, q_ref.copy(), q.copy())
+        clamped = err > self.config.ik_tol_m
+        if clamped and err > self.config.ik_nearest_max_m:
+            v = self._reject(IK_FAILED, f"IK ended {err * 1000:.1f} mm from {np.round(pos, 3).tolist()} (executes "
+                                        f"the nearest pose within {self.config.ik_nearest_max_m * 1000:.0f} mm)")
+            self._ik_last = (key, q_ref.copy(), v, False)
+            return v
+        if clamped:
+            self.counters.clamps["target_unreachable"] += 1
+        self._ik_last = (key, q_ref.copy(), q.copy(), clamped)
         return q
 
     def estop(self, engage: bool = True, reason: str = "", now_ns: int | None = None) -> None:

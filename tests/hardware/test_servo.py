@@ -456,3 +456,33 @@ def test_tcp_reach_bound_used_to_skip_fk_holds():
     for q in rng.uniform(kin.JOINT_LOWER, kin.JOINT_UPPER, (500, 7)):
         joint_pos, _, tcp, _ = kin.forward_kinematics(q)
         assert np.linalg.norm(tcp - joint_pos, axis=1).max() < TCP_REACH_M  # lever arm of every joint
+
+
+def test_an_in_box_target_the_arm_cannot_reach_goes_to_the_nearest_pose_and_is_counted():
+    """The pocket right above the base (inside the action box, x 0.25 m, y ~0) cannot be reached pointing down. The
+    servo used to reject every such Cartesian target (`ik_failed`, 3,039 of them in a 50-episode push deployment,
+    the arm frozen at its last target), while the sim env and the controller's joint-target IK carry the residual
+    and move to the nearest pose. Now the servo does the same within ik_nearest_max_m, counted as a clamp."""
+    near = [0.34, -0.03, 0.15]  # reachable
+    pocket = [0.26, -0.03, 0.15]  # in the box, ~4 cm out of reach
+    arm, core = make()
+    core.heartbeat(0)
+    assert core.submit(ServoTarget.cartesian(near, yaw=0.0, seq=1, sent_ns=0, expires_ns=SEC), 0).accepted
+    v = core.submit(ServoTarget.cartesian(pocket, yaw=0.0, seq=2, sent_ns=0, expires_ns=SEC), 0)
+    assert v.accepted and core.counters.clamps["target_unreachable"] == 1
+    reached = kin.forward_kinematics(v.q)[2]
+    assert 0.005 < np.linalg.norm(reached - pocket) < 0.05
+    assert np.linalg.norm(reached - pocket) < np.linalg.norm(np.array(near) - pocket)  # it did move towards it
+    # re-sent (controllers re-send at ~100 Hz): same pose, counted again
+    v2 = core.submit(ServoTarget.cartesian(pocket, yaw=0.0, seq=3, sent_ns=0, expires_ns=SEC), 0)
+    assert v2.accepted and np.array_equal(v2.q, v.q) and core.counters.clamps["target_unreachable"] == 2
+
+    _, strict = make(ik_nearest_max_m=0.0)  # the old behaviour, on request
+    strict.heartbeat(0)
+    assert strict.submit(ServoTarget.cartesian(near, yaw=0.0, seq=1, sent_ns=0, expires_ns=SEC), 0).accepted
+    for seq in (2, 3):  # a re-sent reject is rejected (and counted) again
+        v = strict.submit(ServoTarget.cartesian(pocket, yaw=0.0, seq=seq, sent_ns=0, expires_ns=SEC), 0)
+        assert v.reason == "ik_failed" and "mm from" in v.detail
+    assert strict.counters.rejected["ik_failed"] == 2 and strict.counters.clamps["target_unreachable"] == 0
+    with pytest.raises(ConfigError, match="ik_nearest_max_m"):
+        ServoConfig(ik_nearest_max_m=-1.0)
