@@ -2,7 +2,7 @@
 
     python bench/bench_critics.py [--tasks-a push,stack] [--tasks-b stack,mw_push] [--demos 50] [--noise 0.3]
         [--il-steps 3000] [--rollouts 20] [--critic-steps 3000] [--aloe-steps 20000] [--mc-episodes 100]
-        [--episodes 100] [--n 32]
+        [--episodes 100] [--n 32 | --n-grid 1,4,8,32 --val-episodes 50]
         [--awr-steps 1000] [--methods BC,QC,NS,DQC,ALOE-AWR,AWR-control] [--work DIR] [--quiet]
 
 Per task (name = a configs/il/<name>.yaml preset):
@@ -18,7 +18,9 @@ Per task (name = a configs/il/<name>.yaml preset):
     the proposal and the critic of configs/critic/{qc,ns,dqc}.yaml trained on the mixed data; ALOE-AWR = BC
     fine-tuned by advantage-weighted denoising (configs/critic/aloe.yaml, --awr-steps); AWR-control = the same
     fine-tune with every weight 1 (awr.mode none), which separates the critic's weights from fine-tuning itself.
-    --episodes each, same seeds.
+    --episodes each, same seeds. With --n-grid, QC / NS / DQC choose N per critic on --val-episodes validation
+    episodes (seeds 300,000+; N = 1 is BC, so a critic that does not help on validation is not used) and the chosen
+    N is measured once on the test seeds: rows '<M> (N by val)' with every validation result.
 Every stage's wall time is recorded. Results: bench/results/bench_critics.json (merged per task and part).
 Nothing is tuned to pass; the configs are the shipped presets plus the step/batch overrides printed with each row.
 """
@@ -191,6 +193,8 @@ def part_b(name: str, info: dict, args, work: Path) -> dict:
     bc = load_checkpoint(bc_dir, weights="auto")
     seed = 200_000
     wanted = methods(args)
+    grid = n_grid(args)
+    val_bc: dict = {}  # N = 1 on the validation seeds is BC itself, shared by every critic's grid
     rows = {}
     if "BC" in wanted:
         rows["BC"] = success(bc, task, args.episodes, seed, args.quiet) | {"train_wall_s": t_bc}
@@ -201,8 +205,26 @@ def part_b(name: str, info: dict, args, work: Path) -> dict:
         train_critic(method, bc_dir, mixed, work / name / f"b_{method}", args)
         t_train = time.perf_counter() - t0
         scorer = load_scorer(work / name / f"b_{method}" / "checkpoints" / "latest")
-        rows[method.upper()] = success(BestOfNPolicy(bc, scorer, args.n), task, args.episodes, seed, args.quiet) | {
-            "train_wall_s": t_train, "n": args.n}
+        if not grid:
+            rows[method.upper()] = success(BestOfNPolicy(bc, scorer, args.n), task, args.episodes, seed,
+                                           args.quiet) | {"train_wall_s": t_train, "n": args.n}
+            continue
+        # N chosen on validation scenes (VAL_SEED, away from the test seeds), then measured once on the test seeds
+        val = {}
+        for n in grid:
+            if n == 1 and val_bc:
+                val[n] = val_bc
+                continue
+            val[n] = success(bc if n == 1 else BestOfNPolicy(bc, scorer, n), task, args.val_episodes, VAL_SEED,
+                             args.quiet)
+            if n == 1:
+                val_bc.update(val[n])
+        best = pick_n({n: v["success_rate"] for n, v in val.items()})
+        policy = bc if best == 1 else BestOfNPolicy(bc, scorer, best)
+        rows[f"{method.upper()} (N by val)"] = success(policy, task, args.episodes, seed, args.quiet) | {
+            "train_wall_s": t_train, "n": best, "val_episodes": args.val_episodes, "val_seed": VAL_SEED,
+            "val": {str(n): {"success_rate": v["success_rate"], "ci95": v["ci95"], "eval_wall_s": v["eval_wall_s"]}
+                    for n, v in val.items()}}
     if "ALOE-AWR" in wanted:
         t0 = time.perf_counter()
         run = work / name / "b_aloe_awr"
@@ -226,6 +248,22 @@ def part_b(name: str, info: dict, args, work: Path) -> dict:
 
 
 METHODS_B = ("BC", "QC", "NS", "DQC", "ALOE-AWR", "AWR-control")
+VAL_SEED = 300_000  # --n-grid: validation scenes (demos 0+, rollouts 50,000+, test 200,000+)
+
+
+def pick_n(val_success: dict[int, float]) -> int:
+    """The N with the best validation success; a tie keeps the smaller (cheaper) N."""
+    return max(val_success, key=lambda n: (val_success[n], -n))
+
+
+def n_grid(args) -> list[int]:
+    try:
+        grid = sorted({int(x) for x in args.n_grid.split(",") if x.strip()})
+    except ValueError:
+        raise SystemExit(f"--n-grid {args.n_grid!r}: expected comma-separated integers >= 1, e.g. 1,4,8,32")
+    if any(n < 1 for n in grid):
+        raise SystemExit(f"--n-grid {args.n_grid!r}: every N must be >= 1")
+    return grid
 
 
 def methods(args) -> list[str]:
@@ -283,6 +321,10 @@ def main() -> None:
     p.add_argument("--mc-episodes", type=int, default=100)
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--n", type=int, default=32, help="best-of-N candidates")
+    p.add_argument("--n-grid", default="",
+                   help="e.g. 1,4,8,32: QC/NS/DQC pick N on --val-episodes validation episodes (seeds 300,000+; "
+                        "N = 1 is BC) and report the chosen N on the test seeds as '<M> (N by val)' rows")
+    p.add_argument("--val-episodes", type=int, default=50)
     p.add_argument("--awr-steps", type=int, default=1000)
     p.add_argument("--methods", default=",".join(METHODS_B),
                    help="(b) rows to run; the others are kept from the results file (merged per method)")
@@ -327,7 +369,8 @@ def main() -> None:
     for name in [t for t in args.tasks_a.split(",") if t]:
         doc["a"][name] = part_a(name, prep(name), args, work) | {"settings": settings}
         save()
-    methods(args)  # a bad --methods fails before any work
+    methods(args)  # a bad --methods or --n-grid fails before any work
+    n_grid(args)
     for name in [t for t in args.tasks_b.split(",") if t]:
         doc["b"] = merge_b(doc["b"], {name: part_b(name, prep(name), args, work) | {"settings": settings}})
         save()

@@ -83,10 +83,11 @@ class ServoConfig:
     initial_mode: str = "servo"
     ik_iters: int = 30
     ik_tol_m: float = 0.005  # a Cartesian target IK reaches within this distance counts as reached
-    # A target inside the box that the arm cannot reach pointing down (the pocket right above the base: x < ~0.3 m
-    # near y = 0, the far top corners) is executed at the nearest pose the IK finds when that pose ends within this
-    # distance of it (counted clamps["target_unreachable"]), the way the sim env and the controller's own IK carry
-    # such a residual; farther it is rejected `ik_failed`. 0: reject every target IK ends farther than ik_tol_m from.
+    # A target inside the box that the arm cannot reach pointing down (the pocket above the base: x < ~0.3 m near
+    # y = 0 at z ~0.03-0.2 m; the far corners) is executed at the nearest pose the IK finds when that pose ends
+    # within this distance of it (counted clamps["target_unreachable"]), the way the sim env and the controller's own
+    # IK carry such a residual; farther it is rejected `ik_failed`. 0: reject every target IK ends farther than
+    # ik_tol_m from.
     # 5 cm: the runtime's targets lead the TCP by at most 4 cm (ee_action.MAX_LEAD), so a hand at the edge of the
     # reachable set sees residuals under that, while a target far out of reach is still refused.
     ik_nearest_max_m: float = 0.05

@@ -3,7 +3,7 @@ under other settings keeps them (each row records the run that measured it); ben
 
 from __future__ import annotations
 
-from bench.bench_critics import merge_b
+from bench.bench_critics import merge_b, n_grid, pick_n
 
 
 def test_a_method_rerun_replaces_that_row_and_keeps_the_others():
@@ -31,3 +31,20 @@ def test_rank_auc_is_the_pairwise_win_rate_with_ties_half():
     pairwise = ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (40 * 30)
     assert rank_auc(pos, neg) == pairwise
     assert rank_auc(np.array([2.0, 3.0]), np.array([0.0, 1.0])) == 1.0
+
+
+def test_n_by_validation_takes_the_best_and_on_a_tie_the_smaller_n():
+    assert pick_n({1: 0.30, 4: 0.36, 8: 0.36, 32: 0.20}) == 4
+    assert pick_n({1: 0.40, 4: 0.36, 32: 0.38}) == 1  # a critic that does not help is not used
+
+
+def test_a_bad_n_grid_is_refused_by_name():
+    import argparse
+
+    import pytest
+
+    assert n_grid(argparse.Namespace(n_grid="32,1, 4")) == [1, 4, 32]
+    assert n_grid(argparse.Namespace(n_grid="")) == []
+    for bad in ("4,x", "0,4"):
+        with pytest.raises(SystemExit, match="--n-grid"):
+            n_grid(argparse.Namespace(n_grid=bad))

@@ -100,6 +100,9 @@ def policies(tmp_path_factory, reach_spec):
         "plus_x": export_tiny(root / "plus_x", reach_spec, action_range=_const(0.5)),
         "minus_x": export_tiny(root / "minus_x", reach_spec, action_range=_const(-0.5)),
         "slow_x": export_tiny(root / "slow_x", reach_spec, action_range=_const(0.1)),
+        # back towards the base and down: into the pocket above the base that a pointing-down hand cannot reach
+        "back_down": export_tiny(root / "back_down", reach_spec,
+                                 action_range=[(-0.51, -0.49), (-0.01, 0.01), (-0.51, -0.49), (-1.0, -1.0)]),
         # a corrupt normalizer stat (NaN action offset) in the checkpoint: the exported graph yields NaN actions
         "nan": export_tiny(root / "nan", reach_spec, poison=True),
         # exported for a 6-joint arm, with observations the reach arm does not provide in these shapes

@@ -142,6 +142,32 @@ def test_cartesian_targets_drive_the_arm_like_joint_targets(shared_server, polic
     assert np.linalg.norm(moved["joint"] - moved["cartesian"]) < 0.015, moved
 
 
+def test_cartesian_targets_into_the_unreachable_pocket_move_the_arm_to_its_edge(shared_server, policies):
+    """A policy that drives the hand back over the base and down, through the pocket in the action box that a
+    pointing-down hand cannot reach (x ~0.25-0.3 m near y = 0, z ~0.03-0.2 m). The server used to reject each of
+    those Cartesian targets (`ik_failed`, the arm frozen at its last reachable target; 3,039 rejects in one push
+    deployment); now it executes the nearest pose its IK finds, counted as the clamp `target_unreachable`, which the
+    status detail reports."""
+    from robotstack.runtime.controller import ControllerConfig
+
+    client = ArmClient(parse_bind(shared_server.addr))
+    try:
+        before = client.heartbeat(timeout_s=1.0).rejects.get("ik_failed", 0)
+        ctl = Controller(client, PolicyRunner(policies["back_down"]), ControllerConfig(targets="cartesian"))
+        ctl.connect()
+        res = ctl.run_episode(max_steps=45)
+        assert res.ok, res.stop_reason
+        st = client.heartbeat(timeout_s=1.0)
+        assert st.rejects.get("ik_failed", 0) == before, st.rejects
+        assert "target_unreachable" in st.detail, st.detail
+        # the hand went back and down through the pocket (which is not all the way down: a folded arm reaches the
+        # box floor again) to the box's near face
+        start, end = res.frames["robot_eef_pos"][0], np.asarray(client.wait_state(1.0).eef_pos)
+        assert end[0] < 0.27 and start[0] - end[0] > 0.1 and start[2] - end[2] > 0.1, (start, end)
+    finally:
+        client.close()
+
+
 def test_controller_refuses_an_unknown_target_kind():
     from robotstack.runtime.controller import ControllerConfig
 
