@@ -35,6 +35,22 @@ DEFAULT_TABLE = {"name": "table", "shape": "box", "size": [0.6, 0.6, 0.025], "po
                  "mass": 0.0, "friction": 0.6, "rgba": [0.72, 0.62, 0.5, 1.0]}
 
 
+def bullet_frictions(specs: list[ObjectSpec]) -> dict[str, float]:
+    """Each body's Bullet lateral friction, translated from the scene's MuJoCo frictions.
+
+    The engines combine a contact's two frictions differently: MuJoCo takes the larger (its default), Bullet the
+    product. Copied as they are, a MuJoCo cube (1.0) on the table (0.6) slides on 1.0 in MuJoCo and on 0.6 in
+    Bullet: pushed at 0.8 m/s it slid 5.4 cm in Bullet vs 3.4 cm in MuJoCo (tests/hardware/test_friction_parity.py).
+    The table, the lowest-friction surface, gets 1.0 (neutral under a product) and every other body max(own,
+    table's), so every object-table contact combines to MuJoCo's value exactly; object-object and object-pad
+    (pads 1.0) contacts are exact for objects at 1.0 (the cubes) and give the object's own value below 1.0 (the T
+    block, 0.8, against the pads: MuJoCo 1.0)."""
+    table = next((s.friction for s in specs if s.name == "table"), None)
+    if table is None:
+        return {s.name: s.friction for s in specs}
+    return {s.name: 1.0 if s.name == "table" else max(s.friction, table) for s in specs}
+
+
 class PyBulletPandaDriver:
     """ArmDriver over a private pybullet DIRECT client.
 
@@ -50,6 +66,7 @@ class PyBulletPandaDriver:
         if table and not any(s.name == "table" for s in specs):
             specs.insert(0, ObjectSpec.from_dict(DEFAULT_TABLE, "table"))
         self._specs = specs
+        self._friction = bullet_frictions(specs)
         self._dynamic = [s for s in specs if s.dynamic]
         self.info = panda_info(name, simulated=True, object_names=[s.name for s in self._dynamic],
                                vendor=f"pybullet {pb.getAPIVersion()}", rate_hz=1000.0)
@@ -151,8 +168,8 @@ class PyBulletPandaDriver:
                                   physicsClientId=cid)
         pb.changeVisualShape(body, -1, rgbaColor=list(s.rgba), physicsClientId=cid)
         if s.collide:
-            pb.changeDynamics(body, -1, lateralFriction=s.friction, spinningFriction=0.001, rollingFriction=0.0001,
-                              physicsClientId=cid)
+            pb.changeDynamics(body, -1, lateralFriction=self._friction[s.name], spinningFriction=0.001,
+                              rollingFriction=0.0001, physicsClientId=cid)
         return body
 
     # --- ArmDriver -----------------------------------------------------------------------------------------
