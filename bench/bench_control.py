@@ -158,17 +158,19 @@ def rusage_wait(proc: subprocess.Popen, timeout: float) -> tuple[int, float]:
 
 def run_phase(task: str, seconds: float, artifact: str | None, min_eps: int, max_eps: int, max_steps: int,
               tmp: Path, port: int, keys: Path | None = None, during=None, pin: bool = False,
-              targets: str = "joint") -> dict:
+              targets: str = "joint", servo: str = "") -> dict:
     """Server + controller worker processes; ``keys``: CURVE on (server dir with clients/); ``during(addr)``:
     runs in this process while the worker does (the soak's idle and fuzzing clients) and returns a dict.
     ``pin``: server on CPU 0 (`serve-arm --cpus 0`), controller on CPU 1 (`deploy --cpus 1` does the same).
-    ``targets``: the controller's target kind ("cartesian": the server's servo solves IK)."""
+    ``targets``: the controller's target kind ("cartesian": the server's servo solves IK); ``servo``: serve-arm
+    --servo JSON (servo limits; "" = the defaults)."""
     addr = f"tcp://127.0.0.1:{port}"
     seed0 = 1000
     stats_path, out_path = tmp / f"server_{task}.json", tmp / f"worker_{task}.json"
     srv = subprocess.Popen([PY, "-m", "robotstack.cli", "serve-arm", "--driver", "pybullet", "--task", task, "--bind",
                             addr, "--seed", str(seed0), "--scenes", str(max_eps + 2), "--stats-out", str(stats_path)]
-                           + (["--keys", str(keys)] if keys else []) + (["--cpus", "0"] if pin else []),
+                           + (["--keys", str(keys)] if keys else []) + (["--cpus", "0"] if pin else [])
+                           + (["--servo", servo] if servo else []),
                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     for line in srv.stdout:
         if "ready" in line:

@@ -59,6 +59,8 @@ def main() -> None:
     ap.add_argument("--targets", default="cartesian", choices=["cartesian", "joint"],
                     help="controller target kind: cartesian (what `deploy --targets auto` sends to a Panda server: "
                          "its servo solves IK) or joint (IK on the controller, the rows before 2026-11-30)")
+    ap.add_argument("--servo", default="", help="the arm server's servo limits, JSON (serve-arm --servo), e.g. "
+                                               "'{\"accel_scale\": 1.0}'; recorded with the row")
     args = ap.parse_args()
     from hardware.protocol.transport import free_base_port
     from robotstack.eval.metrics import wilson_interval
@@ -66,13 +68,14 @@ def main() -> None:
     label = args.label or f"{args.task}: {Path(args.artifact).name}"
     with tempfile.TemporaryDirectory() as td:
         res = run_phase(args.task, 0.0, args.artifact, args.episodes, args.episodes, args.max_steps, Path(td),
-                        free_base_port(), targets=args.targets)
+                        free_base_port(), targets=args.targets, servo=args.servo)
     eps = res["episodes"]
     pb = np.array([e["success"] for e in eps], bool)
     mj = np.array(mujoco_success(args.task, [e["seed"] for e in eps], args.artifact, args.max_steps), bool)
     k_pb, k_mj, n = int(np.sum(pb)), int(np.sum(mj)), len(eps)
     lat = res["telemetry"]["latency_ms"]
     row = {"task": args.task, "artifact": args.artifact, "episodes": n, "targets": args.targets,
+           "servo": json.loads(args.servo) if args.servo else {},
            "pybullet_success": k_pb / n, "pybullet_ci95": wilson_interval(k_pb, n),
            "mujoco_success": k_mj / n, "mujoco_ci95": wilson_interval(k_mj, n),
            "ratio": (k_pb / k_mj) if k_mj else None,

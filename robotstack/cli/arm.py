@@ -24,6 +24,19 @@ def cmd_serve_arm(args: argparse.Namespace) -> int:
             usable_cpus(args.cpus)
         except ValueError as e:
             raise SystemExit(f"serve-arm: {e}") from None
+    servo = {"rate_hz": args.rate, "heartbeat_timeout_s": args.heartbeat_timeout}
+    if args.servo:  # more servo limits (hardware/servo.py ServoConfig), checked by name before anything starts
+        from hardware.servo import ServoConfig
+        from robotstack.core.errors import ConfigError
+
+        try:
+            extra = json.loads(args.servo)
+            if not isinstance(extra, dict):
+                raise ValueError("not a JSON object")
+            servo |= extra
+            ServoConfig.from_dict(servo, "serve-arm --servo")
+        except (ValueError, ConfigError) as e:
+            raise SystemExit(f"serve-arm --servo {args.servo!r}: {e}") from None
     kwargs, scenes = {}, None
     if args.driver in ("pybullet", "mujoco"):
         import sim
@@ -43,7 +56,6 @@ def cmd_serve_arm(args: argparse.Namespace) -> int:
         print(json.dumps(driver.info.describe(), indent=2))
         return 0
     keys = load_server_keys(args.keys) if args.keys else None
-    servo = {"rate_hz": args.rate, "heartbeat_timeout_s": args.heartbeat_timeout}
     server = ArmServer(driver, parse_bind(args.bind), keys, servo=servo, scenes=scenes,
                        config=ArmServerConfig(robot_id=args.robot_id, state_rate_hz=args.state_rate,
                                               realtime=not args.no_realtime, servo_cpus=args.cpus))
@@ -105,6 +117,9 @@ def add_verbs(sub) -> None:
     serve.add_argument("--rate", type=float, default=1000.0, help="servo rate, Hz")
     serve.add_argument("--state-rate", type=float, default=200.0, help="state publish rate, Hz")
     serve.add_argument("--heartbeat-timeout", type=float, default=0.5, help="s without heartbeat/target -> STOP")
+    serve.add_argument("--servo", default="", help="servo limits as JSON (hardware/servo.py ServoConfig keys), e.g. "
+                                                  "'{\"accel_scale\": 1.0}' (default: half the arm's rated "
+                                                  "velocity and acceleration)")
     serve.add_argument("--robot-id", default="arm")
     serve.add_argument("--host", default="", help="real arms: controller address")
     serve.add_argument("--seed", type=int, default=0, help="sim drivers: seed of the first scene")

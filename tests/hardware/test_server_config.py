@@ -40,3 +40,20 @@ def test_arm_server_takes_a_config_dict(tmp_path):
         server.close()
     with pytest.raises(ConfigError, match="unknown key 'rate'"):
         ArmServer(driver, Endpoints.ipc(str(tmp_path / "b")), config={"rate": 5})
+
+
+def test_serve_arm_servo_limits_are_checked_by_name_before_anything_starts():
+    """`serve-arm --servo JSON` takes ServoConfig keys (e.g. the rated limits for a sim arm); a bad one is refused
+    with the key named, before a driver or socket exists."""
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-m", "robotstack.cli", "serve-arm", "--driver", "pybullet", "--task", "reach",
+            "--describe"]
+    for bad, said in (('{"accel_scal": 1}', "unknown key 'accel_scal'"), ('{"accel_scale": 3}', "accel_scale=3.0"),
+                      ("[1]", "not a JSON object"), ("{oops", "Expecting property name")):
+        r = subprocess.run(base + ["--servo", bad], capture_output=True, text=True, timeout=120)
+        assert r.returncode != 0 and said in r.stderr and "--servo" in r.stderr, (bad, r.stderr[-300:])
+    ok = subprocess.run(base + ["--servo", '{"accel_scale": 1.0, "velocity_scale": 1.0}'], capture_output=True,
+                        text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr[-300:]
