@@ -260,7 +260,7 @@ def n_grid(args) -> list[int]:
     try:
         grid = sorted({int(x) for x in args.n_grid.split(",") if x.strip()})
     except ValueError:
-        raise SystemExit(f"--n-grid {args.n_grid!r}: expected comma-separated integers >= 1, e.g. 1,4,8,32")
+        raise SystemExit(f"--n-grid {args.n_grid!r}: expected comma-separated integers >= 1, e.g. 1,4,8,32") from None
     if any(n < 1 for n in grid):
         raise SystemExit(f"--n-grid {args.n_grid!r}: every N must be >= 1")
     return grid
@@ -366,11 +366,11 @@ def main() -> None:
         write_results(args.name, {k: v for k, v in doc.items() if k != "machine"} | {"settings": settings,
                                                                                "wall_s": time.perf_counter() - t_all})
 
+    methods(args)  # a bad --methods or --n-grid fails before any work
+    n_grid(args)
     for name in [t for t in args.tasks_a.split(",") if t]:
         doc["a"][name] = part_a(name, prep(name), args, work) | {"settings": settings}
         save()
-    methods(args)  # a bad --methods or --n-grid fails before any work
-    n_grid(args)
     for name in [t for t in args.tasks_b.split(",") if t]:
         doc["b"] = merge_b(doc["b"], {name: part_b(name, prep(name), args, work) | {"settings": settings}})
         save()
