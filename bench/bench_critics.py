@@ -194,7 +194,7 @@ def part_b(name: str, info: dict, args, work: Path) -> dict:
     seed = 200_000
     wanted = methods(args)
     grid = n_grid(args)
-    val_bc: dict = {}  # N = 1 on the validation seeds is BC itself, shared by every critic's grid
+    val_bc = None  # N = 1 on the validation seeds is BC itself: measured once, shared by every critic's grid
     rows = {}
     if "BC" in wanted:
         rows["BC"] = success(bc, task, args.episodes, seed, args.quiet) | {"train_wall_s": t_bc}
@@ -212,13 +212,11 @@ def part_b(name: str, info: dict, args, work: Path) -> dict:
         # N chosen on validation scenes (VAL_SEED, away from the test seeds), then measured once on the test seeds
         val = {}
         for n in grid:
-            if n == 1 and val_bc:
-                val[n] = val_bc
-                continue
-            val[n] = success(bc if n == 1 else BestOfNPolicy(bc, scorer, n), task, args.val_episodes, VAL_SEED,
-                             args.quiet)
             if n == 1:
-                val_bc.update(val[n])
+                val_bc = val_bc or success(bc, task, args.val_episodes, VAL_SEED, args.quiet)
+                val[n] = val_bc
+            else:
+                val[n] = success(BestOfNPolicy(bc, scorer, n), task, args.val_episodes, VAL_SEED, args.quiet)
         best = pick_n({n: v["success_rate"] for n, v in val.items()})
         policy = bc if best == 1 else BestOfNPolicy(bc, scorer, best)
         rows[f"{method.upper()} (N by val)"] = success(policy, task, args.episodes, seed, args.quiet) | {
