@@ -158,16 +158,17 @@ def rusage_wait(proc: subprocess.Popen, timeout: float) -> tuple[int, float]:
 
 def run_phase(task: str, seconds: float, artifact: str | None, min_eps: int, max_eps: int, max_steps: int,
               tmp: Path, port: int, keys: Path | None = None, during=None, pin: bool = False,
-              targets: str = "joint", servo: str = "") -> dict:
+              targets: str = "joint", servo: str = "", driver: str = "pybullet") -> dict:
     """Server + controller worker processes; ``keys``: CURVE on (server dir with clients/); ``during(addr)``:
     runs in this process while the worker does (the soak's idle and fuzzing clients) and returns a dict.
     ``pin``: server on CPU 0 (`serve-arm --cpus 0`), controller on CPU 1 (`deploy --cpus 1` does the same).
     ``targets``: the controller's target kind ("cartesian": the server's servo solves IK); ``servo``: serve-arm
-    --servo JSON (servo limits; "" = the defaults)."""
+    --servo JSON (servo limits; "" = the defaults); ``driver``: serve-arm --driver ("kinematic": the physics-free
+    mock arm, so the servo tick carries no physics step)."""
     addr = f"tcp://127.0.0.1:{port}"
     seed0 = 1000
     stats_path, out_path = tmp / f"server_{task}.json", tmp / f"worker_{task}.json"
-    srv = subprocess.Popen([PY, "-m", "robotstack.cli", "serve-arm", "--driver", "pybullet", "--task", task, "--bind",
+    srv = subprocess.Popen([PY, "-m", "robotstack.cli", "serve-arm", "--driver", driver, "--task", task, "--bind",
                             addr, "--seed", str(seed0), "--scenes", str(max_eps + 2), "--stats-out", str(stats_path)]
                            + (["--keys", str(keys)] if keys else []) + (["--cpus", "0"] if pin else [])
                            + (["--servo", servo] if servo else []),
@@ -477,6 +478,9 @@ def main() -> None:
                     help="phase 1 again, side by side: server on CPU 0 and controller on CPU 1")
     ap.add_argument("--cartesian", action="store_true",
                     help="phase 1 again, side by side: Cartesian targets (the server solves IK); pinned with --pin")
+    ap.add_argument("--kinematic", action="store_true",
+                    help="repeat phase 1 on the physics-free kinematic arm (serve-arm --driver kinematic; with "
+                         "--pin / --cartesian as given): the runtime's own timing, as polymetis' mock-arm numbers")
     ap.add_argument("--ort-knobs", action="store_true", help="only measure onnxruntime session options")
     ap.add_argument("--soak-seconds", type=float, default=0.0,
                     help="only the soak: CURVE controller + idle authenticated client + fuzzer for this long")
@@ -511,6 +515,11 @@ def main() -> None:
             variants["pinned (server CPU 0, controller CPU 1)"] = dict(pin=True)
         if args.cartesian:
             variants["Cartesian targets" + (", pinned" if args.pin else "")] = dict(pin=args.pin, targets="cartesian")
+        if args.kinematic:  # polymetis' reference is measured on a mock arm: the same phase with no physics step
+            label = "kinematic arm (no physics)" + (", Cartesian" if args.cartesian else "") + (
+                ", pinned" if args.pin else "")
+            variants[label] = dict(pin=args.pin, targets="cartesian" if args.cartesian else "joint",
+                                   driver="kinematic")
         other = {}
         for label, kw in variants.items():
             print(f"phase 1, {label}, >= {args.seconds:.0f} s ...", flush=True)

@@ -2,6 +2,7 @@
 
     pybullet   PyBulletPandaDriver   Panda in PyBullet (a different engine from training), task objects from dicts
     mujoco     MujocoArmDriver       twin over a caller-owned MuJoCo model/data (the training sim)
+    kinematic  KinematicPandaDriver  ideal physics-free Panda (polymetis' mock arm): reach-like tasks, runtime timing
     ur_rtde    URRtdeDriver          Universal Robots, ur-rtde servoJ          (extra: ur)      never run on an arm
     xarm       XArmDriver            UFACTORY xArm, set_servo_angle_j mode 1  (extra: xarm)    never run on an arm
     franka     FrankaDriver          Franka Panda/FR3, panda-python            (extra: franka)  never run on an arm
@@ -20,6 +21,7 @@ from robotstack.core.errors import DeviceUnavailableError
 DRIVERS = {
     "pybullet": ("hardware.drivers.pybullet_driver", "PyBulletPandaDriver"),
     "mujoco": ("hardware.drivers.mujoco_driver", "MujocoArmDriver"),
+    "kinematic": ("hardware.drivers.kinematic_driver", "KinematicPandaDriver"),
     "ur_rtde": ("hardware.drivers.ur_rtde_driver", "URRtdeDriver"),
     "xarm": ("hardware.drivers.xarm_driver", "XArmDriver"),
     "franka": ("hardware.drivers.franka_driver", "FrankaDriver"),

@@ -38,14 +38,14 @@ def cmd_serve_arm(args: argparse.Namespace) -> int:
         except (ValueError, ConfigError) as e:
             raise SystemExit(f"serve-arm --servo {args.servo!r}: {e}") from None
     kwargs, scenes = {}, None
-    if args.driver in ("pybullet", "mujoco"):
+    if args.driver in ("pybullet", "mujoco", "kinematic"):
         import sim
         from sim.scene_export import task_objects, task_scenes, twin_driver_kwargs
 
         env = sim.make(args.task)
         scenes = task_scenes(env, range(args.seed, args.seed + args.scenes))
         env.reset(seed=args.seed)
-        if args.driver == "pybullet":
+        if args.driver in ("pybullet", "kinematic"):  # kinematic refuses a task with objects to move
             kwargs = {"objects": task_objects(env)}
         else:
             kwargs = twin_driver_kwargs(env)
@@ -108,7 +108,9 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
 
 def add_verbs(sub) -> None:
     serve = sub.add_parser("serve-arm", help="run an arm server (driver + 1 kHz servo loop + ZMQ protocol)")
-    serve.add_argument("--driver", required=True, choices=["pybullet", "mujoco", "ur_rtde", "xarm", "franka"])
+    serve.add_argument("--driver", required=True, choices=["pybullet", "mujoco", "kinematic", "ur_rtde", "xarm",
+                                                                 "franka"],
+                       help="kinematic: an ideal physics-free Panda (reach-like tasks, runtime timing)")
     serve.add_argument("--task", default="push", help="sim drivers: task whose objects/scenes to load")
     serve.add_argument("--bind", default="tcp://127.0.0.1:6510",
                        help="tcp://HOST:PORT (state PORT, command PORT+1, control PORT+2) or ipc://DIR")

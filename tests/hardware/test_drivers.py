@@ -133,6 +133,64 @@ def test_object_dicts_are_validated():
         make_driver("pybullet", objects=[CUBE, CUBE])
 
 
+# --- kinematic (physics-free mock arm) ---------------------------------------------------------------------------
+def test_kinematic_arm_follows_the_servo_and_reports_pybullets_tcp(pb_driver):
+    """The ideal arm ends exactly on a joint target the servo drove it to (within its limits on the way), its
+    state agrees with the PyBullet Panda at the same joints (TCP position and hand orientation), and a
+    Cartesian target is reached through the servo's IK."""
+    drv = make_driver("kinematic", objects=[MARKER])  # a visual-only marker is scenery, accepted
+    assert isinstance(drv, ArmDriver) and drv.info.simulated and drv.info.kinematics == "panda"
+    assert drv.info.object_names == () and keys.OBJECT_STATE not in drv.info.features()
+    with pytest.raises(DriverError, match="not connected"):
+        drv.read_state()
+    drv.connect()
+    drv.reset()
+    loop = servo_for(drv)
+    q_goal = kin.HOME_Q + np.array([0.3, 0.2, -0.2, 0.3, 0.3, -0.2, 0.3])
+    v = loop.core.submit(ServoTarget.joint(q_goal, seq=1, sent_ns=0, expires_ns=10 * SEC, gripper=0.02), now_ns=0)
+    assert v.accepted, v
+    speeds = []
+    for _ in range(1500):
+        loop.run_simulated(1)
+        speeds.append(np.abs(drv.read_state().joint_vel) / drv.info.dq_max)
+    state = drv.read_state()
+    assert np.abs(state.joint_pos - q_goal).max() < 1e-6 and abs(state.gripper - 0.02) < 1e-6
+    assert 0.1 < np.max(speeds) <= 1.0 + 1e-6  # it moved, never faster than the arm's rated velocity
+    assert np.abs(state.joint_vel).max() < 1e-6  # at rest on the goal
+    pb_driver.reset()
+    loop_pb = servo_for(pb_driver)
+    v = loop_pb.core.submit(ServoTarget.joint(q_goal, seq=1, sent_ns=0, expires_ns=10 * SEC), now_ns=0)
+    loop_pb.run_simulated(1500)
+    pb_state = pb_driver.read_state()
+    _, _, tcp, R = kin.forward_kinematics(pb_state.joint_pos)
+    drv.command_joints(pb_state.joint_pos)
+    drv.step(0.001)
+    mine = drv.read_state()
+    assert np.linalg.norm(mine.eef_pos - pb_state.eef_pos) < 1e-4
+    assert abs(abs(float(np.dot(mine.eef_quat, pb_state.eef_quat))) - 1) < 1e-4
+    pb_driver.reset()
+    goal = np.array([0.5, 0.12, 0.18])
+    t = loop.sim_now_ns
+    v = loop.core.submit(ServoTarget.cartesian(goal, yaw=0.3, seq=2, sent_ns=t, expires_ns=t + 10 * SEC,
+                                               target_time_ns=t + SEC // 2), now_ns=t)
+    assert v.accepted, v
+    loop.run_simulated(1500)
+    assert np.linalg.norm(drv.read_state().eef_pos - goal) < 1e-3
+
+
+def test_kinematic_arm_refuses_what_it_cannot_simulate():
+    with pytest.raises(DriverError, match="dynamic object.*cube"):
+        make_driver("kinematic", objects=[CUBE, MARKER])
+    drv = make_driver("kinematic")
+    drv.connect()
+    with pytest.raises(DriverError, match="object_poses.*cube"):
+        drv.reset(object_poses={"cube": [0.5, 0, 0.02]})
+    sent = drv.command_joints(kin.JOINT_UPPER + 1.0, 0.5)  # the final hardware clamp, as every driver
+    assert sent.clipped and np.allclose(sent.q, kin.JOINT_UPPER) and sent.gripper == 0.08
+    with pytest.raises(DriverError, match="expected \\(7,\\)"):
+        drv.command_joints(np.zeros(6))
+
+
 # --- MuJoCo twin ------------------------------------------------------------------------------------------------
 def test_mujoco_twin_over_the_training_sim():
     import sim

@@ -18,10 +18,10 @@ PY = sys.executable
 
 
 class ServerProc:
-    def __init__(self, task: str = "reach", keys: str = "", extra=()):
+    def __init__(self, task: str = "reach", keys: str = "", extra=(), driver: str = "pybullet"):
         self.port = free_base_port()
         self.addr = f"tcp://127.0.0.1:{self.port}"
-        cmd = [PY, "-m", "robotstack.cli", "serve-arm", "--driver", "pybullet", "--task", task, "--bind", self.addr,
+        cmd = [PY, "-m", "robotstack.cli", "serve-arm", "--driver", driver, "--task", task, "--bind", self.addr,
                "--scenes", "20", *extra]
         if keys:
             cmd += ["--keys", keys]

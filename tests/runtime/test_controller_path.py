@@ -210,3 +210,30 @@ def test_auto_targets_follow_what_the_server_offers(shared_server, policies):
         assert res.ok and np.isnan(res.frames["target_joint_pos"]).all()
     finally:
         client.close()
+
+
+def test_a_policy_drives_the_kinematic_arm_server(policies):
+    """serve-arm --driver kinematic (the physics-free mock arm) is a full arm server: the controller runs a policy on
+    it through the same protocol, and the hand moves as the policy asks (+x at 0.1 of the action scale per step);
+    a task with objects to move is refused before the server starts, naming them."""
+    import subprocess
+
+    from tests.runtime.conftest import PY, ROOT, ServerProc
+
+    srv = ServerProc(driver="kinematic")
+    client = ArmClient(parse_bind(srv.addr))
+    try:
+        ctl = Controller(client, PolicyRunner(policies["slow_x"]))
+        ctl.connect()
+        assert client.describe().arm == "kinematic_panda"
+        start = client.wait_state(2.0).eef_pos.copy()
+        res = ctl.run_episode(max_steps=20, reset=False)
+        assert res.ok and res.steps == 20
+        moved = client.wait_state(2.0).eef_pos - start
+        assert moved[0] > 0.02 and abs(moved[1]) < 0.01 and abs(moved[2]) < 0.01, moved
+    finally:
+        client.close()
+        srv.stop()
+    r = subprocess.run([PY, "-m", "robotstack.cli", "serve-arm", "--driver", "kinematic", "--task", "push",
+                        "--describe"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "dynamic object" in r.stderr and "cube" in r.stderr, r.stderr[-300:]
