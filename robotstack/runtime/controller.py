@@ -6,13 +6,15 @@ latest when the current target is due for a re-send (``command_hz``, default 100
                 re-send the current joint target every 1/``command_hz`` with a short validity (``target_expiry_s``,
                 default 30 ms): if this process dies the server's target goes stale within that and the servo holds
   policy step   on the first state that arrives at or after the policy's next slot (``control_hz`` grid), at once:
-                push the observation into the history (To); a teleop device that
-                is engaged overrides the policy (the step is flagged as an intervention); otherwise take the next
-                scheduled action, inferring a new chunk when the schedule is empty (runtime/scheduler.py: actions
+                a teleop device that is engaged overrides the policy (the step is flagged as an intervention);
+                otherwise take the next scheduled action, inferring a new chunk when the schedule is empty (then the
+                observation goes into the history first; runtime/scheduler.py: actions
                 timestamped from the observation time, those already past dropped, ``exec_latency_s`` latency
                 compensation) -> safety (NaN/Inf or out of range -> hold and stop; max change per step) ->
                 action_map (TCP target, IK) -> joint target reached at the action's time, sent at once
-  off the path  after the step's target is sent: chunk policies infer the next chunk when the schedule is empty and
+  off the path  after the step's target is sent: the observation goes into the history (To) unless inference needed
+                it already, the step is recorded and judged (success); chunk policies infer the next chunk when the
+                schedule is empty and
                 the IK of the next scheduled action is computed ahead (action_map.prepare); at the step it is used
                 only when its inputs turn out identical (bit-exact), else IK runs on the step
   stops         e-stop request (terminal key, Ctrl-C) -> EStop to the server; safety stop -> mode hold; state
@@ -214,7 +216,6 @@ class Controller:
         last_state_ns = t0
         step, interventions = 0, 0
         taken_over = False
-        pending_row = None
         frames: list[dict[str, Any]] = []
         success: bool | None = None if self.success_fn is None else False
         reason, ok = "", True
@@ -247,13 +248,9 @@ class Controller:
                 if new is not None and now >= next_policy:  # the policy step acts on the state that just arrived
                     stepped = True
                     st = c.state
-                    obs = state_obs(st)
                     t_state, t_recv = c.to_local(st.state_time_ns), c.state_recv_ns
                     self._maybe_swap()
-                    if self.policy is not None:
-                        self.policy.push(obs)
-                        if self._old is not None:
-                            self._old.push(obs)
+                    obs = None  # this step's observation: built after the send, unless inference needs it first
                     cmd = self.takeover.poll() if self.takeover is not None else None
                     raw = np.full(spec.action_dim, np.nan)
                     t_act = t_state + dt_ns
@@ -275,7 +272,8 @@ class Controller:
                         if taken_over:  # the person let go: the policy starts from the arm where it is now
                             self._end_takeover()
                             taken_over = False
-                        if len(sched) == 0:
+                        if len(sched) == 0:  # inference on the path (no chunk was inferred ahead)
+                            obs = self._observe(st)
                             chunk = self.safety.check_output(self._infer(), "policy")
                             sched.load(chunk, t_state, now)
                         dropped, action, t_act = sched.pop_due(now)
@@ -291,19 +289,10 @@ class Controller:
                         q_target, grip = mapper.step(action, st.eef_pos)
                     tcp_target = np.append(mapper.target_pos, mapper.target_yaw)
                     t_target = t_act
-                    pending_row = tele.begin_step(t_state, t_recv, t_infer)
-                    frames.append({"obs": obs, "action": action.astype(np.float32), "raw": raw.astype(np.float32),
-                                   "intervention": intervention, "tcp_target": tcp_target.astype(np.float32),
-                                   # NaN with Cartesian targets: the server solved IK (one store schema either way)
-                                   "q_target": np.full(len(q_target), np.nan, np.float32) if cartesian
-                                   else q_target.astype(np.float32),
-                                   "grip": np.float32(grip), "row": pending_row, "policy_id": self._policy_id()})
                     step += 1
                     next_policy += dt_ns
                     while next_policy <= now:  # skip slots we slept through, never burst
                         next_policy += dt_ns
-                    if self.success_fn is not None and self.success_fn(obs):
-                        success, reason = True, "success"
                 if not stepped and now - last_sent < tick_ns:
                     if now - last_hb >= hb_ns:
                         c.heartbeat(timeout_s=0.1)
@@ -319,9 +308,19 @@ class Controller:
                 if now - last_hb >= hb_ns:  # after the target: a heartbeat round trip never delays a step's send
                     c.heartbeat(timeout_s=0.1)
                     last_hb = now
-                if pending_row is not None:
-                    tele.sent(pending_row, seq, t_sent)
-                    pending_row = None
+                if stepped:  # the rest of the policy step, off the state -> target path
+                    if obs is None:
+                        obs = self._observe(st)
+                    row = tele.begin_step(t_state, t_recv, t_infer)
+                    tele.sent(row, seq, t_sent)
+                    frames.append({"obs": obs, "action": action.astype(np.float32), "raw": raw.astype(np.float32),
+                                   "intervention": intervention, "tcp_target": tcp_target.astype(np.float32),
+                                   # NaN with Cartesian targets: the server solved IK (one store schema either way)
+                                   "q_target": np.full(len(q_target), np.nan, np.float32) if cartesian
+                                   else q_target.astype(np.float32),
+                                   "grip": np.float32(grip), "row": row, "policy_id": self._policy_id()})
+                    if self.success_fn is not None and self.success_fn(obs):
+                        success, reason = True, "success"
                     if (cfg.infer_ahead and self.policy is not None and spec.n_action_steps > 1 and len(sched) == 0
                             and not intervention and self._pending is None):
                         chunk = self.safety.check_output(self._infer(), "policy")  # ahead of need, off the step
@@ -356,6 +355,16 @@ class Controller:
         return self._finish(frames, t0, step, success, reason, interventions, ok)
 
     # --- helpers ----------------------------------------------------------------------------------------
+    def _observe(self, st) -> dict[str, np.ndarray]:
+        """This step's observation into the policies' histories (once per step). Called after the target is sent
+        when the step's action was already scheduled: the history only feeds the next inference."""
+        obs = state_obs(st)
+        if self.policy is not None:
+            self.policy.push(obs)
+            if self._old is not None:
+                self._old.push(obs)
+        return obs
+
     def _infer(self) -> np.ndarray:
         a = self.policy.infer()
         if self._old is not None:

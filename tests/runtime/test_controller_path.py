@@ -107,6 +107,77 @@ def test_target_send_time_excludes_the_heartbeat_round_trip(shared_server, polic
         client.close()
 
 
+class _Events:
+    """One timeline of what the controller did: ("push", i) observation i into the history, ("infer", pushes so far),
+    ("send", -) a target left."""
+
+    def __init__(self):
+        self.log: list[tuple[str, int]] = []
+
+
+class _LoggedRunner(PolicyRunner):
+    def __init__(self, path, events: _Events):
+        self.events, self.pushes = events, 0
+        super().__init__(path)
+
+    def push(self, obs):
+        super().push(obs)
+        self.pushes += 1
+        self.events.log.append(("push", self.pushes))
+
+    def infer(self):
+        self.events.log.append(("infer", self.pushes))
+        return super().infer()
+
+
+class _LoggedClient(ArmClient):
+    def __init__(self, *a, events: _Events, **kw):
+        super().__init__(*a, **kw)
+        self.events = events
+
+    def send_cartesian_target(self, *a, **kw):
+        self.events.log.append(("send", 0))
+        return super().send_cartesian_target(*a, **kw)
+
+
+def test_a_scheduled_step_sends_its_target_before_any_bookkeeping(shared_server, policies):
+    """State arrival -> target send carries only what the target needs: when the step's action was scheduled
+    (inferred ahead), the observation goes into the history after the send. Every inference still sees the
+    observation of the step it acts on (pushes so far == steps so far)."""
+    from robotstack.runtime.controller import ControllerConfig
+
+    events = _Events()
+    client = _LoggedClient(parse_bind(shared_server.addr), events=events)
+    try:
+        runner = _LoggedRunner(policies["slow_x"], events)
+        events.log.clear()  # (loading ran a warm-up call)
+        runner.pushes = 0
+        assert runner.spec.n_action_steps > 1  # a chunk policy: most steps are scheduled ahead
+        ctl = Controller(client, runner, ControllerConfig(targets="cartesian"))
+        ctl.connect()
+        assert ctl.run_episode(max_steps=12).ok
+    finally:
+        client.close()
+    log = events.log
+    sends = [i for i, (kind, _) in enumerate(log) if kind == "send"]
+    pushes = [i for i, (kind, _) in enumerate(log) if kind == "push"]
+    assert len(pushes) == 12
+    # a step's send is the first send after the previous step's push; the push came after it unless the step inferred
+    scheduled = 0
+    for n, p in enumerate(pushes):
+        step_send = next(k for k in sends if k > (pushes[n - 1] if n else -1))
+        if step_send < p:
+            scheduled += 1
+        else:  # inferred on the path: push, infer, then the send
+            assert [e[0] for e in log[p: step_send]] == ["push", "infer"], log[p: step_send + 1]
+    assert scheduled >= 6, log  # Ta = 4: three of every four steps were scheduled, their push came after the send
+    for k, (kind, seen) in enumerate(log):
+        if kind == "infer":  # every inference sees the observation of the step it acts on (pushed since that send)
+            last_send = max([i for i in sends if i < k], default=-1)
+            pushed = [log[i][1] for i in range(last_send + 1, k) if log[i][0] == "push"]
+            assert pushed == [seen], (k, log)
+
+
 def test_cartesian_targets_drive_the_arm_like_joint_targets(shared_server, policies):
     """targets="cartesian": the controller sends the TCP target and does no IK; the server's servo solves it.
     The same policy moves the PyBullet arm's TCP the same way as with joint targets (IK here)."""
