@@ -13,7 +13,12 @@ policy call, critic call, argmax) and of the graphs alone (`last_latency_s`); ro
 (`--repeats` rounds of `--calls` decisions each) so drift on the shared machine hits every row alike.
 A last row times what batching saves: 32 sequential batch-1 calls of the plain policy graph + the N=32 critic call
 (graphs only). Target (issue 12): N = 32 adds <= 1 ms p99 to a decision. Writes bench/results/bench_best_of_n.json.
-Run:  PYTHONPATH=. .venv/bin/python bench/bench_best_of_n.py [--calls 500] [--repeats 5]
+`--control-seconds S` also runs both artifacts through the real-time path for S seconds each (bench_control's
+server + controller processes: PyBullet reach server, servo on CPU 0, controller on CPU 1, Cartesian targets):
+the controller infers a chunk ahead of need, right after a step's target is sent, so the question there is what
+best-of-32 adds to state arrival -> target send, not to the policy call (each episode's first step still infers on
+the path).
+Run:  PYTHONPATH=. .venv/bin/python bench/bench_best_of_n.py [--calls 500] [--repeats 5] [--control-seconds 60]
 """
 
 from __future__ import annotations
@@ -106,11 +111,27 @@ def sequential(plain, best, hist: dict, calls: int) -> dict[str, float]:
     return pct(ts)
 
 
+def through_controller(plain: Path, critic: Path, tmp: Path, seconds: float) -> dict[str, dict]:
+    """Plain vs best-of-32 in bench_control's phase 1 (separate server and controller processes on loopback)."""
+    from bench.bench_control import run_phase
+    from hardware.protocol.transport import free_base_port
+
+    out = {}
+    for name, art in (("plain artifact (no critic)", plain), (f"best-of-N, N={SIZES[-1]}", critic)):
+        r = run_phase("reach", seconds, str(art), 1, 400, 100, tmp, free_base_port(), pin=True, targets="cartesian")
+        lat = r["telemetry"]["latency_ms"]
+        out[name] = {"steps": int(sum(e["steps"] for e in r["episodes"])), "episodes": len(r["episodes"]),
+                     **{k: {q: lat[k][q] for q in ("p50", "p99", "p999")} for k in ("state_to_target", "inference")}}
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--calls", type=int, default=300, help="decisions per row per repeat")
     ap.add_argument("--repeats", type=int, default=5, help="interleaved rounds over the rows")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--control-seconds", type=float, default=0.0,
+                    help="also run plain and N=32 through the real-time controller for this long each (0 = skip)")
     args = ap.parse_args()
 
     from robotstack.runtime.artifact import load_artifact
@@ -143,6 +164,7 @@ def main() -> int:
         breakdown = {name: parts(art, hist, args.calls) for name, art in rows.items()}
         unbatched = sequential(rows["plain artifact (no critic)"], rows[f"best-of-N, N={SIZES[-1]}"], hist,
                                args.calls)
+        control = through_controller(plain, critic, Path(tmp), args.control_seconds) if args.control_seconds else None
 
     res = {name: {"act": pct(wall[name]), "graphs": pct(graphs[name]), "p99_per_repeat_ms": per_repeat[name],
                   "parts": breakdown[name]} for name in rows}
@@ -157,6 +179,13 @@ def main() -> int:
     table.append([f"N={SIZES[-1]} unbatched ({SIZES[-1]} policy calls + critic)", unbatched["p50_ms"],
                   unbatched["p99_ms"], unbatched["min_ms"], "", "", unbatched["p99_ms"] - base, ""])
     res["unbatched_graphs_only"] = unbatched
+    if control is not None:
+        res["through_controller"] = control
+        print_table(f"the same artifacts through the real-time controller ({args.control_seconds:.0f} s each; ms)",
+                    ["artifact", "steps", "state->target p50", "p99", "p99.9", "recv->action ready p50", "p99"],
+                    [[name, r["steps"], r["state_to_target"]["p50"], r["state_to_target"]["p99"],
+                      r["state_to_target"]["p999"], r["inference"]["p50"], r["inference"]["p99"]]
+                     for name, r in control.items()])
     added = res[f"best-of-N, N={SIZES[-1]}"]["added_p99_ms_vs_n1"]
     text = print_table("best-of-N decision latency (onnxruntime, batch 1 decision, 1 thread; ms)",
                        ["row", "act p50", "act p99", "act min", "policy min", "critic min", "+p99 vs N=1",
