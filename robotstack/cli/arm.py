@@ -108,8 +108,8 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
 
 def add_verbs(sub) -> None:
     serve = sub.add_parser("serve-arm", help="run an arm server (driver + 1 kHz servo loop + ZMQ protocol)")
-    serve.add_argument("--driver", required=True, choices=["pybullet", "mujoco", "kinematic", "ur_rtde", "xarm",
-                                                                 "franka"],
+    serve.add_argument("--driver", required=True,
+                       choices=["pybullet", "mujoco", "kinematic", "ur_rtde", "xarm", "franka"],
                        help="kinematic: an ideal physics-free Panda (reach-like tasks, runtime timing)")
     serve.add_argument("--task", default="push", help="sim drivers: task whose objects/scenes to load")
     serve.add_argument("--bind", default="tcp://127.0.0.1:6510",
