@@ -12,7 +12,8 @@ ends with summary.json ({"interrupted": false, "wall_s": ..., ...}); a stage wit
     online      online/                     online RL from the rounds' output policy, V warm-started from the
                                             last round's IQL critics
     distill     distill/                    one-step student of the final teacher; skipped when the RL stage
-                                            trained one jointly (TEACHER_RUN/student/checkpoints/latest)
+                                            trained one jointly (TEACHER_RUN/student/checkpoints/latest) that
+                                            its evaluation put within distill.joint_tolerance of the teacher
     critic      critic/ (train critic run)  critic.kind != none: the chunked critic (robotstack.train.critic, the
                                             code of `train critic`) on the final store D_M (every source: demos,
                                             rollouts, interventions) against the final teacher policy
@@ -135,7 +136,8 @@ def build_plan(cfg: PipelineConfig, root: str | Path) -> list[Stage]:
     if cfg.distill.enabled:
         plan.append(train_stage("distill", "distill", cfg.distill, [
             f"teacher={_q(str(teacher))}", f"data.paths={_q([final_data])}"],
-            {"teacher": str(teacher), "joint_student": str(student), "data": final_data}))
+            {"teacher": str(teacher), "joint_student": str(student), "data": final_data,
+             "joint_tolerance": str(cfg.distill.joint_tolerance)}))
         student = ckpt["distill"]
     critic_inputs: dict[str, str] = {}
     kind = cfg.critic.kind
@@ -274,17 +276,43 @@ def run_stage(stage: Stage, cfg: PipelineConfig, resolved: dict[str, Any], show_
     return run(stage, cfg, resolved, show_progress)
 
 
+def joint_student_stands_in(rl_summary: dict | None, tolerance: float) -> tuple[bool, str]:
+    """Whether an RL stage's jointly trained student replaces the distill stage, and why. Yes when the stage
+    evaluated it within ``tolerance`` (success rate) of its teacher, or did not evaluate both (nothing to go by:
+    the joint student is the one the RL stage kept in step with its teacher). No when it trails further: a short RL
+    budget leaves a student trained from scratch far behind (push, 60k env steps: 39% vs the teacher's 94%), and
+    distilling the final teacher is what the issue's "CM-1 within 2 points of its teacher" asks for."""
+    teacher = (rl_summary or {}).get("eval_success_rate")
+    student = (rl_summary or {}).get("student_eval_success_rate")
+    if teacher is None or student is None:
+        return True, "the RL stage trained a student jointly (not evaluated against its teacher)"
+    gap = float(teacher) - float(student)
+    if gap <= tolerance:
+        return True, (f"the RL stage's joint student ({student:.0%}) is within {tolerance:.0%} of its teacher "
+                      f"({teacher:.0%})")
+    return False, (f"the RL stage's joint student ({student:.0%}) trails its teacher ({teacher:.0%}) by more than "
+                   f"{tolerance:.0%}: distilling the final teacher")
+
+
 def _run_train(stage: Stage, show_progress: bool) -> dict:
     if stage.kind == "distill" and Path(stage.inputs["joint_student"]).is_dir():
-        return write_summary(stage, {"skipped": True, "interrupted": False, "wall_s": 0.0,
-                                     "reason": "the RL stage trained a student jointly",
-                                     "student": stage.inputs["joint_student"]})
+        rl_run = Path(stage.inputs["teacher"]).parent.parent  # RUN/checkpoints/latest -> RUN
+        summary = json.loads((rl_run / SUMMARY).read_text()) if (rl_run / SUMMARY).is_file() else None
+        stands_in, reason = joint_student_stands_in(summary, float(stage.inputs["joint_tolerance"]))
+        if stands_in:
+            return write_summary(stage, {"skipped": True, "interrupted": False, "wall_s": 0.0, "reason": reason,
+                                         "student": stage.inputs["joint_student"]})
+    else:
+        reason = ""
     resume = status(stage) == "resume"
     if not resume and (stage.run_dir / "checkpoints").exists():
         shutil.rmtree(stage.run_dir / "checkpoints")  # killed while writing its first checkpoint: nothing to keep
     mod = _stage_module(stage)
-    return mod.main(stage.config, stage.overrides, resume=str(stage.run_dir) if resume else None,
-                    out=str(stage.run_dir), show_progress=show_progress)
+    summary = mod.main(stage.config, stage.overrides, resume=str(stage.run_dir) if resume else None,
+                       out=str(stage.run_dir), show_progress=show_progress)
+    if reason and not summary.get("interrupted"):  # report.md and a re-run say why a joint student was passed over
+        summary = write_summary(stage, {**summary, "reason": reason})
+    return summary
 
 
 def _env_kwargs(resolved: dict[str, Any]) -> dict[str, Any]:

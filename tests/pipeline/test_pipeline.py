@@ -189,3 +189,17 @@ def test_shipped_pipeline_configs_load(path):
     assert Path(cfg.il.config).is_file() and Path(cfg.distill.config).is_file()
     assert cfg.offline.config.startswith("../offline_rl/") and cfg.online.config.startswith("../online_rl/")
     assert cfg.demos.noise > 0 and cfg.collect.episodes > 0  # the mixed-quality data recipe is on by default
+
+
+def test_a_joint_student_stands_in_for_distillation_only_when_it_kept_up():
+    """The RL stage's jointly trained student replaces the distill stage when its evaluation puts it within the
+    tolerance of its teacher (or nothing was evaluated); trailing further, the final teacher is distilled."""
+    from robotstack.pipeline.stages import joint_student_stands_in
+
+    ok, why = joint_student_stands_in({"eval_success_rate": 0.94, "student_eval_success_rate": 0.93}, 0.02)
+    assert ok and "within 2%" in why
+    ok, why = joint_student_stands_in({"eval_success_rate": 0.94, "student_eval_success_rate": 0.39}, 0.02)
+    assert not ok and "39%" in why and "94%" in why and "distilling the final teacher" in why
+    assert joint_student_stands_in({"eval_success_rate": 0.94}, 0.02)[0]  # student not evaluated
+    assert joint_student_stands_in(None, 0.02)[0]  # no summary to go by
+    assert not joint_student_stands_in({"eval_success_rate": 0.5, "student_eval_success_rate": 0.2}, 0.2)[0]
