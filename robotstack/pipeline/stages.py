@@ -295,6 +295,7 @@ def joint_student_stands_in(rl_summary: dict | None, tolerance: float) -> tuple[
 
 
 def _run_train(stage: Stage, show_progress: bool) -> dict:
+    reason = ""  # why a joint student was passed over (distill only)
     if stage.kind == "distill" and Path(stage.inputs["joint_student"]).is_dir():
         rl_run = Path(stage.inputs["teacher"]).parent.parent  # RUN/checkpoints/latest -> RUN
         summary = json.loads((rl_run / SUMMARY).read_text()) if (rl_run / SUMMARY).is_file() else None
@@ -302,8 +303,6 @@ def _run_train(stage: Stage, show_progress: bool) -> dict:
         if stands_in:
             return write_summary(stage, {"skipped": True, "interrupted": False, "wall_s": 0.0, "reason": reason,
                                          "student": stage.inputs["joint_student"]})
-    else:
-        reason = ""
     resume = status(stage) == "resume"
     if not resume and (stage.run_dir / "checkpoints").exists():
         shutil.rmtree(stage.run_dir / "checkpoints")  # killed while writing its first checkpoint: nothing to keep
