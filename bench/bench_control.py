@@ -3,6 +3,7 @@
     python bench/bench_control.py [--seconds 60] [--push-episodes 20]
     python bench/bench_control.py --ort-knobs            # onnxruntime session options, side by side
     python bench/bench_control.py --soak-seconds 600     # soak: CURVE controller + idle client + fuzzer
+    python bench/bench_control.py --kinematic [--pin] [--cartesian]  # phase 1 again on the physics-free arm
 
 Phase 1 (timing + reach success): `robotstack serve-arm --driver pybullet --task reach` and a controller process
 (this file with --worker) that runs an exported ONNX policy for >= --seconds, episodes back to back.
