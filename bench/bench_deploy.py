@@ -62,6 +62,10 @@ def main() -> None:
     ap.add_argument("--servo", default="", help="the arm server's servo limits, JSON (serve-arm --servo), e.g. "
                                                "'{\"accel_scale\": 1.0}'; recorded with the row")
     args = ap.parse_args()
+    try:  # a bad --servo fails here, not after the episodes (serve-arm checks its keys by name)
+        servo = json.loads(args.servo) if args.servo else {}
+    except ValueError as e:
+        raise SystemExit(f"--servo {args.servo!r}: {e}") from None
     from hardware.protocol.transport import free_base_port
     from robotstack.eval.metrics import wilson_interval
 
@@ -75,7 +79,7 @@ def main() -> None:
     k_pb, k_mj, n = int(np.sum(pb)), int(np.sum(mj)), len(eps)
     lat = res["telemetry"]["latency_ms"]
     row = {"task": args.task, "artifact": args.artifact, "episodes": n, "targets": args.targets,
-           "servo": json.loads(args.servo) if args.servo else {},
+           "servo": servo,
            "pybullet_success": k_pb / n, "pybullet_ci95": wilson_interval(k_pb, n),
            "mujoco_success": k_mj / n, "mujoco_ci95": wilson_interval(k_mj, n),
            "ratio": (k_pb / k_mj) if k_mj else None,

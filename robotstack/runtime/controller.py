@@ -222,7 +222,7 @@ class Controller:
         expiry_ns = int(cfg.target_expiry_s * 1e9)
         last_sent = time.monotonic_ns() - tick_ns  # send a target at once
         try:
-            if cfg.infer_ahead and self.policy is not None and spec.n_action_steps > 1 and self._pending is None:
+            if self._infers_ahead():
                 # the first chunk ahead of need too, on the state the episode starts from: no step of the episode
                 # waits for inference (the first one used to; best-of-32 made that step ~8 ms)
                 self._observe(st)
@@ -327,8 +327,7 @@ class Controller:
                                    "grip": np.float32(grip), "row": row, "policy_id": self._policy_id()})
                     if self.success_fn is not None and self.success_fn(obs):
                         success, reason = True, "success"
-                    if (cfg.infer_ahead and self.policy is not None and spec.n_action_steps > 1 and len(sched) == 0
-                            and not intervention and self._pending is None):
+                    if len(sched) == 0 and not intervention and self._infers_ahead():
                         chunk = self.safety.check_output(self._infer(), "policy")  # ahead of need, off the step
                         sched.load(chunk, t_state, time.monotonic_ns())
                     if cfg.ik_ahead and not cartesian and not intervention and self.policy is not None:
@@ -361,6 +360,11 @@ class Controller:
         return self._finish(frames, t0, step, success, reason, interventions, ok)
 
     # --- helpers ----------------------------------------------------------------------------------------
+    def _infers_ahead(self) -> bool:
+        """Chunks are inferred ahead of need (off the state -> target path): a chunk policy, no swap pending."""
+        return (self.cfg.infer_ahead and self.policy is not None and self.spec.n_action_steps > 1
+                and self._pending is None)
+
     def _observe(self, st) -> dict[str, np.ndarray]:
         """This step's observation into the policies' histories (once per step). Called after the target is sent
         when the step's action was already scheduled: the history only feeds the next inference."""

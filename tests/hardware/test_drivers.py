@@ -152,17 +152,17 @@ def test_kinematic_arm_follows_the_servo_and_reports_pybullets_tcp(pb_driver):
     speeds = []
     for _ in range(1500):
         loop.run_simulated(1)
-        speeds.append(np.abs(drv.read_state().joint_vel) / drv.info.dq_max)
+        speeds.append(np.abs(drv.read_state().joint_vel) / loop.core.v_max)
     state = drv.read_state()
     assert np.abs(state.joint_pos - q_goal).max() < 1e-6 and abs(state.gripper - 0.02) < 1e-6
-    assert 0.1 < np.max(speeds) <= 1.0 + 1e-6  # it moved, never faster than the arm's rated velocity
+    assert 0.1 < np.max(speeds) <= 1.0 + 1e-6  # it moved, never faster than the servo's velocity limit
     assert np.abs(state.joint_vel).max() < 1e-6  # at rest on the goal
     pb_driver.reset()
     loop_pb = servo_for(pb_driver)
     v = loop_pb.core.submit(ServoTarget.joint(q_goal, seq=1, sent_ns=0, expires_ns=10 * SEC), now_ns=0)
+    assert v.accepted, v
     loop_pb.run_simulated(1500)
     pb_state = pb_driver.read_state()
-    _, _, tcp, R = kin.forward_kinematics(pb_state.joint_pos)
     drv.command_joints(pb_state.joint_pos)
     drv.step(0.001)
     mine = drv.read_state()

@@ -107,36 +107,30 @@ def test_target_send_time_excludes_the_heartbeat_round_trip(shared_server, polic
         client.close()
 
 
-class _Events:
-    """One timeline of what the controller did: ("push", i) observation i into the history, ("infer", pushes so far),
-    ("send", -) a target left."""
-
-    def __init__(self):
-        self.log: list[tuple[str, int]] = []
-
-
+# One timeline of what the controller did, shared by the two classes below: ("push", i) observation i into the
+# history, ("infer", pushes so far), ("send", 0) a target left.
 class _LoggedRunner(PolicyRunner):
-    def __init__(self, path, events: _Events):
-        self.events, self.pushes = events, 0
+    def __init__(self, path, log: list):
+        self.log, self.pushes = log, 0
         super().__init__(path)
 
     def push(self, obs):
         super().push(obs)
         self.pushes += 1
-        self.events.log.append(("push", self.pushes))
+        self.log.append(("push", self.pushes))
 
     def infer(self):
-        self.events.log.append(("infer", self.pushes))
+        self.log.append(("infer", self.pushes))
         return super().infer()
 
 
 class _LoggedClient(ArmClient):
-    def __init__(self, *a, events: _Events, **kw):
+    def __init__(self, *a, log: list, **kw):
         super().__init__(*a, **kw)
-        self.events = events
+        self.log = log
 
     def send_cartesian_target(self, *a, **kw):
-        self.events.log.append(("send", 0))
+        self.log.append(("send", 0))
         return super().send_cartesian_target(*a, **kw)
 
 
@@ -146,11 +140,11 @@ def test_a_scheduled_step_sends_its_target_before_any_bookkeeping(shared_server,
     the first step, on the state the episode starts from. Every inference sees the newest observation."""
     from robotstack.runtime.controller import ControllerConfig
 
-    events = _Events()
-    client = _LoggedClient(parse_bind(shared_server.addr), events=events)
+    log: list[tuple[str, int]] = []
+    client = _LoggedClient(parse_bind(shared_server.addr), log=log)
     try:
-        runner = _LoggedRunner(policies["slow_x"], events)
-        events.log.clear()  # (loading ran a warm-up call)
+        runner = _LoggedRunner(policies["slow_x"], log)
+        log.clear()  # (loading ran a warm-up call)
         runner.pushes = 0
         assert runner.spec.n_action_steps > 1  # a chunk policy: most steps are scheduled ahead
         ctl = Controller(client, runner, ControllerConfig(targets="cartesian"))
@@ -158,7 +152,6 @@ def test_a_scheduled_step_sends_its_target_before_any_bookkeeping(shared_server,
         assert ctl.run_episode(max_steps=12).ok
     finally:
         client.close()
-    log = events.log
     sends = [i for i, (kind, _) in enumerate(log) if kind == "send"]
     pushes = [i for i, (kind, _) in enumerate(log) if kind == "push"]
     assert log[:2] == [("push", 1), ("infer", 1)], log  # the first chunk, before the first step
