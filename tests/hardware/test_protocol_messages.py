@@ -242,3 +242,51 @@ def test_read_only_views_and_bool_arrays():
     assert math.prod([]) == 1  # a 0-d array carries one element
     wire = msgpack.unpackb(_pack(m.encode_array(np.float64(2.5))), raw=False)
     assert m.decode_array(wire, "x").item() == 2.5
+
+
+# --- the per-field fast path (state and target vectors) hands every unusual value to the full checks ----------
+def _state_body(**fields) -> bytes:
+    raw = _raw(m.RobotState(np.zeros(7), np.zeros(7), T0, joint_effort=np.zeros(7)))
+    raw[5].update(fields)
+    return _pack(raw)
+
+
+@pytest.mark.parametrize("fields, reason", [
+    ({"joint_vel": m.encode_array(np.zeros(6))}, m.BAD_SHAPE),  # Dq disagrees with joint_pos
+    ({"joint_pos": m.encode_array(np.zeros(33)), "joint_vel": m.encode_array(np.zeros(33)),
+      "joint_effort": m.encode_array(np.zeros(33))}, m.BAD_SHAPE),  # Dq above MAX_DOF
+    ({"joint_pos": m.encode_array(np.zeros(0)), "joint_vel": m.encode_array(np.zeros(0)),
+      "joint_effort": m.encode_array(np.zeros(0))}, m.BAD_SHAPE),  # Dq = 0
+    ({"gripper": m.encode_array(np.zeros(2))}, m.BAD_SHAPE),  # a fixed length
+    ({"joint_pos": m.encode_array(np.zeros(7, np.int64))}, m.BAD_DTYPE),  # ints where floats are required
+    ({"joint_pos": m.encode_array(np.zeros((7, 1)))}, m.BAD_SHAPE),
+    ({"joint_effort": m.encode_array(np.array([0, 0, 0, 0, 0, 0, np.inf], np.float32))}, m.NOT_FINITE),
+    ({"object_state": m.encode_array(np.full(100, np.nan))}, m.NOT_FINITE),  # longer than the fast path takes
+    ({"eef_pos": m.encode_array(np.zeros(3)), "eef_quat": m.encode_array(np.array([1.0, 0, 0, 0.1]))},
+     m.OUT_OF_RANGE),  # quaternion norm
+    ({"state_time_ns": -1}, m.OUT_OF_RANGE),
+    ({"state_time_ns": True}, m.BAD_TYPE),
+    ({"last_target_seq": 1, "last_target_sent_ns": 1, "last_target_applied_ns": 2**63}, m.OUT_OF_RANGE),
+])
+def test_state_fields_refused_with_their_reason(fields, reason):
+    with pytest.raises(m.ProtocolError) as e:
+        m.decode(_state_body(**fields))
+    assert e.value.reason == reason, e.value
+
+
+def test_state_fields_the_fast_path_does_not_take_still_decode():
+    body = _state_body(object_state=m.encode_array(np.arange(100, dtype=np.float32)),  # > 64 values
+                       joint_pos=m.encode_array(np.arange(7, dtype=np.float32)))  # float32 beside float64
+    _, st = m.decode(body)
+    assert st.object_state.tolist() == list(range(100)) and st.joint_pos.dtype == np.float32
+
+
+@pytest.mark.parametrize("positions", [
+    np.arange(7.0).astype(">f8"),  # big-endian: sent little-endian
+    (np.arange(14.0) / 2).reshape(7, 2)[:, 0],  # not contiguous (a column)
+    list(np.arange(7.0)),  # not an ndarray
+])
+def test_encode_normalises_arrays_the_fast_path_does_not_take(positions):
+    frame = m.JointTarget(positions, T0, T0 + 1).to_bytes("panda", 1, T0)
+    _, tgt = m.decode(frame)
+    assert tgt.positions.tolist() == list(range(7)) and tgt.positions.dtype == np.dtype("<f8")
