@@ -41,6 +41,7 @@ import numpy as np
 from robotstack.core import keys as K
 from robotstack.runtime.action_map import EEActionMapper
 from robotstack.runtime.client import ArmClient, ArmUnavailable
+from robotstack.runtime.collector import LoopCollector
 from robotstack.runtime.policy_runner import ArtifactError, PolicySpec, check_arm, state_obs
 from robotstack.runtime.safety import Safety, SafetyConfig, SafetyStop
 from robotstack.runtime.scheduler import ActionScheduler
@@ -74,6 +75,9 @@ class ControllerConfig:
     # (the Panda drivers do; a server without them rejects with no_kinematics, docs/protocol.md). "auto": cartesian
     # when the server's `describe` offers cartesian_target, else joint (decided in connect()).
     targets: str = "joint"
+    # Python's automatic garbage collection off during an episode; the young generations are collected after each
+    # policy step's send instead (a collection on the path cost 0.2-2.7 ms, runtime/collector.py)
+    own_gc: bool = True
     safety: SafetyConfig = field(default_factory=SafetyConfig)
 
     def __post_init__(self) -> None:
@@ -221,6 +225,8 @@ class Controller:
         reason, ok = "", True
         expiry_ns = int(cfg.target_expiry_s * 1e9)
         last_sent = time.monotonic_ns() - tick_ns  # send a target at once
+        collector = LoopCollector(cfg.own_gc)
+        collector.start()
         try:
             if self._infers_ahead():
                 # the first chunk ahead of need too, on the state the episode starts from: no step of the episode
@@ -335,6 +341,7 @@ class Controller:
                         if nxt is not None:
                             *skipped, a_next = self.safety.preview_changes([*nxt[0], nxt[1]])
                             mapper.prepare(skipped, a_next, st.eef_pos)
+                    collector.after_step()
                 if reason == "success":
                     break
                 if max_steps is not None and step >= max_steps:
@@ -357,6 +364,8 @@ class Controller:
             reason, ok = "e-stop: Ctrl-C", False
             self._result = self._finish(frames, t0, step, success, reason, interventions, ok)
             raise
+        finally:
+            collector.stop()
         return self._finish(frames, t0, step, success, reason, interventions, ok)
 
     # --- helpers ----------------------------------------------------------------------------------------

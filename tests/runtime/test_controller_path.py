@@ -125,13 +125,19 @@ class _LoggedRunner(PolicyRunner):
 
 
 class _LoggedClient(ArmClient):
-    def __init__(self, *a, log: list, **kw):
+    def __init__(self, *a, log: list, log_states: bool = False, **kw):
         super().__init__(*a, **kw)
-        self.log = log
+        self.log, self.log_states = log, log_states
 
     def send_cartesian_target(self, *a, **kw):
         self.log.append(("send", 0))
         return super().send_cartesian_target(*a, **kw)
+
+    def poll_state(self, *a, **kw):
+        st = super().poll_state(*a, **kw)
+        if st is not None and self.log_states:
+            self.log.append(("state", 0))
+        return st
 
 
 def test_a_scheduled_step_sends_its_target_before_any_bookkeeping(shared_server, policies):
@@ -168,6 +174,41 @@ def test_a_scheduled_step_sends_its_target_before_any_bookkeeping(shared_server,
             last_send = max([i for i in sends if i < k], default=-1)
             pushed = [log[i][1] for i in range(last_send + 1, k) if log[i][0] == "push"]
             assert pushed == [seen], (k, log)
+
+
+def test_no_garbage_collection_runs_between_a_state_and_its_target(shared_server, policies):
+    """With a young collection due at every allocation, none runs from a state's arrival to the next target send:
+    the loop collects after a step's send instead; automatic collection is back on after the episode."""
+    import gc
+
+    from robotstack.runtime.controller import ControllerConfig
+
+    log: list[tuple[str, int]] = []
+    client = _LoggedClient(parse_bind(shared_server.addr), log=log, log_states=True)
+    on_gc = lambda phase, info: log.append(("gc", info["generation"])) if phase == "start" else None  # noqa: E731
+    threshold = gc.get_threshold()
+    try:
+        ctl = Controller(client, PolicyRunner(policies["slow_x"]), ControllerConfig(targets="cartesian"))
+        ctl.connect()
+        gc.set_threshold(1, 1_000_000, 1_000_000)  # gen 0 at any allocation; never an older generation
+        gc.callbacks.append(on_gc)
+        assert ctl.run_episode(max_steps=12).ok
+    finally:
+        gc.callbacks.remove(on_gc)
+        gc.set_threshold(*threshold)
+        client.close()
+    assert gc.isenabled()
+    kinds = [k for k, _ in log]
+    kinds = kinds[kinds.index("send"):]  # the loop (before it: reset and the first state, no target due)
+    assert kinds.count("gc") >= 12, kinds  # the loop did collect: once per step at least
+    open_state = False  # a state arrived and no target has left since
+    for k in kinds:
+        if k == "state":
+            open_state = True
+        elif k == "send":
+            open_state = False
+        elif k == "gc":
+            assert not open_state, kinds
 
 
 def test_cartesian_targets_drive_the_arm_like_joint_targets(shared_server, policies):
