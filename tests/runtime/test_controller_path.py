@@ -194,7 +194,8 @@ def test_no_garbage_collection_runs_between_a_state_and_its_target(shared_server
         gc.callbacks.append(on_gc)
         assert ctl.run_episode(max_steps=12).ok
     finally:
-        gc.callbacks.remove(on_gc)
+        if on_gc in gc.callbacks:
+            gc.callbacks.remove(on_gc)
         gc.set_threshold(*threshold)
         client.close()
     assert gc.isenabled()
