@@ -157,6 +157,9 @@ def add_verbs(sub) -> None:
                           "offers it (its describe), else joint")
     dep.add_argument("--cpus", default="", help="pin the controller to these CPUs, e.g. 1 (keep serve-arm --cpus "
                                                 "on others)")
+    dep.add_argument("--rehearse-ms", type=float, default=1.5,
+                     help="this long before the state a policy step acts on is due, run the state decode and target "
+                          "encode once on the last ones (keeps that code in the CPU's caches); 0 = off")
     dep.add_argument("--seed", type=int, default=0, help="seed recorded for the first episode")
     dep.add_argument("--quiet", action="store_true", help="no live status line")
     dep.set_defaults(func=cmd_deploy)

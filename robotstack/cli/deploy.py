@@ -195,6 +195,7 @@ def deploy(args) -> int:
 
         takeover = make_device(args.takeover)
     cfg = ControllerConfig(command_hz=args.command_hz, target_expiry_s=args.target_expiry, targets=args.targets,
+                           rehearse_lead_s=max(0.0, args.rehearse_ms) * 1e-3,
                            safety=SafetyConfig(max_delta=None if args.max_delta <= 0 else args.max_delta))
     from robotstack.core.success import success_fn
 

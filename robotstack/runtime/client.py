@@ -45,6 +45,11 @@ class ArmClient:
         self.state_count += 1
         return got.msg
 
+    def rehearse(self) -> None:
+        """Run the last state's decode and the last target's encode again, sending nothing (warms the path before a
+        state is due: ClientTransport.rehearse)."""
+        self.transport.rehearse()
+
     def wait_state(self, timeout_s: float = 3.0, newer_than_ns: int | None = None) -> m.RobotState:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -212,6 +212,29 @@ def test_no_garbage_collection_runs_between_a_state_and_its_target(shared_server
             assert not open_state, kinds
 
 
+@pytest.mark.parametrize("lead_s", [0.0015, 0.0])
+def test_the_path_is_rehearsed_while_waiting_for_a_step_state(shared_server, policies, lead_s):
+    """rehearse_lead_s: while waiting for the state that a policy step acts on, the client re-runs the last decode
+    and encode (the A/B in the README: ~80% of steps get one on a quiet machine); 0: never. The episode's steps and
+    targets are unaffected."""
+    from robotstack.runtime.controller import ControllerConfig
+
+    log: list[tuple[str, int]] = []
+    client = _LoggedClient(parse_bind(shared_server.addr), log=log, log_states=True)
+    rehearse = client.rehearse
+    client.rehearse = lambda: (log.append(("rehearse", 0)), rehearse())
+    try:
+        ctl = Controller(client, PolicyRunner(policies["slow_x"]),
+                         ControllerConfig(targets="cartesian", rehearse_lead_s=lead_s))
+        ctl.connect()
+        res = ctl.run_episode(max_steps=20)
+    finally:
+        client.close()
+    assert res.ok and res.steps == 20
+    kinds = [k for k, _ in log]
+    assert (kinds.count("rehearse") >= 1) == bool(lead_s), kinds
+
+
 def test_cartesian_targets_drive_the_arm_like_joint_targets(shared_server, policies):
     """targets="cartesian": the controller sends the TCP target and does no IK; the server's servo solves it.
     The same policy moves the PyBullet arm's TCP the same way as with joint targets (IK here)."""
