@@ -16,8 +16,8 @@ A last row times what batching saves: 32 sequential batch-1 calls of the plain p
 `--control-seconds S` also runs both artifacts through the real-time path for S seconds each (bench_control's
 server + controller processes: PyBullet reach server, servo on CPU 0, controller on CPU 1, Cartesian targets):
 the controller infers a chunk ahead of need, right after a step's target is sent, so the question there is what
-best-of-32 adds to state arrival -> target send, not to the policy call (each episode's first step still infers on
-the path).
+best-of-32 adds to state arrival -> target send, not to the policy call (an episode's first chunk is inferred
+before its first step, too).
 Run:  PYTHONPATH=. .venv/bin/python bench/bench_best_of_n.py [--calls 500] [--repeats 5] [--control-seconds 60]
 """
 

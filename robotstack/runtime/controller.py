@@ -81,8 +81,8 @@ class ControllerConfig:
     # Shortly (rehearse_lead_s) before the state that the next policy step acts on is due, decode the last state
     # frame and encode the last target once (results discarded) so that code is in the CPU's caches when the state
     # comes (ClientTransport.rehearse; ~70 µs a step, no spinning). Four A/B pairs: recv -> action p50 -0.09 ms,
-    # state -> target p50 -0.12 ms (README, bench_control). 1.5 ms: the wait's poll wakes on whole milliseconds,
-    # so the rehearsal lands 0.5-1.5 ms before the state. 0 = off
+    # state -> target p50 -0.12 ms (README, bench/results/controller_ab_2026-11-30.json). 1.5 ms: the wait's poll
+    # wakes on whole milliseconds; measured, the rehearsal landed 0.04-1.8 ms (p10-p90) before the state. 0 = off
     rehearse_lead_s: float = 0.0015
     safety: SafetyConfig = field(default_factory=SafetyConfig)
 
@@ -254,8 +254,9 @@ class Controller:
                 new = c.poll_state(max(0, wake_by - time.monotonic_ns()) * 1e-9)
                 now = time.monotonic_ns()
                 if new is None and rehearse_at is not None and now >= rehearse_at:
-                    c.rehearse()
+                    c.rehearse()  # a wake for this alone: not a loop tick; the loop's deadlines are checked next pass
                     rehearse_at = None
+                    continue
                 tele.tick(now, new is not None or now - wake_by <= tick_ns // 2)
                 if self._estop.is_set():
                     c.estop(self._estop_reason or "operator e-stop")
