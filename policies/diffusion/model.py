@@ -107,13 +107,13 @@ class DiffusionPolicy(nn.Module):
     def denoise_step_distribution(self, x_t: torch.Tensor, t: int | torch.Tensor, t_prev: int | torch.Tensor,
                                   cond: torch.Tensor, *, kind: str = "ddim", eta: float | None = None,
                                   clip: bool = True) -> StepGaussian:
-        """x_t (B, T, Da) normalized, cond (B, Dc) -> Gaussian over x_{t_prev}.
+        """x_t (B, T, Da) normalized, cond (B, Dc) or (1, Dc) shared by the rows -> Gaussian over x_{t_prev}.
 
         kind="ddim": eta defaults to scheduler.rl_eta; kind="ddpm": the DDPM posterior (eta unused).
         clip=True clips sigma to [sigma_min, sigma_max] (needed for a finite log-prob); the mean always uses
         the unclipped sigma, as RL-100 does.
         """
-        b = x_t.shape[0]
+        b = cond.shape[0]  # 1 when all rows share one observation (best-of-N): the step broadcasts with it
         t_b, tp_b = as_step_tensor(t, b, x_t.device), as_step_tensor(t_prev, b, x_t.device)
         eps = self.denoiser(x_t, t_b, cond)
         if kind == "ddim":

@@ -52,7 +52,8 @@ class _Level(nn.Module):
 
 
 class ConditionalUnet1D(nn.Module):
-    """eps_theta(x_t, t, cond): (B, T, Da), (B,) or int, (B, Dc) -> (B, T, Da)."""
+    """eps_theta(x_t, t, cond): (B, T, Da), (B,) or int, (B, Dc) -> (B, T, Da). cond may be (1, Dc) with t an int
+    or (1,): one context shared by all B rows."""
 
     def __init__(self, action_dim: int, cond_dim: int, down_dims: tuple[int, ...] = (64, 128, 256),
                  kernel_size: int = 5, n_groups: int = 8, step_embed_dim: int = 128):
@@ -77,8 +78,8 @@ class ConditionalUnet1D(nn.Module):
                                   nn.Conv1d(down_dims[0], action_dim, 1))
 
     def forward(self, x: torch.Tensor, t: int | torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        b = x.shape[0]
-        c = torch.cat([self.step_emb(as_step_tensor(t, b, x.device)), cond], dim=-1)
+        # cond (1, Dc) with t an int or (1,) is one context shared by all rows (best-of-N): FiLM broadcasts it
+        c = torch.cat([self.step_emb(as_step_tensor(t, cond.shape[0], x.device)), cond], dim=-1)
         h = x.transpose(1, 2)  # (B, Da, T): channels = action dims, length = time
         skips = []
         for lvl in self.down:

@@ -38,8 +38,10 @@ runtime refuses a critic artifact by its version instead of ignoring the critic)
                      "actions" (1, "N", h_a, Da) env units: the first h_a *executed* actions of each candidate
              outputs "scores" (1, "N"), higher = better (the scorer's `aggregate` over its ensemble)
     n        the default best-of-N (candidates per decision; the runtime may be given another N >= 1)
-    With a critic, the policy graph has a dynamic batch axis "B" (first dim of every input and output) so the
-    runtime samples N candidates in one call; the sampler must draw independent candidates (cm1, cm3, ddim).
+    With a critic, the policy graph has a dynamic row axis "B" (first dim of its noise input and of every output)
+    so the runtime samples N candidates in one call from one observation (obs inputs batch 1; artifacts exported
+    before 2026-11-30 have "B" on the obs inputs too and still load); the sampler must draw independent
+    candidates (cm1, cm3, ddim).
 """
 
 from __future__ import annotations

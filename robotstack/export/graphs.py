@@ -9,6 +9,7 @@ threshold, so normalization stats and the sampler's timesteps are constants of t
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -18,6 +19,31 @@ from policies.consistency.model import ConsistencyPolicy
 from policies.diffusion.model import ACTION_KEY, DiffusionPolicy
 from policies.diffusion.rti import RTISampler, shift_guess, threshold_gripper
 from policies.diffusion.samplers import sample_chunk
+
+
+class ExpMish(nn.Module):
+    """Mish(x) = x tanh(softplus(x)) with one exp: tanh(log(1 + e)) = e(e + 2) / (e(e + 2) + 2), e = exp(x).
+
+    The same function (max |difference| ~1e-6 in float32). Why: onnxruntime (CPU) runs the Softplus of the
+    exported nn.Mish as a scalar loop, ~5x slower than this form on a (32, 512) tensor, and it was a quarter of a
+    best-of-32 policy call at the demo size. exp is clamped at x = 20, where the ratio is 1 in float32, so a
+    large x cannot make inf / inf."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e = torch.exp(torch.clamp(x, max=20.0))
+        n = e * (e + 2.0)
+        return x * (n / (n + 2.0))
+
+
+def for_export(module: nn.Module) -> nn.Module:
+    """A copy of `module` to trace for ONNX, with every nn.Mish replaced by ExpMish (the original is left as is, so
+    the export's sampler-path parity still compares the graph against the unmodified torch path)."""
+    out = copy.deepcopy(module)
+    for parent in out.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Mish):
+                setattr(parent, name, ExpMish())
+    return out
 
 
 class _Graph(nn.Module):

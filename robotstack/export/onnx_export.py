@@ -32,8 +32,9 @@ At export, recorded in manifest.json:
 - latency (batch 1, one thread, p50/p99) of torch graph and onnxruntime.
 
 Best-of-N (`critic=` a scorer module, docs/CONTRACTS.md "Critic scorer"; `robotstack export --critic DIR`):
-the policy graph gets a dynamic batch axis "B" (the runtime samples N candidates in one call, each row with its
-own noise) and the scorer becomes critic.onnx (obs..., actions (1, N, h_a, Da) -> scores (1, N), dynamic N),
+the policy graph gets a dynamic row axis "B" on its noise and outputs (the runtime samples N candidates in one call,
+each row with its own noise, all from one observation: the obs inputs stay batch 1, so the encoder and the
+denoiser's context projections run once per decision, not N times) and the scorer becomes critic.onnx (obs..., actions (1, N, h_a, Da) -> scores (1, N), dynamic N),
 described by the manifest's critic section (format version 3, robotstack/core/manifest.py). Checked at export:
 scorer torch vs onnxruntime at N = 1 and N = best_of_n, and the batched policy graph row by row against batch-1
 calls with the same noise (a graph that mixes rows or bakes the batch size fails the export). The scorer's
@@ -57,7 +58,8 @@ from robotstack.core.errors import ConfigError
 from robotstack.core.manifest import (BATCH_AXIS, CANDIDATE_AXIS, CRITIC_AGGREGATES, CRITIC_VERSION, MANIFEST,
                                       SAMPLERS, VERSION, Manifest, write_manifest)
 from robotstack.core.success import check_criterion
-from robotstack.export.graphs import ConsistencyGraph, CriticGraph, DDIMGraph, RTIInitGraph, RTIWarmGraph
+from robotstack.export.graphs import (ConsistencyGraph, CriticGraph, DDIMGraph, RTIInitGraph, RTIWarmGraph,
+                                      for_export)
 from robotstack.runtime.artifact import open_session, sha256_file
 
 from policies.checkpoint import load_checkpoint, policy_name, read_extra, resolve_weights
@@ -68,6 +70,7 @@ from policies.diffusion.rti import (DEFAULT_EXPORT_SEMANTICS, DEFAULT_EXPORT_STE
 
 OPSET = 17
 PARITY_TOL = 1e-4
+TRACE_ROWS = 2  # noise rows of a best-of-N policy graph's trace example (any number != the obs batch 1)
 TASK_SPEC_FIELDS = ("task", "control_hz", "action_names", "ee_action", "robot", "success")
 
 
@@ -130,16 +133,23 @@ class _GraphExport:
 
     def __init__(self, graph: nn.Module, role: str, file: str, extra_shapes: dict[str, tuple[int, ...]],
                  batch_axis: bool = False):
-        self.graph, self.role, self.file, self.extra_shapes = graph.eval(), role, file, extra_shapes
-        self.axes = {0: BATCH_AXIS} if batch_axis else None  # best-of-N: every input and output batched
+        self.graph, self.role, self.file = graph.eval(), role, file
+        # best-of-N: the noise inputs and every output get the dynamic row axis; the obs inputs stay batch 1 (one
+        # observation shared by the candidates, encoded once). The trace example has TRACE_ROWS noise rows so
+        # that the denoisers take their shared-context path (policies/diffusion/mlp_denoiser.py).
+        self.axes = {0: BATCH_AXIS} if batch_axis else None
+        self.rows = TRACE_ROWS if batch_axis else 1
+        self.extra_shapes = extra_shapes
 
-    def example(self, rng: np.random.Generator, state: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    def example(self, rng: np.random.Generator, state: np.ndarray | None = None,
+                rows: int | None = None) -> dict[str, np.ndarray]:
+        """In-range obs (batch 1) and noise with `rows` rows (default: the trace's)."""
         feeds = random_obs(self.graph.policy, rng)
         for name, shape in self.extra_shapes.items():
             if name == "guess":
                 feeds[name] = state if state is not None else rng.uniform(-1, 1, shape).astype(np.float32)
             else:
-                feeds[name] = rng.standard_normal(shape).astype(np.float32)
+                feeds[name] = rng.standard_normal((rows or self.rows, *shape[1:])).astype(np.float32)
         return feeds
 
     @torch.no_grad()
@@ -151,10 +161,12 @@ class _GraphExport:
         feeds = self.example(rng)
         path = out_dir / self.file
         names = [*self.graph.input_names, *self.graph.outputs]
-        _onnx_export(self.graph, feeds, path, {n: self.axes for n in names} if self.axes else None)
+        _onnx_export(self.graph, feeds, path, {n: self.axes for n in names if n not in self.graph.obs_keys}
+                     if self.axes else None)
         ref = self.torch_run(feeds)
         return {"file": self.file, "sha256": sha256_file(path),
-                "inputs": [_spec(n, feeds[n], self.axes) for n in self.graph.input_names],
+                "inputs": [_spec(n, feeds[n], None if n in self.graph.obs_keys else self.axes)
+                           for n in self.graph.input_names],
                 "outputs": [_spec(n, ref[n], self.axes) for n in self.graph.outputs]}
 
     def parity(self, out_dir: Path, rng: np.random.Generator, trials: int) -> float:
@@ -179,7 +191,7 @@ class _GraphExport:
 
     def latency(self, out_dir: Path, rng: np.random.Generator, runs: int) -> dict[str, Any]:
         sess = open_session(out_dir / self.file, threads=1)
-        feeds = self.example(rng)
+        feeds = self.example(rng, rows=1)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
@@ -239,7 +251,8 @@ class _CriticExport:
                 raise ConfigError(f"export --critic: the scorer does not fit the policy: expected {what}; scorer "
                                   f"config {sc}")
         self.scorer, self.policy, self.n, self.h_a = scorer.eval(), policy, n_default, sc.chunk_len
-        self.graph = CriticGraph(self.scorer, keys).eval()
+        self.graph = CriticGraph(for_export(self.scorer), keys).eval()  # what is traced
+        self.reference = CriticGraph(self.scorer, keys).eval()  # what parity compares it with
         self.keys, self.agg = keys, sc.agg
 
     def example(self, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
@@ -253,7 +266,7 @@ class _CriticExport:
 
     @torch.no_grad()
     def torch_run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        return self.graph(*[torch.from_numpy(feeds[n]) for n in self.graph.input_names]).numpy()
+        return self.reference(*[torch.from_numpy(feeds[n]) for n in self.graph.input_names]).numpy()
 
     def export(self, out_dir: Path, rng: np.random.Generator) -> dict[str, Any]:
         feeds = self.example(rng, self.n)
@@ -292,17 +305,15 @@ class _CriticExport:
 
 
 def batch_parity(g: _GraphExport, out_dir: Path, rng: np.random.Generator, n: int) -> float:
-    """Max |row i of one batched call - the batch-1 call with row i's noise| over the chunk output: the batched
+    """Max |row i of one n-row call - the 1-row call with row i's noise| over the chunk output: the batched
     policy graph must treat rows independently (candidates of one decision share the obs, not the noise)."""
     sess = open_session(out_dir / g.file)
-    single = g.example(rng)
-    rows = [g.example(rng) for _ in range(n)]
-    batched = {k: np.concatenate([single[k] if k in g.graph.obs_keys else r[k] for r in rows]) for k in single}
-    got = dict(zip(g.graph.outputs, sess.run(None, batched)))["chunk"]
+    feeds = g.example(rng, rows=n)
+    got = dict(zip(g.graph.outputs, sess.run(None, feeds)))["chunk"]
     err = 0.0
-    for i, r in enumerate(rows):
-        feeds = {k: single[k] if k in g.graph.obs_keys else r[k] for k in single}
-        ref = dict(zip(g.graph.outputs, sess.run(None, feeds)))["chunk"]
+    for i in range(n):
+        row = {k: v if k in g.graph.obs_keys else v[i:i + 1] for k, v in feeds.items()}
+        ref = dict(zip(g.graph.outputs, sess.run(None, row)))["chunk"]
         err = max(err, float(np.abs(got[i] - ref[0]).max()))
     return err
 
@@ -464,7 +475,8 @@ def export_artifact(checkpoint: str | Path, sampler: str, out: str | Path, *, st
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("policy.onnx", "init.onnx", CRITIC_FILE, MANIFEST):
         (out / stale).unlink(missing_ok=True)
-    graphs, section = build_graphs(policy, sampler, steps, rti, dims, batch_axis=critic is not None)
+    # the graphs trace an export-friendly copy (graphs.for_export); the parity checks compare them against `policy`
+    graphs, section = build_graphs(for_export(policy), sampler, steps, rti, dims, batch_axis=critic is not None)
     n_out = graphs[-1].graph.n_out
     scorer = _CriticExport(critic, policy, best_of_n, n_out) if critic is not None else None
     rng = np.random.default_rng(seed)

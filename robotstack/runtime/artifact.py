@@ -5,8 +5,8 @@ The manifest schema and graph contract are robotstack/core/manifest.py. Checks a
 reader), sha256 of every graph file, and each graph's input/output names, shapes and dtypes against the manifest.
 Imports: stdlib, numpy, onnxruntime, robotstack.core only (the runtime never imports torch).
 
-Best-of-N (an artifact with a critic section, best_of_n = N > 1): one decision = one policy call on a batch of N
-rows (the observation broadcast to every row, each row its own noise from the same rng stream), one critic call
+Best-of-N (an artifact with a critic section, best_of_n = N > 1): one decision = one policy call on N noise rows
+(one shared observation, encoded once in the graph; each row its own noise from the same rng stream), one critic call
 scoring the first h_a executed actions of every candidate, and the argmax candidate's actions are returned. The
 buffers of both graphs are bound once at load for that N. N = 1 is the plain path: one policy call, no critic.
 """
@@ -104,7 +104,10 @@ class ArtifactPolicy:
         self.obs_keys = list(m.obs["keys"])
         self.obs_spec = {k: (tuple(v["shape"]), np.dtype(v["dtype"])) for k, v in m.obs["spec"].items()}
         self.n = _candidates(m, best_of_n, self.path)
-        batch = BATCH_AXIS if m.critic else 1  # a critic artifact's policy graph has a dynamic batch axis
+        # A critic artifact's policy graph takes its N candidates' noise rows on the dynamic axis "B" and one shared
+        # observation (batch 1, encoded once); artifacts exported before 2026-11-30 batch the obs too ("B"),
+        # and load the same way (the observation is written into every row).
+        obs_batches = (1, BATCH_AXIS) if m.critic else (1,)
         dims = {BATCH_AXIS: self.n, CANDIDATE_AXIS: self.n}
         self.sessions, self.io, self.bound = {}, {}, {}
         graphs = dict(m.graphs) | ({"critic": m.critic} if m.critic else {})
@@ -122,11 +125,11 @@ class ArtifactPolicy:
             _check_io(str(f), "outputs", sess.get_outputs(), g["outputs"])
             names = [d["name"] for d in g["inputs"]]
             for k in (m.critic["obs_keys"] if role == "critic" else self.obs_keys):
-                want = [1 if role == "critic" else batch, *self.obs_spec[k][0]]
+                wants = [[b, *self.obs_spec[k][0]] for b in ((1,) if role == "critic" else obs_batches)]
                 decl = next((d for d in g["inputs"] if d["name"] == k), None)
-                if decl is None or list(decl["shape"]) != want:
+                if decl is None or list(decl["shape"]) not in wants:
                     raise ArtifactError(f"{f}: obs input {k!r} is {decl} in the graph, manifest obs.spec says "
-                                        f"shape {want}")
+                                        f"shape {' or '.join(map(str, wants))}")
             self.sessions[role] = sess
             self.bound[role] = _Bound(sess, g["inputs"], g["outputs"], dims)
             self.io[role] = {d["name"]: (tuple(d["shape"]), d["dtype"]) for d in g["inputs"]}

@@ -86,6 +86,36 @@ def test_parity_and_manifest(artifacts, spec, sampler):
     assert m["normalization"]["in_graph"] and "action" in m["normalization"]["stats"]
 
 
+def test_exp_mish_is_mish():
+    """The export's Mish (one exp, no Softplus) is the same function, at the extremes too (no inf / inf)."""
+    from robotstack.export.graphs import ExpMish
+
+    x = torch.cat([torch.linspace(-120, 120, 20001), torch.tensor([-1e30, -88.0, 0.0, 19.99, 20.0, 20.01, 1e30])])
+    got, want = ExpMish()(x), torch.nn.Mish()(x)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, atol=2e-6, rtol=2e-6)
+
+
+@pytest.mark.parametrize("sampler", ["cm1", "ddim", "rti"])
+def test_exported_graphs_have_no_softplus_and_the_policy_is_untouched(ckpts, artifacts, sampler):
+    """The graphs are traced from a copy with ExpMish (onnxruntime runs Softplus as a slow scalar loop); the
+    checkpoint's policy keeps nn.Mish, the reference that sampler-path parity compares the graph against."""
+    import onnx
+
+    from robotstack.export.graphs import ExpMish, for_export
+
+    out, _ = artifacts
+    for f in (out / sampler).glob("*.onnx"):
+        ops = {n.op_type for n in onnx.load(str(f)).graph.node}
+        assert "Softplus" not in ops and "Exp" in ops, (f, ops)
+    policy = load_checkpoint(ckpts / ("ctm" if sampler == "cm1" else "teacher"))
+    n_mish = sum(isinstance(m, torch.nn.Mish) for m in policy.modules())
+    copy = for_export(policy)
+    assert n_mish > 0 and sum(isinstance(m, torch.nn.Mish) for m in policy.modules()) == n_mish
+    assert sum(isinstance(m, ExpMish) for m in copy.modules()) == n_mish
+    assert not any(isinstance(m, torch.nn.Mish) for m in copy.modules())
+
+
 def _hist(art, seed=0):
     rng = np.random.default_rng(seed)
     return {k: rng.uniform(-2, 2, shape).astype(np.float32) for k, (shape, _) in art.obs_spec.items()}

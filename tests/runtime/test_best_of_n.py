@@ -44,7 +44,7 @@ def _history(art, rng):
 
 def _candidates(art, h, noise):
     """The N candidates the policy graph produces for this history and noise (plain session.run)."""
-    feeds = {k: np.repeat(v[None], len(noise), 0) for k, v in h.items()} | {"noise": noise}
+    feeds = {k: v[None] for k, v in h.items()} | {"noise": noise}  # one observation for all N rows
     return art.run_raw("policy", feeds)["action"]
 
 
@@ -54,7 +54,10 @@ def test_manifest_carries_the_critic_section(built):
     assert m["version"] == 3 and c["file"] == "critic.onnx" and c["n"] == N and c["h_a"] == 2
     assert c["aggregate"] == "min" and c["obs_keys"] == ["robot_eef_pos", "goal"]
     assert c["inputs"][-1] == {"name": "actions", "shape": [1, "N", 2, 4], "dtype": "float32"}
-    assert m["graphs"]["policy"]["inputs"][0]["shape"][0] == "B"  # the policy graph is batched over candidates
+    inputs = {d["name"]: d["shape"] for d in m["graphs"]["policy"]["inputs"]}
+    assert inputs["noise"][0] == "B"  # the policy graph takes the candidates' noise rows...
+    assert all(inputs[k][0] == 1 for k in m["obs"]["keys"])  # ...and one observation, encoded once
+    assert all(d["shape"][0] == "B" for d in m["graphs"]["policy"]["outputs"])
     assert c["parity"]["ok"] and c["parity"]["policy_batch_rows_max_abs_err"] <= 1e-4
 
 
@@ -115,6 +118,21 @@ def test_n1_is_the_plain_path(built):
                                                        | {"noise": noise})["action"][0])
         np.testing.assert_allclose(a, b, atol=1e-4)
     assert crit.last_scores is None and not crit.bound["critic"].out["scores"].any()  # the critic never ran
+
+
+def test_each_candidate_is_the_plain_policy_on_its_own_noise(built):
+    """The N-row graph shares one context across its rows (policies/diffusion/mlp_denoiser.py); each row must still
+    be what the plain artifact's batch-1 graph (one matmul over [x | context]) gives for that row's noise."""
+    crit, plain = load_artifact(built["critic"]), load_artifact(built["plain"])
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        h = _history(plain, rng)
+        noise = rng.standard_normal((N, 1, 4, 4), dtype=np.float32)
+        cands = _candidates(crit, h, noise)
+        for i in range(N):
+            one = plain.run_raw("policy", {k: v[None] for k, v in h.items()} | {"noise": noise[i:i + 1]})
+            np.testing.assert_allclose(cands[i], one["action"][0], atol=1e-4)
+        assert np.ptp(cands[:, 0, 0]) > 0.1  # the rows really differ
 
 
 def test_reset_reproduces_best_of_n_decisions(built):
