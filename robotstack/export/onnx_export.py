@@ -43,7 +43,6 @@ metadata is read from `scorer.config`: obs_shapes, n_obs_steps, action_dim, chun
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from collections.abc import Sequence
