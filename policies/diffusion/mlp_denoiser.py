@@ -30,8 +30,9 @@ def _linear_over_concat(layer: nn.Linear, a: torch.Tensor, ctx: torch.Tensor, wa
     """layer(cat([a, ctx], -1)) for a (B, wa) and ctx (B, C) or (1, C). With one shared context row the layer is
     applied in two parts, W_a a + (W_ctx ctx + b), and the context part broadcasts over a's rows. With one context
     row per row (training) it stays one matmul over the concatenation: the split form was 10-15% slower to train
-    (measured, 512 x 4, batch 256). The branch is on shapes, so an ONNX trace bakes the path its example took. wa is a python int (not
-    a.shape[-1]) so that the exported weight slices are constants, folded at export, not sliced at every call."""
+    (measured, 512 x 4, batch 256). The branch is on shapes, so an ONNX trace bakes the path its example took.
+    wa is a python int (not a.shape[-1]) so that the exported weight slices are constants, folded at export, not
+    sliced at every call."""
     if ctx.shape[0] == a.shape[0]:
         return layer(torch.cat([a, ctx], dim=-1))
     return F.linear(a, layer.weight[:, :wa]) + F.linear(ctx, layer.weight[:, wa:], layer.bias)
