@@ -36,9 +36,9 @@ the policy graph gets a dynamic row axis "B" on its noise and outputs (the runti
 call, each row with its own noise, all from one observation: the obs inputs stay batch 1, so the encoder and the
 denoiser's context projections run once per decision, not N times) and the scorer becomes critic.onnx (obs...,
 actions (1, N, h_a, Da) -> scores (1, N), dynamic N), described by the manifest's critic section (format
-version 3, robotstack/core/manifest.py). Checked at export: scorer torch vs onnxruntime at N = 1 and N = best_of_n, and the batched policy graph row by row against batch-1
-calls with the same noise (a graph that mixes rows or bakes the batch size fails the export). The scorer's
-metadata is read from `scorer.config`: obs_shapes, n_obs_steps, action_dim, chunk_len (h_a), agg.
+version 3, robotstack/core/manifest.py). Checked at export: scorer torch vs onnxruntime at N = 1 and
+N = best_of_n, and the batched policy graph row by row against 1-row calls with the same noise (a graph that mixes
+rows or bakes the batch size fails the export). The scorer's metadata is read from `scorer.config`: obs_shapes, n_obs_steps, action_dim, chunk_len (h_a), agg.
 """
 
 from __future__ import annotations
