@@ -38,7 +38,8 @@ denoiser's context projections run once per decision, not N times) and the score
 actions (1, N, h_a, Da) -> scores (1, N), dynamic N), described by the manifest's critic section (format
 version 3, robotstack/core/manifest.py). Checked at export: scorer torch vs onnxruntime at N = 1 and
 N = best_of_n, and the batched policy graph row by row against 1-row calls with the same noise (a graph that mixes
-rows or bakes the batch size fails the export). The scorer's metadata is read from `scorer.config`: obs_shapes, n_obs_steps, action_dim, chunk_len (h_a), agg.
+rows or bakes the batch size fails the export). The scorer's metadata is read from `scorer.config`: obs_shapes,
+n_obs_steps, action_dim, chunk_len (h_a), agg.
 """
 
 from __future__ import annotations
