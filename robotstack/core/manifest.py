@@ -40,8 +40,8 @@ runtime refuses a critic artifact by its version instead of ignoring the critic)
     n        the default best-of-N (candidates per decision; the runtime may be given another N >= 1)
     With a critic, the policy graph has a dynamic row axis "B" (first dim of its noise input and of every output)
     so the runtime samples N candidates in one call from one observation (obs inputs batch 1; artifacts exported
-    before 2026-11-30 have "B" on the obs inputs too and still load); the sampler must draw independent
-    candidates (cm1, cm3, ddim).
+    before 2026-11-30 have "B" on the obs inputs too and are refused with a request to export again); the sampler
+    must draw independent candidates (cm1, cm3, ddim).
 """
 
 from __future__ import annotations

@@ -104,10 +104,8 @@ class ArtifactPolicy:
         self.obs_keys = list(m.obs["keys"])
         self.obs_spec = {k: (tuple(v["shape"]), np.dtype(v["dtype"])) for k, v in m.obs["spec"].items()}
         self.n = _candidates(m, best_of_n, self.path)
-        # A critic artifact's policy graph takes its N candidates' noise rows on the dynamic axis "B" and one shared
-        # observation (batch 1, encoded once); artifacts exported before 2026-11-30 batch the obs too ("B"),
-        # and load the same way (the observation is written into every row).
-        obs_batches = (1, BATCH_AXIS) if m.critic else (1,)
+        # every obs input has batch 1; a critic artifact's policy graph takes its N candidates' noise rows on the
+        # dynamic axis "B" (one observation, encoded once in the graph)
         dims = {BATCH_AXIS: self.n, CANDIDATE_AXIS: self.n}
         self.sessions, self.io, self.bound = {}, {}, {}
         graphs = dict(m.graphs) | ({"critic": m.critic} if m.critic else {})
@@ -125,11 +123,13 @@ class ArtifactPolicy:
             _check_io(str(f), "outputs", sess.get_outputs(), g["outputs"])
             names = [d["name"] for d in g["inputs"]]
             for k in (m.critic["obs_keys"] if role == "critic" else self.obs_keys):
-                wants = [[b, *self.obs_spec[k][0]] for b in ((1,) if role == "critic" else obs_batches)]
+                want = [1, *self.obs_spec[k][0]]
                 decl = next((d for d in g["inputs"] if d["name"] == k), None)
-                if decl is None or list(decl["shape"]) not in wants:
+                if decl is None or list(decl["shape"]) != want:
+                    old = decl is not None and list(decl["shape"])[:1] == [BATCH_AXIS]
                     raise ArtifactError(f"{f}: obs input {k!r} is {decl} in the graph, manifest obs.spec says "
-                                        f"shape {' or '.join(map(str, wants))}")
+                                        f"shape {want}" + ("; a best-of-N artifact exported before 2026-11-30 "
+                                                           "(batched obs): export it again" if old else ""))
             self.sessions[role] = sess
             self.bound[role] = _Bound(sess, g["inputs"], g["outputs"], dims)
             self.io[role] = {d["name"]: (tuple(d["shape"]), d["dtype"]) for d in g["inputs"]}
