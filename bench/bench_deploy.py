@@ -38,7 +38,7 @@ COLUMNS = ["artifact", "episodes", "PyBullet arm server", "MuJoCo", "PyBullet / 
 
 
 def summary_row(label: str, r: dict) -> list:
-    """One results row -> the COLUMNS cells (this script's table and tools/bench_tables.py's README table)."""
+    """One results row -> the COLUMNS cells (this script's table and tools/bench_tables.py's docs/benchmarks.md table)."""
     def rate(x: float, ci) -> str:
         return f"{100 * x:.0f}% [{100 * ci[0]:.0f}%, {100 * ci[1]:.0f}%]"
 

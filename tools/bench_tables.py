@@ -1,4 +1,5 @@
-"""Print the README's benchmark tables (markdown) from bench/results/*.json, so the README shows measured numbers.
+"""Print the benchmark tables (markdown) of docs/benchmarks.md from bench/results/*.json, so the docs show
+measured numbers.
 
     .venv/bin/python tools/bench_tables.py
 """
