@@ -16,37 +16,15 @@ import logging
 import signal
 import sys
 import threading
-from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
-from robotstack.core import keys as K
+from robotstack.eval.arm_collect import run_controller
 from robotstack.runtime.controller import Controller, ControllerConfig, EpisodeResult
 from robotstack.runtime.policy_runner import PolicyRunner
 
 log = logging.getLogger("robotstack.cli.deploy")
-
-
-def save_episode(store, result: EpisodeResult, *, task: str, seed: int, control_hz: float,
-                 policy_id: str) -> int | None:
-    """Append one run to an EpisodeStore: every policy step with its measured capture time (state receive time),
-    the applied action, the raw policy output, the targets, intervention flags and per-step latencies."""
-    from robotstack.data.recorder import EpisodeRecorder
-
-    f = result.frames
-    if f is None:
-        return None
-    rec = EpisodeRecorder(store, control_hz=control_hz)
-    rec.begin(source=result.source, task=task, seed=seed, policy_id=policy_id)
-    n = len(f[K.ACTION])
-    extra = {k: v for k, v in f.items() if k not in (K.ACTION, K.INTERVENTION)}
-    for i in range(n):
-        last = i == n - 1
-        rec.add({k: v[i] for k, v in extra.items()}, f[K.ACTION][i], 0.0, bool(last and result.success),
-                bool(last and not result.success), intervention=bool(f[K.INTERVENTION][i]),
-                capture_time=float(f["step_times"][i][1]))
-    return rec.save(success=result.success)
 
 
 def _status_printer(stream=sys.stderr) -> Callable[[str], None]:
@@ -57,33 +35,6 @@ def _status_printer(stream=sys.stderr) -> Callable[[str], None]:
         stream.flush()
 
     return show
-
-
-def run_controller(controller: Controller, *, episodes: int, duration_s: float | None, max_steps: int | None,
-                   store=None, task: str = "", seed0: int = 0, print_fn=print) -> list[EpisodeResult]:
-    """Episodes back to back; each is saved to ``store`` when given; stops at the first non-ok episode."""
-    results = []
-    for ep in range(episodes):
-        try:
-            res = controller.run_episode(duration_s=duration_s, max_steps=max_steps, reset=True, seed=seed0 + ep)
-        except KeyboardInterrupt:
-            res = getattr(controller, "_result", None)
-            if res is not None and store is not None:
-                save_episode(store, res, task=task, seed=seed0 + ep, control_hz=controller.spec.control_hz,
-                             policy_id=controller._policy_id())
-            raise
-        results.append(res)
-        idx = None
-        if store is not None and not (controller.human_only and res.stop_reason == "device_discard"):
-            with controller.keep_alive():  # the arm server's watchdog keeps seeing us while the store commits
-                idx = save_episode(store, res, task=task, seed=seed0 + ep, control_hz=controller.spec.control_hz,
-                                   policy_id=controller._policy_id())
-        print_fn(f"\nepisode {ep + 1}/{episodes}: {res.steps} steps in {res.seconds:.1f} s, ended by "
-                 f"{res.stop_reason}, success {res.success}, interventions {res.interventions}"
-                 + (f", saved as episode {idx}" if idx is not None else ""))
-        if not res.ok or controller.quit:
-            break
-    return results
 
 
 def final_table(results: list[EpisodeResult], telemetry, server_status=None) -> str:
@@ -170,8 +121,6 @@ def best_of_n_line(runner: TallyRunner) -> str:
 
 
 def deploy(args) -> int:
-    from hardware.protocol import load_client_keys
-    from hardware.protocol import parse_bind
     from robotstack.runtime.client import ArmClient
     from robotstack.runtime.safety import SafetyConfig
     from robotstack.runtime.terminal import TerminalEStop
@@ -187,8 +136,7 @@ def deploy(args) -> int:
             return 2
     best_of_n = args.best_of_n
     runner = open_runner(args.artifact, best_of_n)
-    keys = load_client_keys(args.keys) if args.keys else None
-    client = ArmClient(parse_bind(args.arm), keys, robot_id=args.robot_id)
+    client = ArmClient.at(args.arm, args.keys, robot_id=args.robot_id)
     takeover = None
     if args.takeover:
         from hardware.teleop import make_device
@@ -262,8 +210,6 @@ def deploy(args) -> int:
 def record_arm(args) -> int:
     """A person drives the arm server's arm through the controller's plumbing; episodes land in the store."""
     import sim
-    from hardware.protocol import load_client_keys
-    from hardware.protocol import parse_bind
     from hardware.teleop import make_device
     from hardware.teleop.keyboard import HELP
     from robotstack.data.recording import open_or_create_store
@@ -271,8 +217,7 @@ def record_arm(args) -> int:
     from robotstack.runtime.controller import teleop_spec
 
     spec = teleop_spec(sim.make(args.task).unwrapped.task_spec())
-    keys = load_client_keys(args.keys) if args.keys else None
-    client = ArmClient(parse_bind(args.arm), keys)
+    client = ArmClient.at(args.arm, args.keys)
     device = make_device(args.device)
     ctl = Controller(client, None, ControllerConfig(), spec=spec, takeover=device, human_only=True,
                      status_fn=_status_printer())

@@ -11,11 +11,13 @@ from robotstack.data.store import EpisodeStore
 
 
 def merge_stores(sources: Sequence[str | os.PathLike], dest: str | os.PathLike, zarr_format: int = 3,
-                 overwrite: bool = False) -> EpisodeStore:
+                 overwrite: bool = False, keys: Sequence[str] | None = None) -> EpisodeStore:
     """Write the episodes of `sources` (in order) into a new store at `dest`; returns it (append mode).
 
-    Every source must have the same data keys with the same per-frame shape and dtype. Episodes from stores
-    without robotstack metadata (diffusion_policy's own) get unknown (-1) metadata rows.
+    Every source must have the same data keys with the same per-frame shape and dtype; with `keys`, only those
+    keys are merged (every source must have them; other keys are left out: an arm recording's telemetry beside a
+    sim store). Episodes from stores without robotstack metadata (diffusion_policy's own) get unknown (-1)
+    metadata rows.
     """
     if len(sources) < 1:
         raise StoreError("merge_stores: no source stores given")
@@ -24,9 +26,9 @@ def merge_stores(sources: Sequence[str | os.PathLike], dest: str | os.PathLike, 
         raise StoreError(f"merge_stores: destination {dest} is also a source")
     stores = [EpisodeStore.open(s, mode="r") for s in sources]
     try:
-        ref = stores[0].key_specs()
+        ref = _selected(stores[0], keys)
         for st in stores[1:]:
-            specs = st.key_specs()
+            specs = _selected(st, keys)
             for k in sorted(set(ref) | set(specs)):
                 if k not in specs:
                     raise StoreError(f"merge_stores: key {k!r} of {stores[0].path} is missing in {st.path}")
@@ -43,8 +45,19 @@ def merge_stores(sources: Sequence[str | os.PathLike], dest: str | os.PathLike, 
         for st in stores:
             metas = st.episode_metas()
             for i in range(st.n_episodes):
-                out.append_episode(st.episode(i), metas[i])
+                out.append_episode(st.episode(i, sorted(ref)), metas[i])
         return out
     finally:
         for st in stores:
             st.close()
+
+
+def _selected(store: EpisodeStore, keys: Sequence[str] | None) -> dict:
+    """store.key_specs(), restricted to `keys` (each must be there)."""
+    specs = store.key_specs()
+    if keys is None:
+        return specs
+    missing = sorted(set(keys) - set(specs))
+    if missing:
+        raise StoreError(f"merge_stores: key(s) {missing} are missing in {store.path}")
+    return {k: specs[k] for k in keys}

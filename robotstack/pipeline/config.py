@@ -41,11 +41,22 @@ class DemosSection:
     seed: int = 0  # episode i is recorded with seed + i
 
 
+ARM_SAMPLERS = ("rti", "ddim")  # what collect.arm may export: the rounds' policies are diffusion teachers
+
+
 @dataclass
 class CollectSection:
     episodes: int = 50  # rollouts of the accepted policy per round (rl100.md §13: not given by the sources)
     seed: int = 200_000  # round m uses seed + 10_000 m: away from the demos (0..) and the evaluations (100_000..)
-    num_envs: int = 1
+    num_envs: int = 1  # sim rollouts only
+    # Rollouts on an arm server instead of the sim (rl100.md §4.6: "in sim or on the robot"): the address the
+    # server was started with (its --bind, tcp://HOST:PORT); "" = sim. The user starts the server, as on a robot.
+    # The accepted policy is exported (`sampler`) and run by the real-time controller as `deploy --record` runs
+    # it; merge_m keeps the keys both stores have (the telemetry stays in collect_m). Seeds are labels there.
+    arm: str = ""
+    keys: str = ""  # CURVE client key dir for the arm server (client.secret, server.public); "" = none (loopback)
+    sampler: str = "rti"  # the artifact the arm runs: rti (the export default) or ddim; both export the teacher
+    max_steps: int = 0  # policy steps per arm episode; 0 = the task's time limit
 
 
 @dataclass
@@ -138,6 +149,7 @@ class PipelineConfig:
                                 ("round_gate.episodes", self.round_gate.episodes, 0)):
             if value < lo:
                 raise ConfigError(f"{name}: expected >= {lo}, got {value}")
+        self._check_arm()
         if not 0.0 <= self.demos.noise <= 1.0:
             raise ConfigError(f"demos.noise: expected in [0, 1], got {self.demos.noise}")
         if self.demos.labels not in RECORD_LABELS:
@@ -153,6 +165,24 @@ class PipelineConfig:
                 raise ConfigError(f"critic.best_of_n: expected >= 1 (1 = plain), got {c.best_of_n}")
         if c.value_samples < 1:
             raise ConfigError(f"critic.value_samples: expected >= 1, got {c.value_samples}")
+
+    def _check_arm(self) -> None:
+        c = self.collect
+        if not c.arm:
+            if c.keys:
+                raise ConfigError(f"collect.keys: {c.keys!r} without collect.arm (the keys are for an arm server)")
+            return
+        scheme, sep, rest = c.arm.partition("://")
+        host, colon, port = rest.rpartition(":")
+        if not (sep and scheme == "tcp" and host and colon and port.isdigit()):
+            raise ConfigError(f"collect.arm: {c.arm!r}, expected tcp://HOST:PORT (the arm server's --bind)")
+        if c.keys and not Path(c.keys).is_dir():
+            raise ConfigError(f"collect.keys: {c.keys} is not a directory (robotstack keys generate --out DIR)")
+        if c.sampler not in ARM_SAMPLERS:
+            raise ConfigError(f"collect.sampler: {c.sampler!r}, expected one of {list(ARM_SAMPLERS)} (the teacher's "
+                              "own samplers: the rounds have no one-step student yet)")
+        if c.max_steps < 0:
+            raise ConfigError(f"collect.max_steps: expected >= 0 (0 = the task's time limit), got {c.max_steps}")
 
     @property
     def critic_n(self) -> int:

@@ -5,6 +5,7 @@ ends with summary.json ({"interrupted": false, "wall_s": ..., ...}); a stage wit
     il_m        il_m/ (train il run dir)    IL on D_m                              (Alg. 1 lines 2 and 13)
     offline_m   offline_m/                  offline RL on D_m from il_m: critics, gate, accepted policy
     collect_m   collect_m/store.zarr        rollouts of offline_m's accepted policy (source=policy, policy_id=offline_m)
+                                            in sim, or on the arm server collect.arm (collect_m/artifact)
     merge_m     merge_m/store.zarr          D_{m+1} = D_m + collect_m, a new store (the inputs are only read)
     select_m    select_m/checkpoints/latest round_gate.episodes > 0: il_m (re-imitated) or the policy round m-1
                                             rolled out, whichever succeeds more in sim on the gate's own seeds (a
@@ -362,14 +363,51 @@ def _run_collect(stage: Stage, cfg: PipelineConfig, resolved: dict[str, Any], sh
             # parallel envs finish out of order: continue after the highest seed saved, so none repeats
             next_seed = max([seed - 1] + [m.seed for m in st.episode_metas() if m.seed is not None]) + 1
     t0 = time.perf_counter()
+    where = {}
+    if c.arm:
+        where = {"arm": c.arm, "artifact": str(_arm_artifact(stage, c.sampler, show_progress))}
     if done < c.episodes:
-        collect(stage.inputs["policy"], path, c.episodes - done, policy_id=stage.inputs["policy_id"], task=cfg.task,
-                seed=next_seed, num_envs=c.num_envs, show_progress=show_progress)
+        if c.arm:
+            from robotstack.eval.arm_collect import collect_on_arm
+
+            collect_on_arm(where["artifact"], c.arm, path, c.episodes - done, policy_id=stage.inputs["policy_id"],
+                           seed=next_seed, keys=c.keys, max_steps=c.max_steps or _time_limit(cfg.task),
+                           print_fn=print if show_progress else (lambda _line: None))
+        else:
+            collect(stage.inputs["policy"], path, c.episodes - done, policy_id=stage.inputs["policy_id"],
+                    task=cfg.task, seed=next_seed, num_envs=c.num_envs, show_progress=show_progress)
     counts = store_counts(path)
     return write_summary(stage, counts | {"policy": stage.inputs["policy"], "policy_id": stage.inputs["policy_id"],
                                           "seed": seed, "env_steps": counts["frames"],
                                           "success_rate": counts["successes"] / max(1, counts["episodes"]),
-                                          "interrupted": False, "wall_s": time.perf_counter() - t0})
+                                          "interrupted": False, "wall_s": time.perf_counter() - t0} | where)
+
+
+def _arm_artifact(stage: Stage, sampler: str, show_progress: bool) -> Path:
+    """collect_m/artifact: the round's accepted policy exported for the arm (once; a finished export is reused)."""
+    from robotstack.core.manifest import read_manifest
+    from robotstack.export.onnx_export import export_artifact
+
+    out = stage.run_dir / "artifact"
+    try:
+        read_manifest(out)  # the manifest is written last: present = a finished export
+        return out
+    except (OSError, RobotstackError):
+        pass
+    with _busy(f"export {sampler} for the arm", show_progress):
+        export_artifact(stage.inputs["policy"], sampler, out)
+    return out
+
+
+def _time_limit(task: str) -> int:
+    """The task's max_episode_steps (policy steps per arm episode when collect.max_steps is 0)."""
+    import sim
+
+    env = sim.make(task)
+    try:
+        return int(env.unwrapped.max_episode_steps)
+    finally:
+        env.close()
 
 
 def _run_merge(stage: Stage, cfg: PipelineConfig, resolved: dict[str, Any], show_progress: bool) -> dict:
@@ -378,14 +416,28 @@ def _run_merge(stage: Stage, cfg: PipelineConfig, resolved: dict[str, Any], show
     t0 = time.perf_counter()
     stage.run_dir.mkdir(parents=True, exist_ok=True)
     final, tmp = stage.run_dir / STORE, stage.run_dir / (STORE + ".tmp")
+    # Arm rollouts carry the controller's telemetry (latencies, targets) and may lack a key the sim records (an
+    # arm without objects): merge on the keys both stores have; a later stage that needs a dropped key names it.
+    keys, dropped = None, {}
+    if cfg.collect.arm:
+        have = {role: set(_store_keys(stage.inputs[role])) for role in ("data", "new")}
+        keys = sorted(have["data"] & have["new"])
+        dropped = {f"dropped_keys_{role}": sorted(have[role] - set(keys)) for role in have}
     shutil.rmtree(tmp, ignore_errors=True)  # a merge killed half-way is redone from scratch
     if not final.exists():
         with _busy(f"merge {stage.name}", show_progress):
-            merge_stores([stage.inputs["data"], stage.inputs["new"]], tmp).close()
+            merge_stores([stage.inputs["data"], stage.inputs["new"]], tmp, keys=keys).close()
         os.replace(tmp, final)  # the grown store appears whole, or not at all
     counts = store_counts(final)
     return write_summary(stage, counts | {"sources": [stage.inputs["data"], stage.inputs["new"]],
-                                          "interrupted": False, "wall_s": time.perf_counter() - t0})
+                                          "interrupted": False, "wall_s": time.perf_counter() - t0} | dropped)
+
+
+def _store_keys(path: str) -> list[str]:
+    from robotstack.data.store import EpisodeStore
+
+    with EpisodeStore.open(path) as st:
+        return list(st.key_specs())
 
 
 def kept_policy(incumbent_rate: float, candidate_rate: float) -> str:

@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 
+from hardware.protocol import load_client_keys, parse_bind
 from hardware.protocol import messages as m
 from hardware.protocol.transport import ClientTransport, ControlTimeout, Endpoints, Received, clock_offset_ns
 from robotstack.core import kinematics as kin
@@ -34,6 +35,12 @@ class ArmClient:
         self._rtts: collections.deque[tuple[int, int]] = collections.deque(maxlen=50)  # (rtt, offset)
         self.offset_ns = 0
         self.last_status: m.Status | None = None
+
+    @classmethod
+    def at(cls, address: str, keys_dir: str = "", robot_id: str = "arm") -> ArmClient:
+        """A client of the arm server bound at ``address`` (tcp://HOST:PORT, as its --bind), with the CURVE client
+        keys of ``keys_dir`` (client.secret, server.public; "" = no CURVE, loopback servers only)."""
+        return cls(parse_bind(address), load_client_keys(keys_dir) if keys_dir else None, robot_id=robot_id)
 
     # --- state ------------------------------------------------------------------------------------------
     def poll_state(self, timeout_s: float = 0.0) -> m.RobotState | None:

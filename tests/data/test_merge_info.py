@@ -48,6 +48,18 @@ def test_merge_names_the_missing_key(tmp_path):
         merge_stores([tmp_path / "a.zarr"], tmp_path / "a.zarr")
 
 
+def test_merge_on_named_keys_leaves_the_others_out(tmp_path):
+    """An arm recording (telemetry keys) merged into a sim store: only the named keys are written."""
+    make_store(tmp_path / "a.zarr", 1, "scripted")
+    make_store(tmp_path / "b.zarr", 2, "policy", extra_key="latency_ms")
+    merge_stores([tmp_path / "a.zarr", tmp_path / "b.zarr"], tmp_path / "c.zarr", keys=["action", "image_front"])
+    with EpisodeStore.open(tmp_path / "c.zarr") as c:
+        assert sorted(c.key_specs()) == ["action", "image_front"] and c.n_episodes == 3
+    with pytest.raises(StoreError, match=r"key\(s\) \['latency_ms'\] are missing in .*a.zarr"):
+        merge_stores([tmp_path / "a.zarr", tmp_path / "b.zarr"], tmp_path / "d.zarr", keys=["action", "latency_ms"])
+    assert not (tmp_path / "d.zarr").exists()
+
+
 def test_merge_rejects_dtype_mismatch(tmp_path):
     make_store(tmp_path / "a.zarr", 1, "human")
     st = EpisodeStore.create(tmp_path / "b.zarr")

@@ -277,7 +277,7 @@ def test_takeover_end_resets_the_warm_start_before_the_next_inference(shared_ser
 
 def test_takeover_flags_interventions_in_the_recording(shared_server, policies, tmp_path):
     from robotstack.data.store import EpisodeStore
-    from robotstack.cli.deploy import save_episode
+    from robotstack.eval.arm_collect import save_episode
 
     client = ArmClient(parse_bind(shared_server.addr))
     ctl = Controller(client, PolicyRunner(policies["slow_x"]), takeover=ScriptedDevice())
