@@ -5,7 +5,11 @@ on the keys both stores have (the arm's telemetry keys stay in collect_m)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
+from store_testing import OFFLINE_RL_TINY
 
 from robotstack.core.errors import ConfigError, StoreError
 from robotstack.data.merge import merge_stores
@@ -13,6 +17,8 @@ from robotstack.data.store import EpisodeStore
 from robotstack.pipeline import stages
 from robotstack.pipeline.config import CollectSection, PipelineConfig, load_pipeline_config
 from tests.runtime.conftest import ServerProc
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_collect_on_an_arm_records_every_episode_and_merges_on_the_store_keys(tiny_policy, tmp_path, snapshot):
@@ -76,3 +82,27 @@ def test_an_arm_runs_a_teacher_sampler_and_needs_an_existing_key_dir(tiny_pipeli
     with pytest.raises(ConfigError, match="is not a directory"):
         load_pipeline_config(tiny_pipeline, [arm, f"collect.keys={tmp_path / 'nokeys'}"])
     assert load_pipeline_config(tiny_pipeline, [arm]).collect.arm == "tcp://127.0.0.1:6510"
+
+
+@pytest.mark.slow
+def test_a_round_on_an_arm_runs_through_the_whole_pipeline(tiny_pipeline, tmp_path):
+    """demos -> il_0 -> offline_0 -> collect_0 on a real arm server -> merge_0 -> il_1 (on the merged keys) ->
+    select_1 -> distill -> export -> evaluate, at the tiny budgets of test_full_chain."""
+    from robotstack.pipeline.runner import run_pipeline
+
+    doc = yaml.safe_load(tiny_pipeline.read_text())
+    offline = {"config": str(ROOT / "configs" / "offline_rl" / "reach.yaml"), "overrides": OFFLINE_RL_TINY}
+    srv = ServerProc(driver="kinematic")
+    try:
+        doc |= {"rounds": 1, "round_gate": {"episodes": 2}, "offline": offline,
+                "collect": {"episodes": 2, "arm": srv.addr, "max_steps": 8}}
+        tiny_pipeline.write_text(yaml.safe_dump(doc))
+        result = run_pipeline(str(tiny_pipeline), [], out=str(tmp_path / "run"), show_progress=False)
+    finally:
+        srv.stop()
+    assert result["status"] == "finished"
+    by = {s["name"]: s["summary"] for s in result["stages"]}
+    assert by["collect_0"]["arm"] == srv.addr and by["collect_0"]["episodes"] == 2
+    assert "object_state" in by["merge_0"]["dropped_keys_data"]
+    with EpisodeStore.open(tmp_path / "run" / "merge_0" / stages.STORE) as st:
+        assert [m.source for m in st.episode_metas()] == ["scripted"] * 3 + ["policy"] * 2
