@@ -159,15 +159,15 @@ def rusage_wait(proc: subprocess.Popen, timeout: float) -> tuple[int, float]:
 
 def run_phase(task: str, seconds: float, artifact: str | None, min_eps: int, max_eps: int, max_steps: int,
               tmp: Path, port: int, keys: Path | None = None, during=None, pin: bool = False,
-              targets: str = "joint", servo: str = "", driver: str = "pybullet") -> dict:
+              targets: str = "joint", servo: str = "", driver: str = "pybullet", seed0: int = 1000) -> dict:
     """Server + controller worker processes; ``keys``: CURVE on (server dir with clients/); ``during(addr)``:
     runs in this process while the worker does (the soak's idle and fuzzing clients) and returns a dict.
     ``pin``: server on CPU 0 (`serve-arm --cpus 0`), controller on CPU 1 (`deploy --cpus 1` does the same).
     ``targets``: the controller's target kind ("cartesian": the server's servo solves IK); ``servo``: serve-arm
     --servo JSON (servo limits; "" = the defaults); ``driver``: serve-arm --driver ("kinematic": the physics-free
-    mock arm, so the servo tick carries no physics step)."""
+    mock arm, so the servo tick carries no physics step); ``seed0``: the episodes run on the scenes of seeds
+    seed0 + 1, seed0 + 2, ..."""
     addr = f"tcp://127.0.0.1:{port}"
-    seed0 = 1000
     stats_path, out_path = tmp / f"server_{task}.json", tmp / f"worker_{task}.json"
     srv = subprocess.Popen([PY, "-m", "robotstack.cli", "serve-arm", "--driver", driver, "--task", task, "--bind",
                             addr, "--seed", str(seed0), "--scenes", str(max_eps + 2), "--stats-out", str(stats_path)]

@@ -6,9 +6,9 @@ the same artifact in MuJoCo (the training physics), same scenes (seeds), same su
 
 Two processes on loopback, as on a robot: `robotstack serve-arm --driver pybullet --task T` (1 kHz servo) and a
 controller worker (bench_control's: onnxruntime PolicyRunner, the runtime Controller; `--targets cartesian` by
-default, as `deploy` sends to a Panda server, or joint), episodes
-back to back on the server's scenes (seeds 1001, 1002, ...). Then the artifact runs in MuJoCo on the same seeds
-through the same PolicyRunner (bench_control.mujoco_success). Reported: success on each with 95% Wilson intervals,
+default, as `deploy` sends to a Panda server, or joint), episodes back to back on the server's scenes (seeds 1001,
+1002, ...; `--seed0` moves them). Then the artifact runs in MuJoCo on the same seeds through the same PolicyRunner
+(bench_control.mujoco_success). Reported: success on each with 95% Wilson intervals,
 the ratio PyBullet / MuJoCo (issue 11's deployment target: >= 0.9), stop reasons and controller latency.
 Results merge per label into bench/results/bench_deploy.json.
 """
@@ -61,6 +61,8 @@ def main() -> None:
                          "its servo solves IK) or joint (IK on the controller, the rows before 2026-11-30)")
     ap.add_argument("--servo", default="", help="the arm server's servo limits, JSON (serve-arm --servo), e.g. "
                                                "'{\"accel_scale\": 1.0}'; recorded with the row")
+    ap.add_argument("--seed0", type=int, default=1000, help="episodes run on the scenes of seeds seed0 + 1, "
+                                                               "seed0 + 2, ... (the rows before 2026-11-30 15:00: 1000)")
     args = ap.parse_args()
     try:  # a bad --servo fails here, not after the episodes (serve-arm checks its keys by name)
         servo = json.loads(args.servo) if args.servo else {}
@@ -72,14 +74,14 @@ def main() -> None:
     label = args.label or f"{args.task}: {Path(args.artifact).name}"
     with tempfile.TemporaryDirectory() as td:
         res = run_phase(args.task, 0.0, args.artifact, args.episodes, args.episodes, args.max_steps, Path(td),
-                        free_base_port(), targets=args.targets, servo=args.servo)
+                        free_base_port(), targets=args.targets, servo=args.servo, seed0=args.seed0)
     eps = res["episodes"]
     pb = np.array([e["success"] for e in eps], bool)
     mj = np.array(mujoco_success(args.task, [e["seed"] for e in eps], args.artifact, args.max_steps), bool)
     k_pb, k_mj, n = int(np.sum(pb)), int(np.sum(mj)), len(eps)
     lat = res["telemetry"]["latency_ms"]
     row = {"task": args.task, "artifact": args.artifact, "episodes": n, "targets": args.targets,
-           "servo": servo,
+           "servo": servo, "seed0": args.seed0,
            "pybullet_success": k_pb / n, "pybullet_ci95": wilson_interval(k_pb, n),
            "mujoco_success": k_mj / n, "mujoco_ci95": wilson_interval(k_mj, n),
            "ratio": (k_pb / k_mj) if k_mj else None,
