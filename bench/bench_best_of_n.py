@@ -9,7 +9,8 @@ exporter (`export_artifact(..., critic=scorer)`) and the real runtime loader (ro
 
 Rows: the plain artifact (same checkpoint exported without a critic: today's path), then the critic artifact run
 with best_of_n = 1, 8, 32, and N = 32 on 2 intra-op threads (a knob: the runtime's default is 1 thread). Per
-row: p50 / p99 of the wall time of `ArtifactPolicy.act` (noise draw, buffer copies, policy call, critic call, argmax) and of the graphs alone (`last_latency_s`); rows are interleaved block by block
+row: p50 / p99 of the wall time of `ArtifactPolicy.act` (noise draw, buffer copies, policy call, critic call,
+argmax) and of the graphs alone (`last_latency_s`); rows are interleaved block by block
 (`--repeats` rounds of `--calls` decisions each) so drift on the shared machine hits every row alike.
 A last row times what batching saves: 32 sequential batch-1 calls of the plain policy graph + the N=32 critic call
 (graphs only). Target (issue 12): N = 32 adds <= 1 ms p99 to a decision. Writes bench/results/bench_best_of_n.json.

@@ -287,7 +287,8 @@ COLUMNS_B = ["task", "method", "success [95% CI]", "train wall", "eval wall"]
 
 
 def rows_a(doc: dict) -> list[list]:
-    """(a) rows of a results doc (this script's table and tools/bench_tables.py's docs/benchmarks.md table)."""
+    """(a) rows of a results doc (this script's table and tools/bench_tables.py's table in
+    docs/benchmarks.md)."""
     ci = lambda lo, hi: f"[{lo:.3f}, {hi:.3f}]"  # noqa: E731
     return [[task, r["policy"], f"{r['estimate']:.3f} {ci(*r['estimate_ci95'])}",
              f"{r['mc_return']:.3f} {ci(*r['mc_ci95'])}", f"{100 * r['rel_error']:.0f}%",

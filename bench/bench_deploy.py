@@ -38,7 +38,8 @@ COLUMNS = ["artifact", "episodes", "PyBullet arm server", "MuJoCo", "PyBullet / 
 
 
 def summary_row(label: str, r: dict) -> list:
-    """One results row -> the COLUMNS cells (this script's table and tools/bench_tables.py's docs/benchmarks.md table)."""
+    """One results row -> the COLUMNS cells (this script's table and tools/bench_tables.py's table in
+    docs/benchmarks.md)."""
     def rate(x: float, ci) -> str:
         return f"{100 * x:.0f}% [{100 * ci[0]:.0f}%, {100 * ci[1]:.0f}%]"
 
@@ -61,8 +62,8 @@ def main() -> None:
                          "its servo solves IK) or joint (IK on the controller, the rows before 2026-11-30)")
     ap.add_argument("--servo", default="", help="the arm server's servo limits, JSON (serve-arm --servo), e.g. "
                                                "'{\"accel_scale\": 1.0}'; recorded with the row")
-    ap.add_argument("--seed0", type=int, default=1000, help="episodes run on the scenes of seeds seed0 + 1, "
-                                                               "seed0 + 2, ... (the rows before 2026-11-30 15:00: 1000)")
+    ap.add_argument("--seed0", type=int, default=1000,
+                    help="episodes run on the scenes of seeds seed0 + 1, seed0 + 2, ... (rows without seed0: 1000)")
     args = ap.parse_args()
     try:  # a bad --servo fails here, not after the episodes (serve-arm checks its keys by name)
         servo = json.loads(args.servo) if args.servo else {}

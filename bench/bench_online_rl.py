@@ -85,7 +85,8 @@ COLUMNS = ["task@variant", "overrides", "start", "end", "eval curve", "train suc
 
 
 def summary_row(key: str, r: dict) -> list:
-    """One results row -> the COLUMNS cells (this script's table and tools/bench_tables.py's docs/benchmarks.md table)."""
+    """One results row -> the COLUMNS cells (this script's table and tools/bench_tables.py's table in
+    docs/benchmarks.md)."""
     ev = r["evals"]
     pct = lambda x: f"{x:.0%}"  # noqa: E731
     tr = [u["train_success"] for u in r["updates"]  # NaN: no episode ended within that update

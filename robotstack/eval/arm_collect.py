@@ -13,6 +13,7 @@ the arm's state (robotstack/core/success.py), as in `deploy`.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -81,8 +82,6 @@ def collect_on_arm(artifact: str | Path, arm: str, out: str | Path, episodes: in
     recorded with seed seed + i (a label on an arm: the server picks its own scenes). Raises ArmUnavailable when
     the server does not answer, and RobotstackError when an episode ends with a stop (e-stop, a server fault):
     the episodes before it (and the stopped one) stay saved, so a second call collects the rest."""
-    import time
-
     from robotstack.core.success import success_fn
     from robotstack.data.recording import open_or_create_store
     from robotstack.runtime.client import ArmClient

@@ -50,7 +50,7 @@ class CollectSection:
     seed: int = 200_000  # round m uses seed + 10_000 m: away from the demos (0..) and the evaluations (100_000..)
     num_envs: int = 1  # sim rollouts only
     # Rollouts on an arm server instead of the sim (rl100.md §4.6: "in sim or on the robot"): the address the
-    # server was started with (its --bind, tcp://HOST:PORT); "" = sim. The user starts the server, as on a robot.
+    # server was started with (its --bind, tcp://HOST:PORT or ipc://DIR); "" = sim. The user starts the server.
     # The accepted policy is exported (`sampler`) and run by the real-time controller as `deploy --record` runs
     # it; merge_m keeps the keys both stores have (the telemetry stays in collect_m). Seeds are labels there.
     arm: str = ""
@@ -172,10 +172,12 @@ class PipelineConfig:
             if c.keys:
                 raise ConfigError(f"collect.keys: {c.keys!r} without collect.arm (the keys are for an arm server)")
             return
-        scheme, sep, rest = c.arm.partition("://")
-        host, colon, port = rest.rpartition(":")
-        if not (sep and scheme == "tcp" and host and colon and port.isdigit()):
-            raise ConfigError(f"collect.arm: {c.arm!r}, expected tcp://HOST:PORT (the arm server's --bind)")
+        from robotstack.runtime.client import arm_endpoints  # the runtime's own address rules (only with an arm)
+
+        try:
+            arm_endpoints(c.arm)
+        except ValueError as e:
+            raise ConfigError(f"collect.arm: {e}") from None
         if c.keys and not Path(c.keys).is_dir():
             raise ConfigError(f"collect.keys: {c.keys} is not a directory (robotstack keys generate --out DIR)")
         if c.sampler not in ARM_SAMPLERS:

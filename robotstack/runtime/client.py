@@ -20,6 +20,15 @@ from robotstack.core.errors import RobotstackError
 from robotstack.core.rotations import mat_to_quat
 
 
+def arm_endpoints(address: str) -> Endpoints:
+    """The arm server's address as given to its --bind (tcp://HOST:PORT or ipc://DIR) -> its three endpoints;
+    ValueError naming the address when it is neither (a port that is not a number included)."""
+    try:
+        return parse_bind(address)
+    except ValueError:  # parse_bind speaks of --bind, or int() of the port: say what the client was given
+        raise ValueError(f"{address!r}: expected tcp://HOST:PORT or ipc://DIR (the arm server's --bind)") from None
+
+
 class ArmUnavailable(RobotstackError):
     """No state / no reply from the arm server (down, wrong address, or our CURVE key was refused)."""
 
@@ -40,7 +49,7 @@ class ArmClient:
     def at(cls, address: str, keys_dir: str = "", robot_id: str = "arm") -> ArmClient:
         """A client of the arm server bound at ``address`` (tcp://HOST:PORT, as its --bind), with the CURVE client
         keys of ``keys_dir`` (client.secret, server.public; "" = no CURVE, loopback servers only)."""
-        return cls(parse_bind(address), load_client_keys(keys_dir) if keys_dir else None, robot_id=robot_id)
+        return cls(arm_endpoints(address), load_client_keys(keys_dir) if keys_dir else None, robot_id=robot_id)
 
     # --- state ------------------------------------------------------------------------------------------
     def poll_state(self, timeout_s: float = 0.0) -> m.RobotState | None:

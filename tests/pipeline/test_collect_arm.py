@@ -67,7 +67,8 @@ def test_collect_on_an_arm_records_every_episode_and_merges_on_the_store_keys(ti
 
 
 @pytest.mark.parametrize("override, message", [
-    ("collect.arm=127.0.0.1:6510", "expected tcp://HOST:PORT"),
+    ("collect.arm=127.0.0.1:6510", "'127.0.0.1:6510': expected tcp://HOST:PORT"),
+    ("collect.arm=tcp://127.0.0.1:port", "'tcp://127.0.0.1:port': expected tcp://HOST:PORT"),
     ("collect.keys=keys", "without collect.arm"),
 ])
 def test_bad_arm_settings_fail_before_any_work(tiny_pipeline, override, message):
