@@ -2,8 +2,9 @@
 
 machine_notes.md §8: pure sleep loops on these VMs see 1-8 ms wake-up outliers; sleeping until ~200 us before
 the deadline and spinning the rest holds p99 jitter in the tens of microseconds. A tick that wakes more than
-`late_tolerance` after its deadline is counted as late and the grid is re-anchored to the next slot instead of
-firing a burst of catch-up ticks.
+`late_tolerance` after its deadline is counted as late and the grid is re-anchored instead of firing a burst of
+catch-up ticks: the slots slept through are skipped, and so is the next one when it is under half a period away
+(a late tick followed 0.3 ms later by the next one would be a two-tick burst; CI caught that case).
 """
 
 from __future__ import annotations
@@ -53,8 +54,9 @@ class RateKeeper:
         on_time = lateness <= self.late_tolerance_s
         if not on_time:
             self.late_ticks += 1
-            missed = int(lateness // self.period)
-            if missed:  # skip the slots we slept through instead of catching up in a burst
+            # skip the slots slept through, rounding so the next tick is 0.5-1.5 periods from now (never a burst)
+            missed = int(lateness / self.period + 0.5)
+            if missed:
                 self.skipped_ticks += missed
                 self.ticks += missed
                 self._next += missed * self.period
