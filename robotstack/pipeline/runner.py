@@ -35,11 +35,25 @@ def _diff(a, b, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix[:-1]}: {a!r} -> {b!r}"]
 
 
+# Options added after pipeline dirs existed, each with the value that does what a dir started without it did: a
+# dir pinned by an older version resumes while the option keeps that value (any other value is another plan).
+_ADDED_OPTIONS = {("collect", "arm"): "", ("collect", "keys"): "", ("collect", "sampler"): "rti",
+                  ("collect", "max_steps"): 0}
+
+
+def _fill_added_options(saved: dict, doc: dict) -> None:
+    for (section, key), before in _ADDED_OPTIONS.items():
+        old = saved.get(section)
+        if isinstance(old, dict) and key not in old and doc[section][key] == before:
+            old[key] = before
+
+
 def _pin_config(cfg: PipelineConfig, root: Path) -> None:
     doc = to_dict(cfg)
     path = root / CONFIG
     if path.is_file():
         saved = json.loads(path.read_text())
+        _fill_added_options(saved, doc)
         if "critic" not in saved and cfg.critic.kind == "none":
             saved["critic"] = doc["critic"]  # a pipeline dir started before critics existed: the same pipeline
         if "round_gate" not in saved and cfg.round_gate.episodes == 0:

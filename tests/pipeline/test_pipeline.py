@@ -203,3 +203,16 @@ def test_a_joint_student_stands_in_for_distillation_only_when_it_kept_up():
     assert joint_student_stands_in({"eval_success_rate": 0.94}, 0.02)[0]  # student not evaluated
     assert joint_student_stands_in(None, 0.02)[0]  # no summary to go by
     assert not joint_student_stands_in({"eval_success_rate": 0.5, "student_eval_success_rate": 0.2}, 0.2)[0]
+
+
+def test_a_dir_pinned_before_new_options_resumes_while_they_stay_at_their_defaults(tiny_pipeline, tmp_path):
+    """A pipeline started by an older version lacks the options added since (collect.arm, .keys, .sampler,
+    .max_steps came later): resuming it with them at their defaults is the same pipeline; using one is refused."""
+    _, root, _, _ = prepare(str(tiny_pipeline), [], str(tmp_path / "old"))
+    saved = json.loads((root / "config.json").read_text())
+    for key in ("arm", "keys", "sampler", "max_steps"):
+        del saved["collect"][key]
+    (root / "config.json").write_text(json.dumps(saved))
+    prepare(str(tiny_pipeline), [], str(root))  # no refusal
+    with pytest.raises(ConfigError, match=r"collect.max_steps: None -> 5"):
+        prepare(str(tiny_pipeline), ["collect.max_steps=5"], str(root))
