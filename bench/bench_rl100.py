@@ -126,7 +126,6 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "bench_rl100.json"
-    previous = json.loads(path.read_text()).get("tasks", {}) if path.exists() else {}
     rows: dict[str, dict] = {}
     for name in [t for t in args.tasks.split(",") if t]:
         try:
@@ -134,8 +133,10 @@ def main() -> None:
         except Exception as exc:  # a failed task is reported, not hidden; the others still run
             traceback.print_exc()
             row = {"task": name, "error": f"{type(exc).__name__}: {exc}"}
-        rows[name] = previous[name] = row | {"machine": machine(), "episodes": args.episodes}
-        write_results("bench_rl100", {"tasks": previous})  # after every task: a long run keeps what it measured
+        rows[name] = row | {"machine": machine(), "episodes": args.episodes}
+        # re-read right before writing: another bench_rl100 process (other tasks) may have written meanwhile
+        previous = json.loads(path.read_text()).get("tasks", {}) if path.exists() else {}
+        write_results("bench_rl100", {"tasks": previous | {name: rows[name]}})  # after every task: keep what it measured
     succ_cols = list(dict.fromkeys(c for r in rows.values() for c in r.get("success", {})))
     wall_cols = list(dict.fromkeys(c for r in rows.values() for c in r.get("wall_s", {}).get("by_stage", {})))
     cols = ["task", "status", *[f"{c} success" for c in succ_cols], "online env steps", "env steps",
