@@ -189,7 +189,7 @@ def test_control_request_reply_in_process_and_timeout():
         t0 = time.monotonic()
         with pytest.raises(ControlTimeout):
             cl.request(ModeRequest("joint_position"), timeout_s=0.2)
-        assert time.monotonic() - t0 < 0.5
+        assert time.monotonic() - t0 < 1.0  # gave up near its 0.2 s timeout (slack for a loaded CI machine)
         stale = srv.recv_control(timeout_s=1.0)
         srv.reply(stale, ModeReply(stale.header.seq, False, "idle"))  # a late reply to the timed-out request
         # next request: the late reply is dropped, the matching one returned
