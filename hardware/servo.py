@@ -38,6 +38,7 @@ from hardware.drivers.base import ArmDriver, ArmInfo, ArmState
 from robotstack.core import ee_action
 from robotstack.core.config import from_dict as read_config
 from robotstack.core.errors import ConfigError
+from robotstack.core.joint_motion import DEFAULT_ACCEL_SCALE, DEFAULT_VELOCITY_SCALE, JointMotion
 from robotstack.core.rotations import quat_to_mat
 from robotstack.core.timing import RateKeeper
 
@@ -71,8 +72,8 @@ class ServoConfig:
 
     rate_hz: float = 1000.0
     joint_margin: float = 0.05  # rad kept inside the driver's hardware range
-    velocity_scale: float = 0.5  # fraction of ArmInfo.dq_max the servo may use
-    accel_scale: float = 0.5  # fraction of ArmInfo.ddq_max
+    velocity_scale: float = DEFAULT_VELOCITY_SCALE  # fraction of ArmInfo.dq_max the servo may use
+    accel_scale: float = DEFAULT_ACCEL_SCALE  # fraction of ArmInfo.ddq_max
     max_step: float | None = None  # rad per tick, every joint; None: the velocity limit times the period
     max_lead: float = 0.3  # rad the command may lead the measured joint position (no wind-up when blocked)
     workspace: Box | str | None = "default"  # ((lo x,y,z), (hi x,y,z)) TCP box, base frame; "default":
@@ -223,7 +224,7 @@ class ServoCore:
         self.v_max = info.dq_max * c.velocity_scale
         self.a_max = info.ddq_max * c.accel_scale
         self._a_dt = self.a_max * self.period
-        self._two_a = 2.0 * self.a_max
+        self.motion = JointMotion(self.v_max, self.a_max, self.rate)
         self._hb_timeout_ns = c.heartbeat_timeout_s * 1e9
         self.max_step = (self.v_max * self.period if c.max_step is None
                          else np.minimum(np.full(info.dof, c.max_step), self.v_max * self.period))
@@ -528,12 +529,10 @@ class ServoCore:
                     act.applied = True
                     if act.seq is not None:
                         self.last_target_applied_ns = now_ns
-                err = act.q - q
-                step = self._track(act, err, v, now_ns) * self.period
-                # land exactly instead of overshooting by a sub-tick step
-                over = (abs(step) >= abs(err)) & (step * err >= 0)
-                if over.any():
-                    step = np.where(over, err, step)
+                remaining = None if act.target_time_ns is None else (act.target_time_ns - now_ns) * 1e-9
+                step, limited = self.motion.step(act.q - q, v, remaining)
+                if limited:
+                    c.clamps["acceleration"] += 1
                 self.state = "tracking"
                 if act.gripper is not None:
                     self._grip_cmd = act.gripper
@@ -571,22 +570,6 @@ class ServoCore:
                 self.hold_reason = "home"
             return TickOutput(q=q_next.copy(), gripper=self._grip_cmd, state=self.state, mode=self.mode,
                               target_seq=None if act is None else act.seq)
-
-    def _track(self, act: _Active, e: np.ndarray, v: np.ndarray, now_ns: int) -> np.ndarray:
-        """Velocity for this tick: straight line in joint space (all joints scaled together), each joint within
-        its velocity limit and able to brake to rest at the goal; arrive at target_time_ns when given."""
-        ae = np.maximum(abs(e), 1e-12)
-        # per joint: the largest gap fraction per second that keeps |v| <= v_max and |v| <= sqrt(2 a |e|)
-        ratio = np.minimum(self.v_max / ae, np.sqrt(self._two_a / ae))
-        scale = min(self.rate, float(ratio.min()))  # at most close the whole gap in one tick
-        if act.target_time_ns is not None:
-            remaining = (act.target_time_ns - now_ns) * 1e-9
-            scale = min(scale, 1.0 / max(remaining, self.period))
-        v_des = e * scale
-        v_new = np.minimum(np.maximum(v_des, v - self._a_dt), v + self._a_dt)
-        if (abs(v_new - v_des) > 1e-9).any():
-            self.counters.clamps["acceleration"] += 1
-        return v_new
 
     # --- helpers -----------------------------------------------------------------------------------------------
     def _outside(self, p: np.ndarray) -> float:

@@ -4,7 +4,9 @@ Control: the end-effector action contract of robotstack/core/ee_action.py (actio
 in [-1, 1] moves a Cartesian TCP target by at most `max_step_pos` metres (and `max_step_yaw` rad) per control step,
 inside the workspace box; gripper > 0 closes); `kinematics.solve_ik` turns the target into joint position targets
 for the arm servos. ``action_mode="absolute"`` (``sim.make(task, action_mode="absolute")``) makes the action the
-TCP target itself, normalised over the workspace box (the contract's absolute mode).
+TCP target itself, normalised over the workspace box (the contract's absolute mode). ``servo={...}`` (the task
+variants ``<task>@servo``) moves the arm as the arm server's servo does instead of reaching each target within the
+step (ServoArm).
 Observation keys come from robotstack.core.keys (see docs/CONTRACTS.md).
 """
 
@@ -24,6 +26,7 @@ from robotstack.core import kinematics as kin
 from robotstack.core import rotations as rot
 from robotstack.core.config import from_dict, to_dict
 from robotstack.core.errors import ConfigError
+from robotstack.core.joint_motion import DEFAULT_ACCEL_SCALE, DEFAULT_VELOCITY_SCALE, JointMotion
 from sim import panda_scene as ps
 
 YAW_LIMIT = ee.YAW_LIMIT  # the experts plan yaws inside it
@@ -57,6 +60,28 @@ class Randomize:
     @classmethod
     def read(cls, randomize: "dict | Randomize | None") -> "Randomize":
         return randomize if isinstance(randomize, cls) else from_dict(cls, randomize or {}, "randomize")
+
+
+@dataclass(frozen=True)
+class ServoArm:
+    """The arm moved as the arm server's servo moves it (``sim.make(..., servo={...})``, or the task name
+    ``<task>@servo`` for the defaults): at every physics step the commanded joint position approaches the IK target
+    by robotstack.core.joint_motion (the servo's own interpolation) under these fractions of the Panda's rated joint
+    velocity and acceleration, instead of being the target at once. The defaults are the arm server's
+    (hardware/servo.py ServoConfig). Only the interpolation is shared: the servo's lead, joint-range and workspace
+    clamps are safety bounds that ordinary motion does not reach. Read strictly (unknown keys fail by name)."""
+
+    velocity_scale: float = DEFAULT_VELOCITY_SCALE
+    accel_scale: float = DEFAULT_ACCEL_SCALE
+
+    def __post_init__(self) -> None:
+        for k, v in to_dict(self).items():
+            if not 0 < v <= 1:
+                raise ConfigError(f"servo: {k}={v!r}: expected a fraction of the rated limit in (0, 1]")
+
+    @classmethod
+    def read(cls, servo: "dict | ServoArm | None") -> "ServoArm | None":
+        return servo if isinstance(servo, cls) or servo is None else from_dict(cls, servo, "servo")
 
 
 class Task(Protocol):
@@ -95,6 +120,8 @@ class PandaEnv(gym.Env):
         physics_hz: float = 500.0,
         max_episode_steps: int | None = None,
         randomize: dict | Randomize | None = None,
+        servo: dict | ServoArm | None = None,
+        name: str | None = None,
         shaped_reward: bool = False,
         max_step_pos: float = ee.MAX_STEP_POS,
         max_step_yaw: float = ee.MAX_STEP_YAW,
@@ -105,6 +132,7 @@ class PandaEnv(gym.Env):
         render_size: tuple[int, int] = (240, 320),
     ):
         self.task = task
+        self.name = name or task.name  # the registry name: a variant (push@servo) is another task to stores and runs
         self.cameras = tuple(cameras)
         self.image_size = int(image_size)
         self.control_hz = float(control_hz)
@@ -113,6 +141,11 @@ class PandaEnv(gym.Env):
             raise ConfigError(f"physics_hz={physics_hz} must be an integer multiple of control_hz={control_hz}")
         self.max_episode_steps = int(max_episode_steps or task.max_episode_steps)
         self.randomize = Randomize.read(randomize)
+        self.servo = ServoArm.read(servo)
+        # the servo arm: its commanded joint position and velocity, stepped at the physics rate
+        self._motion = None if self.servo is None else JointMotion(
+            kin.DQ_MAX * self.servo.velocity_scale, kin.DDQ_MAX * self.servo.accel_scale, physics_hz)
+        self._q_servo, self._v_servo = kin.HOME_Q.copy(), np.zeros(7)
         self.use_shaped_reward = bool(shaped_reward)
         self.max_step_pos = float(max_step_pos)
         self.max_step_yaw = float(max_step_yaw)
@@ -185,6 +218,7 @@ class PandaEnv(gym.Env):
         d.ctrl[self.h.arm_act] = q0
         d.ctrl[self.h.finger_act] = ee.per_finger_opening(t.gripper)
         self.q_cmd = q0
+        self._q_servo, self._v_servo = q0.copy(), np.zeros(7)
         self.target_pos, self.target_yaw, self.gripper_cmd = t.pos, t.yaw, t.gripper
 
         self.task.reset(self, rng)
@@ -203,7 +237,10 @@ class PandaEnv(gym.Env):
             self._latency_queue.append(a)
             a = self._latency_queue.popleft()
         self._apply_action(a)
-        mujoco.mj_step(self.model, self.data, nstep=self.n_substeps)
+        if self._motion is None:
+            mujoco.mj_step(self.model, self.data, nstep=self.n_substeps)
+        else:
+            self._step_servo_arm()
         self.steps += 1
         success = bool(self.task.is_success(self))
         reward = float(success)
@@ -274,7 +311,7 @@ class PandaEnv(gym.Env):
 
     def task_spec(self) -> dict[str, Any]:
         return {
-            "task": self.task.name,
+            "task": self.name,
             "control_hz": self.control_hz,
             "physics_hz": self.control_hz * self.n_substeps,
             "action_names": list(self.action_names),
@@ -290,6 +327,7 @@ class PandaEnv(gym.Env):
             "object_bodies": list(self.task.object_bodies),
             "success_tolerance": dict(self.task.success_tolerance),
             "randomize": to_dict(self.randomize),
+            "servo": None if self.servo is None else to_dict(self.servo),
             # what an export manifest carries for the runtime (robotstack/core/manifest.py): the success
             # criterion as data, the robot, and the end-effector action contract (core/ee_action.py EEActionSpec)
             "success": self.task.success_criterion,
@@ -306,8 +344,19 @@ class PandaEnv(gym.Env):
         # 2 DLS iterations warm-started from the last command: targets move <= 2 cm per step, so the residual
         # (< 0.1 mm) is carried into the next step; full convergence would cost ~2x per step
         self.q_cmd = kin.solve_ik(self.q_cmd, self.target_pos, self.target_yaw, iters=self.ik_iters)
-        self.data.ctrl[self.h.arm_act] = self.q_cmd
+        if self._motion is None:
+            self.data.ctrl[self.h.arm_act] = self.q_cmd
         self.data.ctrl[self.h.finger_act] = ee.per_finger_opening(self.gripper_cmd)
+
+    def _step_servo_arm(self) -> None:
+        """One control step of physics with the servo's interpolation toward q_cmd at every physics step."""
+        ctrl, act = self.data.ctrl, self.h.arm_act
+        for _ in range(self.n_substeps):
+            dq, _ = self._motion.step(self.q_cmd - self._q_servo, self._v_servo)
+            self._q_servo = self._q_servo + dq
+            self._v_servo = dq * self._motion.rate
+            ctrl[act] = self._q_servo
+            mujoco.mj_step(self.model, self.data)
 
     def _get_obs(self) -> dict[str, np.ndarray]:
         d, h = self.data, self.h

@@ -1,6 +1,9 @@
 """Task registry: `make(name, **kwargs)`, `task_names()`, `make_expert(env, noise, seed)`.
 
 Names prefixed `mw:` are Meta-World tasks handled by sim.metaworld_env (imported lazily: it needs metaworld).
+A name suffixed `@servo` (`push@servo`) is the task with the arm moved as the arm server's default servo moves it
+(sim.base_env.ServoArm): its own task name everywhere (stores, checkpoints, manifests), so data and policies of the
+two arms never mix, and every stage that makes the env from the name gets the same arm.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from sim.tasks.reach import ReachTask
 from sim.tasks.stack import StackTask
 
 MW_PREFIX = "mw:"
+SERVO_SUFFIX = "@servo"
 
 TASKS: dict[str, Callable[[], object]] = {
     "reach": ReachTask,
@@ -37,15 +41,21 @@ def make(name: str, **kwargs) -> gym.Env:
     """Build a task env. kwargs: seed, cameras, image_size, control_hz, physics_hz, max_episode_steps,
     randomize, shaped_reward, ... (see sim.base_env.PandaEnv)."""
     if name.startswith(MW_PREFIX):
+        if name.endswith(SERVO_SUFFIX):
+            raise UnknownTaskError(f"unknown task {name!r}: '{SERVO_SUFFIX}' (the arm server's servo arm) is for the "
+                                   f"Panda tasks {task_names()}; Meta-World's Sawyer is driven by mocap")
         from sim.metaworld_env import make_metaworld  # lazy: optional heavy dependency
 
         return make_metaworld(name[len(MW_PREFIX):], **kwargs)
-    if name not in TASKS:
+    base = name.removesuffix(SERVO_SUFFIX)
+    if base not in TASKS:
         raise UnknownTaskError(
-            f"unknown task {name!r}; known tasks: {task_names()} and '{MW_PREFIX}<metaworld-v3-name>' "
-            f"(e.g. '{MW_PREFIX}pick-place-v3')"
+            f"unknown task {name!r}; known tasks: {task_names()}, each also as '<task>{SERVO_SUFFIX}' (the arm "
+            f"server's servo arm), and '{MW_PREFIX}<metaworld-v3-name>' (e.g. '{MW_PREFIX}pick-place-v3')"
         )
-    return PandaEnv(TASKS[name](), **kwargs)
+    if base != name:
+        kwargs.setdefault("servo", {})
+    return PandaEnv(TASKS[base](), name=name, **kwargs)
 
 
 def make_expert(env: gym.Env, noise: float = 0.0, seed: int | None = None):

@@ -20,16 +20,16 @@ from typing import Any, Callable, Protocol, runtime_checkable
 import numpy as np
 
 from robotstack.core import keys
+from robotstack.core import kinematics as kin
 from robotstack.core.config import from_dict as read_config, to_dict
 from robotstack.core.ee_action import GRIPPER_CLOSED, GRIPPER_OPEN
 from robotstack.core.errors import ConfigError, DeviceUnavailableError, RobotstackError
 # re-exported: the vendor drivers convert their SDK's orientation with these
 
 
-# Franka Panda datasheet velocity / acceleration limits (shared by the pybullet, MuJoCo-twin and franka drivers)
 PANDA_JOINTS = tuple(f"panda_joint{i}" for i in range(1, 8))
-PANDA_DQ_MAX = np.array([2.175, 2.175, 2.175, 2.175, 2.61, 2.61, 2.61])
-PANDA_DDQ_MAX = np.array([15.0, 7.5, 10.0, 12.5, 15.0, 20.0, 20.0])
+# Franka Panda datasheet velocity / acceleration limits (shared by the pybullet, MuJoCo-twin and franka drivers)
+PANDA_DQ_MAX, PANDA_DDQ_MAX = kin.DQ_MAX, kin.DDQ_MAX
 # the Franka Hand, in the one gripper unit (total opening of both fingers, m; robotstack/core/ee_action.py)
 PANDA_GRIPPER_RANGE = (GRIPPER_CLOSED, GRIPPER_OPEN)
 
@@ -274,8 +274,6 @@ class AsyncGripper:
 def panda_info(name: str, *, simulated: bool, object_names=(), vendor: str = "", rate_hz: float = 1000.0,
                q_min=None, q_max=None, gripper_range=PANDA_GRIPPER_RANGE) -> ArmInfo:
     """ArmInfo of a Franka Panda; joint range defaults to the URDF's (robotstack.core.kinematics)."""
-    from robotstack.core import kinematics as kin
-
     return ArmInfo(
         name=name, dof=7, joint_names=PANDA_JOINTS,
         q_min=kin.JOINT_LOWER if q_min is None else q_min, q_max=kin.JOINT_UPPER if q_max is None else q_max,

@@ -41,6 +41,9 @@ TCP_OFFSET = 0.1034  # hand origin -> TCP along hand z
 JOINT_LOWER = np.array([-2.9671, -1.8326, -2.9671, -3.1416, -2.9671, -0.0873, -2.9671])
 JOINT_UPPER = np.array([2.9671, 1.8326, 2.9671, 0.0, 2.9671, 3.8223, 2.9671])
 JOINT_LIMIT_MARGIN = 0.05
+# Franka Panda datasheet velocity / acceleration limits (the drivers' ArmInfo; the servo and the sim's servo arm)
+DQ_MAX = np.array([2.175, 2.175, 2.175, 2.175, 2.61, 2.61, 2.61])
+DDQ_MAX = np.array([15.0, 7.5, 10.0, 12.5, 15.0, 20.0, 20.0])
 _LO = JOINT_LOWER + JOINT_LIMIT_MARGIN
 _HI = JOINT_UPPER - JOINT_LIMIT_MARGIN
 FINGER_MAX = 0.04  # per finger joint (m); opening = sum of both
