@@ -98,6 +98,8 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
     for name in sim.task_names():
         print(name)
+    print(f"<task>{sim.SERVO_SUFFIX}  any task above with the arm server's servo arm (velocity and acceleration "
+          "limits), e.g. push@servo")
     print("mw:<name>  any Meta-World v3 task, e.g. mw:pick-place-v3")
     return 0
 
