@@ -13,6 +13,7 @@ from typing import Callable
 import gymnasium as gym
 
 from robotstack.core.errors import UnknownTaskError
+from robotstack.core.joint_motion import SERVO_TASK_SUFFIX, base_task
 from sim.base_env import PandaEnv
 from sim.tasks.pick_place import PickPlaceTask
 from sim.tasks.push import PushTask
@@ -21,7 +22,7 @@ from sim.tasks.reach import ReachTask
 from sim.tasks.stack import StackTask
 
 MW_PREFIX = "mw:"
-SERVO_SUFFIX = "@servo"
+SERVO_SUFFIX = SERVO_TASK_SUFFIX
 
 TASKS: dict[str, Callable[[], object]] = {
     "reach": ReachTask,
@@ -47,7 +48,7 @@ def make(name: str, **kwargs) -> gym.Env:
         from sim.metaworld_env import make_metaworld  # lazy: optional heavy dependency
 
         return make_metaworld(name[len(MW_PREFIX):], **kwargs)
-    base = name.removesuffix(SERVO_SUFFIX)
+    base = base_task(name)
     if base not in TASKS:
         raise UnknownTaskError(
             f"unknown task {name!r}; known tasks: {task_names()}, each also as '<task>{SERVO_SUFFIX}' (the arm "

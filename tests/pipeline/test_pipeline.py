@@ -216,3 +216,15 @@ def test_a_dir_pinned_before_new_options_resumes_while_they_stay_at_their_defaul
     prepare(str(tiny_pipeline), [], str(root))  # no refusal
     with pytest.raises(ConfigError, match=r"collect.max_steps: None -> 5"):
         prepare(str(tiny_pipeline), ["collect.max_steps=5"], str(root))
+
+
+def test_a_servo_arm_pipeline_runs_its_base_tasks_stage_configs(tiny_pipeline, tmp_path):
+    """task: reach@servo (the arm server's servo arm in the sim) uses reach's stage YAMLs; every stage runs the
+    variant; another task's stage YAML is still refused."""
+    il_yaml = tiny_pipeline.parent / "il.yaml"
+    il_yaml.write_text(yaml.safe_dump(yaml.safe_load(il_yaml.read_text()) | {"task": "reach"}))
+    _, _, plan, _ = prepare(str(tiny_pipeline), ["task=reach@servo"], str(tmp_path / "run"))
+    il = next(s for s in plan if s.name == "il_0")
+    assert resolve_config(il.config, il.overrides, None).task == "reach@servo"
+    with pytest.raises(ConfigError, match=r"task 'push@servo' but il.config .* is for task 'reach'"):
+        prepare(str(tiny_pipeline), ["task=push@servo"], str(tmp_path / "other"))
