@@ -134,9 +134,10 @@ def main() -> None:
             traceback.print_exc()
             row = {"task": name, "error": f"{type(exc).__name__}: {exc}"}
         rows[name] = row | {"machine": machine(), "episodes": args.episodes}
-        # re-read right before writing: another bench_rl100 process (other tasks) may have written meanwhile
+        # after every task (a long run keeps what it measured), re-reading the file right before: another
+        # bench_rl100 process running other tasks may have written meanwhile
         previous = json.loads(path.read_text()).get("tasks", {}) if path.exists() else {}
-        write_results("bench_rl100", {"tasks": previous | {name: rows[name]}})  # after every task: keep what it measured
+        write_results("bench_rl100", {"tasks": previous | {name: rows[name]}})
     succ_cols = list(dict.fromkeys(c for r in rows.values() for c in r.get("success", {})))
     wall_cols = list(dict.fromkeys(c for r in rows.values() for c in r.get("wall_s", {}).get("by_stage", {})))
     cols = ["task", "status", *[f"{c} success" for c in succ_cols], "online env steps", "env steps",
