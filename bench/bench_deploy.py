@@ -2,7 +2,7 @@
 the same artifact in MuJoCo (the training physics), same scenes (seeds), same success criterion.
 
     python bench/bench_deploy.py --artifact runs/bench_il/push@goal_frame_run/artifact_cm1_ctm_1000 \
-        [--task push] [--episodes 50] [--max-steps 200] [--label "push IL CM-1"]
+        [--task TASK (default: the manifest's)] [--episodes 50] [--max-steps 200] [--label "push IL CM-1"]
 
 Two processes on loopback, as on a robot: `robotstack serve-arm --driver pybullet --task T` (1 kHz servo) and a
 controller worker (bench_control's: onnxruntime PolicyRunner, the runtime Controller; `--targets cartesian` by
@@ -53,7 +53,8 @@ def summary_row(label: str, r: dict) -> list:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--artifact", required=True)
-    ap.add_argument("--task", default="push")
+    ap.add_argument("--task", default="", help="default: the artifact manifest's task (push@servo runs the servo "
+                                               "arm in the MuJoCo column)")
     ap.add_argument("--episodes", type=int, default=50)
     ap.add_argument("--max-steps", type=int, default=200)
     ap.add_argument("--label", default="", help="results key (default: task + artifact dir name)")
@@ -70,7 +71,10 @@ def main() -> None:
     except ValueError as e:
         raise SystemExit(f"--servo {args.servo!r}: {e}") from None
     from hardware.protocol.transport import free_base_port
+    from robotstack.core.manifest import read_manifest
     from robotstack.eval.metrics import wilson_interval
+
+    args.task = args.task or read_manifest(args.artifact).task["name"]
 
     label = args.label or f"{args.task}: {Path(args.artifact).name}"
     with tempfile.TemporaryDirectory() as td:
