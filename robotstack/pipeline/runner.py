@@ -35,17 +35,27 @@ def _diff(a, b, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix[:-1]}: {a!r} -> {b!r}"]
 
 
-# Options added after pipeline dirs existed, each with the value that does what a dir started without it did: a
-# dir pinned by an older version resumes while the option keeps that value (any other value is another plan).
-_ADDED_OPTIONS = {("collect", "arm"): "", ("collect", "keys"): "", ("collect", "sampler"): "rti",
-                  ("collect", "max_steps"): 0}
+# Options added after pipeline dirs existed, each with a test of whether the run does what a dir started without
+# it did: a dir pinned by an older version resumes while the test holds (anything else is another plan). A path of
+# one key is a whole section.
+_ADDED_OPTIONS = {
+    ("critic",): lambda c: c["kind"] == "none",  # before critics: no critic stage
+    ("round_gate",): lambda g: g["episodes"] == 0,  # before the round gate: il_{m+1} went on unchecked
+    ("collect", "arm"): lambda v: v == "",  # before collect.arm: rollouts in sim
+    ("collect", "keys"): lambda v: v == "",
+    ("collect", "sampler"): lambda v: v == "rti",
+    ("collect", "max_steps"): lambda v: v == 0,
+}
 
 
 def _fill_added_options(saved: dict, doc: dict) -> None:
-    for (section, key), before in _ADDED_OPTIONS.items():
-        old = saved.get(section)
-        if isinstance(old, dict) and key not in old and doc[section][key] == before:
-            old[key] = before
+    for path, same_as_before in _ADDED_OPTIONS.items():
+        *parents, key = path
+        old, new = saved, doc
+        for p in parents:
+            old, new = old.get(p), new[p]
+        if isinstance(old, dict) and key not in old and same_as_before(new[key]):
+            old[key] = new[key]
 
 
 def _pin_config(cfg: PipelineConfig, root: Path) -> None:
@@ -54,10 +64,6 @@ def _pin_config(cfg: PipelineConfig, root: Path) -> None:
     if path.is_file():
         saved = json.loads(path.read_text())
         _fill_added_options(saved, doc)
-        if "critic" not in saved and cfg.critic.kind == "none":
-            saved["critic"] = doc["critic"]  # a pipeline dir started before critics existed: the same pipeline
-        if "round_gate" not in saved and cfg.round_gate.episodes == 0:
-            saved["round_gate"] = doc["round_gate"]  # started before the round gate existed: the same plan
         changes = _diff(saved, doc)
         if changes:
             raise ConfigError(f"--out {root} holds a pipeline started with another config ({'; '.join(changes)}); "
