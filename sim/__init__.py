@@ -1,5 +1,5 @@
 """MuJoCo task suite (Panda tasks + Meta-World adapter) and scripted experts."""
 
-from sim.registry import SERVO_SUFFIX, make, make_expert, task_names
+from sim.registry import make, make_expert, task_names
 
-__all__ = ["SERVO_SUFFIX", "make", "make_expert", "task_names"]
+__all__ = ["make", "make_expert", "task_names"]

@@ -22,7 +22,6 @@ from sim.tasks.reach import ReachTask
 from sim.tasks.stack import StackTask
 
 MW_PREFIX = "mw:"
-SERVO_SUFFIX = SERVO_TASK_SUFFIX
 
 TASKS: dict[str, Callable[[], object]] = {
     "reach": ReachTask,
@@ -42,16 +41,16 @@ def make(name: str, **kwargs) -> gym.Env:
     """Build a task env. kwargs: seed, cameras, image_size, control_hz, physics_hz, max_episode_steps,
     randomize, shaped_reward, ... (see sim.base_env.PandaEnv)."""
     if name.startswith(MW_PREFIX):
-        if name.endswith(SERVO_SUFFIX):
-            raise UnknownTaskError(f"unknown task {name!r}: '{SERVO_SUFFIX}' (the arm server's servo arm) is for the "
-                                   f"Panda tasks {task_names()}; Meta-World's Sawyer is driven by mocap")
+        if name.endswith(SERVO_TASK_SUFFIX):
+            raise UnknownTaskError(f"unknown task {name!r}: '{SERVO_TASK_SUFFIX}' (the arm server's servo arm) is for "
+                                   f"the Panda tasks {task_names()}; Meta-World's Sawyer is driven by mocap")
         from sim.metaworld_env import make_metaworld  # lazy: optional heavy dependency
 
         return make_metaworld(name[len(MW_PREFIX):], **kwargs)
     base = base_task(name)
     if base not in TASKS:
         raise UnknownTaskError(
-            f"unknown task {name!r}; known tasks: {task_names()}, each also as '<task>{SERVO_SUFFIX}' (the arm "
+            f"unknown task {name!r}; known tasks: {task_names()}, each also as '<task>{SERVO_TASK_SUFFIX}' (the arm "
             f"server's servo arm), and '{MW_PREFIX}<metaworld-v3-name>' (e.g. '{MW_PREFIX}pick-place-v3')"
         )
     if base != name:

@@ -95,10 +95,11 @@ def cmd_data_merge(args: argparse.Namespace) -> int:
 
 def cmd_tasks(args: argparse.Namespace) -> int:
     import sim
+    from robotstack.core.joint_motion import SERVO_TASK_SUFFIX
 
     for name in sim.task_names():
         print(name)
-    print(f"<task>{sim.SERVO_SUFFIX}  any task above with the arm server's servo arm (velocity and acceleration "
+    print(f"<task>{SERVO_TASK_SUFFIX}  any task above with the arm server's servo arm (velocity and acceleration "
           "limits), e.g. push@servo")
     print("mw:<name>  any Meta-World v3 task, e.g. mw:pick-place-v3")
     return 0
