@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -129,7 +128,7 @@ def mujoco_success(task: str, seeds: list[int], artifact: str | None, max_steps:
         obs, _ = env.reset(seed=seed)
         pol = PolicyRunner(artifact) if artifact else ExpertPolicy(task)
         pol.reset()
-        ok, queue, done = False, [], False
+        ok, queue = False, []
         for _ in range(max_steps):  # like the runtime: push every step, infer when the chunk (Ta) is used up
             pol.push(obs)
             if not queue:
