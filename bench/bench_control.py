@@ -196,6 +196,7 @@ def run_phase(task: str, seconds: float, artifact: str | None, min_eps: int, max
     res["server"] = json.loads(stats_path.read_text())
     res["cpu"] = {"server_core_fraction": srv_cpu / wall, "controller_core_fraction": wk_cpu / wall, "wall_s": wall}
     res["side"] = side
+    res["driver"] = driver
     return res
 
 
@@ -432,7 +433,7 @@ def timing_rows(res: dict) -> list[list[str]]:
     tel = res["telemetry"]
     lat = tel["latency_ms"]
     rows = [
-        ["servo period (PyBullet, 1 kHz)", f"{per['p50'] / 1e3:.3f}", f"{per['p99'] / 1e3:.3f}",
+        [f"servo period ({res.get('driver', 'pybullet')}, 1 kHz)", f"{per['p50'] / 1e3:.3f}", f"{per['p99'] / 1e3:.3f}",
          f"{per['p999'] / 1e3:.3f}", f"{per['max'] / 1e3:.3f}", f"late {loop['late_ticks']} / {loop['ticks']} ticks"],
         ["servo work per tick", f"{loop['work_us']['p50'] / 1e3:.3f}", f"{loop['work_us']['p99'] / 1e3:.3f}",
          f"{loop['work_us']['p999'] / 1e3:.3f}", f"{loop['work_us']['max'] / 1e3:.3f}",
@@ -481,6 +482,10 @@ def main() -> None:
     ap.add_argument("--kinematic", action="store_true",
                     help="repeat phase 1 on the physics-free kinematic arm (serve-arm --driver kinematic; with "
                          "--pin / --cartesian as given): the runtime's own timing, as polymetis' mock-arm numbers")
+    ap.add_argument("--driver", default="pybullet", choices=["pybullet", "kinematic"],
+                    help="phase 1's arm: kinematic needs no pybullet (a machine without it, e.g. the GPU box) and "
+                         "writes bench_control_kinematic.json; phase 2 (push) needs physics, so pass "
+                         "--push-episodes 0 with it")
     ap.add_argument("--ort-knobs", action="store_true", help="only measure onnxruntime session options")
     ap.add_argument("--soak-seconds", type=float, default=0.0,
                     help="only the soak: CURVE controller + idle authenticated client + fuzzer for this long")
@@ -499,23 +504,27 @@ def main() -> None:
         return
     from hardware.protocol.transport import free_base_port
 
+    if args.driver == "kinematic" and args.push_episodes > 0:
+        raise SystemExit("--driver kinematic: the push phase needs a physics arm; pass --push-episodes 0")
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         if args.policy_artifact:
-            artifact, what = args.policy_artifact, f"trained policy {args.policy_artifact}"
+            artifact, what = args.policy_artifact, f"artifact {args.policy_artifact}"
         else:
             from robotstack.export.tiny import export_tiny
 
             artifact = str(export_tiny(tmp / "reach_policy", task_spec("reach")))
             what = "tiny DDIM-2, NOT trained: timing only"
         print(f"phase 1: reach, exported ONNX policy ({what}), >= {args.seconds:.0f} s ...", flush=True)
-        reach = run_phase("reach", args.seconds, artifact, args.min_episodes, 400, 100, tmp, free_base_port())
+        reach = run_phase("reach", args.seconds, artifact, args.min_episodes, 400, 100, tmp, free_base_port(),
+                          driver=args.driver, targets=args.targets)
         variants = {}  # the same phase 1 again, right after: side by side
         if args.pin:
-            variants["pinned (server CPU 0, controller CPU 1)"] = dict(pin=True)
+            variants["pinned (server CPU 0, controller CPU 1)"] = dict(pin=True, driver=args.driver)
         if args.cartesian:
-            variants["Cartesian targets" + (", pinned" if args.pin else "")] = dict(pin=args.pin, targets="cartesian")
-        if args.kinematic:  # polymetis' reference is measured on a mock arm: the same phase with no physics step
+            variants["Cartesian targets" + (", pinned" if args.pin else "")] = dict(
+                pin=args.pin, targets="cartesian", driver=args.driver)
+        if args.kinematic and args.driver != "kinematic":  # polymetis' reference is measured on a mock arm: the same phase with no physics step
             label = "kinematic arm (no physics)" + (", Cartesian" if args.cartesian else "") + (
                 ", pinned" if args.pin else "")
             variants[label] = dict(pin=args.pin, targets="cartesian" if args.cartesian else "joint",
@@ -552,9 +561,9 @@ def main() -> None:
         for label, res in other.items():
             rows += [[f"{r[0]}, {label}", *r[1:]] for r in timing_rows(res)]
     rows += REFERENCE_ROWS
-    t1 = print_table("control loop timing (ms), server + controller processes on loopback, "
+    t1 = print_table(f"control loop timing (ms), {args.driver} arm server + controller processes on loopback, "
                      f"{reach['cpu']['wall_s']:.0f} s", ["what", "p50", "p99", "p99.9", "max", "note"], rows)
-    cpu = [["arm server (pybullet, 1 kHz)", f"{reach['cpu']['server_core_fraction']:.2f}"],
+    cpu = [[f"arm server ({args.driver}, 1 kHz)", f"{reach['cpu']['server_core_fraction']:.2f}"],
            ["controller (ONNX + IK, event-driven, 20 Hz policy)", f"{reach['cpu']['controller_core_fraction']:.2f}"]]
     t2 = print_table("CPU use (cores, user+sys / wall)", ["process", "cores"], cpu)
 
@@ -571,9 +580,10 @@ def main() -> None:
     if push is not None:
         succ.append(["push", "scripted expert through the runtime (not a learned policy)",
                      rate([e["success"] for e in push["episodes"]]), rate(push_mj)])
-    t3 = print_table("task success, PyBullet arm via server+controller vs MuJoCo env (same seeds)",
-                     ["task", "policy", "PyBullet (runtime path)", "MuJoCo (env)"], succ)
-    path = write_results("bench_control", {"reach": reach, "reach_variants": other, "reach_mujoco": reach_mj, "trained_reach": trained,
+    t3 = print_table(f"task success, {args.driver} arm via server+controller vs MuJoCo env (same seeds)",
+                     ["task", "policy", f"{args.driver} (runtime path)", "MuJoCo (env)"], succ)
+    name = "bench_control" if args.driver == "pybullet" else f"bench_control_{args.driver}"
+    path = write_results(name, {"driver": args.driver, "reach": reach, "reach_variants": other, "reach_mujoco": reach_mj, "trained_reach": trained,
                                            "trained_reach_mujoco": trained_mj, "push": push,
                                            "push_mujoco": push_mj, "tables": [t1, t2, t3]})
     print(f"wrote {path}")
