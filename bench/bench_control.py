@@ -474,7 +474,7 @@ def main() -> None:
     ap.add_argument("--trained-episodes", type=int, default=50)
     ap.add_argument("--keys", default="", help="(worker) client CURVE key dir")
     ap.add_argument("--cpus", default="", help="(worker) pin the controller to these CPUs")
-    ap.add_argument("--targets", default="joint", choices=["joint", "cartesian"], help="(worker) target kind")
+    ap.add_argument("--targets", default="joint", choices=["joint", "cartesian"], help="target kind (worker; and phase 1's)")
     ap.add_argument("--pin", action="store_true",
                     help="phase 1 again, side by side: server on CPU 0 and controller on CPU 1")
     ap.add_argument("--cartesian", action="store_true",
@@ -524,7 +524,8 @@ def main() -> None:
         if args.cartesian:
             variants["Cartesian targets" + (", pinned" if args.pin else "")] = dict(
                 pin=args.pin, targets="cartesian", driver=args.driver)
-        if args.kinematic and args.driver != "kinematic":  # polymetis' reference is measured on a mock arm: the same phase with no physics step
+        # polymetis' reference is measured on a mock arm: the same phase with no physics step
+        if args.kinematic and args.driver != "kinematic":
             label = "kinematic arm (no physics)" + (", Cartesian" if args.cartesian else "") + (
                 ", pinned" if args.pin else "")
             variants[label] = dict(pin=args.pin, targets="cartesian" if args.cartesian else "joint",
