@@ -584,9 +584,9 @@ def main() -> None:
     t3 = print_table(f"task success, {args.driver} arm via server+controller vs MuJoCo env (same seeds)",
                      ["task", "policy", f"{args.driver} (runtime path)", "MuJoCo (env)"], succ)
     name = "bench_control" if args.driver == "pybullet" else f"bench_control_{args.driver}"
-    path = write_results(name, {"driver": args.driver, "reach": reach, "reach_variants": other, "reach_mujoco": reach_mj, "trained_reach": trained,
-                                           "trained_reach_mujoco": trained_mj, "push": push,
-                                           "push_mujoco": push_mj, "tables": [t1, t2, t3]})
+    path = write_results(name, {"driver": args.driver, "reach": reach, "reach_variants": other,
+                                "reach_mujoco": reach_mj, "trained_reach": trained, "trained_reach_mujoco": trained_mj,
+                                "push": push, "push_mujoco": push_mj, "tables": [t1, t2, t3]})
     print(f"wrote {path}")
 
 
