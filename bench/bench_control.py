@@ -4,6 +4,7 @@
     python bench/bench_control.py --ort-knobs            # onnxruntime session options, side by side
     python bench/bench_control.py --soak-seconds 600     # soak: CURVE controller + idle client + fuzzer
     python bench/bench_control.py --kinematic [--pin] [--cartesian]  # phase 1 again on the physics-free arm
+    python bench/bench_control.py --driver kinematic --push-episodes 0 [--targets cartesian]  # no pybullet needed
 
 Phase 1 (timing + reach success): `robotstack serve-arm --driver pybullet --task reach` and a controller process
 (this file with --worker) that runs an exported ONNX policy for >= --seconds, episodes back to back.
