@@ -475,7 +475,8 @@ def main() -> None:
     ap.add_argument("--trained-episodes", type=int, default=50)
     ap.add_argument("--keys", default="", help="(worker) client CURVE key dir")
     ap.add_argument("--cpus", default="", help="(worker) pin the controller to these CPUs")
-    ap.add_argument("--targets", default="joint", choices=["joint", "cartesian"], help="target kind (worker; and phase 1's)")
+    ap.add_argument("--targets", default="joint", choices=["joint", "cartesian"],
+                    help="target kind (the worker's; also phase 1's)")
     ap.add_argument("--pin", action="store_true",
                     help="phase 1 again, side by side: server on CPU 0 and controller on CPU 1")
     ap.add_argument("--cartesian", action="store_true",
@@ -559,7 +560,7 @@ def main() -> None:
 
     rows = timing_rows(reach)
     if other:
-        rows = [[f"{r[0]}, unpinned, joint targets", *r[1:]] for r in rows]
+        rows = [[f"{r[0]}, unpinned, {args.targets} targets", *r[1:]] for r in rows]
         for label, res in other.items():
             rows += [[f"{r[0]}, {label}", *r[1:]] for r in timing_rows(res)]
     rows += REFERENCE_ROWS
