@@ -434,7 +434,7 @@ def timing_rows(res: dict) -> list[list[str]]:
     tel = res["telemetry"]
     lat = tel["latency_ms"]
     rows = [
-        [f"servo period ({res.get('driver', 'pybullet')}, 1 kHz)", f"{per['p50'] / 1e3:.3f}", f"{per['p99'] / 1e3:.3f}",
+        [f"servo period ({res['driver']}, 1 kHz)", f"{per['p50'] / 1e3:.3f}", f"{per['p99'] / 1e3:.3f}",
          f"{per['p999'] / 1e3:.3f}", f"{per['max'] / 1e3:.3f}", f"late {loop['late_ticks']} / {loop['ticks']} ticks"],
         ["servo work per tick", f"{loop['work_us']['p50'] / 1e3:.3f}", f"{loop['work_us']['p99'] / 1e3:.3f}",
          f"{loop['work_us']['p999'] / 1e3:.3f}", f"{loop['work_us']['max'] / 1e3:.3f}",

@@ -4,9 +4,9 @@ joint target, written once for the servo (hardware/servo.py) and for the sim arm
 
 Why the sim needs it: the MuJoCo arm's position servos reach each 20 Hz target within the step, while the arm
 server's servo caps joint velocity and acceleration (by default half the Panda's rated values) and brakes to rest on
-each target, so its hand moves ~1.3 cm per full 2 cm action step. A policy trained on the fast arm kept 0.56 of its
-MuJoCo success on the arm server, one trained on a sim arm stepped through the servo 0.76 (docs/benchmarks.md,
-"Deployment transfer").
+each target, so its hand moves ~1.3 cm per full 2 cm action step. Push IL trained on the fast arm kept 0.65 / 0.53
+of its MuJoCo success on the PyBullet arm server (two scene sets), the same recipe on a sim arm stepped through the
+servo 0.91 / 0.93 (docs/benchmarks.md, "Deployment transfer").
 
 Shapes: every array is (dof,) joint space, rad / rad/s / rad/s^2.
 """
