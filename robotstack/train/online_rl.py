@@ -86,6 +86,10 @@ class EnvConfig:
     num_envs: int = 2  # > 1: gymnasium AsyncVectorEnv subprocesses
     max_episode_steps: int = 0  # 0 = the task's own limit
     shaped_reward: bool = False  # the task's dense reward (+1 on success); default sparse float(success)
+    # domain randomisation of the rollout envs (sim.base_env.Randomize keys: friction, mass, object_pose,
+    # action_latency_steps, obs_noise); {} = nominal. Evaluation always runs the nominal task, so a randomised
+    # run is compared with a plain one on the same episodes.
+    randomize: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -206,6 +210,13 @@ class OnlineRLConfig:
                               f"gamma in (0, 1], lam in [0, 1])")
         # the PPO knobs are validated by the one PPO config
         self.ppo_config()
+        if self.env.randomize:  # keys and ranges checked by the sim's own reader, before any work
+            from sim.base_env import Randomize
+
+            try:
+                Randomize.read(self.env.randomize)
+            except ConfigError as exc:
+                raise ConfigError(f"config env.{exc}") from exc
 
     def ppo_config(self) -> DenoisePPOConfig:
         return DenoisePPOConfig(steps=self.rl.steps, eta=self.rl.eta, clip_eps=self.ppo.clip_eps,
@@ -520,9 +531,10 @@ def make_collector(cfg: OnlineRLConfig, policy: DiffusionPolicy):
         from robotstack.train.ray_rollouts import RayCollector
 
         return RayCollector(cfg.ray.address, cfg.ray.num_workers, cfg.ray.envs_per_worker, cfg.task, policy,
-                            cfg.env.max_episode_steps or None, cfg.env.shaped_reward, cfg.train.num_threads)
+                            cfg.env.max_episode_steps or None, cfg.env.shaped_reward, cfg.train.num_threads,
+                            cfg.env.randomize)
     return Collector(cfg.task, cfg.env.num_envs, policy.config, cfg.env.max_episode_steps or None,
-                     cfg.env.shaped_reward)
+                     cfg.env.shaped_reward, cfg.env.randomize)
 
 
 def train(cfg: OnlineRLConfig, run_dir: str | Path, resume: bool = False, show_progress: bool = True,

@@ -37,13 +37,15 @@ class RolloutWorker:
     """The actor's body (wrapped by ray.remote in RayCollector): envs + a policy copy."""
 
     def __init__(self, policy_name: str, policy_config: dict, task: str, num_envs: int,
-                 max_episode_steps: int | None, shaped_reward: bool, num_threads: int):
+                 max_episode_steps: int | None, shaped_reward: bool, num_threads: int,
+                 randomize: dict | None = None):
         from policies.registry import build_policy
 
         if num_threads:
             torch.set_num_threads(num_threads)
         self.policy = build_policy(policy_name, policy_config).eval()
-        self.collector = Collector(task, num_envs, self.policy.config, max_episode_steps, shaped_reward)
+        self.collector = Collector(task, num_envs, self.policy.config, max_episode_steps, shaped_reward,
+                                   randomize)
 
     def collect(self, weights: dict[str, torch.Tensor], env_steps: int, first_seed: int, gamma: float,
                 noise_seed: int, steps: int, eta: float) -> Rollout:
@@ -59,7 +61,8 @@ class RayCollector:
     """Same collect/close interface as rollouts.Collector; the env steps are split evenly over the workers."""
 
     def __init__(self, address: str, num_workers: int, envs_per_worker: int, task: str, policy: torch.nn.Module,
-                 max_episode_steps: int | None, shaped_reward: bool, num_threads: int = 1):
+                 max_episode_steps: int | None, shaped_reward: bool, num_threads: int = 1,
+                 randomize: dict | None = None):
         from policies.registry import name_of
 
         ray = require_ray(f"config ray.address={address!r}")
@@ -71,7 +74,7 @@ class RayCollector:
         actor = ray.remote(num_cpus=0)(RolloutWorker)  # env-bound, mostly waiting on MuJoCo; don't reserve cores
         name, conf = name_of(policy), policy.config.to_dict()
         self.workers = [actor.remote(name, conf, task, envs_per_worker, max_episode_steps, shaped_reward,
-                                     num_threads) for _ in range(num_workers)]
+                                     num_threads, randomize) for _ in range(num_workers)]
 
     def collect(self, policy: torch.nn.Module, env_steps: int, first_seed: int, gamma: float,
                 generator: torch.Generator, steps: int = 10, eta: float = 1.0, stop=None) -> Rollout | None:

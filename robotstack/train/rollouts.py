@@ -127,12 +127,14 @@ class Collector:
     """Owns E gymnasium envs (make_vector_env: subprocesses when E > 1) and collects decisions from them."""
 
     def __init__(self, task: str, num_envs: int, policy_config, max_episode_steps: int | None = None,
-                 shaped_reward: bool = False):
+                 shaped_reward: bool = False, randomize: dict | None = None):
         from robotstack.eval.rollout import env_kwargs, make_vector_env  # lazy: imports the sim (MuJoCo)
 
         kwargs = env_kwargs(policy_config, max_episode_steps)
         if shaped_reward:
             kwargs["shaped_reward"] = True
+        if randomize:  # domain randomisation of the training envs only (evaluation stays nominal)
+            kwargs["randomize"] = dict(randomize)
         self.task, self.num_envs = task, num_envs
         self.keys = list(policy_config.obs_shapes)
         self.n_obs_steps = policy_config.n_obs_steps

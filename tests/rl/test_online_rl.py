@@ -188,6 +188,25 @@ def test_success_ends_a_decision_early_with_a_terminal(il_ckpt, monkeypatch):
     assert adv[0] == pytest.approx(1.0)  # no bootstrap from the (large) next value
 
 
+def test_env_randomize_reaches_the_rollout_envs(il_ckpt):
+    """env.randomize (here: observation noise) changes what the training envs show the policy; the same seeds and
+    noise without it reproduce the nominal rollout exactly, so the difference is the randomisation."""
+    cfg = tiny_cfg(il_ckpt)
+    policy, _ = online_rl.load_policy(cfg)
+
+    def first_conds(randomize):
+        col = Collector("reach", 1, policy.config, randomize=randomize)
+        try:
+            return col.collect(policy, 8, 0, 0.99, torch.Generator().manual_seed(0)).cond
+        finally:
+            col.close()
+
+    nominal = first_conds(None)
+    np.testing.assert_array_equal(first_conds({}), nominal)
+    noisy = first_conds({"obs_noise": 0.05})
+    assert noisy.shape == nominal.shape and np.abs(noisy - nominal).max() > 1e-3
+
+
 def test_resume_continues_to_the_same_result(il_ckpt, tmp_path):
     from robotstack.train.common import read_metrics
 
@@ -215,6 +234,10 @@ def test_bad_configs_fail_before_any_work(il_ckpt, tmp_path):
         online_rl.train(tiny_cfg(il_ckpt, task="push"), run, show_progress=False)
     with pytest.raises(ConfigError, match="ppo.bogus"):
         tiny_cfg(il_ckpt, **{"ppo.bogus": 1})
+    with pytest.raises(ConfigError, match="env.randomize: unknown key 'fricton'"):
+        tiny_cfg(il_ckpt, **{"env.randomize.fricton": 0.4})
+    with pytest.raises(ConfigError, match="friction=1.5: expected a relative range < 1"):
+        tiny_cfg(il_ckpt, **{"env.randomize.friction": 1.5})
     with pytest.raises(ConfigError, match="config policy"):
         online_rl.train(tiny_cfg(tmp_path / "nothing"), run, show_progress=False)
     # a critics dir of another feature width
