@@ -50,6 +50,39 @@ def summary_row(label: str, r: dict) -> list:
             f"{r['inference_p50_ms']:.2f} / {r['inference_p99_ms']:.2f}"]
 
 
+POOLED_COLUMNS = ["artifact (rows pooled over scene sets)", "scenes", "episodes", "PyBullet arm server", "MuJoCo",
+                  "PyBullet / MuJoCo"]
+
+
+def pooled_rows(results: dict[str, dict]) -> list[list]:
+    """One row per artifact run on more than one scene set: the successes summed over its rows (same artifact dir,
+    task, target kind and servo; one row per seed0, the first when a scene set was run twice). Only rows that record
+    their seed0 (2026-11-30 on) are pooled: older rows ran on other server versions under reused dirs."""
+    from robotstack.eval.metrics import wilson_interval
+
+    groups: dict[str, dict[int, tuple[str, dict]]] = {}
+    for label, r in results.items():
+        if r.get("seed0") is None:
+            continue
+        key = json.dumps([r["artifact"], r["task"], r["targets"], r.get("servo") or {}], sort_keys=True)
+        groups.setdefault(key, {}).setdefault(r["seed0"], (label, r))
+    rows = []
+    for by_seed in groups.values():
+        if len(by_seed) < 2:
+            continue
+        parts = [by_seed[s] for s in sorted(by_seed)]
+        n = sum(r["episodes"] for _, r in parts)
+        k_pb = sum(round(r["pybullet_success"] * r["episodes"]) for _, r in parts)
+        k_mj = sum(round(r["mujoco_success"] * r["episodes"]) for _, r in parts)
+        lo_pb, hi_pb = wilson_interval(k_pb, n)
+        lo_mj, hi_mj = wilson_interval(k_mj, n)
+        scenes = ", ".join(f"{s + 1}-{s + r['episodes']}" for s, (_, r) in zip(sorted(by_seed), parts))
+        rows.append([parts[0][0], scenes, n, f"{100 * k_pb / n:.0f}% [{100 * lo_pb:.0f}%, {100 * hi_pb:.0f}%]",
+                     f"{100 * k_mj / n:.0f}% [{100 * lo_mj:.0f}%, {100 * hi_mj:.0f}%]",
+                     f"{k_pb / k_mj:.2f}" if k_mj else "-"])
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--artifact", required=True)

@@ -156,6 +156,17 @@ def deploy_table() -> str:
     return table(COLUMNS, rows) if rows else "(bench_deploy not run)"
 
 
+def deploy_pooled_table() -> str:
+    """bench_deploy: artifacts run on more than one scene set, their successes summed."""
+    import sys
+
+    sys.path.insert(0, str(RESULTS.parents[1]))
+    from bench.bench_deploy import POOLED_COLUMNS, pooled_rows
+
+    rows = pooled_rows((load("bench_deploy") or {}).get("results", {}))
+    return table(POOLED_COLUMNS, rows) if rows else "(no artifact ran on two scene sets)"
+
+
 def critics_tables() -> str:
     """bench_critics: (a) ALOE estimate vs Monte Carlo per policy, (b) success per method from mixed data."""
     import sys
@@ -177,5 +188,6 @@ if __name__ == "__main__":
                       ("bench_inference summary (@g10b256: gripper trained at 1/10)",
                        lambda: inference_summary_table("g10b256")),
                       ("bench_online_rl", online_rl_table), ("bench_deploy", deploy_table),
+                      ("bench_deploy pooled", deploy_pooled_table),
                       ("bench_critics", critics_tables)):
         print(f"### {title}\n\n{fn()}\n")
