@@ -70,6 +70,10 @@ class DistillSection(StageRef):
     enabled: bool = True  # still skipped at run time when the RL stage's joint student kept up with its teacher:
     # its evaluated success within joint_tolerance of the teacher's (the issue's CM-1 target: 2 points)
     joint_tolerance: float = 0.02
+    # More stores whose observations the student is distilled on, beside the final store: states of the arm the
+    # artifact will drive (e.g. `deploy --record` episodes), which sim data does not cover. rl100 distillation
+    # uses only observations (the teacher labels them), so these stores' actions never reach the student.
+    extra_data: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -166,6 +170,9 @@ class PipelineConfig:
                 raise ConfigError(f"critic.best_of_n: expected >= 1 (1 = plain), got {c.best_of_n}")
         if c.value_samples < 1:
             raise ConfigError(f"critic.value_samples: expected >= 1, got {c.value_samples}")
+        for i, store in enumerate(self.distill.extra_data):
+            if not Path(store).is_dir():
+                raise ConfigError(f"distill.extra_data[{i}]: {store} is not an episode store directory")
 
     def _check_arm(self) -> None:
         c = self.collect
@@ -211,6 +218,7 @@ def load_pipeline_config(path: str | Path, overrides: list[str] = ()) -> Pipelin
     missing stage config files and a stage config of another task."""
     path = Path(path)
     cfg = load_config(PipelineConfig, path, list(overrides))
+    cfg.distill.extra_data = [str(Path(p).resolve()) for p in cfg.distill.extra_data]  # like --data: from the CWD
     if cfg.critic.kind != "none" and not cfg.critic.config:
         cfg.critic.config = str(CRITIC_PRESETS / f"{cfg.critic.kind}.yaml")  # CriticSection's docstring says why
     for name, ref in cfg.used_stage_refs().items():

@@ -45,6 +45,7 @@ _ADDED_OPTIONS = {
     ("collect", "keys"): lambda v: v == "",
     ("collect", "sampler"): lambda v: v == "rti",
     ("collect", "max_steps"): lambda v: v == 0,
+    ("distill", "extra_data"): lambda v: v == [],
 }
 
 

@@ -135,9 +135,10 @@ def build_plan(cfg: PipelineConfig, root: str | Path) -> list[Stage]:
         teacher = ckpt["online"]
     student = joint_student(teacher)
     if cfg.distill.enabled:
+        distill_data = [final_data, *cfg.distill.extra_data]
         plan.append(train_stage("distill", "distill", cfg.distill, [
-            f"teacher={_q(str(teacher))}", f"data.paths={_q([final_data])}"],
-            {"teacher": str(teacher), "joint_student": str(student), "data": final_data,
+            f"teacher={_q(str(teacher))}", f"data.paths={_q(distill_data)}"],
+            {"teacher": str(teacher), "joint_student": str(student), "data": ",".join(distill_data),
              "joint_tolerance": str(cfg.distill.joint_tolerance)}))
         student = ckpt["distill"]
     critic_inputs: dict[str, str] = {}
@@ -193,6 +194,9 @@ def check_plan(plan: list[Stage], cfg: PipelineConfig, root: Path) -> dict[str, 
             raise ConfigError(f"stage {stage.name} ({stage.config}): {exc}") from exc
         if stage.kind == "critic":
             check_critic_kind(stage, scfg)
+        if stage.kind == "distill" and cfg.distill.extra_data and scfg.policy.method != "rl100":
+            raise ConfigError(f"distill.extra_data: needs policy.method rl100 (observations only); the distill "
+                              f"config's {scfg.policy.method!r} would also fit those stores' actions")
         stage_task = getattr(scfg, "task", cfg.task)
         if stage_task != cfg.task:
             raise ConfigError(f"stage {stage.name}: task {stage_task!r} (after its overrides {stage.overrides}), but "

@@ -228,3 +228,22 @@ def test_a_servo_arm_pipeline_runs_its_base_tasks_stage_configs(tiny_pipeline, t
     assert resolve_config(il.config, il.overrides, None).task == "reach@servo"
     with pytest.raises(ConfigError, match=r"task 'push@servo' but il.config .* is for task 'reach'"):
         prepare(str(tiny_pipeline), ["task=push@servo"], str(tmp_path / "other"))
+
+
+def test_distill_extra_data_joins_the_final_store_and_bad_ones_fail_before_any_work(tiny_pipeline, tiny_policy,
+                                                                                     tmp_path):
+    """distill.extra_data: more observation stores for the student (e.g. arm-server episodes) beside the final store;
+    a path that is no store, or a distill method that would also fit the stores' actions, is refused up front."""
+    store, _ = tiny_policy
+    _, root, plan, _ = prepare(str(tiny_pipeline), [f"distill.extra_data=[{store}]"], str(tmp_path / "run"))
+    distill = next(s for s in plan if s.kind == "distill")
+    paths = [o for o in distill.overrides if o.startswith("data.paths=")]
+    assert len(paths) == 1 and str(root / "demos") in paths[0] and str(store) in paths[0]
+    out = tmp_path / "never"
+    with pytest.raises(ConfigError, match=r"distill.extra_data\[0\]: .*nope.zarr is not an episode store"):
+        prepare(str(tiny_pipeline), ["distill.extra_data=[nope.zarr]"], str(out))
+    ctm = _write(tiny_pipeline.parent / "distill_ctm.yaml",
+                 {"base": str(Path(__file__).resolve().parents[2] / "configs" / "distill" / "ctm.yaml")})
+    with pytest.raises(ConfigError, match="distill.extra_data: needs policy.method rl100"):
+        prepare(str(tiny_pipeline), [f"distill.config={ctm}", f"distill.extra_data=[{store}]"], str(out))
+    assert not out.exists()
