@@ -37,12 +37,13 @@ COLUMNS = ["artifact", "episodes", "PyBullet arm server", "MuJoCo", "PyBullet / 
            "both / only PyBullet / only MuJoCo", "stops", "inference p50 / p99 ms"]
 
 
+def rate(x: float, ci) -> str:
+    return f"{100 * x:.0f}% [{100 * ci[0]:.0f}%, {100 * ci[1]:.0f}%]"
+
+
 def summary_row(label: str, r: dict) -> list:
     """One results row -> the COLUMNS cells (this script's table and tools/bench_tables.py's table in
     docs/benchmarks.md)."""
-    def rate(x: float, ci) -> str:
-        return f"{100 * x:.0f}% [{100 * ci[0]:.0f}%, {100 * ci[1]:.0f}%]"
-
     return [label, r["episodes"], rate(r["pybullet_success"], r["pybullet_ci95"]),
             rate(r["mujoco_success"], r["mujoco_ci95"]), "-" if r["ratio"] is None else f"{r['ratio']:.2f}",
             f"{r['both']} / {r['only_pybullet']} / {r['only_mujoco']}",
@@ -74,12 +75,9 @@ def pooled_rows(results: dict[str, dict]) -> list[list]:
         n = sum(r["episodes"] for _, r in parts)
         k_pb = sum(round(r["pybullet_success"] * r["episodes"]) for _, r in parts)
         k_mj = sum(round(r["mujoco_success"] * r["episodes"]) for _, r in parts)
-        lo_pb, hi_pb = wilson_interval(k_pb, n)
-        lo_mj, hi_mj = wilson_interval(k_mj, n)
         scenes = ", ".join(f"{s + 1}-{s + r['episodes']}" for s, (_, r) in zip(sorted(by_seed), parts))
-        rows.append([parts[0][0], scenes, n, f"{100 * k_pb / n:.0f}% [{100 * lo_pb:.0f}%, {100 * hi_pb:.0f}%]",
-                     f"{100 * k_mj / n:.0f}% [{100 * lo_mj:.0f}%, {100 * hi_mj:.0f}%]",
-                     f"{k_pb / k_mj:.2f}" if k_mj else "-"])
+        rows.append([parts[0][0], scenes, n, rate(k_pb / n, wilson_interval(k_pb, n)),
+                     rate(k_mj / n, wilson_interval(k_mj, n)), f"{k_pb / k_mj:.2f}" if k_mj else "-"])
     return rows
 
 
