@@ -8,9 +8,7 @@ chunk vs. denoising), not in what they see or how big they are. The scheduler fi
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 from robotstack.core import config as config_reader
 from robotstack.core.errors import ConfigError
@@ -19,7 +17,7 @@ from policies.diffusion.config import DiffusionPolicyConfig
 
 
 @dataclass
-class MLPBCConfig:
+class MLPBCConfig(config_reader.ConfigIO):
     base: DiffusionPolicyConfig
 
     def __post_init__(self) -> None:
@@ -43,17 +41,6 @@ class MLPBCConfig:
     image_keys = property(lambda self: self.base.image_keys)
     width = property(lambda self: self.base.denoiser.mlp_width)
     depth = property(lambda self: self.base.denoiser.mlp_depth)
-
-    def to_dict(self) -> dict[str, Any]:
-        return config_reader.to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "", path: str = "") -> MLPBCConfig:
-        """Strict read (robotstack.core.config.from_dict); `where`/`path` name the file and key in errors."""
-        return config_reader.from_dict(cls, data, where, path=path)
-
-    def replace(self, **changes: Any) -> MLPBCConfig:
-        return dataclasses.replace(self, **changes)
 
     @classmethod
     def example(cls) -> MLPBCConfig:

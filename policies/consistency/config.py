@@ -16,9 +16,7 @@ How ctm reads its network (`parameterization`, issue 10 item 5; model.py docstri
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
 
 from robotstack.core import config as config_reader
 from robotstack.core.errors import ConfigError
@@ -63,7 +61,7 @@ class ConsistencyConfig:
 
 
 @dataclass
-class ConsistencyPolicyConfig:
+class ConsistencyPolicyConfig(config_reader.ConfigIO):
     base: DiffusionPolicyConfig
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
 
@@ -83,17 +81,6 @@ class ConsistencyPolicyConfig:
     scheduler = property(lambda self: self.base.scheduler)
     low_dim_keys = property(lambda self: self.base.low_dim_keys)
     image_keys = property(lambda self: self.base.image_keys)
-
-    def to_dict(self) -> dict[str, Any]:
-        return config_reader.to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "", path: str = "") -> ConsistencyPolicyConfig:
-        """Strict read (robotstack.core.config.from_dict); `where`/`path` name the file and key in errors."""
-        return config_reader.from_dict(cls, data, where, path=path)
-
-    def replace(self, **changes: Any) -> ConsistencyPolicyConfig:
-        return dataclasses.replace(self, **changes)
 
     @classmethod
     def example(cls) -> ConsistencyPolicyConfig:

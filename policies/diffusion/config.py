@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
 
 from robotstack.core import config as config_reader
 from robotstack.core.errors import ConfigError
@@ -129,7 +128,7 @@ class SchedulerConfig:
 
 
 @dataclass
-class DiffusionPolicyConfig:
+class DiffusionPolicyConfig(config_reader.ConfigIO):
     obs_shapes: dict[str, tuple[int, ...]]  # key -> per-step shape; image_<cam> keys are (H, W, 3) uint8
     action_dim: int
     n_obs_steps: int = 2  # To
@@ -211,18 +210,6 @@ class DiffusionPolicyConfig:
         """What the state encoder reads, in order: the low-dim obs keys, then the derived features."""
         low_dim = self.low_dim_keys
         return {k: self.obs_shapes[k] for k in low_dim} | derived.feature_shapes(self.obs_features, low_dim)
-
-    # ------------------------------------------------------------------ io
-    def to_dict(self) -> dict[str, Any]:
-        return config_reader.to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "", path: str = "") -> DiffusionPolicyConfig:
-        """Strict read (robotstack.core.config.from_dict); `where`/`path` name the file and key in errors."""
-        return config_reader.from_dict(cls, data, where, path=path)
-
-    def replace(self, **changes: Any) -> DiffusionPolicyConfig:
-        return dataclasses.replace(self, **changes)
 
     @classmethod
     def example(cls) -> DiffusionPolicyConfig:

@@ -8,6 +8,7 @@ the expected type, not later when something is instantiated (design.md §4, §7)
     to_dict(cfg)                                 dataclass -> JSON-ready dict (tuples/arrays -> lists)
     load_config(cls, path, overrides)            YAML file (or None) + ["a.b=value", ...] -> dataclass
     read_yaml(path) / apply_overrides(data, overrides) / save_config(cfg, path) / type_name(annotation)
+    ConfigIO                                     mixin: cfg.to_dict(), Cls.from_dict(d, where, path), cfg.replace(...)
 
 Field annotations read: bool, int, float (ints accepted; bools never count as numbers), str, Path, None,
 X | None and other unions (first arm that takes the value wins), Literal[...], list[X], tuple[X, ...],
@@ -201,6 +202,21 @@ def from_dict(cls: type[C], data: Mapping[str, Any], where: str = "", *, path: s
         if str(exc).startswith(f"{where}:"):
             raise
         raise ConfigError(f"{where}: {f'in {path!r}: ' if path else ''}{exc}") from exc
+
+
+class ConfigIO:
+    """The strict reader as methods of a config dataclass (the policy configs, which checkpoints store and read)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "", path: str = "") -> typing.Self:
+        """Strict read (from_dict above); `where`/`path` name the file and key in errors."""
+        return from_dict(cls, data, where, path=path)
+
+    def replace(self, **changes: Any) -> typing.Self:
+        return dataclasses.replace(self, **changes)
 
 
 def to_dict(cfg: Any) -> Any:
