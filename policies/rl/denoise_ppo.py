@@ -30,6 +30,7 @@ from torch import nn
 
 from robotstack.core.errors import ConfigError
 
+from policies.common.optim import gradient_step
 from policies.diffusion.config import SchedulerConfig
 from policies.diffusion.noise import NoiseSchedule, clip_sigma
 
@@ -235,15 +236,6 @@ def clipped_surrogate(new_log_probs: torch.Tensor, old_log_probs: torch.Tensor, 
     return Surrogate(-obj.mean(0).sum(), ratio.detach(), clip_frac, approx_kl)
 
 
-def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: list[nn.Parameter],
-          max_grad_norm: float | None) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if max_grad_norm is not None:
-        nn.utils.clip_grad_norm_(params, max_grad_norm)
-    optimizer.step()
-
-
 def ppo_update(policy: nn.Module, optimizer: torch.optim.Optimizer, batch: DenoisingChain, adv: torch.Tensor,
                cfg: DenoisePPOConfig, mask: torch.Tensor | None = None, cond: torch.Tensor | None = None,
                params: Iterable[nn.Parameter] | None = None) -> dict[str, float]:
@@ -262,14 +254,14 @@ def ppo_update(policy: nn.Module, optimizer: torch.optim.Optimizer, batch: Denoi
     if cfg.update == "batched":
         new = chain_log_probs(policy, cond, batch.chain, batch.timesteps, batch.prev_timesteps, mask, cfg.eta)
         outs.append(clipped_surrogate(new * scale, batch.log_probs * scale, adv_k, cfg.clip_eps))
-        _step(optimizer, outs[-1].loss, params, cfg.max_grad_norm)
+        gradient_step(optimizer, outs[-1].loss, params, cfg.max_grad_norm)
     else:
         for k in range(k_steps):
             new = chain_step_log_prob(policy, cond, batch.chain, batch.timesteps, batch.prev_timesteps, k, mask,
                                       cfg.eta)
             outs.append(clipped_surrogate(new[:, None] * scale, batch.log_probs[:, k:k + 1] * scale,
                                           adv_k[:, k:k + 1], cfg.clip_eps))
-            _step(optimizer, outs[-1].loss, params, cfg.max_grad_norm)
+            gradient_step(optimizer, outs[-1].loss, params, cfg.max_grad_norm)
     ratios = torch.cat([o.ratio for o in outs], 1)
     return {"loss": float(sum(float(o.loss.detach()) for o in outs)),
             "clip_frac": float(torch.stack([o.clip_frac for o in outs]).mean()),

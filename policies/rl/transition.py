@@ -34,6 +34,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from policies.common.optim import gradient_step
+
 
 @dataclasses.dataclass
 class EnsembleConfig:
@@ -220,9 +222,7 @@ def fit_ensemble(feat: torch.Tensor, action: torch.Tensor, next_feat: torch.Tens
             mean, logvar = model(feat[idx], action[idx])
             loss = gaussian_nll(mean, logvar, target[idx]).sum()
             loss = loss + 0.01 * (model.max_logvar.sum() - model.min_logvar.sum())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            gradient_step(opt, loss)
             losses.append(float(loss.detach()) / cfg.members)
         loss_mean = sum(losses) / len(losses)
         mse = holdout_mse()

@@ -62,6 +62,7 @@ from robotstack.train.common import (CONFIG_NAME, LoopConfig, MetricWindow, RunL
 
 from policies.checkpoint import EMA_FILE
 from policies.common.ema import EMA
+from policies.common.optim import gradient_step
 from policies.critics.chunked import (WEIGHT_MODES, AloeCritic, ChunkCriticConfig, DQCCritics, advantage_weights,
                                       aloe_advantage, intervention_weights)
 from policies.critics.scorer import CriticScorer, ScorerConfig, save_scorer
@@ -404,9 +405,7 @@ def awr_finetune(cfg: CriticStageConfig, scorer: CriticScorer, proposal: Diffusi
             gen = torch_gen(t.seed, step, stream=8)
             w = awr_weights(cfg, scorer, proposal, obs, action, gen)
             loss = awr_loss(policy, obs, action, w, gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            gradient_step(opt, loss)
             if ema is not None:
                 ema.update(policy)
             done = step + 1
@@ -510,11 +509,7 @@ def train(cfg: CriticStageConfig, run_dir: str | Path, resume: bool = False, sho
                     batch = to_torch(sampler.sample(numpy_rng(t.seed, step), t.batch_size), scorer)
                     loss, metrics = critic_step(cfg, critics, scorer, policy, batch, torch_gen(t.seed, step, 1),
                                                 cache)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if t.grad_clip:
-                        nn.utils.clip_grad_norm_(params, t.grad_clip)
-                    opt.step()
+                    gradient_step(opt, loss, params, t.grad_clip)
                     critics.update_target()
                     window.add(metrics)
                     done = step + 1

@@ -64,6 +64,7 @@ from robotstack.train.common import (CONFIG_NAME, LoopConfig, MetricWindow, RunL
                                      save_run_checkpoint, set_lr, torch_gen, truncate_metrics)
 
 from policies.checkpoint import load_checkpoint, read_extra
+from policies.common.optim import gradient_step
 from policies.consistency import edm
 from policies.consistency.config import ConsistencyConfig, ConsistencyPolicyConfig
 from policies.consistency.model import ConsistencyPolicy, warm_start_from
@@ -300,11 +301,7 @@ def distill(cfg: DistillConfig, run_dir: str | Path, resume: bool = False, show_
                     loss, metrics = rl100_same_noise_loss(student, teacher, cond, k_teacher, gen)
                 else:
                     loss, metrics = ctm_loss(student, target, teacher_d, x0, cond, cfg, gen)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if t.grad_clip:
-                    nn.utils.clip_grad_norm_(student.denoiser.parameters(), t.grad_clip)
-                opt.step()
+                gradient_step(opt, loss, student.denoiser.parameters(), t.grad_clip)
                 update_target(target, student, mu)
                 window.add(metrics)
                 done = step + 1

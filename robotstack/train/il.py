@@ -54,6 +54,7 @@ from robotstack.train.common import (CONFIG_NAME, DistInfo, LoopConfig, RunLogge
 from policies.bc.config import MLPBCConfig
 from policies.bc.model import MLPBCPolicy
 from policies.common.ema import EMA
+from policies.common.optim import gradient_step
 from policies.diffusion import loss as loss_fns
 from policies.diffusion.config import DiffusionPolicyConfig
 from policies.diffusion.model import DiffusionPolicy
@@ -371,11 +372,7 @@ def train(cfg: ILConfig, run_dir: str | Path, resume: bool = False, show_progres
                 ts, eps = shard(ts, info).to(device), shard(eps, info).to(device)
                 torch.manual_seed(step_seed(t.seed, step, stream=2 + info.rank))  # crop / VIB draws
                 loss, metrics = model(batch, ts, eps)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if t.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(policy.parameters(), t.grad_clip)
-                optimizer.step()
+                gradient_step(optimizer, loss, policy.parameters(), t.grad_clip)
                 ema.update(policy)
                 window_loss += float(metrics["loss"])
                 window_n += 1

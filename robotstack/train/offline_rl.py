@@ -82,7 +82,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 from robotstack.core import keys as K
 from robotstack.core.config import save_config
@@ -96,6 +95,7 @@ from robotstack.train.common import (CONFIG_NAME, LoopConfig, RunLogger, StopReq
 from robotstack.train.rl_math import GATE_MODES, am_q, apply_gate, ope_gate
 
 from policies.checkpoint import load_checkpoint, read_config, require_delta_actions
+from policies.common.optim import gradient_step
 from policies.diffusion.model import ACTION_KEY, DiffusionPolicy
 from policies.rl.critics import (DoubleQ, ValueNet, iql_q_loss, iql_value_loss, save_iql_critics, load_iql_critics,
                                  soft_update, td_target)
@@ -359,15 +359,11 @@ def iql_step(q: DoubleQ, q_target: DoubleQ, v: ValueNet, opt_q, opt_v, data: Chu
     with torch.no_grad():
         qt = q_target.min_q(f, a)
     loss_v = iql_value_loss(v(f), qt, cfg.expectile)
-    opt_v.zero_grad(set_to_none=True)
-    loss_v.backward()
-    opt_v.step()
+    gradient_step(opt_v, loss_v)
     with torch.no_grad():
         target = td_target(data.reward_sum[idx], v(data.next_feat[idx]), data.done[idx], cfg.gamma, data.h_eff[idx])
     loss_q = iql_q_loss(*q(f, a), target)
-    opt_q.zero_grad(set_to_none=True)
-    loss_q.backward()
-    opt_q.step()
+    gradient_step(opt_q, loss_q)
     return {"critic/loss_v": float(loss_v.detach()), "critic/loss_q": float(loss_q.detach())}
 
 
@@ -646,11 +642,7 @@ def joint_cd_step(cfg: OfflineRLConfig, student, opt, teacher: DiffusionPolicy, 
     student.denoiser.train()
     loss, _ = rl100_same_noise_loss(student, teacher, data.feat[idx], d.teacher_steps or cfg.ppo.ddim_steps,
                                     torch_gen(cfg.train.seed, step, stream=31))
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if d.grad_clip:
-        nn.utils.clip_grad_norm_(student.denoiser.parameters(), d.grad_clip)
-    opt.step()
+    gradient_step(opt, loss, student.denoiser.parameters(), d.grad_clip)
     student.eval()
     return {"loss_cd": float(loss.detach())}
 

@@ -70,6 +70,7 @@ from robotstack.train.rl_math import gae
 from robotstack.train.rollouts import Collector, Rollout
 
 from policies.checkpoint import CheckpointError, load_checkpoint, read_config, require_delta_actions
+from policies.common.optim import gradient_step
 from policies.consistency.config import ConsistencyConfig
 from policies.consistency.model import ConsistencyPolicy
 from policies.diffusion.model import DiffusionPolicy
@@ -363,10 +364,7 @@ def build_learner(cfg: OnlineRLConfig, policy: DiffusionPolicy, value: ValueNet,
 
 def value_step(learner: Learner, cond: torch.Tensor, v_old: torch.Tensor, ret: torch.Tensor, cfg: PPOConfig) -> float:
     loss = clipped_value_loss(learner.value(cond), v_old, ret, cfg.value_clip)
-    learner.critic_opt.zero_grad(set_to_none=True)
-    loss.backward()
-    nn.utils.clip_grad_norm_(learner.value.parameters(), cfg.max_grad_norm)
-    learner.critic_opt.step()
+    gradient_step(learner.critic_opt, loss, learner.value.parameters(), cfg.max_grad_norm)
     return float(loss.detach())
 
 
@@ -375,10 +373,7 @@ def distill_step(learner: Learner, cond: torch.Tensor, teacher_steps: int, grad_
     from robotstack.train.distill import rl100_same_noise_loss
 
     loss, _ = rl100_same_noise_loss(learner.student, learner.policy, cond, teacher_steps, gen)
-    learner.student_opt.zero_grad(set_to_none=True)
-    loss.backward()
-    nn.utils.clip_grad_norm_(learner.student.denoiser.parameters(), grad_clip)
-    learner.student_opt.step()
+    gradient_step(learner.student_opt, loss, learner.student.denoiser.parameters(), grad_clip)
     return float(loss.detach())
 
 
