@@ -36,7 +36,7 @@ def _eval_n(stage: Stage, summary: dict, prefix: str) -> int | None:
 
 def success_of(stage: Stage, summary: dict, prefix: str = "eval_") -> dict | None:
     """{rate, successes, episodes, ci95_low, ci95_high} from `<prefix>success_rate` (+ counts) of a summary."""
-    if stage.kind in ("demos", "collect"):  # the success of the recorded episodes (no student there)
+    if stage.kind in ("demos", "coverage", "collect"):  # the success of the recorded episodes (no student there)
         n, k = summary.get("episodes"), summary.get("successes")
         rate = k / n if prefix == "eval_" and n else None
     else:
@@ -79,7 +79,7 @@ def build_doc(cfg: PipelineConfig, root: Path, plan: list[Stage], state: dict, r
     by_name = {r["name"]: r for r in rows}
     data = [{"name": r["name"], **{k: r["summary"].get(k) for k in ("store", "episodes", "successes", "frames",
                                                                      "by_source", "by_policy_id")}}
-            for r in rows if r["kind"] in ("demos", "merge") and r["summary"]]
+            for r in rows if r["kind"] in ("demos", "merge", "coverage") and r["summary"]]
     export_stage = next(s for s in plan if s.kind == "export")
     teacher_stage = next((s.name for s in plan if (s.module or s.kind == "select") and s.kind != "distill"
                           and str(s.run_dir / "checkpoints" / "latest") == export_stage.inputs["teacher"]), None)
@@ -147,7 +147,8 @@ def render_markdown(doc: dict, plots: list[Path]) -> str:
                      f"{_num(r['env_steps'])} | {_num(r['wall_s'])} |")
     lines += ["", f"Env steps: {doc['env_steps']['total']:,} in all ({doc['env_steps']['training']:,} for data and "
               f"training); wall time {doc['wall_s']['total']:.0f} s.", "", "## Data by source", "",
-              "Noisy scripted demos plus the rollouts of every accepted policy, successes and failures alike.", "",
+              "Noisy scripted demos plus the rollouts of every accepted policy, successes and failures alike "
+              "(coverage: the distill stage's extra states, distill.coverage).", "",
               "| store | episodes | successes | by source (episodes / successes) | by policy_id |", "|---|---|---|---|---|"]
     for d in doc["data"]:
         src = ", ".join(f"{k} {v['episodes']}/{v['successes']}" for k, v in (d["by_source"] or {}).items())

@@ -46,6 +46,7 @@ _ADDED_OPTIONS = {
     ("collect", "sampler"): lambda v: v == "rti",
     ("collect", "max_steps"): lambda v: v == 0,
     ("distill", "extra_data"): lambda v: v == [],
+    ("distill", "coverage"): lambda c: c["episodes"] == 0,
 }
 
 

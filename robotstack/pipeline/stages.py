@@ -12,6 +12,8 @@ ends with summary.json ({"interrupted": false, "wall_s": ..., ...}); a stage wit
                                             relative link to the kept one); the next round and online start from it
     online      online/                     online RL from the rounds' output policy, V warm-started from the
                                             last round's IQL critics
+    coverage    coverage/store.zarr         distill.coverage.episodes > 0: the noisy expert in randomised sim scenes,
+                                            states for the distill stage beside the final store (config.py says why)
     distill     distill/                    one-step student of the final teacher; skipped when the RL stage
                                             trained one jointly (TEACHER_RUN/student/checkpoints/latest) that
                                             its evaluation put within distill.joint_tolerance of the teacher
@@ -66,7 +68,8 @@ TRAIN_MODULES = {"il": "robotstack.train.il", "offline": "robotstack.train.offli
 @dataclass
 class Stage:
     name: str  # also the run dir's name
-    kind: str  # demos | il | offline | collect | merge | select | online | distill | critic | value | export | evaluate
+    # demos | coverage | il | offline | collect | merge | select | online | distill | critic | value | export | evaluate
+    kind: str
     run_dir: Path
     config: str = ""  # training stages: the stage YAML
     overrides: list[str] = field(default_factory=list)  # training stages: what the pipeline passes, then the user's
@@ -136,6 +139,9 @@ def build_plan(cfg: PipelineConfig, root: str | Path) -> list[Stage]:
     student = joint_student(teacher)
     if cfg.distill.enabled:
         distill_data = [final_data, *cfg.distill.extra_data]
+        if cfg.distill.coverage.episodes:
+            plan.append(Stage("coverage", "coverage", root / "coverage"))
+            distill_data.insert(1, str(root / "coverage" / STORE))
         plan.append(train_stage("distill", "distill", cfg.distill, [
             f"teacher={_q(str(teacher))}", f"data.paths={_q(distill_data)}"],
             {"teacher": str(teacher), "joint_student": str(student), "data": ",".join(distill_data),
@@ -194,8 +200,9 @@ def check_plan(plan: list[Stage], cfg: PipelineConfig, root: Path) -> dict[str, 
             raise ConfigError(f"stage {stage.name} ({stage.config}): {exc}") from exc
         if stage.kind == "critic":
             check_critic_kind(stage, scfg)
-        if stage.kind == "distill" and cfg.distill.extra_data and scfg.policy.method != "rl100":
-            raise ConfigError(f"distill.extra_data: needs policy.method rl100 (observations only); the distill "
+        extra = "extra_data" if cfg.distill.extra_data else "coverage" if cfg.distill.coverage.episodes else ""
+        if stage.kind == "distill" and extra and scfg.policy.method != "rl100":
+            raise ConfigError(f"distill.{extra}: needs policy.method rl100 (observations only); the distill "
                               f"config's {scfg.policy.method!r} would also fit those stores' actions")
         stage_task = getattr(scfg, "task", cfg.task)
         if stage_task != cfg.task:
@@ -276,8 +283,8 @@ def run_stage(stage: Stage, cfg: PipelineConfig, resolved: dict[str, Any], show_
     """Run (or resume) one stage; -> its summary (summary["interrupted"] True: Ctrl-C, stop the pipeline)."""
     if stage.module is not None:
         return _run_train(stage, show_progress)
-    run = {"demos": _run_demos, "collect": _run_collect, "merge": _run_merge, "select": _run_select,
-           "value": _run_value, "export": _run_export, "evaluate": _run_evaluate}[stage.kind]
+    run = {"demos": _run_demos, "coverage": _run_demos, "collect": _run_collect, "merge": _run_merge,
+           "select": _run_select, "value": _run_value, "export": _run_export, "evaluate": _run_evaluate}[stage.kind]
     return run(stage, cfg, resolved, show_progress)
 
 
@@ -329,27 +336,33 @@ def _env_kwargs(resolved: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_demos(stage: Stage, cfg: PipelineConfig, resolved: dict[str, Any], show_progress: bool) -> dict:
+    """demos (the IL data) and coverage (distill states) alike: the noisy scripted expert into a store."""
     import sim
     from robotstack.data.recording import record_scripted
     from robotstack.data.store import EpisodeStore
 
-    d = cfg.demos
+    if stage.kind == "demos":
+        d, randomize = cfg.demos, {}
+        episodes, noise, seed, labels = d.episodes, d.noise, d.seed, d.labels
+    else:
+        c = cfg.distill.coverage
+        episodes, noise, seed, labels, randomize = c.episodes, c.noise, c.seed, "executed", c.randomize
     stage.run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     store = EpisodeStore.open_or_create(stage.run_dir / STORE)
-    env = sim.make(cfg.task, **_env_kwargs(resolved))
+    env = sim.make(cfg.task, **_env_kwargs(resolved), **({"randomize": randomize} if randomize else {}))
     try:
         done = store.n_episodes  # a resumed stage records the rest (episode seeds continue where it stopped)
-        if done < d.episodes:
-            record_scripted(env, sim.make_expert(env, noise=d.noise, seed=d.seed + done), store, cfg.task,
-                            d.episodes - done, seed=d.seed + done, noise=d.noise, show_progress=show_progress,
-                            labels=d.labels)
+        if done < episodes:
+            record_scripted(env, sim.make_expert(env, noise=noise, seed=seed + done), store, cfg.task,
+                            episodes - done, seed=seed + done, noise=noise, show_progress=show_progress,
+                            labels=labels)
     finally:
         env.close()
         store.close()
     counts = store_counts(stage.run_dir / STORE)
-    return write_summary(stage, counts | {"noise": d.noise, "env_steps": counts["frames"], "interrupted": False,
-                                          "wall_s": time.perf_counter() - t0})
+    return write_summary(stage, counts | {"noise": noise, "randomize": randomize, "env_steps": counts["frames"],
+                                          "interrupted": False, "wall_s": time.perf_counter() - t0})
 
 
 def _run_collect(stage: Stage, cfg: PipelineConfig, resolved: dict[str, Any], show_progress: bool) -> dict:

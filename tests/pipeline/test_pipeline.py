@@ -212,6 +212,7 @@ def test_a_dir_pinned_before_new_options_resumes_while_they_stay_at_their_defaul
     saved = json.loads((root / "config.json").read_text())
     for key in ("arm", "keys", "sampler", "max_steps"):
         del saved["collect"][key]
+    del saved["distill"]["coverage"]
     (root / "config.json").write_text(json.dumps(saved))
     prepare(str(tiny_pipeline), [], str(root))  # no refusal
     with pytest.raises(ConfigError, match=r"collect.max_steps: None -> 5"):
@@ -246,4 +247,35 @@ def test_distill_extra_data_joins_the_final_store_and_bad_ones_fail_before_any_w
                  {"base": str(Path(__file__).resolve().parents[2] / "configs" / "distill" / "ctm.yaml")})
     with pytest.raises(ConfigError, match="distill.extra_data: needs policy.method rl100"):
         prepare(str(tiny_pipeline), [f"distill.config={ctm}", f"distill.extra_data=[{store}]"], str(out))
+    assert not out.exists()
+
+
+def test_distill_coverage_records_randomised_expert_states_for_the_student(tiny_pipeline, tmp_path):
+    """distill.coverage: a `coverage` stage records the noisy expert in randomised sim scenes, on its own seeds,
+    and the distill stage reads that store beside the final one; bad settings are refused before any work."""
+    cfg, root, plan, resolved = prepare(str(tiny_pipeline), [
+        "distill.coverage.episodes=2", "distill.coverage.noise=0.4", "distill.coverage.randomize.friction=0.3"],
+        str(tmp_path / "run"))
+    assert [s.name for s in plan] == ["demos", "il_0", "coverage", "distill", "export", "evaluate"]
+    distill = next(s for s in plan if s.kind == "distill")
+    paths = [o for o in distill.overrides if o.startswith("data.paths=")]
+    assert len(paths) == 1 and str(root / "coverage" / "store.zarr") in paths[0]
+    summary = run_stage(plan[2], cfg, resolved, show_progress=False)
+    assert summary["episodes"] == 2 and summary["randomize"] == {"friction": 0.3}
+    from robotstack.data.store import EpisodeStore
+
+    with EpisodeStore.open(root / "coverage" / "store.zarr") as store:
+        metas = [store.episode_meta(i) for i in range(store.n_episodes)]
+    assert [m.seed for m in metas] == [400_000, 400_001]
+    assert all("expert(noise=0.4)" in m.policy_id and "friction=0.3" in m.policy_id for m in metas)
+    out = tmp_path / "never"
+    for override, message in (("distill.coverage.randomize.frition=0.3", r"distill.coverage.randomize: unknown key"),
+                              ("distill.coverage.noise=2", r"distill.coverage.noise: expected in \[0, 1\]"),
+                              ("distill.coverage.episodes=-1", r"distill.coverage.episodes: expected >= 0")):
+        with pytest.raises(ConfigError, match=message):
+            prepare(str(tiny_pipeline), ["distill.coverage.episodes=2", override], str(out))
+    ctm = _write(tiny_pipeline.parent / "distill_ctm.yaml",
+                 {"base": str(ROOT / "configs" / "distill" / "ctm.yaml")})
+    with pytest.raises(ConfigError, match="distill.coverage: needs policy.method rl100"):
+        prepare(str(tiny_pipeline), [f"distill.config={ctm}", "distill.coverage.episodes=2"], str(out))
     assert not out.exists()
