@@ -149,6 +149,21 @@ def test_ppo_update_first_ratio_is_one_and_moves_weights(update):
     assert any(not torch.equal(a, p) for a, p in zip(before, policy.denoiser.parameters()))
 
 
+def test_max_grad_norm_zero_means_no_clipping():
+    """ppo.max_grad_norm 0 turns clipping off, like None (clipping to a norm of 0 would zero every update)."""
+    after = {}
+    for norm in (None, 0.0):
+        policy = chunk_policy()
+        ch = dp.sample_chain(policy, random_obs(policy.config, 8), generator=torch.Generator().manual_seed(3))
+        before = [p.detach().clone() for p in policy.denoiser.parameters()]
+        opt = torch.optim.SGD(policy.denoiser.parameters(), lr=1e-2)
+        dp.ppo_update(policy, opt, ch, dp.normalize_advantage(torch.linspace(-1, 1, 8)),
+                      dp.DenoisePPOConfig(max_grad_norm=norm))
+        after[norm] = [p.detach() for p in policy.denoiser.parameters()]
+        assert any(not torch.equal(a, p) for a, p in zip(before, after[norm])), norm
+    assert all(torch.equal(a, b) for a, b in zip(after[None], after[0.0]))
+
+
 def test_mean_logprob_ratio_is_the_per_dim_geometric_mean():
     """logprob "mean" (DPPO): each step's ratio is the "sum" ratio (RL-100) to the power 1 / (executed dims), so the
     same clip_eps is a much wider trust region; the stored behaviour log-probs stay sums."""
