@@ -43,6 +43,7 @@ class DemosSection:
 
 
 ARM_SAMPLERS = ("rti", "ddim")  # what collect.arm may export: the rounds' policies are diffusion teachers
+TEACHER_SAMPLERS = ("ddim", "rti")  # export samplers that ship the teacher itself, not a distilled student
 
 
 @dataclass
@@ -95,7 +96,10 @@ class DistillSection(StageRef):
 
 @dataclass
 class ExportSection:
-    sampler: Literal["cm1", "cm3", "ddim"] = "cm1"  # cm1/cm3: the student; ddim: the teacher itself
+    # cm1/cm3: the student; ddim / rti: the teacher itself (rti: warm-started, 3 calls at the export default
+    # [20, 10, 0]; on the arm server the randomised push@servo teacher kept 0.86 of its sim success this way, its
+    # CM-1 students 0.66-0.67: docs/benchmarks.md, "Deployment transfer")
+    sampler: Literal["cm1", "cm3", "ddim", "rti"] = "cm1"
 
 
 @dataclass
@@ -185,6 +189,9 @@ class PipelineConfig:
                                   f"scorer critic ({', '.join(BEST_OF_N_KINDS)}); aloe evaluates the policy instead")
             if c.best_of_n < 1:
                 raise ConfigError(f"critic.best_of_n: expected >= 1 (1 = plain), got {c.best_of_n}")
+        if c.kind in BEST_OF_N_KINDS and self.export.sampler == "rti":
+            raise ConfigError(f"export.sampler: rti with critic.kind {c.kind!r}; best-of-N needs independent "
+                              "candidates per decision and RTI warm-starts each from the last chunk (use ddim or cm1)")
         if c.value_samples < 1:
             raise ConfigError(f"critic.value_samples: expected >= 1, got {c.value_samples}")
         self._check_coverage()

@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from robotstack.core.errors import ConfigError, RobotstackError
-from robotstack.pipeline.config import PipelineConfig
+from robotstack.pipeline.config import TEACHER_SAMPLERS, PipelineConfig
 
 SUMMARY = "summary.json"
 STORE = "store.zarr"
@@ -158,8 +158,9 @@ def build_plan(cfg: PipelineConfig, root: str | Path) -> list[Stage]:
                 "policy": str(teacher), "critic": str(ckpt["critic"])}))
         elif kind != "aloe":
             critic_inputs = {"critic": str(ckpt["critic"]), "best_of_n": str(cfg.critic_n)}
-    # cm1/cm3 export the distill stage's student, or the RL stage's joint one where distill was skipped
-    src = teacher if cfg.export.sampler == "ddim" else student
+    # cm1/cm3 export the distill stage's student, or the RL stage's joint one where distill was skipped; ddim/rti
+    # the teacher
+    src = teacher if cfg.export.sampler in TEACHER_SAMPLERS else student
     plan.append(Stage("export", "export", root / "export", inputs={
         "checkpoint": str(src), "fallback": str(joint_student(teacher)), "teacher": str(teacher),
         "sampler": cfg.export.sampler} | critic_inputs))
@@ -515,7 +516,7 @@ def _run_export(stage: Stage, cfg: PipelineConfig, resolved: dict[str, Any], sho
     from robotstack.export.onnx_export import export_artifact
 
     src = Path(stage.inputs["checkpoint"])
-    if not src.is_dir() and stage.inputs["sampler"] != "ddim":
+    if not src.is_dir() and stage.inputs["sampler"] not in TEACHER_SAMPLERS:
         src = Path(stage.inputs["fallback"])
     if not src.is_dir():
         raise ConfigError(f"stage export: {src} does not exist (sampler {stage.inputs['sampler']} needs a student: "

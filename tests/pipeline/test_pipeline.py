@@ -279,3 +279,24 @@ def test_distill_coverage_records_randomised_expert_states_for_the_student(tiny_
     with pytest.raises(ConfigError, match="distill.coverage: needs policy.method rl100"):
         prepare(str(tiny_pipeline), [f"distill.config={ctm}", "distill.coverage.episodes=2"], str(out))
     assert not out.exists()
+
+
+def test_export_rti_ships_the_teacher_and_refuses_best_of_n(tiny_pipeline, tiny_policy, tmp_path):
+    """export.sampler rti: the artifact is the teacher with RTI warm starts (not the distilled student); with a
+    best-of-N critic it is refused before any work (RTI candidates are not independent)."""
+    from robotstack.pipeline.stages import Stage
+
+    _, root, plan, _ = prepare(str(tiny_pipeline), ["export.sampler=rti"], str(tmp_path / "run"))
+    export = next(s for s in plan if s.kind == "export")
+    assert export.inputs["checkpoint"] == export.inputs["teacher"] == str(root / "il_0" / "checkpoints" / "latest")
+    _, ckpt = tiny_policy
+    stage = Stage("export", "export", tmp_path / "export", inputs={
+        "checkpoint": str(ckpt), "fallback": str(tmp_path / "no_student"), "teacher": str(ckpt), "sampler": "rti"})
+    summary = run_stage(stage, None, {}, show_progress=False)
+    manifest = json.loads((tmp_path / "export" / "artifact" / "manifest.json").read_text())
+    assert summary["sampler"] == manifest["sampler"] == "rti" and summary["checkpoint"] == str(ckpt)
+    assert summary["nfe"] == 3  # the export default levels [20, 10, 0]
+    out = tmp_path / "never"
+    with pytest.raises(ConfigError, match="export.sampler: rti with critic.kind 'dqc'"):
+        prepare(str(tiny_pipeline), ["export.sampler=rti", "critic.kind=dqc"], str(out))
+    assert not out.exists()
