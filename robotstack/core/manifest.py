@@ -60,6 +60,8 @@ CRITIC_VERSION = 3  # v3 = v2 + a critic section; the writer uses it only when t
 READABLE = (VERSION, CRITIC_VERSION)
 MANIFEST = "manifest.json"
 SAMPLERS = ("cm1", "cm3", "ddim", "rti")
+# samplers whose N candidates per decision are independent (best-of-N); rti carries one warm-start state
+BEST_OF_N_SAMPLERS = ("cm1", "cm3", "ddim")
 NUMBER = (int, float)
 
 # section -> {field: (accepted types, what is expected)}; checked by read_manifest
@@ -223,9 +225,9 @@ def _check_critic(doc: dict[str, Any], path: Path) -> None:
             raise ArtifactError(f"{path}: missing field 'critic.{key}' (expected {what})")
         if not isinstance(c[key], types) or isinstance(c[key], bool):
             raise ArtifactError(f"{path}: field 'critic.{key}' is {c[key]!r}, expected {what}")
-    if doc["sampler"] == "rti":
-        raise ArtifactError(f"{path}: a critic section with sampler 'rti': best-of-N needs independent candidates "
-                            "per decision (cm1, cm3 or ddim), RTI carries one warm-start state")
+    if doc["sampler"] not in BEST_OF_N_SAMPLERS:
+        raise ArtifactError(f"{path}: a critic section with sampler {doc['sampler']!r}: best-of-N needs independent "
+                            f"candidates per decision {BEST_OF_N_SAMPLERS}, RTI carries one warm-start state")
     ta = doc["action"]["Ta"]
     checks = [("n", c["n"] >= 1, "the default best-of-N, >= 1"),
               ("h_a", 1 <= c["h_a"] <= ta, f"1 <= h_a <= action.Ta = {ta}"),

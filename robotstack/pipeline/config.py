@@ -26,6 +26,7 @@ from robotstack.core.config import load_config, read_yaml_with_base
 from robotstack.core.errors import ConfigError
 from robotstack.core.joint_motion import base_task
 from robotstack.core.keys import RECORD_LABELS
+from robotstack.core.manifest import BEST_OF_N_SAMPLERS
 
 
 @dataclass
@@ -42,8 +43,9 @@ class DemosSection:
     seed: int = 0  # episode i is recorded with seed + i
 
 
-ARM_SAMPLERS = ("rti", "ddim")  # what collect.arm may export: the rounds' policies are diffusion teachers
-TEACHER_SAMPLERS = ("ddim", "rti")  # export samplers that ship the teacher itself, not a distilled student
+# export samplers that ship the diffusion teacher itself, not a distilled student; also what collect.arm may export
+# (the rounds' policies are teachers: no student exists yet)
+TEACHER_SAMPLERS = ("rti", "ddim")
 
 
 @dataclass
@@ -190,9 +192,9 @@ class PipelineConfig:
                                   f"scorer critic ({', '.join(BEST_OF_N_KINDS)}); aloe evaluates the policy instead")
             if c.best_of_n < 1:
                 raise ConfigError(f"critic.best_of_n: expected >= 1 (1 = plain), got {c.best_of_n}")
-        if c.kind in BEST_OF_N_KINDS and self.export.sampler == "rti":
-            raise ConfigError(f"export.sampler: rti with critic.kind {c.kind!r}; best-of-N needs independent "
-                              "candidates per decision and RTI warm-starts each from the last chunk (use ddim or cm1)")
+        if c.kind in BEST_OF_N_KINDS and self.export.sampler not in BEST_OF_N_SAMPLERS:  # the artifact's own rule
+            raise ConfigError(f"export.sampler: {self.export.sampler} with critic.kind {c.kind!r}; best-of-N needs "
+                              f"independent candidates per decision, one of {list(BEST_OF_N_SAMPLERS)}")
         if c.value_samples < 1:
             raise ConfigError(f"critic.value_samples: expected >= 1, got {c.value_samples}")
         self._check_coverage()
@@ -228,9 +230,9 @@ class PipelineConfig:
             raise ConfigError(f"collect.arm: {e}") from None
         if c.keys and not Path(c.keys).is_dir():
             raise ConfigError(f"collect.keys: {c.keys} is not a directory (robotstack keys generate --out DIR)")
-        if c.sampler not in ARM_SAMPLERS:
-            raise ConfigError(f"collect.sampler: {c.sampler!r}, expected one of {list(ARM_SAMPLERS)} (the teacher's "
-                              "own samplers: the rounds have no one-step student yet)")
+        if c.sampler not in TEACHER_SAMPLERS:
+            raise ConfigError(f"collect.sampler: {c.sampler!r}, expected one of {list(TEACHER_SAMPLERS)} (the "
+                              "teacher's own samplers: the rounds have no one-step student yet)")
         if c.max_steps < 0:
             raise ConfigError(f"collect.max_steps: expected >= 0 (0 = the task's time limit), got {c.max_steps}")
 

@@ -201,16 +201,23 @@ def check_plan(plan: list[Stage], cfg: PipelineConfig, root: Path) -> dict[str, 
             raise ConfigError(f"stage {stage.name} ({stage.config}): {exc}") from exc
         if stage.kind == "critic":
             check_critic_kind(stage, scfg)
-        extra = "extra_data" if cfg.distill.extra_data else "coverage" if cfg.distill.coverage.episodes else ""
-        if stage.kind == "distill" and extra and scfg.policy.method != "rl100":
-            raise ConfigError(f"distill.{extra}: needs policy.method rl100 (observations only); the distill "
-                              f"config's {scfg.policy.method!r} would also fit those stores' actions")
+        if stage.kind == "distill":
+            check_distill_data(cfg, scfg)
         stage_task = getattr(scfg, "task", cfg.task)
         if stage_task != cfg.task:
             raise ConfigError(f"stage {stage.name}: task {stage_task!r} (after its overrides {stage.overrides}), but "
                               f"the pipeline's task is {cfg.task!r}")
         resolved[stage.name] = scfg
     return resolved
+
+
+def check_distill_data(cfg: PipelineConfig, scfg) -> None:
+    """Stores beside the final one (extra_data, coverage) lend the student observations only: a distill method
+    that would also fit their actions (the noisy expert's, another policy's) is refused."""
+    extra = "extra_data" if cfg.distill.extra_data else "coverage" if cfg.distill.coverage.episodes else ""
+    if extra and scfg.policy.method != "rl100":
+        raise ConfigError(f"distill.{extra}: needs policy.method rl100 (observations only); the distill "
+                          f"config's {scfg.policy.method!r} would also fit those stores' actions")
 
 
 def check_critic_kind(stage: Stage, scfg) -> None:

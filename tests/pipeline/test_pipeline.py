@@ -297,6 +297,6 @@ def test_export_rti_ships_the_teacher_and_refuses_best_of_n(tiny_pipeline, tiny_
     assert summary["sampler"] == manifest["sampler"] == "rti" and summary["checkpoint"] == str(ckpt)
     assert summary["nfe"] == 3  # the export default levels [20, 10, 0]
     out = tmp_path / "never"
-    with pytest.raises(ConfigError, match="export.sampler: rti with critic.kind 'dqc'"):
+    with pytest.raises(ConfigError, match=r"export.sampler: rti with critic.kind 'dqc'; best-of-N needs independent candidates"):
         prepare(str(tiny_pipeline), ["export.sampler=rti", "critic.kind=dqc"], str(out))
     assert not out.exists()

@@ -174,6 +174,8 @@ def _edit(src: Path, dst: Path, edit) -> Path:
     (lambda doc, d: doc["critic"].update(obs_keys=["object_state"]), "field 'critic.obs_keys'"),
     (lambda doc, d: doc["critic"].update(temperature=1.0), "unknown field(s) ['critic.temperature']"),
     (lambda doc, d: doc.update(version=4), "version 4, expected 'robotstack.artifact' version 2"),
+    (lambda doc, d: doc.update(sampler="rti", graphs={**doc["graphs"], "init": doc["graphs"]["policy"]}),
+     "a critic section with sampler 'rti': best-of-N needs independent"),
 ])
 def test_bad_critic_section_is_refused(built, tmp_path, edit, message):
     d = _edit(built["critic"], tmp_path / "a", edit)
