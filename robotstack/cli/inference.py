@@ -2,8 +2,8 @@
 
     robotstack distill --config configs/distill/ctm.yaml [dotted.key=value ...] [--out RUN_DIR] | --resume RUN_DIR
     robotstack distill --checkpoint TEACHER [--method ctm|rl100] [--steps N] --out RUN_DIR   (flags = overrides)
-    robotstack export --checkpoint DIR --sampler cm1|cm3|ddim|rti --out ARTIFACT_DIR [--steps K] [--k-start K']
-                      [--critic SCORER_DIR [--best-of-n N]]   (best-of-N: critic.onnx beside policy.onnx)
+    robotstack export --checkpoint DIR --sampler cm1|cm3|ddim|rti|cm_warm --out ARTIFACT_DIR [--steps K] [--k-start K']
+                      [--critic SCORER_DIR [--best-of-n N]] [--n-exec N]   (best-of-N: critic.onnx beside policy.onnx)
     robotstack rti choose-k --checkpoint DIR --data STORE [--pairs 128]
     robotstack eval-artifact --artifact DIR [--task TASK] [--episodes 100] [--best-of-n N]   (onnxruntime only)
 Heavy imports happen inside the commands.
@@ -88,7 +88,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     m = export_artifact(args.checkpoint, args.sampler, args.out, steps=args.steps, rti=rti,
                         gripper_dims=_dims(args.gripper_dims), control_rate_hz=args.control_rate,
                         task_spec=_task_spec(args.checkpoint, args.task), seed=args.seed, critic=critic,
-                        best_of_n=args.best_of_n)
+                        best_of_n=args.best_of_n, n_exec=args.n_exec, warm_t=args.warm_t)
     if m.get("critic"):
         c = m["critic"]
         print(f"wrote {args.out}/critic.onnx (best-of-N, default N {c['n']}, scores the first {c['h_a']} executed "
@@ -167,7 +167,9 @@ def add_verbs(sub) -> None:
 
     e = sub.add_parser("export", help="export a sampler to ONNX (policy.onnx + manifest.json)")
     e.add_argument("--checkpoint", required=True, help="diffusion (ddim, rti) or distilled (cm1, cm3) checkpoint")
-    e.add_argument("--sampler", required=True, choices=["cm1", "cm3", "ddim", "rti"])
+    e.add_argument("--sampler", required=True, choices=["cm1", "cm3", "ddim", "rti", "cm_warm"],
+                   help="cm_warm: a distilled student warm-started from its previous chunk (one call per decision, "
+                        "one action executed by default; policies/consistency/warm.py)")
     e.add_argument("--out", required=True, help="artifact dir")
     e.add_argument("--steps", type=int, default=None, help="DDIM steps (ddim; rti's first call)")
     e.add_argument("--k-start", type=int, default=None, help="rti: K' (steps K'..0, K'+1 calls); overrides "
@@ -193,6 +195,12 @@ def add_verbs(sub) -> None:
                                                   "latest): exported as critic.onnx for best-of-N at deployment")
     e.add_argument("--best-of-n", type=int, default=32, help="with --critic: the artifact's default N (candidates "
                                                              "per decision; the runtime may be given another)")
+    e.add_argument("--n-exec", type=int, default=None, metavar="N",
+                   help="cm1 / cm3 / ddim / cm_warm: actions executed per call, 1..the policy's Ta (default Ta; "
+                        "cm_warm 1); 1 = replan every control step, as RTI does")
+    e.add_argument("--warm-t", type=int, default=None,
+                   help="cm_warm: the chain point the shifted previous chunk is re-noised to (one of the student's "
+                        "DDIM timesteps; default the one nearest 20)")
     e.set_defaults(func=cmd_export)
 
     r = sub.add_parser("rti", help="RTI warm-started denoising tools")

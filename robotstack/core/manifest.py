@@ -1,22 +1,23 @@
 """The export artifact's manifest.json, written once: the schema, its writer (used by robotstack.export) and its
 strict reader (used by robotstack.runtime). stdlib + json only, so the on-robot runtime reads it without torch.
 
-Artifact dir = ``policy.onnx`` (+ ``init.onnx`` for RTI) + ``manifest.json``.
+Artifact dir = ``policy.onnx`` (+ ``init.onnx`` for the warm-started samplers rti, cm_warm) + ``manifest.json``.
 Glossary: To obs history, T horizon (chunk), Ta actions returned per call, Da action dim, S stochastic steps.
 
 Graph contract (batch fixed to 1, or the dynamic "B" of a critic artifact; float32 unless obs.spec says uint8 for a
 camera key):
     inputs:  one per obs key (1, To, *shape) in env units   (normalization is inside the graph)
-             "noise"      (1, n, T, Da) standard normal      (cm: n = sampling steps; ddim: n = 1; rti init)
-             "guess"      (1, T, Da)   rti warm graph only: the previous call's "guess_out"
+             "noise"      (1, n, T, Da) standard normal      (cm: n = sampling steps; ddim: n = 1; rti init;
+                                                               cm_warm: n = 1, both graphs)
+             "guess"      (1, T, Da)   warm graphs only (rti, cm_warm policy.onnx): the previous call's "guess_out"
              "step_noise" (1, S, T, Da) rti warm graph only when its DDPM steps are stochastic
     outputs: "action" (1, Ta, Da) env units, gripper dims already thresholded to {-1, +1};
-             "chunk" (1, T, Da) env units; rti graphs also "guess_out" (1, T, Da) normalized state.
+             "chunk" (1, T, Da) env units; rti / cm_warm graphs also "guess_out" (1, T, Da) normalized state.
 Noise is drawn by the runtime from numpy's default_rng(seed), so a graph is a pure function of its inputs.
 
 Sections (every one required unless marked optional; the reader names the first missing field):
-    sampler          cm1 | cm3 | ddim | rti
-    graphs           {role: {file, sha256, inputs, outputs}}   roles: policy (+ init for rti)
+    sampler          cm1 | cm3 | ddim | rti | cm_warm
+    graphs           {role: {file, sha256, inputs, outputs}}   roles: policy (+ init for rti, cm_warm)
     obs              {keys, spec: {key: {shape: [To, ...], dtype}}, order}
     action           {names, dim, T, Ta, To, action_start, units}
     control_rate_hz  policy decisions per second (> 0)
@@ -59,7 +60,10 @@ FORMAT, VERSION = "robotstack.artifact", 2  # v2: task, robot and ee_action are 
 CRITIC_VERSION = 3  # v3 = v2 + a critic section; the writer uses it only when the artifact carries a critic
 READABLE = (VERSION, CRITIC_VERSION)
 MANIFEST = "manifest.json"
-SAMPLERS = ("cm1", "cm3", "ddim", "rti")
+SAMPLERS = ("cm1", "cm3", "ddim", "rti", "cm_warm")
+# samplers that carry a warm-start state between calls: an init graph for the first call, then policy.onnx with
+# the previous call's guess_out as its "guess" input (reset drops the state)
+STATEFUL_SAMPLERS = ("rti", "cm_warm")
 # samplers whose N candidates per decision are independent (best-of-N); rti carries one warm-start state
 BEST_OF_N_SAMPLERS = ("cm1", "cm3", "ddim")
 NUMBER = (int, float)
@@ -187,7 +191,7 @@ def _check(doc: dict[str, Any], path: Path) -> None:
         raise ArtifactError(f"{path}: field 'ee_action' is {doc['ee_action']!r}, expected the end-effector "
                             "action contract as an object")
     graphs = doc["graphs"]
-    roles = {"policy", "init"} if doc["sampler"] == "rti" else {"policy"}
+    roles = {"policy", "init"} if doc["sampler"] in STATEFUL_SAMPLERS else {"policy"}
     if not isinstance(graphs, dict) or set(graphs) != roles:
         raise ArtifactError(f"{path}: field 'graphs' has roles {sorted(graphs) if isinstance(graphs, dict) else graphs}"
                             f", expected {sorted(roles)} for sampler {doc['sampler']!r}")

@@ -17,6 +17,7 @@ from torch import nn
 
 from policies.consistency.model import ConsistencyPolicy
 from policies.diffusion.model import ACTION_KEY, DiffusionPolicy
+from policies.consistency.warm import WarmConsistencySampler
 from policies.diffusion.rti import RTISampler, shift_guess, threshold_gripper
 from policies.diffusion.samplers import sample_chunk
 
@@ -79,8 +80,8 @@ class DDIMGraph(_Graph):
 
     extra_inputs = ("noise",)
 
-    def __init__(self, policy: DiffusionPolicy, steps: int, gripper_dims: Sequence[int]):
-        super().__init__(policy, gripper_dims, policy.config.n_action_steps)
+    def __init__(self, policy: DiffusionPolicy, steps: int, gripper_dims: Sequence[int], n_out: int | None = None):
+        super().__init__(policy, gripper_dims, n_out or policy.config.n_action_steps)
         self.steps = steps
 
     def forward(self, *args: torch.Tensor):
@@ -94,8 +95,8 @@ class ConsistencyGraph(_Graph):
 
     extra_inputs = ("noise",)
 
-    def __init__(self, student: ConsistencyPolicy, steps: int, gripper_dims: Sequence[int]):
-        super().__init__(student, gripper_dims, student.config.n_action_steps)
+    def __init__(self, student: ConsistencyPolicy, steps: int, gripper_dims: Sequence[int], n_out: int | None = None):
+        super().__init__(student, gripper_dims, n_out or student.config.n_action_steps)
         self.steps = steps
 
     def forward(self, *args: torch.Tensor):
@@ -141,6 +142,38 @@ class RTIWarmGraph(_Graph):
         x = r.refine(shift_guess(guess, r.config.n_exec), cond, step_noise=step_noise)
         r.store(x)
         return (*self.finish(x), r.guess)
+
+
+class WarmConsistencyInitGraph(_Graph):
+    """First cm_warm call: obs..., noise (1, 1, T, Da) -> action (1, n, Da), chunk, guess_out (1, T, Da)."""
+
+    extra_inputs = ("noise",)
+    outputs = ("action", "chunk", "guess_out")
+
+    def __init__(self, warm: WarmConsistencySampler, gripper_dims: Sequence[int]):
+        super().__init__(warm.policy, gripper_dims, warm.config.n_exec)
+        self.warm = warm
+
+    def forward(self, *args: torch.Tensor):
+        obs, (noise,) = self.split(args)
+        x = self.warm.first(self.policy.encode_obs(obs), noise[:, 0])
+        return (*self.finish(x), self.warm.store(x))
+
+
+class WarmConsistencyGraph(_Graph):
+    """Warm cm_warm call: obs..., guess (1, T, Da), noise (1, 1, T, Da) -> action, chunk, guess_out (one NFE)."""
+
+    extra_inputs = ("guess", "noise")
+    outputs = ("action", "chunk", "guess_out")
+
+    def __init__(self, warm: WarmConsistencySampler, gripper_dims: Sequence[int]):
+        super().__init__(warm.policy, gripper_dims, warm.config.n_exec)
+        self.warm = warm
+
+    def forward(self, *args: torch.Tensor):
+        obs, (guess, noise) = self.split(args)
+        x = self.warm.warm(guess, self.policy.encode_obs(obs), noise[:, 0])
+        return (*self.finish(x), self.warm.store(x))
 
 
 class CriticGraph(nn.Module):

@@ -56,14 +56,15 @@ from torch import nn
 
 from robotstack.core.errors import ConfigError
 from robotstack.core.manifest import (BATCH_AXIS, CANDIDATE_AXIS, CRITIC_AGGREGATES, CRITIC_VERSION, MANIFEST,
-                                      SAMPLERS, VERSION, Manifest, write_manifest)
+                                      SAMPLERS, STATEFUL_SAMPLERS, VERSION, Manifest, write_manifest)
 from robotstack.core.success import check_criterion
 from robotstack.export.graphs import (ConsistencyGraph, CriticGraph, DDIMGraph, RTIInitGraph, RTIWarmGraph,
-                                      for_export)
+                                      WarmConsistencyGraph, WarmConsistencyInitGraph, for_export)
 from robotstack.runtime.artifact import open_session, sha256_file
 
 from policies.checkpoint import load_checkpoint, policy_name, read_extra, resolve_weights
 from policies.consistency.model import ConsistencyPolicy
+from policies.consistency.warm import WarmConfig, WarmConsistencySampler
 from policies.diffusion.model import ACTION_KEY, DiffusionPolicy
 from policies.diffusion.rti import (DEFAULT_EXPORT_SEMANTICS, DEFAULT_EXPORT_STEPS, RTIConfig, RTISampler,
                                    threshold_gripper)
@@ -329,13 +330,15 @@ def action_scale(policy: nn.Module) -> np.ndarray:
 @torch.no_grad()
 def sampler_path_parity(policy: nn.Module, sampler: str, steps: int | None, rti: RTIConfig | None,
                         dims: Sequence[int], out_dir: Path, rng: np.random.Generator, episodes: int,
-                        calls: int = 4) -> dict[str, Any]:
+                        calls: int = 4, n_exec: int | None = None, warm_t: int | None = None) -> dict[str, Any]:
     """onnxruntime vs the benchmarked torch sampler path, on thresholded executed actions (module docstring)."""
     c = policy.config
     chunk = (c.horizon, c.action_dim)
-    sess = {role: open_session(out_dir / f"{role}.onnx") for role in (("init", "policy") if sampler == "rti"
-                                                                       else ("policy",))}
-    r = RTISampler(policy, rti_for_export(rti, steps, dims)) if sampler == "rti" else None
+    roles = ("init", "policy") if sampler in STATEFUL_SAMPLERS else ("policy",)
+    sess = {role: open_session(out_dir / f"{role}.onnx") for role in roles}
+    r = (RTISampler(policy, rti_for_export(rti, steps, dims)) if sampler == "rti" else
+         warm_sampler(policy, warm_t, check_n_exec(n_exec, sampler, c.n_action_steps), dims)
+         if sampler == "cm_warm" else None)
     cont = [d for d in range(c.action_dim) if d not in dims]
     # Errors are measured in the model's (normalized) action units: env error x action_scale. In env units the
     # tolerance would depend on each dim's range: a policy trained with the gripper / 10 (policy.gripper_factor)
@@ -360,6 +363,12 @@ def sampler_path_parity(policy: nn.Module, sampler: str, steps: int | None, rti:
                 feeds["noise"] = torch.randn((1, *chunk), generator=torch.Generator().manual_seed(seed)).numpy()[:, None]
                 ref = policy.predict_action(obs, sampler="ddim", steps=steps or c.scheduler.num_inference_steps,
                                             generator=torch.Generator().manual_seed(seed))
+            elif sampler == "cm_warm":
+                role = "init" if state is None else "policy"
+                feeds["noise"] = rng.standard_normal((1, 1, *chunk)).astype(np.float32)
+                if state is not None:
+                    feeds["guess"] = state
+                ref = r(obs, noise=torch.from_numpy(feeds["noise"][:, 0]))
             elif state is None:
                 role = "init"
                 feeds["noise"] = rng.standard_normal((1, 1, *chunk)).astype(np.float32)
@@ -372,7 +381,8 @@ def sampler_path_parity(policy: nn.Module, sampler: str, steps: int | None, rti:
                 ref = r(obs, step_noise=torch.from_numpy(feeds["step_noise"]) if s else None)
             got = dict(zip([o.name for o in sess[role].get_outputs()], sess[role].run(None, feeds)))
             state = got.get("guess_out")
-            want = threshold_gripper(ref.action, dims).numpy()
+            # an artifact exported with n_exec < Ta returns the first n_exec of the torch path's executed actions
+            want = threshold_gripper(ref.action, dims).numpy()[:, : got["action"].shape[1]]
             raw = ref.chunk[:, c.action_start:c.action_start + want.shape[1]].numpy()[..., list(dims)]
             flip = want[..., list(dims)] != got["action"][..., list(dims)]
             near += int((np.abs(raw) < GRIPPER_AMBIGUOUS).sum())
@@ -384,11 +394,38 @@ def sampler_path_parity(policy: nn.Module, sampler: str, steps: int | None, rti:
     path = {"cm1": "ConsistencyPolicy.predict_action(steps=1, noises)",
             "cm3": "ConsistencyPolicy.predict_action(steps=3, noises)",
             "ddim": "DiffusionPolicy.predict_action(sampler='ddim', generator) (robotstack eval)",
-            "rti": "RTISampler.__call__ (bench_inference / actor rollouts), state carried per side"}[sampler]
+            "rti": "RTISampler.__call__ (bench_inference / actor rollouts), state carried per side",
+            "cm_warm": "WarmConsistencySampler.__call__ (policies/consistency/warm.py), state carried per side",
+            }[sampler]
     return {"max_abs_err": err, "units": "normalized action (env error x normalizer scale)",
             "max_abs_err_env_units": err_env, "gripper_mismatches": mismatches, "near_threshold": near, "decisions": n,
             "torch_path": path, "gripper_rule": "> 0 -> +1 else -1 on both sides",
             "ok": err <= PARITY_TOL and mismatches == 0}
+
+
+def check_n_exec(n_exec: int | None, sampler: str, ta: int) -> int:
+    """-> the actions a cm1 / cm3 / ddim / cm_warm call returns. Fewer than the policy's Ta means replanning more
+    often (one call per n_exec control steps): the chunk is still predicted whole, only its first n_exec actions run. RTI
+    executes its own n_exec (one action per call) and takes no override."""
+    if n_exec is None:
+        return 1 if sampler == "cm_warm" else ta  # cm_warm replans every step, as RTI
+    if sampler == "rti":
+        raise ConfigError(f"export --n-exec {n_exec}: not for --sampler rti (it executes one action per call)")
+    if isinstance(n_exec, bool) or not isinstance(n_exec, int) or not 1 <= n_exec <= ta:
+        raise ConfigError(f"export --n-exec {n_exec!r}: expected an integer in [1, {ta}] (the policy's Ta)")
+    return n_exec
+
+
+def warm_sampler(student: nn.Module, warm_t: int | None, n_exec: int,
+                 gripper_dims: Sequence[int]) -> WarmConsistencySampler:
+    """The cm_warm sampler the graphs trace and the parity check replays (one config for both)."""
+    if not isinstance(student, ConsistencyPolicy):
+        raise ConfigError(f"export --sampler cm_warm: needs a distilled checkpoint (`robotstack distill`), got a "
+                          f"{type(student).__name__}")
+    try:
+        return WarmConsistencySampler(student, WarmConfig(t=warm_t, n_exec=n_exec, gripper_dims=tuple(gripper_dims)))
+    except ValueError as e:
+        raise ConfigError(f"export: {e}") from None
 
 
 def rti_for_export(rti: RTIConfig | None, steps: int | None, gripper_dims: Sequence[int]) -> RTIConfig:
@@ -408,17 +445,38 @@ def rti_for_export(rti: RTIConfig | None, steps: int | None, gripper_dims: Seque
 
 
 def build_graphs(policy: nn.Module, sampler: str, steps: int | None, rti: RTIConfig | None,
-                 gripper_dims: Sequence[int], batch_axis: bool = False) -> tuple[list[_GraphExport], dict[str, Any]]:
-    """-> graph exports and the sampler section of the manifest (nfe, state, noise); batch_axis: best-of-N."""
+                 gripper_dims: Sequence[int], batch_axis: bool = False, n_exec: int | None = None,
+                 warm_t: int | None = None) -> tuple[list[_GraphExport], dict[str, Any]]:
+    """-> graph exports and the sampler section of the manifest (nfe, state, noise); batch_axis: best-of-N;
+    n_exec: actions returned (executed) per call, 1..the policy's Ta (check_n_exec); warm_t: cm_warm's chain point."""
     c = policy.config
     chunk = (c.horizon, c.action_dim)
+    n_out = check_n_exec(n_exec, sampler, c.n_action_steps)
+    state = {"input": "guess", "output": "guess_out", "shape": [1, *chunk], "space": "normalized",
+             "first_call_graph": "init", "reset": "drop the state: the next call runs init"}
+    if sampler == "cm_warm":
+        if batch_axis:
+            raise ConfigError("export --sampler cm_warm --critic: best-of-N needs independent candidates per "
+                              "decision (cm1, cm3 or ddim); cm_warm carries one warm-start state between calls")
+        w = warm_sampler(policy, warm_t, n_out, gripper_dims)
+        noise = {"input": "noise", "shape": [1, 1, *chunk]}
+        gi = _GraphExport(WarmConsistencyInitGraph(w, gripper_dims), "init", "init.onnx", {"noise": (1, 1, *chunk)})
+        gw = _GraphExport(WarmConsistencyGraph(w, gripper_dims), "policy", "policy.onnx",
+                          {"guess": (1, *chunk), "noise": (1, 1, *chunk)})
+        return [gi, gw], {"nfe": {"first_call": 1, "per_call": 1}, "state": state,
+                          "noise": {"init": noise, "policy": noise},
+                          "consistency": {"method": policy.method, "chain_points": policy.chain_points(1),
+                                          "warm": {"t": w.config.t, "n_exec": w.config.n_exec,
+                                                   "renoise": "x_t = sqrt(abar_t) shift(guess) + sqrt(1 - abar_t) z",
+                                                   "gripper_dims": list(w.config.gripper_dims),
+                                                   "gripper_factor": w.config.factor}}}
     if sampler in ("cm1", "cm3"):
         if not isinstance(policy, ConsistencyPolicy):
             raise ConfigError(f"export --sampler {sampler}: needs a distilled checkpoint (`robotstack distill`), got "
                               f"a {type(policy).__name__}")
         n = 1 if sampler == "cm1" else 3
-        g = _GraphExport(ConsistencyGraph(policy, n, gripper_dims), "policy", "policy.onnx", {"noise": (1, n, *chunk)},
-                         batch_axis)
+        g = _GraphExport(ConsistencyGraph(policy, n, gripper_dims, n_out), "policy", "policy.onnx",
+                         {"noise": (1, n, *chunk)}, batch_axis)
         return [g], {"nfe": {"per_call": n}, "noise": {"policy": {"input": "noise", "shape": [1, n, *chunk]}},
                      "consistency": {"method": policy.method, "chain_points": policy.chain_points(n)}}
     if not isinstance(policy, DiffusionPolicy):
@@ -426,7 +484,7 @@ def build_graphs(policy: nn.Module, sampler: str, steps: int | None, rti: RTICon
                           f"{type(policy).__name__}")
     if sampler == "ddim":
         k = steps or c.scheduler.num_inference_steps
-        g = _GraphExport(DDIMGraph(policy, k, gripper_dims), "policy", "policy.onnx", {"noise": (1, 1, *chunk)},
+        g = _GraphExport(DDIMGraph(policy, k, gripper_dims, n_out), "policy", "policy.onnx", {"noise": (1, 1, *chunk)},
                          batch_axis)
         return [g], {"nfe": {"per_call": k}, "ddim": {"steps": k, "eta": 0.0},
                      "noise": {"policy": {"input": "noise", "shape": [1, 1, *chunk]}}}
@@ -445,8 +503,7 @@ def build_graphs(policy: nn.Module, sampler: str, steps: int | None, rti: RTICon
                        "init": f"ddim:{r.init_steps}", "n_exec": rti.n_exec, "gripper_mode": rti.gripper_mode,
                        "gripper_dims": list(rti.gripper_dims), "factor": rti.factor,
                        "gripper_reason": r.gripper_reason},
-               "state": {"input": "guess", "output": "guess_out", "shape": [1, *chunk], "space": "normalized",
-                         "first_call_graph": "init", "reset": "drop the state: the next call runs init"},
+               "state": state,
                "noise": {"init": {"input": "noise", "shape": [1, 1, *chunk]}}
                | ({"policy": {"input": "step_noise", "shape": [1, s, *chunk]}} if s else {})}
     return [gi, gw], section
@@ -456,10 +513,13 @@ def export_artifact(checkpoint: str | Path, sampler: str, out: str | Path, *, st
                     rti: RTIConfig | None = None, gripper_dims: Sequence[int] | None = None,
                     control_rate_hz: float | None = None, task_spec: dict | None = None, seed: int = 0,
                     parity_trials: int = 5, latency_runs: int = 200, weights: str = "auto",
-                    critic: nn.Module | None = None, best_of_n: int = 32) -> dict[str, Any]:
+                    critic: nn.Module | None = None, best_of_n: int = 32, n_exec: int | None = None,
+                    warm_t: int | None = None) -> dict[str, Any]:
     """Write the artifact dir; returns the manifest (as a dict). gripper_dims None = the task's (binary_gripper_dims);
     task_spec None = the checkpoint's extra["task_spec"]; control_rate_hz None = the task's control rate.
-    critic: a best-of-N scorer module (module docstring), exported as critic.onnx with default N = best_of_n."""
+    critic: a best-of-N scorer module (module docstring), exported as critic.onnx with default N = best_of_n.
+    n_exec: actions executed per call (cm1 / cm3 / ddim / cm_warm; check_n_exec); warm_t: cm_warm's chain point
+    (None = the default of policies/consistency/warm.py)."""
     if sampler not in SAMPLERS:
         raise ConfigError(f"export --sampler {sampler!r}: expected one of {SAMPLERS}")
     checkpoint, out = Path(checkpoint), Path(out)
@@ -472,11 +532,13 @@ def export_artifact(checkpoint: str | Path, sampler: str, out: str | Path, *, st
     task_spec = task_spec if task_spec is not None else extra.get("task_spec")
     task = task_section(task_spec, checkpoint, c.action_dim)
     dims = binary_gripper_dims(task_spec, c.action_dim, gripper_dims)
+    check_n_exec(n_exec, sampler, c.n_action_steps)  # before the out dir is touched
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("policy.onnx", "init.onnx", CRITIC_FILE, MANIFEST):
         (out / stale).unlink(missing_ok=True)
     # the graphs trace an export-friendly copy (graphs.for_export); the parity checks compare them against `policy`
-    graphs, section = build_graphs(for_export(policy), sampler, steps, rti, dims, batch_axis=critic is not None)
+    graphs, section = build_graphs(for_export(policy), sampler, steps, rti, dims, batch_axis=critic is not None,
+                                   n_exec=n_exec, warm_t=warm_t)
     n_out = graphs[-1].graph.n_out
     scorer = _CriticExport(critic, policy, best_of_n, n_out) if critic is not None else None
     rng = np.random.default_rng(seed)
@@ -485,7 +547,8 @@ def export_artifact(checkpoint: str | Path, sampler: str, out: str | Path, *, st
     critic_doc = scorer.export(out, rng) if scorer else None
     export_s = time.perf_counter() - t0
     parity = {g.role: g.parity(out, rng, parity_trials) for g in graphs}
-    path = sampler_path_parity(policy, sampler, steps, rti, dims, out, rng, episodes=parity_trials)
+    path = sampler_path_parity(policy, sampler, steps, rti, dims, out, rng, episodes=parity_trials, n_exec=n_exec,
+                               warm_t=warm_t)
     latency = {g.role: g.latency(out, rng, latency_runs) for g in graphs}
     worst = max(*parity.values(), path["max_abs_err"])
     critic_ok = True

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from robotstack.core.errors import ArtifactError
-from robotstack.core.manifest import BATCH_AXIS, CANDIDATE_AXIS, read_manifest
+from robotstack.core.manifest import BATCH_AXIS, CANDIDATE_AXIS, STATEFUL_SAMPLERS, read_manifest
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(int64)": "int64"}
 
@@ -88,7 +88,7 @@ class _Bound:
 
 
 class ArtifactPolicy:
-    """`act(obs_history) -> actions (Ta, Da)`; `reset()` clears RTI's warm-start state and reseeds the noise.
+    """`act(obs_history) -> actions (Ta, Da)`; `reset()` clears the warm-start state (rti, cm_warm), reseeds the noise.
 
     obs_history: {key: (To, *shape)} in env units, oldest first (the manifest's obs spec).
     best_of_n: candidates per decision; None = the manifest's critic.n (1 without a critic section). N > 1 needs
@@ -188,7 +188,7 @@ class ArtifactPolicy:
         return b
 
     def act(self, obs_history: dict[str, np.ndarray]) -> np.ndarray:
-        role = "init" if self.sampler == "rti" and self.state is None else "policy"
+        role = "init" if self.sampler in STATEFUL_SAMPLERS and self.state is None else "policy"
         b = self._fill(role, obs_history)
         t0 = time.perf_counter()
         b.run()

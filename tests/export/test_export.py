@@ -55,29 +55,31 @@ def artifacts(ckpts, spec, tmp_path_factory):
          "ddim": export_artifact(ckpts / "teacher", "ddim", out / "ddim", steps=5, **kw),
          "rti": export_artifact(ckpts / "teacher", "rti", out / "rti", steps=5,
                                 rti=RTIConfig(k_start=2, gripper_mode="clip", factor=10.0), **kw),
-         "rti_jump": export_artifact(ckpts / "teacher", "rti", out / "rti_jump", steps=5, rti=RTI_JUMP, **kw)}
+         "rti_jump": export_artifact(ckpts / "teacher", "rti", out / "rti_jump", steps=5, rti=RTI_JUMP, **kw),
+         "cm_warm": export_artifact(ckpts / "rl100", "cm_warm", out / "cm_warm", **kw)}
     return out, m
 
 
 RTI_JUMP = RTIConfig(steps=(5, 2, 0), step_semantics="jump", gripper_mode="clip", factor=10.0)  # strided, 3 calls
 
 
-@pytest.mark.parametrize("sampler", ["cm1", "cm3", "ddim", "rti"])
+@pytest.mark.parametrize("sampler", ["cm1", "cm3", "ddim", "rti", "cm_warm"])
 def test_parity_and_manifest(artifacts, spec, sampler):
     out, manifests = artifacts
     m = manifests[sampler]
     assert m["parity"]["ok"] and m["parity"]["max_abs_err"] <= 1e-4
     path = m["parity"]["sampler_path"]  # onnxruntime vs the benchmarked torch sampler, thresholded actions
     assert path["ok"] and path["gripper_mismatches"] == 0 and path["max_abs_err"] <= 1e-4
-    assert path["decisions"] == (2 * 4 if sampler == "rti" else 2)
+    warm_started = sampler in ("rti", "cm_warm")  # parity runs 4 chained calls per episode, state carried
+    assert path["decisions"] == (2 * 4 if warm_started else 2)
     assert {"cm1": "ConsistencyPolicy", "cm3": "ConsistencyPolicy", "ddim": "robotstack eval",
-            "rti": "RTISampler"}[sampler] in path["torch_path"]
+            "rti": "RTISampler", "cm_warm": "WarmConsistencySampler"}[sampler] in path["torch_path"]
     assert m["opset"] == 17 and m["graphs"]["policy"]["sha256"] == sha256_file(out / sampler / "policy.onnx")
     for role, lat in m["latency"].items():
         assert lat["ort"]["p50_ms"] > 0 and lat["ort"]["p99_ms"] >= lat["ort"]["p50_ms"], role
     assert m["obs"]["spec"]["object_state"] == {"shape": [2, 7], "dtype": "float32"}
     assert m["action"] == {"names": ["dx", "dy", "dz", "gripper"], "dim": 4, "T": 8,
-                           "Ta": 1 if sampler == "rti" else 4, "To": 2, "action_start": 1, "units": "env"}
+                           "Ta": 1 if warm_started else 4, "To": 2, "action_start": 1, "units": "env"}
     # what the runtime needs about the task travels as data, from the sim's task spec
     assert m["task"] == {"name": "reach", "success": [{"distance": ["robot_eef_pos", "goal"], "dims": [0, 1, 2],
                                                        "below": 0.02}]}
@@ -166,6 +168,31 @@ def test_rti_artifact_matches_the_torch_sampler_over_calls(ckpts, artifacts, nam
     np.testing.assert_allclose(np.abs(state[..., 3]), 0.1, rtol=1e-6)  # clip mode: +-1/factor in the state
 
 
+@pytest.mark.parametrize("sampler,ckpt", [("cm1", "ctm"), ("ddim", "teacher")])
+def test_n_exec_returns_the_first_actions_of_the_chunk(ckpts, artifacts, spec, tmp_path, sampler, ckpt):
+    """--n-exec 1 (replan every control step): the manifest's Ta is 1, the sampler-path parity still holds, and each
+    call returns the first action of what the full-Ta artifact returns on the same observation and noise."""
+    out, _ = artifacts
+    m = export_artifact(ckpts / ckpt, sampler, tmp_path / "one", steps=5 if sampler == "ddim" else None, n_exec=1,
+                        latency_runs=2, parity_trials=2, task_spec=spec)
+    assert m["action"]["Ta"] == 1 and m["parity"]["ok"] and m["parity"]["sampler_path"]["ok"]
+    one, full = load_artifact(tmp_path / "one", seed=5), load_artifact(out / sampler, seed=5)
+    for call in range(3):
+        h = _hist(one, call)
+        a1, a4 = one.act(h), full.act(h)
+        assert a1.shape == (1, 4) and a4.shape == (4, 4)
+        np.testing.assert_allclose(a1, a4[:1], atol=1e-5, rtol=0)
+
+
+def test_n_exec_out_of_range_is_refused(ckpts, spec, tmp_path):
+    for n in (0, 5, 2.0):
+        with pytest.raises(ConfigError, match=r"n-exec .*\[1, 4\]"):
+            export_artifact(ckpts / "ctm", "cm1", tmp_path / "x", n_exec=n, task_spec=spec)
+    with pytest.raises(ConfigError, match="not for --sampler rti"):
+        export_artifact(ckpts / "teacher", "rti", tmp_path / "y", steps=5, n_exec=1, task_spec=spec)
+    assert not (tmp_path / "x" / "manifest.json").exists() and not (tmp_path / "y" / "manifest.json").exists()
+
+
 def test_artifact_act_and_reset(artifacts):
     out, _ = artifacts
     art = load_artifact(out / "rti", seed=3)
@@ -178,6 +205,36 @@ def test_artifact_act_and_reset(artifacts):
         art.act({k: v for k, v in h.items() if k != "robot_eef_pos"})
     with pytest.raises(ArtifactError, match=r"obs_history\['object_state'\] has shape \(1, 7\)"):
         art.act(h | {"object_state": h["object_state"][:1]})
+
+
+def test_cm_warm_artifact_starts_from_its_last_chunk(ckpts, artifacts, spec, tmp_path):
+    """cm_warm: the first call (init.onnx) is the plain CM-1 sample of the same student from the same noise; later
+    calls (policy.onnx) depend on the carried guess; reset() drops the guess and the next call is a first call
+    again."""
+    out, m = artifacts
+    assert m["cm_warm"]["nfe"] == {"first_call": 1, "per_call": 1}
+    assert set(m["cm_warm"]["graphs"]) == {"init", "policy"} and m["cm_warm"]["state"]["input"] == "guess"
+    export_artifact(ckpts / "rl100", "cm1", tmp_path / "cm1", latency_runs=2, parity_trials=1, task_spec=spec)
+    warm, cm1 = load_artifact(out / "cm_warm", seed=7), load_artifact(tmp_path / "cm1", seed=7)
+    h = _hist(warm)
+    np.testing.assert_allclose(warm.act(h), cm1.act(h)[:1], atol=1e-5, rtol=0)  # same rng stream, same noise
+    assert warm.state is not None
+    feeds = {k: v[None].astype(np.float32) for k, v in h.items()} | {"noise": np.zeros((1, 1, 8, 4), np.float32)}
+    a = warm.run_raw("policy", feeds | {"guess": np.zeros((1, 8, 4), np.float32)})["chunk"]
+    b = warm.run_raw("policy", feeds | {"guess": np.full((1, 8, 4), 0.9, np.float32)})["chunk"]
+    assert np.abs(a - b).max() > 1e-3  # the guess reaches the output
+    warm.reset(seed=7)
+    cm1.reset(seed=7)
+    np.testing.assert_allclose(warm.act(h), cm1.act(h)[:1], atol=1e-5, rtol=0)
+
+
+def test_cm_warm_refuses_what_it_cannot_run(ckpts, spec, tmp_path):
+    with pytest.raises(ConfigError, match="needs an rl100 student"):
+        export_artifact(ckpts / "ctm", "cm_warm", tmp_path / "a", task_spec=spec)
+    with pytest.raises(ConfigError, match="t=20 is not a point the student was trained on"):
+        export_artifact(ckpts / "rl100", "cm_warm", tmp_path / "b", warm_t=20, task_spec=spec)
+    with pytest.raises(ConfigError, match="needs a distilled checkpoint"):
+        export_artifact(ckpts / "teacher", "cm_warm", tmp_path / "c", task_spec=spec)
 
 
 def _copy(src: Path, dst: Path) -> Path:
