@@ -99,10 +99,11 @@ class DistillSection(StageRef):
 
 @dataclass
 class ExportSection:
-    # cm1/cm3: the student; ddim / rti: the teacher itself (rti: warm-started, 3 calls at the export default
-    # [20, 10, 0]; on the arm server the randomised push@servo teacher kept 0.86 of its sim success this way, its
-    # CM-1 students 0.66-0.67: docs/benchmarks.md, "Deployment transfer")
-    sampler: Literal["cm1", "cm3", "ddim", "rti"] = "cm1"
+    # cm1 / cm3 / cm_warm: the student (cm_warm: one call per action, warm-started from its previous chunk,
+    # policies/consistency/warm.py); ddim / rti: the teacher itself (rti: warm-started, 3 calls at the export
+    # default [20, 10, 0]). On the arm server the randomised push@servo teacher kept 0.86 of its sim success as
+    # rti, its CM-1 student 0.66 and the same student as cm_warm 0.82 (docs/benchmarks.md, "Deployment transfer")
+    sampler: Literal["cm1", "cm3", "ddim", "rti", "cm_warm"] = "cm1"
 
 
 @dataclass

@@ -158,8 +158,8 @@ def build_plan(cfg: PipelineConfig, root: str | Path) -> list[Stage]:
                 "policy": str(teacher), "critic": str(ckpt["critic"])}))
         elif kind != "aloe":
             critic_inputs = {"critic": str(ckpt["critic"]), "best_of_n": str(cfg.critic_n)}
-    # cm1/cm3 export the distill stage's student, or the RL stage's joint one where distill was skipped; ddim/rti
-    # the teacher
+    # cm1/cm3/cm_warm export the distill stage's student, or the RL stage's joint one where distill was skipped;
+    # ddim/rti the teacher
     src = teacher if cfg.export.sampler in TEACHER_SAMPLERS else student
     plan.append(Stage("export", "export", root / "export", inputs={
         "checkpoint": str(src), "fallback": str(joint_student(teacher)), "teacher": str(teacher),

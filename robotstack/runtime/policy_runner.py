@@ -163,14 +163,14 @@ class PolicyRunner:
 
     def reset(self) -> None:
         """Forget the history (the next push fills all To slots, diffusion_policy pads by repeating) and RTI's
-        warm-start state."""
+        warm-start state (rti, cm_warm)."""
         self.history = {k: np.zeros((self.spec.n_obs_steps, *shape), self._dtypes[k])
                         for k, shape in self.spec.obs.items()}
         self._filled = False
         self.artifact.reset()
 
     def reset_warm_start(self) -> None:
-        """Forget RTI's warm-start state only (after a human takeover); the history stays."""
+        """Forget the warm-start state only (rti, cm_warm; after a human takeover); the history stays."""
         self.artifact.reset()
 
     def push(self, obs: dict[str, np.ndarray]) -> None:

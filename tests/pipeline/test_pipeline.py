@@ -300,3 +300,16 @@ def test_export_rti_ships_the_teacher_and_refuses_best_of_n(tiny_pipeline, tiny_
     with pytest.raises(ConfigError, match=r"export.sampler: rti with critic.kind 'dqc'; best-of-N needs independent candidates"):
         prepare(str(tiny_pipeline), ["export.sampler=rti", "critic.kind=dqc"], str(out))
     assert not out.exists()
+
+
+def test_export_cm_warm_ships_the_student_and_refuses_best_of_n(tiny_pipeline, tmp_path):
+    """export.sampler cm_warm: the export stage takes the distilled student (as cm1 does), warm-started at run time;
+    with a best-of-N critic it is refused before any work (one carried state, no independent candidates)."""
+    _, root, plan, _ = prepare(str(tiny_pipeline), ["export.sampler=cm_warm"], str(tmp_path / "run"))
+    export = next(s for s in plan if s.kind == "export")
+    assert export.inputs["sampler"] == "cm_warm"
+    assert export.inputs["checkpoint"] == str(root / "distill" / "checkpoints" / "latest")
+    out = tmp_path / "never"
+    with pytest.raises(ConfigError, match=r"export.sampler: cm_warm with critic.kind 'dqc'; best-of-N needs"):
+        prepare(str(tiny_pipeline), ["export.sampler=cm_warm", "critic.kind=dqc"], str(out))
+    assert not out.exists()
