@@ -162,7 +162,7 @@ class PolicyRunner:
         self.reset()
 
     def reset(self) -> None:
-        """Forget the history (the next push fills all To slots, diffusion_policy pads by repeating) and RTI's
+        """Forget the history (the next push fills all To slots, diffusion_policy pads by repeating) and the
         warm-start state (rti, cm_warm)."""
         self.history = {k: np.zeros((self.spec.n_obs_steps, *shape), self._dtypes[k])
                         for k, shape in self.spec.obs.items()}
