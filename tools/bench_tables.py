@@ -167,6 +167,28 @@ def deploy_pooled_table() -> str:
     return table(POOLED_COLUMNS, rows) if rows else "(no artifact ran on two scene sets)"
 
 
+def warm_table() -> str:
+    """bench_artifact_eval pairs "<task> pipeline CM-1 (export/artifact)" / "<task> same student, cm_warm ...": the
+    pipeline's final student exported both ways, beside its teacher (bench_rl100's teacher_vs_student)."""
+    res = (load("bench_artifact_eval") or {}).get("results", {})
+    rl = (load("bench_rl100") or {}).get("tasks", {})
+    rows = []
+    for label, r in res.items():
+        if not label.endswith(" pipeline CM-1 (export/artifact)"):
+            continue
+        key = label.split(" ")[0]
+        warm = next((w for lab, w in res.items() if lab.startswith(f"{key} same student, cm_warm")), None)
+        if warm is None:
+            continue
+        teacher = (rl.get(key, {}).get("teacher_vs_student") or {}).get("teacher")
+        rows.append([key, r["task"], f"{r['episodes']} ({r['seed_env']})", pct(teacher["rate"]) if teacher else "-",
+                     pct(r["success_rate"]), pct(warm["success_rate"]),
+                     f"{100 * (warm['success_rate'] - r['success_rate']):+.0f}"])
+    cols = ["pipeline", "task", "episodes (first seed)", "teacher (DDIM-10, bench_rl100)", "CM-1 artifact",
+            "cm_warm artifact (t 21, 1 action per call)", "cm_warm - CM-1 (points)"]
+    return table(cols, rows) if rows else "(no cm_warm pairs in bench_artifact_eval)"
+
+
 def critics_tables() -> str:
     """bench_critics: (a) ALOE estimate vs Monte Carlo per policy, (b) success per method from mixed data."""
     import sys
@@ -188,6 +210,6 @@ if __name__ == "__main__":
                       ("bench_inference summary (@g10b256: gripper trained at 1/10)",
                        lambda: inference_summary_table("g10b256")),
                       ("bench_online_rl", online_rl_table), ("bench_deploy", deploy_table),
-                      ("bench_deploy pooled", deploy_pooled_table),
+                      ("bench_deploy pooled", deploy_pooled_table), ("cm_warm vs CM-1 (bench_artifact_eval)", warm_table),
                       ("bench_critics", critics_tables)):
         print(f"### {title}\n\n{fn()}\n")
