@@ -405,8 +405,8 @@ def sampler_path_parity(policy: nn.Module, sampler: str, steps: int | None, rti:
 
 def check_n_exec(n_exec: int | None, sampler: str, ta: int) -> int:
     """-> the actions a cm1 / cm3 / ddim / cm_warm call returns. Fewer than the policy's Ta means replanning more
-    often (one call per n_exec control steps): the chunk is still predicted whole, only its first n_exec actions run. RTI
-    executes its own n_exec (one action per call) and takes no override."""
+    often (one call per n_exec control steps): the chunk is still predicted whole, only its first n_exec actions
+    run. RTI executes its own n_exec (one action per call) and takes no override."""
     if n_exec is None:
         return 1 if sampler == "cm_warm" else ta  # cm_warm replans every step, as RTI
     if sampler == "rti":
@@ -532,13 +532,13 @@ def export_artifact(checkpoint: str | Path, sampler: str, out: str | Path, *, st
     task_spec = task_spec if task_spec is not None else extra.get("task_spec")
     task = task_section(task_spec, checkpoint, c.action_dim)
     dims = binary_gripper_dims(task_spec, c.action_dim, gripper_dims)
-    check_n_exec(n_exec, sampler, c.n_action_steps)  # before the out dir is touched
+    # the graphs trace an export-friendly copy (graphs.for_export); the parity checks compare them against `policy`.
+    # Built (and so checked) before the out dir is touched: a refused export leaves an artifact already there as is.
+    graphs, section = build_graphs(for_export(policy), sampler, steps, rti, dims, batch_axis=critic is not None,
+                                   n_exec=n_exec, warm_t=warm_t)
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("policy.onnx", "init.onnx", CRITIC_FILE, MANIFEST):
         (out / stale).unlink(missing_ok=True)
-    # the graphs trace an export-friendly copy (graphs.for_export); the parity checks compare them against `policy`
-    graphs, section = build_graphs(for_export(policy), sampler, steps, rti, dims, batch_axis=critic is not None,
-                                   n_exec=n_exec, warm_t=warm_t)
     n_out = graphs[-1].graph.n_out
     scorer = _CriticExport(critic, policy, best_of_n, n_out) if critic is not None else None
     rng = np.random.default_rng(seed)

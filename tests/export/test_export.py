@@ -228,9 +228,13 @@ def test_cm_warm_artifact_starts_from_its_last_chunk(ckpts, artifacts, spec, tmp
     np.testing.assert_allclose(warm.act(h), cm1.act(h)[:1], atol=1e-5, rtol=0)
 
 
-def test_cm_warm_refuses_what_it_cannot_run(ckpts, spec, tmp_path):
+def test_cm_warm_refuses_what_it_cannot_run(ckpts, artifacts, spec, tmp_path):
+    out, _ = artifacts
+    there = _copy(out / "cm1", tmp_path / "there")  # a refused export leaves an artifact already in its dir alone
+    before = {p.name: p.read_bytes() for p in there.iterdir()}
     with pytest.raises(ConfigError, match="needs an rl100 student"):
-        export_artifact(ckpts / "ctm", "cm_warm", tmp_path / "a", task_spec=spec)
+        export_artifact(ckpts / "ctm", "cm_warm", there, task_spec=spec)
+    assert {p.name: p.read_bytes() for p in there.iterdir()} == before
     with pytest.raises(ConfigError, match="t=20 is not a point the student was trained on"):
         export_artifact(ckpts / "rl100", "cm_warm", tmp_path / "b", warm_t=20, task_spec=spec)
     with pytest.raises(ConfigError, match="needs a distilled checkpoint"):
