@@ -166,7 +166,8 @@ def add_verbs(sub) -> None:
     d.set_defaults(func=cmd_distill)
 
     e = sub.add_parser("export", help="export a sampler to ONNX (policy.onnx + manifest.json)")
-    e.add_argument("--checkpoint", required=True, help="diffusion (ddim, rti) or distilled (cm1, cm3) checkpoint")
+    e.add_argument("--checkpoint", required=True, help="diffusion (ddim, rti) or distilled (cm1, cm3, cm_warm) "
+                                                      "checkpoint")
     e.add_argument("--sampler", required=True, choices=["cm1", "cm3", "ddim", "rti", "cm_warm"],
                    help="cm_warm: a distilled student warm-started from its previous chunk (one call per decision, "
                         "one action executed by default; policies/consistency/warm.py)")

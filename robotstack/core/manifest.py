@@ -64,7 +64,7 @@ SAMPLERS = ("cm1", "cm3", "ddim", "rti", "cm_warm")
 # samplers that carry a warm-start state between calls: an init graph for the first call, then policy.onnx with
 # the previous call's guess_out as its "guess" input (reset drops the state)
 STATEFUL_SAMPLERS = ("rti", "cm_warm")
-# samplers whose N candidates per decision are independent (best-of-N); rti carries one warm-start state
+# samplers whose N candidates per decision are independent (best-of-N); rti and cm_warm carry one warm-start state
 BEST_OF_N_SAMPLERS = ("cm1", "cm3", "ddim")
 NUMBER = (int, float)
 

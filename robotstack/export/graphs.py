@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from policies.consistency.model import ConsistencyPolicy
-from policies.diffusion.model import ACTION_KEY, DiffusionPolicy
 from policies.consistency.warm import WarmConsistencySampler
+from policies.diffusion.model import ACTION_KEY, DiffusionPolicy
 from policies.diffusion.rti import RTISampler, shift_guess, threshold_gripper
 from policies.diffusion.samplers import sample_chunk
 
