@@ -24,15 +24,13 @@ sigmas, not wired here: refused by name).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from policies.consistency.model import ConsistencyPolicy
 from policies.diffusion.model import ACTION_KEY, ActionPrediction
-from policies.diffusion.rti import DEFAULT_EXPORT_STEPS, clip_gripper, shift_guess, threshold_gripper
-
-GRIPPER_FACTOR = 10.0  # RTI's clip factor for a policy trained with the gripper at +-1
+from policies.diffusion.rti import AUTO_CLIP_FACTOR, DEFAULT_EXPORT_STEPS, clip_gripper, shift_guess, threshold_gripper
 
 
 @dataclass(frozen=True)
@@ -40,7 +38,7 @@ class WarmConfig:
     t: int | None = None  # chain point the shifted guess is re-noised to; None = nearest DEFAULT_EXPORT_STEPS[0]
     n_exec: int = 1  # actions executed per decision (the guess shifts by this much)
     gripper_dims: tuple[int, ...] = ()  # binary dims clipped to +-1/factor in the guess and thresholded on output
-    factor: float = GRIPPER_FACTOR
+    factor: float = AUTO_CLIP_FACTOR  # RTI's clip factor for a policy trained with the gripper at +-1
 
 
 def trained_points(student: ConsistencyPolicy) -> list[int]:
@@ -62,7 +60,7 @@ def resolve_config(student: ConsistencyPolicy, config: WarmConfig) -> WarmConfig
         raise ValueError(f"cm_warm: n_exec={config.n_exec}, expected 1..{c.n_action_steps} (the policy's Ta)")
     if any(not -c.action_dim <= d < c.action_dim for d in config.gripper_dims):
         raise ValueError(f"cm_warm: gripper_dims {config.gripper_dims} out of range for Da={c.action_dim}")
-    return WarmConfig(t=t, n_exec=config.n_exec, gripper_dims=tuple(config.gripper_dims), factor=config.factor)
+    return replace(config, t=t, gripper_dims=tuple(config.gripper_dims))
 
 
 class WarmConsistencySampler:

@@ -231,7 +231,7 @@ def _check_critic(doc: dict[str, Any], path: Path) -> None:
             raise ArtifactError(f"{path}: field 'critic.{key}' is {c[key]!r}, expected {what}")
     if doc["sampler"] not in BEST_OF_N_SAMPLERS:
         raise ArtifactError(f"{path}: a critic section with sampler {doc['sampler']!r}: best-of-N needs independent "
-                            f"candidates per decision {BEST_OF_N_SAMPLERS}, RTI carries one warm-start state")
+                            f"candidates per decision {BEST_OF_N_SAMPLERS}; rti and cm_warm carry one warm-start state")
     ta = doc["action"]["Ta"]
     checks = [("n", c["n"] >= 1, "the default best-of-N, >= 1"),
               ("h_a", 1 <= c["h_a"] <= ta, f"1 <= h_a <= action.Ta = {ta}"),

@@ -105,75 +105,68 @@ class ConsistencyGraph(_Graph):
         return self.finish(self.policy.sample_normalized(cond, [noise[:, i] for i in range(self.steps)]))
 
 
-class RTIInitGraph(_Graph):
+class _WarmStartGraph(_Graph):
+    """A graph of a stateful sampler (rti, cm_warm): its `sampler` (policy, config.n_exec, store) and a third output,
+    guess_out (1, T, Da): the normalized state the runtime feeds back as the next call's "guess"."""
+
+    outputs = ("action", "chunk", "guess_out")
+
+    def __init__(self, sampler: RTISampler | WarmConsistencySampler, gripper_dims: Sequence[int]):
+        super().__init__(sampler.policy, gripper_dims, sampler.config.n_exec)
+        self.sampler = sampler
+
+    def finish_with_state(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (1, T, Da) normalized -> action, chunk, guess_out (the sampler's stored guess)."""
+        self.sampler.store(x)
+        return (*self.finish(x), self.sampler.guess)
+
+
+class RTIInitGraph(_WarmStartGraph):
     """First RTI call: obs..., noise (1, 1, T, Da) -> action (1, n, Da), chunk, guess_out (1, T, Da)."""
 
     extra_inputs = ("noise",)
-    outputs = ("action", "chunk", "guess_out")
-
-    def __init__(self, rti: RTISampler, gripper_dims: Sequence[int]):
-        super().__init__(rti.policy, gripper_dims, rti.config.n_exec)
-        self.rti = rti
 
     def forward(self, *args: torch.Tensor):
         obs, (noise,) = self.split(args)
         cond = self.policy.encode_obs(obs, deterministic=True).cond
-        r = self.rti
-        x = sample_chunk(self.policy, cond, r.config.init_sampler, r.init_steps, noise=noise[:, 0], eta=0.0)
-        r.store(x)
-        return (*self.finish(x), r.guess)
+        r = self.sampler
+        return self.finish_with_state(sample_chunk(self.policy, cond, r.config.init_sampler, r.init_steps,
+                                                   noise=noise[:, 0], eta=0.0))
 
 
-class RTIWarmGraph(_Graph):
+class RTIWarmGraph(_WarmStartGraph):
     """Warm RTI call: obs..., guess (1, T, Da)[, step_noise (1, S, T, Da)] -> action, chunk, guess_out."""
 
-    outputs = ("action", "chunk", "guess_out")
-
     def __init__(self, rti: RTISampler, gripper_dims: Sequence[int]):
-        super().__init__(rti.policy, gripper_dims, rti.config.n_exec)
-        self.rti = rti
+        super().__init__(rti, gripper_dims)
         self.extra_inputs = ("guess", "step_noise") if rti.n_step_noise() else ("guess",)
 
     def forward(self, *args: torch.Tensor):
         obs, rest = self.split(args)
         guess, step_noise = rest[0], (rest[1] if len(rest) > 1 else None)
         cond = self.policy.encode_obs(obs, deterministic=True).cond
-        r = self.rti
-        x = r.refine(shift_guess(guess, r.config.n_exec), cond, step_noise=step_noise)
-        r.store(x)
-        return (*self.finish(x), r.guess)
+        r = self.sampler
+        return self.finish_with_state(r.refine(shift_guess(guess, r.config.n_exec), cond, step_noise=step_noise))
 
 
-class WarmConsistencyInitGraph(_Graph):
+class WarmConsistencyInitGraph(_WarmStartGraph):
     """First cm_warm call: obs..., noise (1, 1, T, Da) -> action (1, n, Da), chunk, guess_out (1, T, Da)."""
 
     extra_inputs = ("noise",)
-    outputs = ("action", "chunk", "guess_out")
-
-    def __init__(self, warm: WarmConsistencySampler, gripper_dims: Sequence[int]):
-        super().__init__(warm.policy, gripper_dims, warm.config.n_exec)
-        self.warm = warm
 
     def forward(self, *args: torch.Tensor):
         obs, (noise,) = self.split(args)
-        x = self.warm.first(self.policy.encode_obs(obs), noise[:, 0])
-        return (*self.finish(x), self.warm.store(x))
+        return self.finish_with_state(self.sampler.first(self.policy.encode_obs(obs), noise[:, 0]))
 
 
-class WarmConsistencyGraph(_Graph):
+class WarmConsistencyGraph(_WarmStartGraph):
     """Warm cm_warm call: obs..., guess (1, T, Da), noise (1, 1, T, Da) -> action, chunk, guess_out (one NFE)."""
 
     extra_inputs = ("guess", "noise")
-    outputs = ("action", "chunk", "guess_out")
-
-    def __init__(self, warm: WarmConsistencySampler, gripper_dims: Sequence[int]):
-        super().__init__(warm.policy, gripper_dims, warm.config.n_exec)
-        self.warm = warm
 
     def forward(self, *args: torch.Tensor):
         obs, (guess, noise) = self.split(args)
-        x = self.warm.warm(guess, self.policy.encode_obs(obs), noise[:, 0])
-        return (*self.finish(x), self.warm.store(x))
+        return self.finish_with_state(self.sampler.warm(guess, self.policy.encode_obs(obs), noise[:, 0]))
 
 
 class CriticGraph(nn.Module):

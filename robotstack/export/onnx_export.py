@@ -55,8 +55,9 @@ import torch
 from torch import nn
 
 from robotstack.core.errors import ConfigError
-from robotstack.core.manifest import (BATCH_AXIS, CANDIDATE_AXIS, CRITIC_AGGREGATES, CRITIC_VERSION, MANIFEST,
-                                      SAMPLERS, STATEFUL_SAMPLERS, VERSION, Manifest, write_manifest)
+from robotstack.core.manifest import (BATCH_AXIS, BEST_OF_N_SAMPLERS, CANDIDATE_AXIS, CRITIC_AGGREGATES,
+                                      CRITIC_VERSION, MANIFEST, SAMPLERS, STATEFUL_SAMPLERS, VERSION, Manifest,
+                                      write_manifest)
 from robotstack.core.success import check_criterion
 from robotstack.export.graphs import (ConsistencyGraph, CriticGraph, DDIMGraph, RTIInitGraph, RTIWarmGraph,
                                       WarmConsistencyGraph, WarmConsistencyInitGraph, for_export)
@@ -452,12 +453,12 @@ def build_graphs(policy: nn.Module, sampler: str, steps: int | None, rti: RTICon
     c = policy.config
     chunk = (c.horizon, c.action_dim)
     n_out = check_n_exec(n_exec, sampler, c.n_action_steps)
+    if batch_axis and sampler not in BEST_OF_N_SAMPLERS:  # the manifest reader's rule, checked before any tracing
+        raise ConfigError(f"export --sampler {sampler} --critic: best-of-N needs independent candidates per decision "
+                          f"{BEST_OF_N_SAMPLERS}; {sampler} carries one warm-start state between calls")
     state = {"input": "guess", "output": "guess_out", "shape": [1, *chunk], "space": "normalized",
              "first_call_graph": "init", "reset": "drop the state: the next call runs init"}
     if sampler == "cm_warm":
-        if batch_axis:
-            raise ConfigError("export --sampler cm_warm --critic: best-of-N needs independent candidates per "
-                              "decision (cm1, cm3 or ddim); cm_warm carries one warm-start state between calls")
         w = warm_sampler(policy, warm_t, n_out, gripper_dims)
         noise = {"input": "noise", "shape": [1, 1, *chunk]}
         gi = _GraphExport(WarmConsistencyInitGraph(w, gripper_dims), "init", "init.onnx", {"noise": (1, 1, *chunk)})
@@ -488,9 +489,6 @@ def build_graphs(policy: nn.Module, sampler: str, steps: int | None, rti: RTICon
                          batch_axis)
         return [g], {"nfe": {"per_call": k}, "ddim": {"steps": k, "eta": 0.0},
                      "noise": {"policy": {"input": "noise", "shape": [1, 1, *chunk]}}}
-    if batch_axis:
-        raise ConfigError("export --sampler rti --critic: best-of-N needs independent candidates per decision "
-                          "(cm1, cm3 or ddim); RTI carries one warm-start state between calls")
     r = RTISampler(policy, rti_for_export(rti, steps, gripper_dims))
     rti = r.config  # gripper "auto" resolved
     s = r.n_step_noise()

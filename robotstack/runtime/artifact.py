@@ -101,6 +101,7 @@ class ArtifactPolicy:
         self.manifest = read_manifest(self.path)
         m = self.manifest
         self.sampler = m.sampler
+        self.stateful = m.sampler in STATEFUL_SAMPLERS  # warm-started: init graph first, then a carried guess
         self.obs_keys = list(m.obs["keys"])
         self.obs_spec = {k: (tuple(v["shape"]), np.dtype(v["dtype"])) for k, v in m.obs["spec"].items()}
         self.n = _candidates(m, best_of_n, self.path)
@@ -188,7 +189,7 @@ class ArtifactPolicy:
         return b
 
     def act(self, obs_history: dict[str, np.ndarray]) -> np.ndarray:
-        role = "init" if self.sampler in STATEFUL_SAMPLERS and self.state is None else "policy"
+        role = "init" if self.stateful and self.state is None else "policy"
         b = self._fill(role, obs_history)
         t0 = time.perf_counter()
         b.run()

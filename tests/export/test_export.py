@@ -228,13 +228,22 @@ def test_cm_warm_artifact_starts_from_its_last_chunk(ckpts, artifacts, spec, tmp
     np.testing.assert_allclose(warm.act(h), cm1.act(h)[:1], atol=1e-5, rtol=0)
 
 
-def test_cm_warm_refuses_what_it_cannot_run(ckpts, artifacts, spec, tmp_path):
+def test_a_refused_export_leaves_the_artifact_in_its_dir(ckpts, artifacts, spec, tmp_path):
+    """Exporting into a dir that holds an artifact: a refusal found while building the graphs (a diffusion
+    checkpoint for cm1, a ctm student for cm_warm) used to come after the old files were deleted."""
     out, _ = artifacts
-    there = _copy(out / "cm1", tmp_path / "there")  # a refused export leaves an artifact already in its dir alone
+    there = _copy(out / "cm1", tmp_path / "there")
     before = {p.name: p.read_bytes() for p in there.iterdir()}
+    for ckpt, sampler, message in ((ckpts / "teacher", "cm1", "needs a distilled checkpoint"),
+                                   (ckpts / "ctm", "cm_warm", "needs an rl100 student")):
+        with pytest.raises(ConfigError, match=message):
+            export_artifact(ckpt, sampler, there, task_spec=spec)
+        assert {p.name: p.read_bytes() for p in there.iterdir()} == before
+
+
+def test_cm_warm_refuses_what_it_cannot_run(ckpts, spec, tmp_path):
     with pytest.raises(ConfigError, match="needs an rl100 student"):
-        export_artifact(ckpts / "ctm", "cm_warm", there, task_spec=spec)
-    assert {p.name: p.read_bytes() for p in there.iterdir()} == before
+        export_artifact(ckpts / "ctm", "cm_warm", tmp_path / "a", task_spec=spec)
     with pytest.raises(ConfigError, match="t=20 is not a point the student was trained on"):
         export_artifact(ckpts / "rl100", "cm_warm", tmp_path / "b", warm_t=20, task_spec=spec)
     with pytest.raises(ConfigError, match="needs a distilled checkpoint"):

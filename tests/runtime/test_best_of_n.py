@@ -176,6 +176,8 @@ def _edit(src: Path, dst: Path, edit) -> Path:
     (lambda doc, d: doc.update(version=4), "version 4, expected 'robotstack.artifact' version 2"),
     (lambda doc, d: doc.update(sampler="rti", graphs={**doc["graphs"], "init": doc["graphs"]["policy"]}),
      "a critic section with sampler 'rti': best-of-N needs independent"),
+    (lambda doc, d: doc.update(sampler="cm_warm", graphs={**doc["graphs"], "init": doc["graphs"]["policy"]}),
+     "a critic section with sampler 'cm_warm': best-of-N needs independent"),
 ])
 def test_bad_critic_section_is_refused(built, tmp_path, edit, message):
     d = _edit(built["critic"], tmp_path / "a", edit)
@@ -199,9 +201,10 @@ def test_export_refuses_a_scorer_that_does_not_fit(built, reach_spec, tmp_path):
     wide = tiny_scorer(policy, h_a=3)  # Ta = 2: it would score actions the robot does not execute
     with pytest.raises(ConfigError, match=r"chunk_len \(h_a\) <= the executed actions Ta 2"):
         export_artifact(built["ckpt"], "ddim", tmp_path / "w", steps=2, task_spec=reach_spec, critic=wide)
-    with pytest.raises(ConfigError, match="best-of-N needs independent candidates"):
-        export_artifact(built["ckpt"], "rti", tmp_path / "r", steps=2, task_spec=reach_spec,
-                        critic=built["scorer"])
+    for sampler in ("rti", "cm_warm"):  # one carried warm-start state: no independent candidates
+        with pytest.raises(ConfigError, match=f"--sampler {sampler} --critic: best-of-N needs independent candidates"):
+            export_artifact(built["ckpt"], sampler, tmp_path / sampler, steps=2, task_spec=reach_spec,
+                            critic=built["scorer"])
     with pytest.raises(ConfigError, match="has no config.obs_shapes"):
         export_artifact(built["ckpt"], "ddim", tmp_path / "x", steps=2, task_spec=reach_spec,
                         critic=torch.nn.Linear(2, 2))
