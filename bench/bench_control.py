@@ -4,6 +4,7 @@
     python bench/bench_control.py --ort-knobs            # onnxruntime session options, side by side
     python bench/bench_control.py --soak-seconds 600     # soak: CURVE controller + idle client + fuzzer
     python bench/bench_control.py --kinematic [--pin] [--cartesian]  # phase 1 again on the physics-free arm
+    python bench/bench_control.py [--pin] [--ipc]    # phase 1 again, side by side: pinned CPUs / ipc:// transport
     python bench/bench_control.py --driver kinematic --push-episodes 0 [--targets cartesian]  # no pybullet needed
 
 Phase 1 (timing + reach success): `robotstack serve-arm --driver pybullet --task reach` and a controller process
@@ -159,15 +160,17 @@ def rusage_wait(proc: subprocess.Popen, timeout: float) -> tuple[int, float]:
 
 def run_phase(task: str, seconds: float, artifact: str | None, min_eps: int, max_eps: int, max_steps: int,
               tmp: Path, port: int, keys: Path | None = None, during=None, pin: bool = False,
-              targets: str = "joint", servo: str = "", driver: str = "pybullet", seed0: int = 1000) -> dict:
+              targets: str = "joint", servo: str = "", driver: str = "pybullet", seed0: int = 1000,
+              transport: str = "tcp") -> dict:
     """Server + controller worker processes; ``keys``: CURVE on (server dir with clients/); ``during(addr)``:
     runs in this process while the worker does (the soak's idle and fuzzing clients) and returns a dict.
     ``pin``: server on CPU 0 (`serve-arm --cpus 0`), controller on CPU 1 (`deploy --cpus 1` does the same).
     ``targets``: the controller's target kind ("cartesian": the server's servo solves IK); ``servo``: serve-arm
     --servo JSON (servo limits; "" = the defaults); ``driver``: serve-arm --driver ("kinematic": the physics-free
     mock arm, so the servo tick carries no physics step); ``seed0``: the episodes run on the scenes of seeds
-    seed0 + 1, seed0 + 2, ..."""
-    addr = f"tcp://127.0.0.1:{port}"
+    seed0 + 1, seed0 + 2, ...; ``transport``: "tcp" (loopback, the default) or "ipc" (Unix sockets under tmp,
+    `serve-arm --bind ipc://DIR`: a controller on the server's own host)."""
+    addr = f"tcp://127.0.0.1:{port}" if transport == "tcp" else f"ipc://{tmp}/arm_{port}"
     stats_path, out_path = tmp / f"server_{task}.json", tmp / f"worker_{task}.json"
     srv = subprocess.Popen([PY, "-m", "robotstack.cli", "serve-arm", "--driver", driver, "--task", task, "--bind",
                             addr, "--seed", str(seed0), "--scenes", str(max_eps + 2), "--stats-out", str(stats_path)]
@@ -488,6 +491,9 @@ def main() -> None:
                     help="phase 1's arm: kinematic needs no pybullet (a machine without it, e.g. the GPU box) and "
                          "writes bench_control_kinematic.json; phase 2 (push) needs physics, so pass "
                          "--push-episodes 0 with it")
+    ap.add_argument("--ipc", action="store_true",
+                    help="phase 1 again, side by side, over ipc:// (Unix sockets) instead of tcp loopback; pinned "
+                         "with --pin")
     ap.add_argument("--ort-knobs", action="store_true", help="only measure onnxruntime session options")
     ap.add_argument("--soak-seconds", type=float, default=0.0,
                     help="only the soak: CURVE controller + idle authenticated client + fuzzer for this long")
@@ -522,7 +528,8 @@ def main() -> None:
                           driver=args.driver, targets=args.targets)
         variants = {}  # the same phase 1 again, right after: side by side
         if args.pin:
-            variants["pinned (server CPU 0, controller CPU 1)"] = dict(pin=True, driver=args.driver)
+            variants["pinned (server CPU 0, controller CPU 1)"] = dict(pin=True, driver=args.driver,
+                                                                        targets=args.targets)
         if args.cartesian:
             variants["Cartesian targets" + (", pinned" if args.pin else "")] = dict(
                 pin=args.pin, targets="cartesian", driver=args.driver)
@@ -532,6 +539,9 @@ def main() -> None:
                 ", pinned" if args.pin else "")
             variants[label] = dict(pin=args.pin, targets="cartesian" if args.cartesian else "joint",
                                    driver="kinematic")
+        if args.ipc:
+            variants["ipc:// (Unix sockets)" + (", pinned" if args.pin else "")] = dict(
+                pin=args.pin, targets=args.targets, driver=args.driver, transport="ipc")
         other = {}
         for label, kw in variants.items():
             print(f"phase 1, {label}, >= {args.seconds:.0f} s ...", flush=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import ipaddress
 import logging
+import os
 import socket
 import struct
 import time
@@ -154,6 +155,14 @@ def _common(sock: zmq.Socket, endpoint: str) -> None:
         sock.heartbeat_ivl, sock.heartbeat_timeout = 1000, 3000  # ZMTP pings find dead peers in ~3 s
 
 
+def make_ipc_dir(endpoint: str) -> None:
+    """ipc://DIR/name: create DIR (and its parents) if missing, owner-only (0o700), because libzmq's bind does not
+    and fails with "No such file or directory". Owner-only because plain text is allowed on ipc://: the folder's
+    permissions are then what keeps other local users off the sockets. An existing folder is left as it is."""
+    if endpoint.startswith("ipc://"):
+        os.makedirs(os.path.dirname(endpoint[len("ipc://"):]) or ".", mode=0o700, exist_ok=True)
+
+
 def server_socket(ctx: zmq.Context, kind: int, endpoint: str, keys: CurveServerKeys | None,
                   **options) -> zmq.Socket:
     """A bound socket; CURVE server when ``keys`` (start a ZapAuthenticator on ``ctx`` first)."""
@@ -168,8 +177,9 @@ def server_socket(ctx: zmq.Context, kind: int, endpoint: str, keys: CurveServerK
     for name, value in options.items():
         setattr(sock, name, value)
     try:
+        make_ipc_dir(endpoint)
         sock.bind(endpoint)
-    except zmq.ZMQError as e:
+    except (zmq.ZMQError, OSError) as e:
         sock.close()
         raise RobotstackError(f"cannot bind {endpoint}: {e}") from None
     return sock

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 from hardware.protocol import (ClientTransport, ControlTimeout, EStop, Endpoints, Heartbeat,  # noqa: E402
                                InsecureEndpointError, JointTarget, KeyFileError, ModeReply, ModeRequest, RobotState,
                                ServerTransport, Status, clock_offset_ns, is_loopback_endpoint, keys_generate,
-                               load_client_keys, load_server_keys)
+                               load_client_keys, load_server_keys, parse_bind)
 
 ROBOT = "panda-test"
 
@@ -207,6 +207,21 @@ def test_control_request_reply_in_process_and_timeout():
         assert srv.recv_command(timeout_s=1.0) is None
         assert srv.rejects.counts["wrong_robot"] == 1
         other.close()
+
+
+def test_ipc_bind_creates_its_owner_only_folder_and_serves(tmp_path):
+    # `serve-arm --bind ipc://DIR` with a DIR that does not exist yet: libzmq alone fails to bind
+    folder = tmp_path / "run" / "arm"
+    with ServerTransport(ROBOT, parse_bind(f"ipc://{folder}")) as srv, \
+            ClientTransport(ROBOT, parse_bind(f"ipc://{folder}")) as cl:
+        assert folder.is_dir() and (folder.stat().st_mode & 0o777) == 0o700
+        import threading
+        th = threading.Thread(target=lambda: (lambda r: srv.reply(r, ModeReply(r.header.seq, True, "idle")))(
+            srv.recv_control(timeout_s=5.0)))
+        th.start()
+        rep = cl.request(ModeRequest("idle"), timeout_s=5.0)
+        th.join()
+        assert isinstance(rep.msg, ModeReply) and rep.msg.accepted
 
 
 def test_non_loopback_needs_keys():
