@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from robotstack.core import config as config_reader
 from robotstack.core.errors import ConfigError
 
+from policies.common.base_views import BaseConfigViews
 from policies.diffusion.config import DiffusionPolicyConfig
 
 
 @dataclass
-class MLPBCConfig(config_reader.ConfigIO):
+class MLPBCConfig(BaseConfigViews, config_reader.ConfigIO):
     base: DiffusionPolicyConfig
 
     def __post_init__(self) -> None:
@@ -29,16 +30,7 @@ class MLPBCConfig(config_reader.ConfigIO):
             raise ConfigError(f"config policy.gripper_factor: {self.base.gripper_factor}; the mlp_bc policy trains "
                               "with plain action normalization (set it to 1)")
 
-    # views of the base config, so rollout code written for DiffusionPolicy reads the same names
-    obs_shapes = property(lambda self: self.base.obs_shapes)
-    action_dim = property(lambda self: self.base.action_dim)
-    n_obs_steps = property(lambda self: self.base.n_obs_steps)
-    horizon = property(lambda self: self.base.horizon)
-    n_action_steps = property(lambda self: self.base.n_action_steps)
-    action_start = property(lambda self: self.base.action_start)
-    scheduler = property(lambda self: self.base.scheduler)  # rollout reads default_sampler; BC ignores it
-    low_dim_keys = property(lambda self: self.base.low_dim_keys)
-    image_keys = property(lambda self: self.base.image_keys)
+    # the base config's views (obs spec, To/T/Ta, scheduler: BC ignores it) come from BaseConfigViews
     width = property(lambda self: self.base.denoiser.mlp_width)
     depth = property(lambda self: self.base.denoiser.mlp_depth)
 

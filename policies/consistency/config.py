@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from robotstack.core import config as config_reader
 from robotstack.core.errors import ConfigError
 
+from policies.common.base_views import BaseConfigViews
 from policies.diffusion.config import DiffusionPolicyConfig
 
 METHODS = ("rl100", "ctm")
@@ -61,7 +62,7 @@ class ConsistencyConfig:
 
 
 @dataclass
-class ConsistencyPolicyConfig(config_reader.ConfigIO):
+class ConsistencyPolicyConfig(BaseConfigViews, config_reader.ConfigIO):
     base: DiffusionPolicyConfig
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
 
@@ -70,17 +71,6 @@ class ConsistencyPolicyConfig(config_reader.ConfigIO):
         if any(not -da <= d < da for d in self.consistency.gripper_dims):
             raise ConfigError(f"config consistency.gripper_dims {self.consistency.gripper_dims} out of range "
                               f"for action_dim {da}")
-
-    # views of the base config, so rollout code written for DiffusionPolicy reads the same names
-    obs_shapes = property(lambda self: self.base.obs_shapes)
-    action_dim = property(lambda self: self.base.action_dim)
-    n_obs_steps = property(lambda self: self.base.n_obs_steps)
-    horizon = property(lambda self: self.base.horizon)
-    n_action_steps = property(lambda self: self.base.n_action_steps)
-    action_start = property(lambda self: self.base.action_start)
-    scheduler = property(lambda self: self.base.scheduler)
-    low_dim_keys = property(lambda self: self.base.low_dim_keys)
-    image_keys = property(lambda self: self.base.image_keys)
 
     @classmethod
     def example(cls) -> ConsistencyPolicyConfig:
