@@ -246,17 +246,24 @@ def rl_ready(policy: DiffusionPolicy, rc: RLConfig) -> DiffusionPolicy:
     return out
 
 
+def read_task_checkpoint(key: str, path: Path, task: str) -> tuple[str, dict]:
+    """The config of the checkpoint at `path` (given as config `key`), refused when missing / malformed or of
+    another task than `task`. -> (policy name, the checkpoint's extra)."""
+    try:
+        name, _, extra = read_config(path)
+    except CheckpointError as exc:
+        raise ConfigError(f"config {key} {path}: {exc}") from exc
+    if extra.get("task") != task:
+        raise ConfigError(f"config {key} {path}: a checkpoint of task {extra.get('task')!r}, but config task is "
+                          f"{task!r}")
+    return name, extra
+
+
 def load_policy(cfg: OnlineRLConfig) -> tuple[DiffusionPolicy, dict]:
     """The policy checkpoint, refused before any work when it is missing, not a diffusion policy or of another
     task. -> (RL-ready policy, the checkpoint's extra)."""
     path = Path(cfg.policy)
-    try:
-        name, _, extra = read_config(path)
-    except CheckpointError as exc:
-        raise ConfigError(f"config policy {path}: {exc}") from exc
-    if extra.get("task") != cfg.task:
-        raise ConfigError(f"config policy {path}: a checkpoint of task {extra.get('task')!r}, but config task is "
-                          f"{cfg.task!r}")
+    name, extra = read_task_checkpoint("policy", path, cfg.task)
     require_delta_actions(extra, f"config policy {path}")
     policy = load_checkpoint(path, weights=cfg.policy_weights)
     if not isinstance(policy, DiffusionPolicy):
@@ -298,12 +305,7 @@ def load_student(cfg: OnlineRLConfig, teacher: DiffusionPolicy) -> ConsistencyPo
                                            train=distill_stage.TrainConfig(seed=cfg.train.seed))
         return distill_stage.build_student(dcfg, teacher)
     path = Path(cfg.student)
-    try:
-        name, _, extra = read_config(path)
-    except CheckpointError as exc:
-        raise ConfigError(f"config student {path}: {exc}") from exc
-    if extra.get("task") != cfg.task:
-        raise ConfigError(f"config student {path}: a checkpoint of task {extra.get('task')!r}, not {cfg.task!r}")
+    name, _ = read_task_checkpoint("student", path, cfg.task)
     loaded = load_checkpoint(path, weights="auto")
     if not isinstance(loaded, ConsistencyPolicy) or loaded.method != "rl100":
         raise ConfigError(f"config student {path}: needs an rl100 consistency checkpoint, got {name!r}"
