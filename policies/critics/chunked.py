@@ -355,9 +355,11 @@ def intervention_weights(is_intervention: torch.Tensor, mode: str = "keep", weig
 class AloeCritic(nn.Module):
     """Ensemble chunk critic over h executed actions + EMA target, linear values (spec §4.2)."""
 
-    def __init__(self, critic: nn.Module, gamma: float = 0.99, tau: float = 0.005):
+    def __init__(self, critic: nn.Module, gamma: float = 0.99, tau: float = 0.005, agg: str = "min"):
         super().__init__()
-        self.critic, self.gamma, self.tau = critic, gamma, tau
+        if agg not in AGGS:
+            raise ValueError(f"AloeCritic: agg {agg!r}, expected one of {AGGS}")
+        self.critic, self.gamma, self.tau, self.agg = critic, gamma, tau, agg
         self.target = copy.deepcopy(critic).requires_grad_(False)
 
     def loss(self, obs: torch.Tensor, actions: torch.Tensor, reward_sum: torch.Tensor, h_eff: torch.Tensor,
@@ -367,7 +369,7 @@ class AloeCritic(nn.Module):
         m, b = next_policy_chunks.shape[:2]
         with torch.no_grad():
             nq = self.target(next_obs.repeat(m, 1), next_policy_chunks.reshape(m * b, *next_policy_chunks.shape[2:]))
-            y = aloe_target(reward_sum, h_eff, done, nq.reshape(-1, m, b), self.gamma, sample_weight)
+            y = aloe_target(reward_sum, h_eff, done, nq.reshape(-1, m, b), self.gamma, sample_weight, self.agg)
         return critic_td_loss(self.critic(obs, actions), y, "linear", weight)
 
     def update_target(self) -> None:

@@ -91,6 +91,10 @@ class AloeConfig:
     # M draws per state throughout (a fixed Monte Carlo sample); memory N_chunks * M * h * Da floats.
     # false = fresh draws every step (the spec's literal loop).
     cache_targets: bool = True
+    # Aggregate over ensemble members in the target and in the value the scorer reports: "min" is ALOE's
+    # pessimism (spec §3.2); "mean" turns it off (measured on the weak stack policy: README "Chunked critics").
+    # The AWR advantage keeps the min.
+    agg: Literal["min", "mean"] = "min"
 
 
 @dataclass
@@ -240,7 +244,7 @@ def build_scorer(cfg: CriticStageConfig, policy: DiffusionPolicy, obs_keys: list
     sc = ScorerConfig(obs_shapes={k: tuple(policy.config.obs_shapes[k]) for k in obs_keys},
                       n_obs_steps=policy.config.n_obs_steps, action_dim=policy.config.action_dim,
                       chunk_len=cfg.scored_len, num_qs=c.num_qs, hidden=tuple(c.hidden), layer_norm=c.layer_norm,
-                      output=c.output, agg="min")
+                      output=c.output, agg=cfg.aloe.agg if cfg.method == "aloe" else "min")
     scorer = CriticScorer(sc)
     scorer.fit_normalizer(arrays)
     scorer.normalizer.requires_grad_(False)
@@ -252,7 +256,7 @@ def build_critics(cfg: CriticStageConfig, scorer: CriticScorer) -> nn.Module:
     c = cfg.critic
     obs_dim, da = scorer.config.obs_dim, scorer.config.action_dim
     if cfg.method == "aloe":
-        return AloeCritic(scorer.critic, gamma=c.gamma, tau=c.tau)
+        return AloeCritic(scorer.critic, gamma=c.gamma, tau=c.tau, agg=cfg.aloe.agg)
     built = DQCCritics.build(c, obs_dim, da)
     return DQCCritics(c, scorer.critic, built.value, built.chunk_critic)
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import chain_mdp as cm
-from policies.critics import (AloeCritic, ChunkCriticConfig, DQCCritics, advantage_weights, aloe_advantage,
-                              aloe_target, best_of_n, ensemble_scores, intervention_weights, pessimistic_value)
+from policies.critics import (AloeCritic, ChunkCritic, ChunkCriticConfig, DQCCritics, advantage_weights,
+                              aloe_advantage, aloe_target, best_of_n, critic_td_loss, ensemble_scores,
+                              intervention_weights, pessimistic_value)
 
 ALL_CHUNKS = cm.chunk_tensor(cm.CHUNKS)
 
@@ -42,6 +43,25 @@ def test_min_target_is_pessimistic():
     assert torch.allclose(aloe_target(*args, same, 0.9), aloe_target(*args, same, 0.9, agg="mean"))
     done = torch.ones(8, dtype=torch.bool)
     assert torch.allclose(aloe_target(args[0], args[1], done, nq, 0.9), args[0])  # no bootstrap at a terminal
+
+
+@pytest.mark.parametrize("agg", ["min", "mean"])
+def test_aloe_critic_bootstraps_with_its_configured_aggregate(agg):
+    """aloe.agg: the target aggregates the target members' values at the policy's chunks by min (ALOE's pessimism)
+    or mean; the two differ when members disagree, and an unknown aggregate is refused."""
+    torch.manual_seed(0)
+    aloe = AloeCritic(ChunkCritic(obs_dim=3, action_dim=1, chunk_len=2, num_qs=3), gamma=0.9, agg=agg)
+    g = torch.Generator().manual_seed(1)
+    obs, next_obs = torch.rand(8, 3, generator=g), torch.rand(8, 3, generator=g)
+    actions, nxt = torch.rand(8, 2, 1, generator=g), torch.rand(4, 8, 2, 1, generator=g)  # (M, B, h, Da)
+    r, h, done = torch.rand(8, generator=g), torch.full((8,), 2), torch.zeros(8, dtype=torch.bool)
+    nq = aloe.target(next_obs.repeat(4, 1), nxt.reshape(32, 2, 1)).reshape(3, 4, 8).detach()
+    want = {a: critic_td_loss(aloe.critic(obs, actions), aloe_target(r, h, done, nq, 0.9, agg=a), "linear")
+            for a in ("min", "mean")}
+    got = aloe.loss(obs, actions, r, h, done, next_obs, nxt)
+    assert torch.allclose(got, want[agg]) and not torch.allclose(want["min"], want["mean"])
+    with pytest.raises(ValueError, match="agg"):
+        AloeCritic(ChunkCritic(3, 1, 2), agg="max")
 
 
 def awr_fit(weights):

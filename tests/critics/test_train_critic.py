@@ -105,6 +105,8 @@ def test_bad_configs_fail_before_any_work_naming_the_key(reach_policy, reach_sto
         (["data.obs_keys=[object_state]"], "object_state"),
         (["critic.h=16", "critic.h_a=6"], "h_a=6"),  # scores more actions than the policy executes (Ta=4)
         (["policy=/nonexistent/ckpt"], "/nonexistent/ckpt"),
+        (["method=aloe", "critic.variant=qc", "critic.h=4", "critic.h_a=4", "critic.output=linear",
+          "aloe.agg=max"], "agg"),
     ]
     for extra, needle in cases:
         run = tmp_path / f"r{len(list(tmp_path.iterdir()))}"
@@ -134,10 +136,12 @@ def test_awr_weights_move_the_loss(reach_policy):
 
 def test_aloe_with_awr_writes_a_policy_any_verb_opens(reach_policy, reach_store, tmp_path):
     from policies.checkpoint import load_checkpoint, read_extra
+    from policies.critics.scorer import load_scorer
 
     run = tmp_path / "aloe"
     assert cli(["train", "critic", *_args(reach_policy, reach_store, "aloe"), "awr.steps=2", "awr.batch_size=4",
-                "aloe.num_samples=2", "--out", str(run), "--quiet"]) == 0
+                "aloe.num_samples=2", "aloe.agg=mean", "--out", str(run), "--quiet"]) == 0
+    assert load_scorer(run / "checkpoints" / "latest").config.agg == "mean"  # the value it reports, as trained
     latest = run / "awr" / "checkpoints" / "latest"
     pol = load_checkpoint(latest)
     assert type(pol).__name__ == "DiffusionPolicy" and read_extra(latest)["stage"] == "critic_awr"
