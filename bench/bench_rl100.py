@@ -93,7 +93,7 @@ def _cell(s: dict | None) -> str:
 def readme_table(tasks: dict[str, dict]) -> str:
     """The README's RL-100 table (markdown) from bench_rl100.json's "tasks": success after IL, the last offline
     round, online RL and the artifact, the online env steps and the whole pipeline's wall time."""
-    header = ["task", "IL", "offline (last round)", "online", "artifact (CM-1)", "online env steps", "wall",
+    header = ["task", "IL", "offline (last round)", "online", "artifact (sampler)", "online env steps", "wall",
               "episodes"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for name, r in tasks.items():
@@ -104,7 +104,7 @@ def readme_table(tasks: dict[str, dict]) -> str:
         offline = [c for c in succ if c.startswith("offline_") and not c.endswith("student")]
         art = next((c for c in succ if c.startswith("artifact")), None)
         cells = [name, _cell(succ.get("il_0")), _cell(succ[offline[-1]]) if offline else "", _cell(succ.get("online")),
-                 _cell(succ.get(art)) if art else "", str(r["env_steps"]["by_stage"].get("online", "")),
+                 f"{_cell(succ.get(art))} ({art.split()[-1]})" if art else "", str(r["env_steps"]["by_stage"].get("online", "")),
                  f"{r['wall_s']['total'] / 60:.0f} min", str(r.get("episodes", ""))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

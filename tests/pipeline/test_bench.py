@@ -29,5 +29,5 @@ def test_readme_table_rows():
     row = {"success": cols, "env_steps": {"by_stage": {"online": 600_000}}, "wall_s": {"total": 600.0},
            "episodes": 100}
     text = readme_table({"push": row, "stack": {"error": "ConfigError: x"}})
-    assert "| push | 50% [50%,50%] | 70% [70%,70%] | 100% [100%,100%] | 99% [99%,99%] | 600000 | 10 min | 100 |" in text
+    assert "| push | 50% [50%,50%] | 70% [70%,70%] | 100% [100%,100%] | 99% [99%,99%] (cm1) | 600000 | 10 min | 100 |" in text
     assert "| stack | error: ConfigError: x |" in text
