@@ -58,14 +58,17 @@ POOLED_COLUMNS = ["artifact (rows pooled over scene sets)", "scenes", "episodes"
 def pooled_rows(results: dict[str, dict]) -> list[list]:
     """One row per artifact run on more than one scene set: the successes summed over its rows (same artifact dir,
     task, target kind and servo; one row per seed0, the first when a scene set was run twice). Only rows that record
-    their seed0 (2026-11-30 on) are pooled: older rows ran on other server versions under reused dirs."""
+    their seed0 (2026-11-30 on) are pooled: older rows ran on other server versions under reused dirs. Rows that
+    record their graphs' sha256 (`graphs`, 2026-12-01 on) are one artifact only when those match: a re-run pipeline
+    exports a different policy into the same dir."""
     from robotstack.eval.metrics import wilson_interval
 
     groups: dict[str, dict[int, tuple[str, dict]]] = {}
     for label, r in results.items():
         if r.get("seed0") is None:
             continue
-        key = json.dumps([r["artifact"], r["task"], r["targets"], r.get("servo") or {}], sort_keys=True)
+        key = json.dumps([r["artifact"], r.get("graphs"), r["task"], r["targets"], r.get("servo") or {}],
+                         sort_keys=True)
         groups.setdefault(key, {}).setdefault(r["seed0"], (label, r))
     rows = []
     for by_seed in groups.values():
@@ -105,7 +108,11 @@ def main() -> None:
     from robotstack.core.manifest import read_manifest
     from robotstack.eval.metrics import wilson_interval
 
-    args.task = args.task or read_manifest(args.artifact).task["name"]
+    manifest = read_manifest(args.artifact)
+    args.task = args.task or manifest.task["name"]
+    # which policy ran (the path alone does not say: a re-run pipeline exports into the same dir)
+    graphs = {role: g["sha256"] for role, g in manifest.graphs.items()} | (
+        {"critic": manifest.critic["sha256"]} if manifest.critic else {})
 
     label = args.label or f"{args.task}: {Path(args.artifact).name}"
     with tempfile.TemporaryDirectory() as td:
@@ -116,7 +123,7 @@ def main() -> None:
     mj = np.array(mujoco_success(args.task, [e["seed"] for e in eps], args.artifact, args.max_steps), bool)
     k_pb, k_mj, n = int(np.sum(pb)), int(np.sum(mj)), len(eps)
     lat = res["telemetry"]["latency_ms"]
-    row = {"task": args.task, "artifact": args.artifact, "episodes": n, "targets": args.targets,
+    row = {"task": args.task, "artifact": args.artifact, "graphs": graphs, "episodes": n, "targets": args.targets,
            "servo": servo, "seed0": args.seed0,
            "pybullet_success": k_pb / n, "pybullet_ci95": wilson_interval(k_pb, n),
            "mujoco_success": k_mj / n, "mujoco_ci95": wilson_interval(k_mj, n),

@@ -5,9 +5,11 @@ from __future__ import annotations
 from bench.bench_deploy import pooled_rows
 
 
-def row(artifact: str, seed0, pb: float, mj: float, episodes: int = 50, targets: str = "cartesian") -> dict:
-    return {"artifact": artifact, "task": "push@servo", "targets": targets, "servo": {}, "seed0": seed0,
-            "episodes": episodes, "pybullet_success": pb, "mujoco_success": mj}
+def row(artifact: str, seed0, pb: float, mj: float, episodes: int = 50, targets: str = "cartesian",
+        graphs: dict | None = None) -> dict:
+    r = {"artifact": artifact, "task": "push@servo", "targets": targets, "servo": {}, "seed0": seed0,
+         "episodes": episodes, "pybullet_success": pb, "mujoco_success": mj}
+    return r if graphs is None else r | {"graphs": graphs}
 
 
 def test_pools_one_row_per_scene_set_of_the_same_artifact():
@@ -25,3 +27,19 @@ def test_pools_one_row_per_scene_set_of_the_same_artifact():
     label, scenes, n, arm, sim, ratio = rows[0]
     assert label == "a, scenes 1001-1050" and scenes == "1001-1050, 2001-2050" and n == 100
     assert arm.startswith("58% [") and sim.startswith("91% [") and ratio == f"{58 / 91:.2f}"
+
+
+def test_a_new_export_into_the_same_dir_is_another_artifact():
+    """A re-run pipeline exports into the same dir: rows pool only when their graphs' sha256 match."""
+    old, new = {"policy": "aa"}, {"policy": "bb", "init": "cc"}
+    results = {
+        "first run": row("runs/p/export/artifact", 1000, 0.64, 0.94, graphs=old),
+        "first run, scenes 2001-2050": row("runs/p/export/artifact", 2000, 0.52, 0.88, graphs=old),
+        "second run": row("runs/p/export/artifact", 1000, 0.10, 0.90, graphs=new),
+        "second run, scenes 2001-2050": row("runs/p/export/artifact", 2000, 0.30, 0.90, graphs=new),
+        "second run, scenes 3001-3050": row("runs/p/export/artifact", 3000, 0.20, 0.90, graphs=new),
+    }
+    rows = {r[0]: r for r in pooled_rows(results)}
+    assert set(rows) == {"first run", "second run"}
+    assert rows["first run"][2] == 100 and rows["first run"][3].startswith("58% [")
+    assert rows["second run"][1] == "1001-1050, 2001-2050, 3001-3050" and rows["second run"][3].startswith("20% [")
